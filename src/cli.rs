@@ -1,0 +1,113 @@
+//! The command line: subcommands and the flags that override configuration. No logic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::CliInput;
+
+/// Exit status for bad configuration or usage.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Keeps self-hosted GitHub Actions runners alive.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags that override any configuration source.
+#[derive(Debug, Args, Default)]
+pub struct Overrides {
+    /// TOML configuration file (also SUPERVISOR_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Runners supervised at once ([runner] slots).
+    #[arg(long, global = true, value_name = "N")]
+    pub slots: Option<String>,
+    /// The runner install directory ([runner] dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub runner_dir: Option<String>,
+    /// GitHub API base URL ([github] api_url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// State directory ([state] dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// Comma-separated labels ([runner] labels).
+    #[arg(long, global = true, value_name = "A,B")]
+    pub labels: Option<String>,
+    /// Any key: --set runner.drain_timeout=5m (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl Overrides {
+    /// Turn the flags into configuration input; a malformed --set is an error.
+    pub fn to_input(&self) -> Result<CliInput, String> {
+        let mut sets = vec![];
+        for (flag, key, v) in [
+            ("--slots", "runner.slots", &self.slots),
+            ("--runner-dir", "runner.dir", &self.runner_dir),
+            ("--api-url", "github.api_url", &self.api_url),
+            ("--state-dir", "state.dir", &self.state_dir),
+            ("--labels", "runner.labels", &self.labels),
+        ] {
+            if let Some(v) = v {
+                sets.push((flag.to_string(), key.to_string(), v.clone()));
+            }
+        }
+        for s in &self.set {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| format!("--set {s:?}: expected SECTION.KEY=VALUE"))?;
+            sets.push(("--set".to_string(), k.trim().to_string(), v.to_string()));
+        }
+        Ok(CliInput {
+            config_path: self.config.clone(),
+            sets,
+        })
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Supervise runners until SIGTERM or SIGINT (a second signal forces the stop).
+    Run,
+    /// Print the resolved configuration with the source of each value (secrets redacted).
+    Config {
+        /// Print the commented example configuration instead.
+        #[arg(long)]
+        example: bool,
+    },
+    /// Diagnose the host and the token, and say how to fix each problem.
+    Doctor,
+    /// Exit 0 if the running supervisor is healthy (for container health checks).
+    Health,
+}
+
+/// Parse, dispatch, and turn the outcome into an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let input = match cli.overrides.to_input() {
+        Ok(i) => i,
+        Err(m) => {
+            eprintln!("supervisor: {m}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    cmd::dispatch(cli.command, input)
+}

@@ -1,0 +1,64 @@
+//! `supervisor health`: read the running supervisor's status file; exit 0 when healthy.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use crate::config::{CliInput, Purpose};
+use crate::status::{Health, StatusFile, HEARTBEAT};
+
+/// Check the status file of the configured state directory.
+pub fn main(input: CliInput) -> ExitCode {
+    let cfg = match super::resolve(&input, Purpose::Inspect) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = crate::supervisor::status_path(&cfg.state_dir);
+    let status: StatusFile = match std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(s) => s,
+        None => {
+            println!(
+                "unhealthy: no status at {} (is the supervisor running?)",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(status.pid as i32), None).is_ok();
+    let age = (Utc::now() - status.updated_at)
+        .to_std()
+        .unwrap_or_default();
+    let verdict = if !alive || status.mode == "stopped" {
+        println!("unhealthy: supervisor (pid {}) is not running", status.pid);
+        Health::Unhealthy
+    } else if age > HEARTBEAT * 3 {
+        println!("unhealthy: status not updated for {}s", age.as_secs());
+        Health::Unhealthy
+    } else {
+        let states: Vec<String> = status
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{}", s.state))
+            .collect();
+        println!(
+            "{:?}: mode {}, slots {}, jobs {}",
+            status.health,
+            status.mode,
+            states.join(" "),
+            status.jobs_completed
+        );
+        for r in &status.reasons {
+            println!("  {r}");
+        }
+        status.health
+    };
+    if verdict == Health::Unhealthy {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,37 @@
+//! One handler per subcommand. Handlers return exit statuses; only `main` exits.
+
+use std::process::ExitCode;
+
+use crate::cli::{Command, EXIT_CONFIG};
+use crate::config::{CliInput, Config, ConfigErrors, OsEnv, Purpose};
+
+pub mod config;
+pub mod doctor;
+pub mod health;
+pub mod run;
+
+/// Run a subcommand.
+pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
+    match cmd {
+        Command::Run => run::main(input),
+        Command::Config { example } => config::main(input, example),
+        Command::Doctor => doctor::main(input),
+        Command::Health => health::main(input),
+    }
+}
+
+/// Resolve the configuration or print every problem.
+pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
+    Config::resolve(&OsEnv, input, purpose).map_err(|e: ConfigErrors| {
+        eprint!("supervisor: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// A runtime for a subcommand: two workers, as the machines have two cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -1,0 +1,99 @@
+//! `supervisor run`: preflight, then supervise until signalled; print a summary.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CliInput, Purpose};
+use crate::github::GithubClient;
+use crate::preflight::{self, Level};
+use crate::shutdown::{self, Mode};
+use crate::supervisor::{self, Deps};
+use crate::{naming, procs, telemetry};
+
+/// Run the supervisor.
+pub fn main(input: CliInput) -> ExitCode {
+    let cfg = match super::resolve(&input, Purpose::Run) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(&cfg.log.level, cfg.log.json);
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supervisor: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("supervisor: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> {
+    let cfg = Arc::new(cfg);
+    // Orphans (a job's daemon, the update script) are re-parented to us; reap them.
+    if let Err(e) = procs::become_subreaper() {
+        tracing::debug!(error = %e, "cannot become a child subreaper");
+    }
+    let reaper = CancellationToken::new();
+    tokio::spawn(procs::run_reaper(reaper.clone()));
+
+    let (tx, rx) = watch::channel(Mode::Run);
+    tokio::spawn(shutdown::run_signals(tx));
+
+    let token = cfg
+        .github
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no token"))?;
+    let gh = GithubClient::new(&cfg, token)?;
+    let host = naming::this_host();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        api = %cfg.github.api_url,
+        scope = %cfg.github.scope.web_path(),
+        slots = cfg.runner.slots,
+        host = %host,
+        "runner-supervisor starting"
+    );
+    // Preflight: problems are logged; the slots back off rather than crash-loop.
+    let (checks, _) = preflight::check_token(&gh, chrono::Utc::now()).await;
+    for c in checks.iter().chain(preflight::check_clock(&gh).iter()) {
+        match c.level {
+            Level::Ok => tracing::info!(check = c.name, "{}", c.detail),
+            Level::Warn => tracing::warn!(
+                check = c.name,
+                fix = c.fix.as_deref().unwrap_or(""),
+                "{}",
+                c.detail
+            ),
+            Level::Fail => tracing::error!(
+                check = c.name,
+                fix = c.fix.as_deref().unwrap_or(""),
+                "{}",
+                c.detail
+            ),
+        }
+    }
+    let deps = Deps {
+        cfg: cfg.clone(),
+        gh,
+        host,
+        outer_env: Box::new(|k| std::env::var(k).ok()),
+    };
+    let summary = supervisor::run(deps, rx).await;
+    reaper.cancel();
+    tracing::info!("runner-supervisor stopped");
+    summary
+}

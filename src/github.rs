@@ -1,0 +1,758 @@
+//! The GitHub REST client: runner endpoints for repo and org scope, typed errors,
+//! rate-limit handling as GitHub documents it, and retries with jittered back-off.
+//!
+//! Every connection carries TCP keepalive (idle, interval, probes) and a TCP user
+//! timeout, set on the socket by hyper-util through socket2; [`crate::keepalive`] reads
+//! them back. The token is sent only to the configured API origin, never logged.
+//! It must not: retry in a tight loop, or follow a `Link` to another origin.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::config::{Config, Scope, Secret};
+
+/// The `User-Agent` we send (GitHub rejects requests without one).
+pub const USER_AGENT_VALUE: &str = concat!("runner-supervisor/", env!("CARGO_PKG_VERSION"));
+
+/// What went wrong, typed so callers can branch.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GithubError {
+    #[error("unauthorized (401): {message}; the token is invalid, expired or revoked")]
+    Unauthorized { message: String },
+    #[error("forbidden (403): {message}{}", accepted.as_ref().map(|a| format!("; needs {a}")).unwrap_or_default())]
+    Forbidden {
+        message: String,
+        accepted: Option<String>,
+    },
+    #[error("not found (404): {message}; check owner/repo/org and that the token can administer runners there")]
+    NotFound { message: String },
+    #[error("rate limited ({status}); retry in {}s", retry_after.as_secs())]
+    RateLimited { status: u16, retry_after: Duration },
+    #[error("conflict (409): {message}")]
+    Conflict { message: String },
+    #[error("validation failed (422): {message} {errors:?}")]
+    Validation {
+        message: String,
+        errors: Vec<String>,
+    },
+    #[error("transient failure: {0}")]
+    Transient(String),
+    #[error("unexpected status {status}: {message}")]
+    Unexpected { status: u16, message: String },
+    #[error("cannot decode GitHub's answer: {0}")]
+    Decode(String),
+}
+
+impl GithubError {
+    /// Worth retrying soon: 5xx, timeouts, resets.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GithubError::Transient(_))
+    }
+}
+
+/// A runner label.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Label {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A runner as GitHub describes it (`#/components/schemas/runner`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Runner {
+    pub id: u64,
+    pub name: String,
+    pub os: String,
+    pub status: String,
+    pub busy: bool,
+    #[serde(default)]
+    pub labels: Vec<Label>,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `generate-jitconfig`'s answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JitConfig {
+    pub runner: Runner,
+    /// Secret: the runner's credentials. Passed only in `ACTIONS_RUNNER_INPUT_JITCONFIG`.
+    pub encoded_jit_config: String,
+}
+
+/// A registration or remove token.
+#[derive(Debug, Clone)]
+pub struct AuthToken {
+    pub token: Secret,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What `GET /user` tells about the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub login: String,
+    /// `X-OAuth-Scopes`; `None` when absent (fine-grained tokens): unknown, not "none".
+    pub scopes: Option<Vec<String>>,
+    /// `github-authentication-token-expiration`.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A runner application download.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunnerApplication {
+    pub os: String,
+    pub architecture: String,
+    pub download_url: String,
+    pub filename: String,
+    #[serde(default)]
+    pub sha256_checksum: Option<String>,
+}
+
+/// Retry and back-off settings.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base: Duration,
+    pub cap: Duration,
+    pub max_rate_limit_wait: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based): exponential, capped, with jitter
+    /// in the upper half so it is never near zero.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backoff(self.base, self.cap, attempt)
+    }
+}
+
+/// Exponential back-off with jitter: a random point in `[d/2, d]`, `d = min(cap, base·2^n)`.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
+    let d = exp.min(cap);
+    let half = d / 2;
+    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+}
+
+/// How long GitHub asks us to wait, if this answer is a rate limit (facts B3).
+///
+/// `retry-after` wins; else `x-ratelimit-remaining: 0` waits until `x-ratelimit-reset`;
+/// else a 429, or a 403 that says "rate limit", waits at least a minute.
+/// A 403 that is none of these is a real permission error: `None`.
+pub fn rate_limit_wait(
+    status: u16,
+    headers: &HeaderMap,
+    message: &str,
+    now_epoch: i64,
+) -> Option<Duration> {
+    if status != 403 && status != 429 {
+        return None;
+    }
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(secs) = h("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs.max(1)));
+    }
+    if h("x-ratelimit-remaining") == Some("0") {
+        let reset = h("x-ratelimit-reset")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(now_epoch + 60);
+        return Some(Duration::from_secs((reset - now_epoch).max(1) as u64));
+    }
+    if status == 429 || message.to_ascii_lowercase().contains("rate limit") {
+        return Some(Duration::from_secs(60));
+    }
+    None
+}
+
+/// Parse `2027-10-12 09:00:00 UTC` (and RFC 3339, to be lenient).
+pub fn parse_token_expiration(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Some(naive) = s
+        .strip_suffix(" UTC")
+        .and_then(|t| NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").ok())
+    {
+        return Some(naive.and_utc());
+    }
+    if let Ok(dt) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %z") {
+        return Some(dt.with_timezone(&Utc));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// Counters shared by all clones of a client.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// HTTP requests sent, retries included.
+    pub requests: AtomicU64,
+}
+
+/// The server's `Date` header and when we saw it, for clock checks.
+#[derive(Debug, Clone, Copy)]
+pub struct DateSample {
+    pub server: DateTime<Utc>,
+    pub local: DateTime<Utc>,
+}
+
+/// A GitHub client for one scope. Cheap to clone.
+#[derive(Clone)]
+pub struct GithubClient {
+    http: reqwest::Client,
+    base: String,
+    scope: Scope,
+    token: Secret,
+    retry: RetryPolicy,
+    /// No request is sent before this instant (set by rate limits, shared by all slots).
+    gate: Arc<Mutex<Option<Instant>>>,
+    stats: Arc<ApiStats>,
+    last_date: Arc<Mutex<Option<DateSample>>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl GithubClient {
+    /// Build from the configuration. Fails only if TLS cannot be initialised.
+    pub fn new(cfg: &Config, token: Secret) -> Result<GithubClient, GithubError> {
+        let net = &cfg.network;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        headers.insert(
+            "X-GitHub-Api-Version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let user_timeout = net.keepalive_idle + net.keepalive_interval * net.keepalive_probes;
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .use_rustls_tls()
+            .https_only(cfg.github.api_url.starts_with("https://"))
+            .connect_timeout(cfg.github.connect_timeout)
+            .timeout(cfg.github.request_timeout)
+            .tcp_keepalive(net.keepalive_idle)
+            .tcp_keepalive_interval(net.keepalive_interval)
+            .tcp_keepalive_retries(net.keepalive_probes)
+            .tcp_user_timeout(user_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GithubError::Transient(format!("cannot build the HTTP client: {e}")))?;
+        Ok(GithubClient {
+            http,
+            base: cfg.github.api_url.trim_end_matches('/').to_string(),
+            scope: cfg.github.scope.clone(),
+            token,
+            retry: RetryPolicy {
+                max_retries: cfg.github.max_retries,
+                base: cfg.github.backoff_base,
+                cap: cfg.github.backoff_cap,
+                max_rate_limit_wait: cfg.github.max_rate_limit_wait,
+            },
+            gate: Arc::new(Mutex::new(None)),
+            stats: Arc::new(ApiStats::default()),
+            last_date: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Request counters.
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    /// The latest `Date` header seen.
+    pub fn last_date(&self) -> Option<DateSample> {
+        *self.last_date.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The scope this client serves.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    async fn wait_gate(&self) {
+        let until = *self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = until {
+            tokio::time::sleep_until(t).await;
+        }
+    }
+
+    fn close_gate(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, GithubError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
+                GithubError::Unauthorized {
+                    message: "the token has characters a header cannot carry".into(),
+                }
+            })?;
+        auth.set_sensitive(true);
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, auth);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| GithubError::Transient(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if let Some(date) = headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+        {
+            *self.last_date.lock().unwrap_or_else(|p| p.into_inner()) = Some(DateSample {
+                server: date.with_timezone(&Utc),
+                local: Utc::now(),
+            });
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| GithubError::Transient(describe_reqwest(&e)))?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Send with retries: transient failures back off; rate limits wait as asked.
+    async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, GithubError> {
+        let mut attempt = 0u32;
+        loop {
+            self.wait_gate().await;
+            let result = match self.send_once(&method, url, body.as_ref()).await {
+                Ok(a) => classify(a),
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            if attempt >= self.retry.max_retries {
+                return Err(err);
+            }
+            match &err {
+                GithubError::Transient(msg) => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                GithubError::RateLimited {
+                    retry_after,
+                    status,
+                } => {
+                    // Back off beyond what was asked on each further attempt.
+                    let wait = *retry_after
+                        + if attempt > 0 {
+                            self.retry.backoff(attempt)
+                        } else {
+                            Duration::ZERO
+                        };
+                    if wait > self.retry.max_rate_limit_wait {
+                        self.close_gate(wait);
+                        return Err(err);
+                    }
+                    tracing::warn!(
+                        status,
+                        wait_s = wait.as_secs(),
+                        "GitHub rate limit; waiting before the next request"
+                    );
+                    self.close_gate(wait);
+                }
+                _ => return Err(err),
+            }
+            attempt += 1;
+        }
+    }
+
+    fn url(&self, tail: &str) -> String {
+        format!("{}{}{}", self.base, self.scope.api_path(), tail)
+    }
+
+    /// `GET /user`: is the token valid, what scopes, when does it expire.
+    pub async fn get_user(&self) -> Result<TokenInfo, GithubError> {
+        let a = self
+            .request(Method::GET, &format!("{}/user", self.base), None)
+            .await?;
+        let v: serde_json::Value = decode(&a.body)?;
+        let scopes = a
+            .headers
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            });
+        let expires_at = a
+            .headers
+            .get("github-authentication-token-expiration")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_token_expiration);
+        Ok(TokenInfo {
+            login: v["login"].as_str().unwrap_or("").to_string(),
+            scopes,
+            expires_at,
+        })
+    }
+
+    /// `POST …/actions/runners/generate-jitconfig`.
+    pub async fn generate_jitconfig(
+        &self,
+        name: &str,
+        labels: &[String],
+        group_id: u64,
+        work_folder: &str,
+    ) -> Result<JitConfig, GithubError> {
+        let body = json!({"name": name, "runner_group_id": group_id, "labels": labels, "work_folder": work_folder});
+        let a = self
+            .request(
+                Method::POST,
+                &self.url("/actions/runners/generate-jitconfig"),
+                Some(body),
+            )
+            .await?;
+        decode(&a.body)
+    }
+
+    async fn auth_token(&self, kind: &str) -> Result<AuthToken, GithubError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            token: String,
+            expires_at: String,
+        }
+        let a = self
+            .request(
+                Method::POST,
+                &self.url(&format!("/actions/runners/{kind}")),
+                None,
+            )
+            .await?;
+        let raw: Raw = decode(&a.body)?;
+        let expires_at = DateTime::parse_from_rfc3339(&raw.expires_at)
+            .map_err(|e| GithubError::Decode(format!("expires_at {:?}: {e}", raw.expires_at)))?
+            .with_timezone(&Utc);
+        Ok(AuthToken {
+            token: Secret::new(raw.token),
+            expires_at,
+        })
+    }
+
+    /// `POST …/actions/runners/registration-token`.
+    pub async fn registration_token(&self) -> Result<AuthToken, GithubError> {
+        self.auth_token("registration-token").await
+    }
+
+    /// `POST …/actions/runners/remove-token`.
+    pub async fn remove_token(&self) -> Result<AuthToken, GithubError> {
+        self.auth_token("remove-token").await
+    }
+
+    /// `GET …/actions/runners`, every page, optionally filtered by exact name.
+    pub async fn list_runners(&self, name: Option<&str>) -> Result<Vec<Runner>, GithubError> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[allow(dead_code)]
+            total_count: u64,
+            runners: Vec<Runner>,
+        }
+        let mut url = self.url("/actions/runners?per_page=100");
+        if let Some(n) = name {
+            url.push_str("&name=");
+            url.push_str(&urlencode(n));
+        }
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let a = self.request(Method::GET, &url, None).await?;
+            let page: Page = decode(&a.body)?;
+            out.extend(page.runners);
+            match next_link(&a.headers) {
+                // Never send the token to another origin.
+                Some(next) if same_origin(&next, &self.base) => url = next,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET …/actions/runners/{id}`.
+    pub async fn get_runner(&self, id: u64) -> Result<Runner, GithubError> {
+        let a = self
+            .request(
+                Method::GET,
+                &self.url(&format!("/actions/runners/{id}")),
+                None,
+            )
+            .await?;
+        decode(&a.body)
+    }
+
+    /// `DELETE …/actions/runners/{id}`. A runner already gone counts as deleted.
+    pub async fn delete_runner(&self, id: u64) -> Result<(), GithubError> {
+        match self
+            .request(
+                Method::DELETE,
+                &self.url(&format!("/actions/runners/{id}")),
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(GithubError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET …/actions/runners/downloads`.
+    pub async fn runner_downloads(&self) -> Result<Vec<RunnerApplication>, GithubError> {
+        let a = self
+            .request(Method::GET, &self.url("/actions/runners/downloads"), None)
+            .await?;
+        decode(&a.body)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GithubError> {
+    serde_json::from_slice(body).map_err(|e| GithubError::Decode(e.to_string()))
+}
+
+/// Turn a non-success answer into a typed error.
+fn classify(a: Answer) -> Result<Answer, GithubError> {
+    if a.status.is_success() {
+        return Ok(a);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+    let message = v["message"]
+        .as_str()
+        .unwrap_or_else(|| a.status.canonical_reason().unwrap_or(""))
+        .to_string();
+    let code = a.status.as_u16();
+    if let Some(wait) = rate_limit_wait(code, &a.headers, &message, Utc::now().timestamp()) {
+        return Err(GithubError::RateLimited {
+            status: code,
+            retry_after: wait,
+        });
+    }
+    Err(match code {
+        401 => GithubError::Unauthorized { message },
+        403 => GithubError::Forbidden {
+            message,
+            accepted: a
+                .headers
+                .get("x-accepted-github-permissions")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
+        404 => GithubError::NotFound { message },
+        409 => GithubError::Conflict { message },
+        422 => GithubError::Validation {
+            message,
+            errors: v["errors"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        500..=599 => GithubError::Transient(format!("{code} {message}")),
+        _ => GithubError::Unexpected {
+            status: code,
+            message,
+        },
+    })
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    // The URL carries no secret; the error chain has the OS reason (reset, refused...).
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+fn redact_url(u: &str) -> &str {
+    u.split('?').next().unwrap_or(u)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `rel="next"` URL of a `Link` header.
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, rel) = part.split_once(';')?;
+        if rel.contains("rel=\"next\"") {
+            Some(
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            )
+        } else {
+            None
+        }
+    })
+}
+
+fn origin(u: &str) -> &str {
+    let after = u.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = u[after..].find('/').map(|i| i + after).unwrap_or(u.len());
+    &u[..end]
+}
+
+fn same_origin(a: &str, b: &str) -> bool {
+    origin(a).eq_ignore_ascii_case(origin(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn rate_limit_rules() {
+        let now = 1_000_000;
+        let check = |status, h: &[(&'static str, &str)], msg| {
+            rate_limit_wait(status, &headers(h), msg, now)
+        };
+        assert_eq!(
+            check(429, &[("retry-after", "7")], ""),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            check(403, &[("retry-after", "3")], ""),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            check(
+                403,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1000120")
+                ],
+                ""
+            ),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(check(429, &[], ""), Some(Duration::from_secs(60)));
+        assert_eq!(
+            check(403, &[], "You have exceeded a secondary rate limit."),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            check(
+                403,
+                &[("x-ratelimit-remaining", "4999")],
+                "Resource not accessible by personal access token"
+            ),
+            None
+        );
+        assert_eq!(check(500, &[("retry-after", "1")], ""), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_never_tight() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..40 {
+            let d = backoff(base, cap, attempt);
+            let full = base.saturating_mul(1 << attempt.min(30)).min(cap);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn token_expiration_formats() {
+        let d = parse_token_expiration("2027-10-12 09:00:00 UTC").unwrap();
+        assert_eq!(d.to_rfc3339(), "2027-10-12T09:00:00+00:00");
+        assert!(parse_token_expiration("2027-10-12 09:00:00 +0200").is_some());
+        assert!(parse_token_expiration("soon").is_none());
+    }
+
+    #[test]
+    fn next_link_and_origin() {
+        let h = headers(&[("link", "<https://api.github.com/x?page=2>; rel=\"next\", <https://api.github.com/x?page=5>; rel=\"last\"")]);
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        assert!(same_origin(
+            "https://api.github.com/x?page=2",
+            "https://api.github.com"
+        ));
+        assert!(!same_origin(
+            "https://evil.example/x",
+            "https://api.github.com"
+        ));
+    }
+}

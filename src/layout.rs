@@ -1,0 +1,126 @@
+//! The state directory and the per-slot runner roots.
+//!
+//! A runner root holds its own `.runner`, credentials, `_diag` and `_work`, so each slot
+//! needs its own. Each slot root mirrors `runner.dir` with hard links (copies across file
+//! systems), rebuilt at every start so a runner upgraded in `runner.dir` is picked up;
+//! `_work` (caches) and `_diag` (logs) survive.
+//! It must not: write into `runner.dir`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Files that mark a runner as configured; stale ones break the next start.
+pub const CONFIG_FILES: &[&str] = &[
+    ".runner",
+    ".credentials",
+    ".credentials_rsaparams",
+    ".runner_migrated",
+    ".credentials_migrated",
+];
+
+/// Top-level entries of the install never mirrored.
+const SKIP: &[&str] = &[
+    "_work",
+    "_diag",
+    "update.finished",
+    ".runner",
+    ".credentials",
+    ".credentials_rsaparams",
+    ".runner_migrated",
+    ".credentials_migrated",
+    ".service",
+];
+
+/// `<state>/slots/<n>`.
+pub fn slot_root(state_dir: &Path, slot: usize) -> PathBuf {
+    state_dir.join("slots").join(slot.to_string())
+}
+
+/// Rebuild slot roots `0..n` from `install`, keeping `_work` and `_diag`.
+pub fn prepare_slots(install: &Path, state_dir: &Path, n: usize) -> io::Result<Vec<PathBuf>> {
+    let mut roots = vec![];
+    for slot in 0..n {
+        let root = slot_root(state_dir, slot);
+        fs::create_dir_all(&root)?;
+        for entry in fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "_work" || name == "_diag" {
+                continue;
+            }
+            let p = entry.path();
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+        mirror(install, &root, true)?;
+        roots.push(root);
+    }
+    Ok(roots)
+}
+
+fn mirror(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if top && SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(&name);
+        let ft = entry.file_type()?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if ft.is_dir() {
+            fs::create_dir_all(&to)?;
+            mirror(&from, &to, false)?;
+        } else if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove stale configuration files from a slot root.
+pub fn remove_config_files(root: &Path) {
+    for f in CONFIG_FILES {
+        let _ = fs::remove_file(root.join(f));
+    }
+}
+
+/// The `agentId` in a root's `.runner`, if it is there.
+pub fn agent_id(root: &Path) -> Option<u64> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(".runner")).ok()?).ok()?;
+    v["agentId"].as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_mirror_and_keep_work() {
+        let t = tempfile::tempdir().unwrap();
+        let install = t.path().join("install");
+        fs::create_dir_all(install.join("bin")).unwrap();
+        fs::write(install.join("bin/Runner.Listener"), b"x").unwrap();
+        fs::write(install.join(".runner"), b"stale").unwrap();
+        fs::create_dir_all(install.join("_work")).unwrap();
+        let state = t.path().join("state");
+        let roots = prepare_slots(&install, &state, 2).unwrap();
+        assert!(roots[1].join("bin/Runner.Listener").exists());
+        assert!(!roots[0].join(".runner").exists());
+        fs::create_dir_all(roots[0].join("_work/cache")).unwrap();
+        fs::write(roots[0].join(".credentials"), b"old").unwrap();
+        prepare_slots(&install, &state, 2).unwrap();
+        assert!(roots[0].join("_work/cache").exists(), "work survives");
+        assert!(
+            !roots[0].join(".credentials").exists(),
+            "stale credentials go"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! runner-supervisor keeps self-hosted GitHub Actions runners alive on laptops, WSL2 boxes
+//! and small servers: one JIT-registered ephemeral runner per slot, one job at a time.
+//!
+//! # Layout
+//! - [`cli`] parses the command line; [`cmd`] has one handler per subcommand.
+//! - [`config`] resolves defaults, the TOML file, the environment and flags.
+//! - [`github`] is the REST client; [`keepalive`] reads socket options back.
+//! - [`supervisor`] runs the slots ([`slot`]), each driving a listener ([`runner`]).
+//! - [`status`] is the shared status and the file `supervisor health` reads.
+//! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
+//! - [`naming`] and [`layout`] own runner names and the state directory.
+//! - [`preflight`] has the checks `run` logs and `doctor` prints.
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod github;
+pub mod keepalive;
+pub mod layout;
+pub mod naming;
+pub mod preflight;
+pub mod procs;
+pub mod runner;
+pub mod shutdown;
+pub mod slot;
+pub mod status;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,5 @@
+//! `supervisor`: see the README. All logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    runner_supervisor::cli::main()
+}

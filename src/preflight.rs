@@ -1,0 +1,235 @@
+//! Checks shared by `run` (logged) and `doctor` (printed with fixes): the token and its
+//! scopes or permissions, the runner binary, the state directory, the clock.
+//!
+//! It must not: change anything on the host or on GitHub (the fine-grained probe creates
+//! a registration token, which expires by itself within an hour).
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, Scope};
+use crate::github::{GithubClient, GithubError, TokenInfo};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check, with a fix when it is not OK.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            level: Level::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn bad(
+        name: &'static str,
+        level: Level,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            name,
+            level,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// What classic scopes say about runner administration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeVerdict {
+    Ok,
+    /// The exact scope that is missing.
+    Missing(&'static str),
+    /// No scopes header: a fine-grained token or an app; probe instead.
+    Unknown,
+}
+
+/// Exact scope match: `repo` for repository runners, `admin:org` for organisation runners.
+/// Substrings (`public_repo`, `repo:status`) do not count.
+pub fn scope_verdict(scopes: Option<&[String]>, scope: &Scope) -> ScopeVerdict {
+    let need = match scope {
+        Scope::Repo { .. } => "repo",
+        Scope::Org { .. } => "admin:org",
+    };
+    match scopes {
+        None => ScopeVerdict::Unknown,
+        Some(list) if list.iter().any(|s| s == need) => ScopeVerdict::Ok,
+        Some(_) => ScopeVerdict::Missing(need),
+    }
+}
+
+/// Validate the token: `GET /user`, then scopes, or a capability probe for fine-grained tokens.
+pub async fn check_token(gh: &GithubClient, now: DateTime<Utc>) -> (Vec<Check>, Option<TokenInfo>) {
+    let mut out = vec![];
+    let info = match gh.get_user().await {
+        Ok(i) => i,
+        Err(e @ GithubError::Unauthorized { .. }) => {
+            out.push(Check::bad("token", Level::Fail, e.to_string(), "create a new token (classic: repo or admin:org scope; fine-grained: Administration or Self-hosted runners read and write) and update GITHUB_PAT or the token file"));
+            return (out, None);
+        }
+        Err(e) => {
+            out.push(Check::bad(
+                "token",
+                Level::Warn,
+                format!("cannot validate the token now: {e}"),
+                "check network access to the GitHub API (DNS, proxy, firewall)",
+            ));
+            return (out, None);
+        }
+    };
+    out.push(Check::ok("token", format!("valid, user {}", info.login)));
+    match scope_verdict(info.scopes.as_deref(), gh.scope()) {
+        ScopeVerdict::Ok => out.push(Check::ok("scopes", format!("classic token with {}", info.scopes.as_deref().unwrap_or_default().join(", ")))),
+        ScopeVerdict::Missing(need) => out.push(Check::bad(
+            "scopes",
+            Level::Fail,
+            format!("classic token lacks the {need:?} scope (has: {})", info.scopes.as_deref().map(|s| s.join(", ")).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into())),
+            format!("edit the token on GitHub and tick {need:?}"),
+        )),
+        ScopeVerdict::Unknown => match gh.registration_token().await {
+            Ok(_) => out.push(Check::ok("permissions", "fine-grained token can create registration tokens")),
+            Err(e) => out.push(Check::bad(
+                "permissions",
+                Level::Fail,
+                format!("fine-grained token cannot administer runners: {e}"),
+                match gh.scope() {
+                    Scope::Repo { .. } => "give the token the repository permission Administration: Read and write",
+                    Scope::Org { .. } => "give the token the organisation permission Self-hosted runners: Read and write",
+                },
+            )),
+        },
+    }
+    if let Some(exp) = info.expires_at {
+        let left = exp - now;
+        if left < chrono::Duration::zero() {
+            out.push(Check::bad(
+                "token expiry",
+                Level::Fail,
+                format!("expired at {exp}"),
+                "create a new token",
+            ));
+        } else if left < chrono::Duration::days(14) {
+            out.push(Check::bad(
+                "token expiry",
+                Level::Warn,
+                format!("expires in {} days ({exp})", left.num_days()),
+                "renew the token before it expires",
+            ));
+        } else {
+            out.push(Check::ok("token expiry", format!("expires {exp}")));
+        }
+    }
+    (out, Some(info))
+}
+
+/// The clock against GitHub's `Date` header (one-second resolution).
+pub fn check_clock(gh: &GithubClient) -> Option<Check> {
+    let s = gh.last_date()?;
+    let offset = (s.local - s.server).num_milliseconds() as f64 / 1000.0;
+    let detail = format!("local clock is {offset:+.0}s from GitHub's Date header");
+    Some(if offset.abs() > 300.0 {
+        Check::bad(
+            "clock",
+            Level::Fail,
+            detail,
+            "the runner's OAuth fails beyond 5 minutes: run `chronyc makestep` or fix time sync",
+        )
+    } else if offset.abs() > 2.0 {
+        Check::bad(
+            "clock",
+            Level::Warn,
+            detail,
+            "check that chronyd or systemd-timesyncd is running",
+        )
+    } else {
+        Check::ok("clock", detail)
+    })
+}
+
+/// The runner install and the state directory.
+pub fn check_local(cfg: &Config) -> Vec<Check> {
+    let mut out = vec![];
+    let bin = cfg.runner.dir.join("bin/Runner.Listener");
+    if bin.is_file() {
+        out.push(Check::ok("runner", format!("{} present", bin.display())));
+    } else {
+        out.push(Check::bad(
+            "runner",
+            Level::Fail,
+            format!("{} missing", bin.display()),
+            "download actions/runner, unpack it there, or set SUPERVISOR_RUNNER_DIR",
+        ));
+    }
+    let probe = cfg.state_dir.join(".doctor-probe");
+    match std::fs::create_dir_all(&cfg.state_dir).and_then(|_| std::fs::write(&probe, b"")) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            out.push(Check::ok(
+                "state dir",
+                format!("{} writable", cfg.state_dir.display()),
+            ));
+        }
+        Err(e) => out.push(Check::bad(
+            "state dir",
+            Level::Fail,
+            format!("{}: {e}", cfg.state_dir.display()),
+            "create it and give the supervisor's user write access, or set SUPERVISOR_STATE_DIR",
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_match_exactly() {
+        let repo = Scope::Repo {
+            owner: "o".into(),
+            repo: "r".into(),
+        };
+        let org = Scope::Org { org: "o".into() };
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            scope_verdict(Some(&v(&["repo", "user"])), &repo),
+            ScopeVerdict::Ok
+        );
+        assert_eq!(
+            scope_verdict(
+                Some(&v(&["public_repo", "repo:status", "repo_deployment"])),
+                &repo
+            ),
+            ScopeVerdict::Missing("repo")
+        );
+        assert_eq!(
+            scope_verdict(Some(&v(&["repo"])), &org),
+            ScopeVerdict::Missing("admin:org")
+        );
+        assert_eq!(
+            scope_verdict(Some(&v(&["admin:org"])), &org),
+            ScopeVerdict::Ok
+        );
+        assert_eq!(
+            scope_verdict(Some(&[]), &repo),
+            ScopeVerdict::Missing("repo")
+        );
+        assert_eq!(scope_verdict(None, &repo), ScopeVerdict::Unknown);
+    }
+}

@@ -1,0 +1,118 @@
+//! Child processes: spawning with the guarantees every child needs, and reaping orphans.
+//!
+//! Every child is spawned through [`spawn`]: its own process group, a parent-death signal
+//! (SIGKILL, so no listener outlives the supervisor even when the supervisor is SIGKILLed),
+//! and registration in the tracked set so the orphan reaper never steals its exit status.
+//! Invariant: only this module calls `waitpid` on PIDs it did not spawn through tokio.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Mutex, OnceLock};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+fn tracked() -> &'static Mutex<HashSet<i32>> {
+    static T: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Spawn `cmd` in its own process group with a parent-death SIGKILL, tracked.
+pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    let parent = nix::unistd::getpid();
+    cmd.process_group(0);
+    // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The parent may have died between fork and prctl.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let mut set = tracked().lock().unwrap_or_else(|p| p.into_inner());
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        set.insert(pid as i32);
+    }
+    Ok(child)
+}
+
+/// Forget a child once its status has been collected.
+pub fn untrack(pid: i32) {
+    tracked()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&pid);
+}
+
+/// Become a child subreaper, so orphaned descendants are re-parented to us (PID 1 is one already).
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Reap zombie children that are not ours to wait for (orphans re-parented to us).
+/// Returns the PIDs reaped.
+pub fn reap_orphans() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut reaped = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return reaped;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the last ')': state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<i32>().ok()));
+        if state != Some("Z") || ppid != Some(me) {
+            continue;
+        }
+        let set = tracked().lock().unwrap_or_else(|p| p.into_inner());
+        if set.contains(&pid) {
+            continue;
+        }
+        if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+        {
+            reaped.push(pid);
+        }
+    }
+    reaped
+}
+
+/// Reap orphans on every SIGCHLD (and every 30 s, in case one was coalesced) until cancelled.
+pub async fn run_reaper(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut sigchld) = signal(SignalKind::child()) else {
+        tracing::warn!("cannot watch SIGCHLD; orphaned processes will not be reaped");
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sigchld.recv() => {}
+            _ = tick.tick() => {}
+        }
+        for pid in reap_orphans() {
+            tracing::debug!(pid, "reaped an orphaned process");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Turning the listener's console lines into events.
+//!
+//! Pure: no IO. Matches the exact strings of `runner-and-api-facts.md` §A1; a line that
+//! matches nothing is still logged by the caller, it just carries no event.
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Something the listener said that the supervisor acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerEvent {
+    /// `√ Connected to GitHub` (each session-create attempt).
+    Connected,
+    /// `Current runner version: '2.336.0'`.
+    Version(String),
+    /// `{utc}: Listening for Jobs`: the readiness signal.
+    Listening,
+    /// `{utc}: Running job: {name}`.
+    JobStarted { name: String },
+    /// `{utc}: Job {name} completed with result: {result}`.
+    JobCompleted { name: String, result: String },
+    /// `{utc}: Runner connect error: {message}. Retrying until reconnected.`
+    ConnectError { message: String },
+    /// `{utc}: Runner reconnected.`
+    Reconnected,
+    /// `A session for this runner already exists.`
+    SessionConflict,
+    /// `Stop retry on SessionConflictException after retried for 240 seconds.`
+    SessionConflictGaveUp,
+    /// The registration is gone; `idle_cleanup` is the exit-0 "Cleaning up" path.
+    RegistrationDeleted { idle_cleanup: bool },
+    /// The clock-skew line (OAuth fails beyond five minutes).
+    ClockSkew,
+    /// The service refuses this runner version.
+    VersionDeprecated { message: String },
+    /// `Runner update in progress, do not shutdown runner.`
+    UpdateInProgress,
+    /// `Exiting...` (after SIGINT).
+    Exiting,
+    /// `An error occurred: {message}`.
+    Fatal { message: String },
+}
+
+/// Split off the `{utc}: ` prefix (`2020-02-11 14:57:17Z: `), if present.
+fn strip_timestamp(line: &str) -> Option<&str> {
+    let b = line.as_bytes();
+    if b.len() < 22 {
+        return None;
+    }
+    let shape = b"0000-00-00 00:00:00Z: ";
+    for (i, want) in shape.iter().enumerate() {
+        let ok = match want {
+            b'0' => b[i].is_ascii_digit(),
+            other => b[i] == *other,
+        };
+        if !ok {
+            return None;
+        }
+    }
+    Some(&line[22..])
+}
+
+/// Parse one cleaned line (ANSI stripped, no trailing newline).
+pub fn parse_line(line: &str) -> Option<RunnerEvent> {
+    let line = line.trim_end();
+    if let Some(rest) = strip_timestamp(line) {
+        if rest == "Listening for Jobs" {
+            return Some(RunnerEvent::Listening);
+        }
+        if rest == "Runner reconnected." {
+            return Some(RunnerEvent::Reconnected);
+        }
+        if let Some(name) = rest.strip_prefix("Running job: ") {
+            return Some(RunnerEvent::JobStarted {
+                name: name.to_string(),
+            });
+        }
+        if let Some(msg) = rest
+            .strip_prefix("Runner connect error: ")
+            .and_then(|m| m.strip_suffix(". Retrying until reconnected."))
+        {
+            return Some(RunnerEvent::ConnectError {
+                message: msg.to_string(),
+            });
+        }
+        if let Some(job) = rest.strip_prefix("Job ") {
+            // The job name may contain spaces, so split at the last marker.
+            if let Some(idx) = job.rfind(" completed with result: ") {
+                return Some(RunnerEvent::JobCompleted {
+                    name: job[..idx].to_string(),
+                    result: job[idx + " completed with result: ".len()..].to_string(),
+                });
+            }
+        }
+        return None;
+    }
+    // `√ ` is the glyph U+221A; Windows shows it differently, so match the text after it.
+    if line.ends_with("Connected to GitHub")
+        && line.len() <= "\u{221a} Connected to GitHub".len() + 2
+    {
+        return Some(RunnerEvent::Connected);
+    }
+    if let Some(v) = line
+        .strip_prefix("Current runner version: '")
+        .and_then(|v| v.strip_suffix('\''))
+    {
+        return Some(RunnerEvent::Version(v.to_string()));
+    }
+    match line {
+        "A session for this runner already exists." => return Some(RunnerEvent::SessionConflict),
+        "Stop retry on SessionConflictException after retried for 240 seconds." => {
+            return Some(RunnerEvent::SessionConflictGaveUp)
+        }
+        "The runner no longer exists on the server. Cleaning up local configuration." => {
+            return Some(RunnerEvent::RegistrationDeleted { idle_cleanup: true })
+        }
+        "The runner no longer exists on the server. Please reconfigure the runner." => {
+            return Some(RunnerEvent::RegistrationDeleted {
+                idle_cleanup: false,
+            })
+        }
+        "Runner update in progress, do not shutdown runner." => {
+            return Some(RunnerEvent::UpdateInProgress)
+        }
+        "Exiting..." => return Some(RunnerEvent::Exiting),
+        _ => {}
+    }
+    if line.starts_with(
+        "Failed to create a session. The runner registration has been deleted from the server",
+    ) {
+        return Some(RunnerEvent::RegistrationDeleted {
+            idle_cleanup: false,
+        });
+    }
+    if line.starts_with("The local machine's clock may be out of sync with the server time") {
+        return Some(RunnerEvent::ClockSkew);
+    }
+    if let Some(msg) = line.strip_prefix("An error occurred: ") {
+        let lower = msg.to_ascii_lowercase();
+        if lower.contains("deprecated") || lower.contains("too old") {
+            return Some(RunnerEvent::VersionDeprecated {
+                message: msg.to_string(),
+            });
+        }
+        return Some(RunnerEvent::Fatal {
+            message: msg.to_string(),
+        });
+    }
+    None
+}
+
+/// Remove ANSI escape sequences (CSI, OSC, two-byte escapes) and control characters
+/// other than tab; decode UTF-8 lossily.
+pub fn clean_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    // CSI: parameters and intermediates, then one final byte in @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    chars.next();
+                    // OSC: up to BEL or ESC \.
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' && chars.peek() == Some(&'\\') {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                Some(_) => {
+                    chars.next();
+                }
+                None => {}
+            }
+        } else if c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(line: &str, want: Option<RunnerEvent>) {
+        assert_eq!(parse_line(line), want, "{line:?}");
+    }
+
+    #[test]
+    fn the_exact_strings() {
+        use RunnerEvent::*;
+        check("2020-02-11 14:57:17Z: Listening for Jobs", Some(Listening));
+        check("\u{221a} Connected to GitHub", Some(Connected));
+        check(
+            "Current runner version: '2.336.0'",
+            Some(Version("2.336.0".into())),
+        );
+        check(
+            "2020-02-11 14:57:17Z: Running job: build and test",
+            Some(JobStarted {
+                name: "build and test".into(),
+            }),
+        );
+        check(
+            "2020-02-11 14:57:17Z: Job build and test completed with result: Succeeded",
+            Some(JobCompleted {
+                name: "build and test".into(),
+                result: "Succeeded".into(),
+            }),
+        );
+        check(
+            "2020-02-11 14:57:17Z: Runner connect error: The HTTP request timed out after 00:01:00.. Retrying until reconnected.",
+            Some(ConnectError { message: "The HTTP request timed out after 00:01:00.".into() }),
+        );
+        check(
+            "2020-02-11 14:57:17Z: Runner reconnected.",
+            Some(Reconnected),
+        );
+        check(
+            "A session for this runner already exists.",
+            Some(SessionConflict),
+        );
+        check(
+            "Stop retry on SessionConflictException after retried for 240 seconds.",
+            Some(SessionConflictGaveUp),
+        );
+        check(
+            "The runner no longer exists on the server. Cleaning up local configuration.",
+            Some(RegistrationDeleted { idle_cleanup: true }),
+        );
+        check(
+            "The runner no longer exists on the server. Please reconfigure the runner.",
+            Some(RegistrationDeleted {
+                idle_cleanup: false,
+            }),
+        );
+        check("Failed to create a session. The runner registration has been deleted from the server, please re-configure. Runner registrations are automatically deleted for runners that have not connected to the service recently.", Some(RegistrationDeleted { idle_cleanup: false }));
+        check("The local machine's clock may be out of sync with the server time by more than five minutes. Please sync your clock with your domain or internet time and try again.", Some(ClockSkew));
+        check(
+            "An error occurred: Runner version v2.300.0 is deprecated and cannot receive messages.",
+            Some(VersionDeprecated {
+                message: "Runner version v2.300.0 is deprecated and cannot receive messages."
+                    .into(),
+            }),
+        );
+        check(
+            "An error occurred: boom",
+            Some(Fatal {
+                message: "boom".into(),
+            }),
+        );
+        check(
+            "Runner update in progress, do not shutdown runner.",
+            Some(UpdateInProgress),
+        );
+        check("Exiting...", Some(Exiting));
+    }
+
+    #[test]
+    fn near_misses_are_not_events() {
+        check("Listening for Jobs", None);
+        check("2020-02-11 14:57:17Z: Listening for Jobs later", None);
+        check(
+            "job said: A session for this runner already exists. really",
+            None,
+        );
+        check("2020-02-11 14:57Z: Listening for Jobs", None);
+        check("", None);
+    }
+
+    #[test]
+    fn cleaning() {
+        assert_eq!(
+            clean_line(b"\x1b[32m2020-02-11 14:57:17Z: Listening for Jobs\x1b[0m"),
+            "2020-02-11 14:57:17Z: Listening for Jobs"
+        );
+        assert_eq!(clean_line(b"a\x1b]0;title\x07b\x1b[2J\x1b[Hc\r"), "abc");
+        assert_eq!(
+            clean_line(b"bad \xff\xfe utf8"),
+            "bad \u{fffd}\u{fffd} utf8"
+        );
+        assert_eq!(clean_line(b"tab\there"), "tab\there");
+    }
+}

@@ -1,0 +1,6 @@
+//! The runner side: what the listener says ([`events`]), what its exit means ([`exit`]),
+//! and the process itself ([`process`]).
+
+pub mod events;
+pub mod exit;
+pub mod process;

@@ -1,0 +1,84 @@
+//! Signals to supervisor modes: the first SIGTERM or SIGINT drains, the second forces
+//! the stop (busy listeners get SIGINT now), the third kills (SIGKILL without grace).
+//!
+//! It must not: exit the process; only `main` does that.
+
+use tokio::sync::watch;
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Taking jobs.
+    Run,
+    /// No new jobs; idle listeners stop now, busy ones may finish within `drain_timeout`.
+    Drain,
+    /// Stop every listener now (SIGINT, grace, SIGKILL).
+    Force,
+    /// SIGKILL every listener group now.
+    Kill,
+}
+
+impl Mode {
+    /// A word for logs and the status file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Drain => "drain",
+            Mode::Force => "force",
+            Mode::Kill => "kill",
+        }
+    }
+
+    /// The mode after one more signal.
+    pub fn escalate(self) -> Mode {
+        match self {
+            Mode::Run => Mode::Drain,
+            Mode::Drain => Mode::Force,
+            Mode::Force | Mode::Kill => Mode::Kill,
+        }
+    }
+}
+
+/// Watch SIGTERM and SIGINT and escalate `tx` on each.
+pub async fn run_signals(tx: watch::Sender<Mode>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let next = tx.borrow().escalate();
+        match next {
+            Mode::Drain => tracing::info!(
+                signal = name,
+                "draining: no new jobs; idle runners stop now, busy ones may finish their job"
+            ),
+            Mode::Force => tracing::warn!(
+                signal = name,
+                "second signal: stopping busy runners now (their jobs are cancelled)"
+            ),
+            _ => tracing::warn!(signal = name, "third signal: killing every listener now"),
+        }
+        let _ = tx.send(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escalation() {
+        assert_eq!(Mode::Run.escalate(), Mode::Drain);
+        assert_eq!(Mode::Drain.escalate(), Mode::Force);
+        assert_eq!(Mode::Force.escalate(), Mode::Kill);
+        assert_eq!(Mode::Kill.escalate(), Mode::Kill);
+    }
+}

@@ -1,0 +1,284 @@
+//! Shared status: what each slot is doing, counters, and the status file that
+//! `supervisor health` reads.
+//!
+//! Invariant: slots write their own entry only; the writer task is the only one that
+//! touches `status.json`, and it writes atomically (temp file + rename).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One slot's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    /// registering, starting, listening, busy, stopping, backoff, paused, stopped.
+    pub state: String,
+    pub runner: Option<String>,
+    pub job: Option<String>,
+    pub since: DateTime<Utc>,
+    /// The last failure, while failing.
+    pub error: Option<String>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// When the current run of failures began.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub last_exit: Option<String>,
+}
+
+impl Default for SlotStatus {
+    fn default() -> Self {
+        SlotStatus {
+            state: "starting".into(),
+            runner: None,
+            job: None,
+            since: Utc::now(),
+            error: None,
+            failures: 0,
+            failing_since: None,
+            last_exit: None,
+        }
+    }
+}
+
+/// Counters for the summary and the benchmark.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub jobs_completed: AtomicU64,
+    pub registrations: AtomicU64,
+    pub deregistrations: AtomicU64,
+    pub ghosts_reaped: AtomicU64,
+    pub listeners_started: AtomicU64,
+    exits: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Count an exit by reason.
+    pub fn exit(&self, reason: &str) {
+        *self
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+    /// Exits by reason.
+    pub fn exits(&self) -> BTreeMap<String, u64> {
+        self.exits.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Health verdict.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Ok,
+    Degraded,
+    Unhealthy,
+}
+
+/// The file `supervisor health` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub health: Health,
+    pub reasons: Vec<String>,
+    pub mode: String,
+    pub slots: Vec<SlotStatus>,
+    pub jobs_completed: u64,
+    pub api_requests: u64,
+}
+
+/// How often the status file is rewritten even when nothing changes.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Failing for this long makes a slot unhealthy rather than degraded.
+pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(180);
+
+/// Shared status of all slots.
+pub struct Board {
+    slots: Mutex<Vec<SlotStatus>>,
+    mode: Mutex<String>,
+    changed: Notify,
+    pub stats: Stats,
+    started_at: DateTime<Utc>,
+}
+
+impl Board {
+    /// A board for `n` slots.
+    pub fn new(n: usize) -> Board {
+        Board {
+            slots: Mutex::new(vec![SlotStatus::default(); n]),
+            mode: Mutex::new("run".into()),
+            changed: Notify::new(),
+            stats: Stats::default(),
+            started_at: Utc::now(),
+        }
+    }
+
+    /// Update slot `i`.
+    pub fn update(&self, i: usize, f: impl FnOnce(&mut SlotStatus)) {
+        if let Some(s) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(i)
+        {
+            f(s);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Set slot `i`'s state word.
+    pub fn set_state(&self, i: usize, state: &str) {
+        self.update(i, |s| {
+            if s.state != state {
+                s.state = state.to_string();
+                s.since = Utc::now();
+            }
+        });
+    }
+
+    /// Record the supervisor mode (run, drain, force, kill).
+    pub fn set_mode(&self, mode: &str) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode.to_string();
+        self.changed.notify_one();
+    }
+
+    /// A snapshot of every slot.
+    pub fn slots(&self) -> Vec<SlotStatus> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The verdict and its reasons.
+    pub fn health(&self, now: DateTime<Utc>) -> (Health, Vec<String>) {
+        evaluate(&self.slots(), now)
+    }
+
+    fn snapshot(&self, api_requests: u64) -> StatusFile {
+        let now = Utc::now();
+        let (health, reasons) = self.health(now);
+        StatusFile {
+            pid: std::process::id(),
+            started_at: self.started_at,
+            updated_at: now,
+            health,
+            reasons,
+            mode: self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            slots: self.slots(),
+            jobs_completed: self.stats.jobs_completed.load(Ordering::Relaxed),
+            api_requests,
+        }
+    }
+
+    /// Write `status.json` on every change (at most every 200 ms) and every heartbeat.
+    pub async fn run_writer(
+        &self,
+        path: PathBuf,
+        api_requests: impl Fn() -> u64,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let snap = self.snapshot(api_requests());
+            if let Err(e) =
+                write_atomic(&path, &serde_json::to_vec_pretty(&snap).unwrap_or_default())
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    }
+
+    /// Write the final status (called once the slots have stopped).
+    pub fn write_final(&self, path: &Path, api_requests: u64) {
+        let mut snap = self.snapshot(api_requests);
+        snap.mode = "stopped".into();
+        let _ = write_atomic(path, &serde_json::to_vec_pretty(&snap).unwrap_or_default());
+    }
+}
+
+/// Health from slot states: a job in progress is never unhealthy because the API is down;
+/// failing slots are degraded, and unhealthy after [`UNHEALTHY_AFTER`]; a paused slot
+/// (operator action needed) is unhealthy.
+pub fn evaluate(slots: &[SlotStatus], now: DateTime<Utc>) -> (Health, Vec<String>) {
+    let mut health = Health::Ok;
+    let mut reasons = vec![];
+    for (i, s) in slots.iter().enumerate() {
+        if s.state == "busy" {
+            continue;
+        }
+        if s.state == "paused" {
+            health = health.max(Health::Unhealthy);
+            reasons.push(format!(
+                "slot {i} paused: {}",
+                s.error.as_deref().unwrap_or("unknown")
+            ));
+            continue;
+        }
+        if let Some(since) = s.failing_since {
+            let long = (now - since).to_std().unwrap_or_default() >= UNHEALTHY_AFTER;
+            health = health.max(if long {
+                Health::Unhealthy
+            } else {
+                Health::Degraded
+            });
+            reasons.push(format!(
+                "slot {i} {} ({} failures since {}): {}",
+                s.state,
+                s.failures,
+                since.format("%H:%M:%SZ"),
+                s.error.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    (health, reasons)
+}
+
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_rules() {
+        let now = Utc::now();
+        let failing = |secs: i64, state: &str| SlotStatus {
+            state: state.into(),
+            failures: 3,
+            failing_since: Some(now - chrono::Duration::seconds(secs)),
+            error: Some("transient failure".into()),
+            ..SlotStatus::default()
+        };
+        assert_eq!(evaluate(&[SlotStatus::default()], now).0, Health::Ok);
+        assert_eq!(evaluate(&[failing(10, "backoff")], now).0, Health::Degraded);
+        assert_eq!(
+            evaluate(&[failing(181, "backoff")], now).0,
+            Health::Unhealthy
+        );
+        // A running job is never made unhealthy by API trouble.
+        assert_eq!(evaluate(&[failing(1000, "busy")], now).0, Health::Ok);
+        let paused = SlotStatus {
+            state: "paused".into(),
+            ..SlotStatus::default()
+        };
+        assert_eq!(evaluate(&[paused], now).0, Health::Unhealthy);
+    }
+}

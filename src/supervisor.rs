@@ -1,0 +1,176 @@
+//! The supervisor: prepare the state directory, reap this host's ghost runners, run every
+//! slot, and return a summary once they have all stopped.
+//!
+//! It must not: exit the process, or delete a runner that is not this host's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::github::{GithubClient, GithubError};
+use crate::layout;
+use crate::naming;
+use crate::shutdown::Mode;
+use crate::slot::{self, Shared};
+use crate::status::Board;
+
+/// What happened during a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub jobs_completed: u64,
+    pub registrations: u64,
+    pub deregistrations: u64,
+    pub ghosts_reaped: u64,
+    pub listeners_started: u64,
+    pub api_requests: u64,
+    pub exits: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "summary:")?;
+        writeln!(f, "  jobs completed      {}", self.jobs_completed)?;
+        writeln!(f, "  listeners started   {}", self.listeners_started)?;
+        writeln!(f, "  registrations       {}", self.registrations)?;
+        writeln!(f, "  deregistrations     {}", self.deregistrations)?;
+        writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
+        writeln!(f, "  GitHub API requests {}", self.api_requests)?;
+        let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(
+            f,
+            "  listener exits      {}",
+            if exits.is_empty() {
+                "none".into()
+            } else {
+                exits.join(" ")
+            }
+        )
+    }
+}
+
+/// Everything `run` needs from outside.
+pub struct Deps {
+    pub cfg: Arc<Config>,
+    pub gh: GithubClient,
+    /// The host part of runner names.
+    pub host: String,
+    /// Reads the supervisor's own environment (for the runner's allow-listed variables).
+    pub outer_env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+/// Delete offline runners whose names say they are this host's. Returns how many.
+pub async fn reap_ghosts(gh: &GithubClient, prefix: &str, host: &str) -> Result<u64, GithubError> {
+    let mut n = 0;
+    for r in gh.list_runners(None).await? {
+        if r.status == "offline" && naming::is_ours(&r.name, prefix, host) {
+            match gh.delete_runner(r.id).await {
+                Ok(()) => {
+                    tracing::info!(runner = %r.name, id = r.id, "deleted a ghost runner left by an earlier run");
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(runner = %r.name, id = r.id, error = %e, "cannot delete a ghost runner")
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Run until every slot has stopped (after `mode` leaves `Run`).
+pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summary> {
+    let cfg = deps.cfg.clone();
+    let state = &cfg.state_dir;
+    std::fs::create_dir_all(state).map_err(|e| {
+        anyhow::anyhow!("cannot create the state directory {}: {e}", state.display())
+    })?;
+    // State from an earlier run (or container) is not this run's.
+    let status_path = state.join("status.json");
+    let _ = std::fs::remove_file(&status_path);
+    let roots = layout::prepare_slots(&cfg.runner.dir, state, cfg.runner.slots).map_err(|e| {
+        anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
+    })?;
+
+    let board = Arc::new(Board::new(cfg.runner.slots));
+    let tracker = TaskTracker::new();
+    let writer_cancel = CancellationToken::new();
+    {
+        let board = board.clone();
+        let gh = deps.gh.clone();
+        let path = status_path.clone();
+        let cancel = writer_cancel.clone();
+        tracker.spawn(async move {
+            board
+                .run_writer(
+                    path,
+                    move || gh.stats().requests.load(Ordering::Relaxed),
+                    cancel,
+                )
+                .await
+        });
+    }
+    {
+        let board = board.clone();
+        let mut m = mode.clone();
+        let cancel = writer_cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                board.set_mode(m.borrow().as_str());
+                tokio::select! {
+                    r = m.changed() => if r.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    // No registration of ours exists yet, so every offline runner of ours is a ghost.
+    match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host).await {
+        Ok(n) => {
+            board.stats.ghosts_reaped.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list runners to reap ghosts; continuing"),
+    }
+
+    let shared = Arc::new(Shared::new(
+        cfg.clone(),
+        deps.gh.clone(),
+        deps.host.clone(),
+        board.clone(),
+        roots,
+        &*deps.outer_env,
+    ));
+    let slots = TaskTracker::new();
+    for i in 0..cfg.runner.slots {
+        slots.spawn(slot::run(shared.clone(), i, mode.clone()));
+    }
+    slots.close();
+    slots.wait().await;
+
+    writer_cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let api_requests = deps.gh.stats().requests.load(Ordering::Relaxed);
+    board.write_final(&status_path, api_requests);
+    let st = &board.stats;
+    Ok(Summary {
+        jobs_completed: st.jobs_completed.load(Ordering::Relaxed),
+        registrations: st.registrations.load(Ordering::Relaxed),
+        deregistrations: st.deregistrations.load(Ordering::Relaxed),
+        ghosts_reaped: st.ghosts_reaped.load(Ordering::Relaxed),
+        listeners_started: st.listeners_started.load(Ordering::Relaxed),
+        api_requests,
+        exits: st.exits(),
+    })
+}
+
+/// The status file of a state directory.
+pub fn status_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("status.json")
+}

@@ -1,0 +1,75 @@
+//! Runs the fake GitHub API on loopback until SIGINT or SIGTERM.
+//!
+//! Prints `fake-github listening on http://ADDR` as its first line (the readiness signal).
+
+use std::time::Duration;
+
+use sim::github::{FakeGithub, JobSpec, Options, TokenKind};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: fake-github [--listen 127.0.0.1:0] [--token T] [--scopes repo,admin:org | --fine-grained]\n\
+         \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]"
+    );
+    std::process::exit(64)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut opts = Options::default();
+    let mut listen = "127.0.0.1:0".to_string();
+    let mut jobs = 0usize;
+    let mut job_ms = 500u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--listen" => listen = val(),
+            "--token" => opts.token = val(),
+            "--scopes" => {
+                opts.token_kind = TokenKind::Classic {
+                    scopes: val().split(',').map(|s| s.trim().to_string()).collect(),
+                }
+            }
+            "--fine-grained" => {
+                opts.token_kind = TokenKind::FineGrained {
+                    administration: "write".into(),
+                    organization_self_hosted_runners: "write".into(),
+                }
+            }
+            "--time-scale" => opts.time_scale = val().parse().unwrap_or_else(|_| usage()),
+            "--startup-ms" => opts.runner_startup_ms = val().parse().unwrap_or_else(|_| usage()),
+            "--poll-timeout-ms" => {
+                opts.poll_timeout = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
+            }
+            "--no-jit" => opts.jit = false,
+            "--jobs" => jobs = val().parse().unwrap_or_else(|_| usage()),
+            "--job-ms" => job_ms = val().parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    let addr = listen.parse().unwrap_or_else(|_| usage());
+    let gh = match FakeGithub::start_on(addr, opts).await {
+        Ok(gh) => gh,
+        Err(e) => {
+            eprintln!("fake-github: cannot listen on {listen}: {e}");
+            std::process::exit(1)
+        }
+    };
+    if jobs > 0 {
+        gh.enqueue(
+            JobSpec {
+                duration_ms: job_ms,
+                ..JobSpec::default()
+            },
+            jobs,
+        );
+    }
+    println!("fake-github listening on {}", gh.url());
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,43 @@
+//! Lays out a runner install directory whose `bin/Runner.Listener` is the fake runner.
+//!
+//! It must not: touch anything outside the directory it is given.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where the workspace's binaries are, given any binary built in the same target dir.
+pub fn sibling_binary(anchor: &Path, name: &str) -> PathBuf {
+    anchor
+        .parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Create `dir` as a runner install: `bin/Runner.Listener` (the fake runner, hard-linked
+/// or copied), and `config.sh` / `run.sh` that call it as the real scripts do.
+pub fn install_runner(dir: &Path, fake_runner: &Path) -> io::Result<()> {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin)?;
+    let listener = bin.join("Runner.Listener");
+    let _ = fs::remove_file(&listener);
+    if fs::hard_link(fake_runner, &listener).is_err() {
+        fs::copy(fake_runner, &listener)?;
+    }
+    fs::set_permissions(&listener, fs::Permissions::from_mode(0o755))?;
+    write_script(
+        &dir.join("config.sh"),
+        "#!/bin/bash\n# Stand-in for the runner's config.sh.\ncd \"$(dirname \"$0\")\"\nexec ./bin/Runner.Listener configure \"$@\"\n",
+    )?;
+    write_script(
+        &dir.join("run.sh"),
+        "#!/bin/bash\ncd \"$(dirname \"$0\")\"\nexec ./bin/Runner.Listener run \"$@\"\n",
+    )?;
+    Ok(())
+}
+
+fn write_script(path: &Path, body: &str) -> io::Result<()> {
+    fs::write(path, body)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}

@@ -1,0 +1,10 @@
+//! Test doubles for runner-supervisor: a fake GitHub API ([`github`]) and a fake
+//! `Runner.Listener` ([`runner`]), plus [`fixture`] helpers that lay out a runner directory.
+//!
+//! Both doubles follow `../shared/reference/runner-and-api-facts.md` to the byte: strings,
+//! streams, exit codes, status codes, headers and JSON shapes.
+
+pub mod fixture;
+pub mod github;
+pub mod protocol;
+pub mod runner;
