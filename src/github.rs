@@ -271,6 +271,17 @@ impl GithubClient {
         })
     }
 
+    /// Replace the retry policy (tests use short limits).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> GithubClient {
+        self.retry = retry;
+        self
+    }
+
+    /// The retry policy in force.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// Request counters.
     pub fn stats(&self) -> &ApiStats {
         &self.stats

@@ -190,7 +190,8 @@ fn token_registration(sh: &Shared, slot: usize, token: AuthToken) -> Registratio
 
 /// Delete a registration, retrying while GitHub says the runner is busy.
 pub async fn deregister(sh: &Shared, id: u64, name: &str) {
-    for attempt in 0..5u32 {
+    // A runner that died mid-job stays busy until GitHub abandons the job; keep trying a while.
+    for attempt in 0..8u32 {
         match sh.gh.delete_runner(id).await {
             Ok(()) => {
                 sh.board

@@ -179,7 +179,7 @@ impl Board {
         }
     }
 
-    /// Write `status.json` on every change (at most every 200 ms) and every heartbeat.
+    /// Write `status.json` on every change (at most every 100 ms) and every heartbeat.
     pub async fn run_writer(
         &self,
         path: PathBuf,
@@ -193,9 +193,15 @@ impl Board {
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
             }
+            // Coalesce bursts: changes during this pause leave a permit, so the next
+            // wait returns at once and the write after it carries them all.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.changed.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.changed.notified() => {}
                 _ = tokio::time::sleep(HEARTBEAT) => {}
             }
         }

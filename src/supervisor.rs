@@ -54,6 +54,9 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// Reads a variable of the supervisor's own environment.
+pub type EnvReader = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Everything `run` needs from outside.
 pub struct Deps {
     pub cfg: Arc<Config>,
@@ -61,7 +64,7 @@ pub struct Deps {
     /// The host part of runner names.
     pub host: String,
     /// Reads the supervisor's own environment (for the runner's allow-listed variables).
-    pub outer_env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub outer_env: EnvReader,
 }
 
 /// Delete offline runners whose names say they are this host's. Returns how many.

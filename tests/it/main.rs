@@ -1,1 +1,10 @@
+//! Integration tests: the supervisor against the fake GitHub and the fake runner.
+//! Signal and exit-code behaviour goes through the real binary.
 
+mod support;
+
+mod config_cli;
+mod github_client;
+mod jobs;
+mod listener;
+mod shutdown;

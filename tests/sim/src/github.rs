@@ -65,6 +65,8 @@ pub struct Options {
     pub poll_timeout: Duration,
     /// Primary rate limit per hour.
     pub rate_limit: u64,
+    /// A job whose lock is not renewed for this long is abandoned (the runner died).
+    pub job_lock_timeout: Duration,
 }
 
 impl Default for Options {
@@ -80,6 +82,7 @@ impl Default for Options {
             jit: true,
             poll_timeout: Duration::from_secs(50),
             rate_limit: 5000,
+            job_lock_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -156,6 +159,11 @@ pub struct SimRunner {
 }
 
 impl SimRunner {
+    /// Whether a session is open (GitHub shows the runner online).
+    pub fn status_is_online(&self) -> bool {
+        self.session.is_some()
+    }
+
     fn status(&self) -> &'static str {
         if self.session.is_some() {
             "online"
@@ -251,6 +259,8 @@ pub struct State {
     pub queue: VecDeque<(u64, JobSpec)>,
     /// Job id to (runner id, job) while a runner has it.
     pub running: BTreeMap<u64, (u64, JobSpec)>,
+    /// Job id to its last lock renewal.
+    locks: HashMap<u64, std::time::Instant>,
     pub completed: Vec<CompletedJob>,
     pub calls: Vec<Call>,
     /// Runners deleted through the REST API or by ephemeral completion, by name.
@@ -387,6 +397,11 @@ impl FakeGithub {
         self.state(|s| s.runners.values().cloned().collect())
     }
 
+    /// Delete a runner on the server side (as a user in the web UI would).
+    pub fn delete_runner(&self, id: u64) -> bool {
+        self.state(|s| delete_runner(s, id).is_some())
+    }
+
     /// Register a runner directly (as if another host had), returning its id.
     pub fn add_runner(&self, scope: &str, name: &str, online: bool) -> u64 {
         self.state(|s| {
@@ -439,6 +454,38 @@ fn new_runner(
         },
     );
     id
+}
+
+/// Abandon jobs whose lock expired: the service gives up on a runner that died mid-job.
+fn expire_locks(s: &mut State, timeout: Duration) {
+    let expired: Vec<u64> = s
+        .locks
+        .iter()
+        .filter(|(_, t)| t.elapsed() > timeout)
+        .map(|(id, _)| *id)
+        .collect();
+    for jid in expired {
+        s.locks.remove(&jid);
+        if let Some((rid, job)) = s.running.remove(&jid) {
+            let name = s
+                .runners
+                .get(&rid)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            if let Some(r) = s.runners.get_mut(&rid) {
+                r.busy = false;
+                if let Some(sid) = r.session.take() {
+                    s.sessions.remove(&sid);
+                }
+            }
+            s.completed.push(CompletedJob {
+                job_id: jid,
+                name: job.name,
+                runner: name,
+                result: "Abandoned".into(),
+            });
+        }
+    }
 }
 
 fn delete_runner(s: &mut State, id: u64) -> Option<SimRunner> {
@@ -725,6 +772,7 @@ fn validation_error(message: &str, errors: Vec<String>) -> Resp {
 }
 
 /// Authentication, User-Agent, primary rate limit. Returns the error answer, if any.
+#[allow(clippy::result_large_err)]
 fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(), Resp> {
     if ctx.header("user-agent").is_none_or(|u| u.trim().is_empty()) {
         return Err(basic_error(
@@ -820,6 +868,7 @@ fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
         }
         _ => return basic_error(StatusCode::NOT_FOUND, "Not Found"),
     };
+    expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);
     let m = &ctx.method;
     match (m.as_str(), rest) {
         ("GET", []) => list_runners(shared, ctx, &scope),
@@ -1100,6 +1149,16 @@ async fn sim(shared: &Arc<Shared>, ctx: &Ctx, segs: &[&str]) -> Resp {
             empty(StatusCode::OK)
         }
         ("GET", ["sessions", sid, "message"]) => sim_message(shared, sid).await,
+        ("POST", ["jobs", id, "renew"]) => {
+            let mut s = shared.lock();
+            match id.parse::<u64>().ok().and_then(|id| s.locks.get_mut(&id)) {
+                Some(t) => {
+                    *t = std::time::Instant::now();
+                    empty(StatusCode::OK)
+                }
+                None => empty(StatusCode::NOT_FOUND),
+            }
+        }
         ("POST", ["jobs", id, "complete"]) => {
             let Ok(id) = id.parse::<u64>() else {
                 return empty(StatusCode::NOT_FOUND);
@@ -1111,6 +1170,7 @@ async fn sim(shared: &Arc<Shared>, ctx: &Ctx, segs: &[&str]) -> Resp {
             let Some((rid, job)) = s.running.remove(&id) else {
                 return empty(StatusCode::NOT_FOUND);
             };
+            s.locks.remove(&id);
             let name = s
                 .runners
                 .get(&rid)
@@ -1259,6 +1319,7 @@ async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     r.busy = true;
                 }
                 s.running.insert(jid, (rid, job.clone()));
+                s.locks.insert(jid, std::time::Instant::now());
                 drop(s);
                 shared.changed.notify_waiters();
                 let msg = JobMessage {

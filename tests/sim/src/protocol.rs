@@ -106,8 +106,13 @@ pub enum Script {
     ClockSkew,
     /// Self-update: print the update lines, arrange `update.finished`, exit 4 (ephemeral).
     SelfUpdate { exit_code: i32 },
-    /// An unexpected exception: `An error occurred: ...`, exit 2.
-    Crash { after_ms: u64 },
+    /// An unexpected exception: `An error occurred: ...`, exit 2; while idle, or
+    /// `after_ms` into the next job.
+    Crash {
+        after_ms: u64,
+        #[serde(default)]
+        during_job: bool,
+    },
     /// Stop responding: ignore SIGINT and SIGTERM, print nothing more.
     Hang { after_ms: u64 },
     /// Print huge lines, invalid UTF-8 and escape sequences, then behave normally.

@@ -443,7 +443,11 @@ impl Runner {
                 shut = true;
             }
         }
-        if let Script::Crash { after_ms } = script {
+        if let Script::Crash {
+            after_ms,
+            during_job: true,
+        } = script
+        {
             if !self
                 .sleep_or_shutdown(Duration::from_millis(*after_ms))
                 .await
@@ -455,8 +459,27 @@ impl Runner {
             }
         }
         if !shut {
-            let left = total.saturating_sub(started.elapsed());
-            shut = self.sleep_or_shutdown(left).await;
+            // Renew the job lock while working, as the real runner does.
+            let renew_url = self.url(&format!("/_sim/jobs/{}/renew", job.job_id));
+            loop {
+                let left = total.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                if self
+                    .sleep_or_shutdown(left.min(Duration::from_millis(500)))
+                    .await
+                {
+                    shut = true;
+                    break;
+                }
+                let _ = self
+                    .http
+                    .post(&renew_url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+            }
         }
         if shut {
             self.term.line("Exiting...");
@@ -527,7 +550,7 @@ impl Runner {
             } => Some((*after_ms, *recover_after_ms, *give_up)),
             _ => None,
         };
-        let mut hang_at = match &script {
+        let hang_at = match &script {
             Script::Hang { after_ms } => Some(listening_since + Duration::from_millis(*after_ms)),
             _ => None,
         };
@@ -727,7 +750,10 @@ async fn run(args: &Args, root: &Path) -> i32 {
     }
     match script {
         Script::SelfUpdate { exit_code } => r.self_update(exit_code).await,
-        Script::Crash { after_ms } => {
+        Script::Crash {
+            after_ms,
+            during_job: false,
+        } => {
             if r.sleep_or_shutdown(Duration::from_millis(after_ms)).await {
                 return r.exiting().await;
             }
@@ -797,9 +823,7 @@ async fn configure(args: &Args, root: &Path) -> i32 {
     let work = args.value("work").unwrap_or_else(|| "_work".into());
     term.section("Authentication");
     let Some(api) = api_base(&url) else {
-        term.error(&format!(
-            "Invalid configuration provided for url. Terminating unattended configuration."
-        ));
+        term.error("Invalid configuration provided for url. Terminating unattended configuration.");
         return 1;
     };
     let http = reqwest::Client::new();

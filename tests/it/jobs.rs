@@ -1,0 +1,202 @@
+//! The one-job-at-a-time loop: names, labels, slots, pre-registration, ghost reaping,
+//! and the registration-token fallback.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use runner_supervisor::naming::this_host;
+use sim::github::JobSpec;
+
+use crate::support::{github, looks_like_jit_name, Daemon, Sandbox};
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn two_slots_take_jobs_one_at_a_time_and_leave_no_ghosts() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 300,
+            ..Default::default()
+        },
+        6,
+    );
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    env.insert("SUPERVISOR_LABELS".into(), "self-hosted,linux,mongo".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_lines(&["job completed"], 6, T).await;
+    d.signal(Signal::SIGTERM);
+    let (code, out) = d.wait_exit(T).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("jobs completed      6"), "{out}");
+
+    let done = gh.state(|s| s.completed.clone());
+    assert_eq!(done.len(), 6);
+    assert!(done.iter().all(|j| j.result == "Succeeded"));
+    let names: BTreeSet<&str> = done.iter().map(|j| j.runner.as_str()).collect();
+    assert_eq!(names.len(), 6, "one runner per job: {names:?}");
+    for slot in 0..2 {
+        assert!(
+            names.iter().any(|n| looks_like_jit_name(n, "ci", slot)),
+            "slot {slot} took jobs: {names:?}"
+        );
+    }
+    assert!(names
+        .iter()
+        .all(|n| looks_like_jit_name(n, "ci", 0) || looks_like_jit_name(n, "ci", 1)));
+    // Every registration carried our labels.
+    let bodies_ok = gh
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .count();
+    assert!(bodies_ok >= 6);
+    assert!(gh.runners().is_empty(), "no ghost left: {:?}", gh.runners());
+}
+
+#[tokio::test]
+async fn labels_reach_the_registration() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_LABELS".into(), "self-hosted,linux,mongo".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    let r = &gh.runners()[0];
+    assert_eq!(r.labels, ["self-hosted", "linux", "mongo"]);
+    assert!(r.status_is_online());
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn the_next_runner_is_registered_while_the_job_runs() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 1500,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    d.wait_log(&["job completed"], T).await;
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    let calls = gh.calls();
+    let gens: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .map(|c| c.at_ms)
+        .collect();
+    let done = calls
+        .iter()
+        .find(|c| c.path.ends_with("/complete"))
+        .unwrap()
+        .at_ms;
+    assert!(
+        gens.len() >= 2 && gens[1] < done,
+        "second registration at {gens:?}, job done at {done}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(gh.runners().is_empty());
+}
+
+#[tokio::test]
+async fn only_this_hosts_offline_runners_are_reaped_at_start() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let host = this_host();
+    let scope = "repos/octo/app";
+    let ours_offline = gh.add_runner(scope, &format!("ci-{host}-0-abc123"), false);
+    let ours_fixed = gh.add_runner(scope, &format!("ci-{host}-1"), false);
+    let ours_online = gh.add_runner(scope, &format!("ci-{host}-0-zzz999"), true);
+    let other_host = gh.add_runner(scope, &format!("ci-{host}-2-0-abc123"), false);
+    let other_prefix = gh.add_runner(scope, &format!("web-{host}-0-abc123"), false);
+    let stranger = gh.add_runner(scope, "laptop-of-someone", false);
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    let ids: BTreeSet<u64> = gh.runners().iter().map(|r| r.id).collect();
+    assert!(
+        !ids.contains(&ours_offline) && !ids.contains(&ours_fixed),
+        "ghosts reaped"
+    );
+    for keep in [ours_online, other_host, other_prefix, stranger] {
+        assert!(ids.contains(&keep), "runner {keep} is not ours to delete");
+    }
+    d.signal(Signal::SIGTERM);
+    let (code, out) = d.wait_exit(T).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("ghosts reaped       2"), "{out}");
+}
+
+#[tokio::test]
+async fn servers_without_jit_fall_back_to_config_sh() {
+    let sb = Sandbox::new();
+    let gh = github(|o| o.jit = false).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 200,
+            ..Default::default()
+        },
+        2,
+    );
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    d.wait_log(&["falling back to registration tokens"], T)
+        .await;
+    d.wait_lines(&["job completed"], 2, T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    let calls = gh.calls();
+    let exchange: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/actions/runner-registration"))
+        .collect();
+    assert!(exchange.len() >= 2);
+    assert!(
+        exchange
+            .iter()
+            .all(|c| c.auth_scheme.as_deref() == Some("RemoteAuth")
+                && c.path.starts_with("/api/v3/")),
+        "{exchange:?}"
+    );
+    let host = this_host();
+    let done = gh.state(|s| s.completed.clone());
+    assert!(
+        done.iter().all(|j| j.runner == format!("ci-{host}-0")),
+        "fixed name: {done:?}"
+    );
+    // config.sh's output went to the log, and the registration token never did.
+    assert!(d.count(&["Settings Saved."]) >= 2);
+    assert!(gh.runners().is_empty(), "{:?}", gh.runners());
+}
+
+#[tokio::test]
+async fn a_revoked_token_backs_off_for_minutes_not_seconds() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.state(|s| s.revoked = true);
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    let line = d.wait_log(&["registration failed"], T).await;
+    assert!(
+        line.contains("unauthorized") && line.contains("wait_s=300"),
+        "{line}"
+    );
+    // Scenario 16: a signal during a back-off is handled at once.
+    let t = std::time::Instant::now();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).await.0, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        gh.calls()
+            .iter()
+            .filter(|c| c.path.ends_with("generate-jitconfig"))
+            .count(),
+        1,
+        "one attempt, no tight loop"
+    );
+}

@@ -1,0 +1,85 @@
+//! Draining on SIGTERM: busy runners may finish within drain_timeout; a second signal forces.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sim::github::JobSpec;
+
+use crate::support::{github, listeners, wait_gone, Daemon, Sandbox};
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn sigterm_during_a_job_lets_it_finish() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 1500,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    d.wait_log(&["Running job: build"], T).await;
+    d.signal(Signal::SIGTERM);
+    d.wait_log(&["draining: letting the running job finish"], T)
+        .await;
+    let (code, out) = d.wait_exit(T).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("jobs completed      1"), "{out}");
+    assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Succeeded");
+    assert!(
+        gh.runners().is_empty(),
+        "the runner made in advance is deleted too: {:?}",
+        gh.runners()
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_cancels_the_job_and_deregisters() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 60_000,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_RUNNER_DRAIN_TIMEOUT".into(), "1s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Running job: build"], T).await;
+    let pid = listeners(&sb, 1)[0];
+    d.signal(Signal::SIGTERM);
+    d.wait_log(&["drain timeout"], T).await;
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
+    assert!(wait_gone(pid, Duration::from_secs(5)).await);
+    assert!(gh.runners().is_empty(), "{:?}", gh.runners());
+}
+
+#[tokio::test]
+async fn a_second_signal_forces_the_stop() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 60_000,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
+    d.wait_log(&["Running job: build"], T).await;
+    d.signal(Signal::SIGTERM);
+    d.wait_log(&["draining"], T).await;
+    let t = std::time::Instant::now();
+    d.signal(Signal::SIGINT);
+    d.wait_log(&["second signal"], T).await;
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
+    assert!(gh.runners().is_empty(), "{:?}", gh.runners());
+}
