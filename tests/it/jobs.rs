@@ -200,3 +200,37 @@ async fn a_revoked_token_backs_off_for_minutes_not_seconds() {
         "one attempt, no tight loop"
     );
 }
+
+#[tokio::test]
+async fn organisation_runners_use_the_org_endpoints() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 100,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut env = sb.env(&gh);
+    env.remove("REPO_OWNER");
+    env.remove("REPO_NAME");
+    env.insert("SUPERVISOR_GITHUB_ORG".into(), "acme".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["job completed"], T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    let rest: Vec<String> = gh
+        .calls()
+        .into_iter()
+        .map(|c| c.path)
+        .filter(|p| !p.starts_with("/_sim") && p != "/user")
+        .collect();
+    assert!(
+        !rest.is_empty()
+            && rest
+                .iter()
+                .all(|p| p.starts_with("/orgs/acme/actions/runners")),
+        "{rest:?}"
+    );
+}

@@ -342,3 +342,39 @@ async fn no_listener_outlives_a_sigkilled_supervisor() {
         );
     }
 }
+
+#[tokio::test]
+async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
+    let sb = Sandbox::new();
+    let gh = github(|o| o.time_scale = 0.05).await;
+    gh.script(Script::SelfUpdate { exit_code: 4 });
+    let mut env = sb.env(&gh);
+    env.insert(
+        "SUPERVISOR_LOG".into(),
+        "info,runner_supervisor::procs=debug".into(),
+    );
+    // A new PID namespace: the supervisor is PID 1 there, as in a container without tini.
+    let mut d = Daemon::start_wrapped(
+        &env,
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--mount-proc",
+        ],
+        &["run"],
+    )
+    .await;
+    d.wait_log(&["runner self-update finished"], T).await;
+    // The update script, orphaned when the listener exited, was re-parented to PID 1: us.
+    d.wait_log(&["reaped an orphaned process"], T).await;
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    let pid = listeners(&sb, 1)[0];
+    // unshare forwards nothing; signal the supervisor (its child) directly.
+    let sup = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid)).unwrap();
+    let sup: i32 = sup.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(wait_gone(pid, Duration::from_secs(5)).await);
+}

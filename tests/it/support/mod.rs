@@ -97,7 +97,23 @@ pub struct Daemon {
 impl Daemon {
     /// Start `supervisor <args>` with exactly `env` (plus PATH and HOME).
     pub async fn start(env: &BTreeMap<String, String>, args: &[&str]) -> Daemon {
-        let mut cmd = Command::new(supervisor_bin());
+        Self::start_wrapped(env, &[], args).await
+    }
+
+    /// Start `<wrapper...> supervisor <args>`, e.g. under `unshare` to be PID 1.
+    pub async fn start_wrapped(
+        env: &BTreeMap<String, String>,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Daemon {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(supervisor_bin());
+                c
+            }
+            None => Command::new(supervisor_bin()),
+        };
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
