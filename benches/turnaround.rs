@@ -81,14 +81,12 @@ async fn run(slots: usize, jobs: usize, dir: &Path) -> Outcome {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_supervisor"))
         .arg("run")
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("GITHUB_PAT", Options::default().token)
-        .env("REPO_OWNER", "octo")
-        .env("REPO_NAME", "app")
-        .env("RUNNER_NAME", "bench")
-        .env("SUPERVISOR_GITHUB_API_URL", gh.url())
-        .env("SUPERVISOR_RUNNER_DIR", &install)
-        .env("SUPERVISOR_STATE_DIR", &state)
+        .envs(sim::fixture::supervisor_env(
+            &gh.url(),
+            "bench",
+            &install,
+            &state,
+        ))
         .env("SUPERVISOR_SLOTS", slots.to_string())
         .env("SUPERVISOR_LOG_FORMAT", "json")
         .stdin(Stdio::null())

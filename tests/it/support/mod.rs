@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sim::github::{FakeGithub, Options};
+
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
@@ -54,15 +55,12 @@ impl Sandbox {
 
     /// The environment for a supervisor against `gh`.
     pub fn env(&self, gh: &FakeGithub) -> BTreeMap<String, String> {
-        let mut e = BTreeMap::new();
+        let mut e: BTreeMap<String, String> =
+            sim::fixture::supervisor_env(&gh.url(), "ci", &self.install, &self.state)
+                .into_iter()
+                .collect();
+        e.remove("PATH");
         for (k, v) in [
-            ("GITHUB_PAT", Options::default().token.as_str()),
-            ("REPO_OWNER", "octo"),
-            ("REPO_NAME", "app"),
-            ("RUNNER_NAME", "ci"),
-            ("SUPERVISOR_GITHUB_API_URL", gh.url().as_str()),
-            ("SUPERVISOR_RUNNER_DIR", self.install.to_str().unwrap()),
-            ("SUPERVISOR_STATE_DIR", self.state.to_str().unwrap()),
             ("SUPERVISOR_RUNNER_STOP_GRACE", "5s"),
             ("SUPERVISOR_GITHUB_BACKOFF_BASE", "50ms"),
             ("SUPERVISOR_LOG", "info"),

@@ -15,6 +15,29 @@ pub fn sibling_binary(anchor: &Path, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The environment for a `supervisor` against a fake GitHub at `api_url`: the simulated
+/// token, repository `octo/app`, runner names `<prefix>-...`, and the given directories.
+pub fn supervisor_env(
+    api_url: &str,
+    prefix: &str,
+    install: &Path,
+    state: &Path,
+) -> Vec<(String, String)> {
+    [
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("GITHUB_PAT", crate::github::Options::default().token),
+        ("REPO_OWNER", "octo".into()),
+        ("REPO_NAME", "app".into()),
+        ("RUNNER_NAME", prefix.into()),
+        ("SUPERVISOR_GITHUB_API_URL", api_url.into()),
+        ("SUPERVISOR_RUNNER_DIR", install.display().to_string()),
+        ("SUPERVISOR_STATE_DIR", state.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Create `dir` as a runner install: `bin/Runner.Listener` (the fake runner, hard-linked
 /// or copied), and `config.sh` / `run.sh` that call it as the real scripts do.
 pub fn install_runner(dir: &Path, fake_runner: &Path) -> io::Result<()> {

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p sim --bin demo [-- --jobs N]`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -135,14 +135,12 @@ async fn main() {
     let mut child = tokio::process::Command::new(&supervisor)
         .arg("run")
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("GITHUB_PAT", Options::default().token)
-        .env("REPO_OWNER", "octo")
-        .env("REPO_NAME", "app")
-        .env("RUNNER_NAME", "demo")
-        .env("SUPERVISOR_GITHUB_API_URL", gh.url())
-        .env("SUPERVISOR_RUNNER_DIR", &install)
-        .env("SUPERVISOR_STATE_DIR", tmp.join("state"))
+        .envs(sim::fixture::supervisor_env(
+            &gh.url(),
+            "demo",
+            &install,
+            &tmp.join("state"),
+        ))
         .env("SUPERVISOR_SLOTS", "2")
         .env("SUPERVISOR_GITHUB_BACKOFF_BASE", "200ms")
         .stdin(Stdio::null())
@@ -203,12 +201,7 @@ async fn main() {
     }
     println!("  runners left registered: {left}   REST API calls: {calls}");
     let _ = std::fs::remove_dir_all(&tmp);
-    cleanup(&tmp);
     if !all_done || left != 0 {
         std::process::exit(1);
     }
-}
-
-fn cleanup(p: &Path) {
-    let _ = std::fs::remove_dir_all(p);
 }
