@@ -410,14 +410,33 @@ pub const KEYS: &[KeySpec] = &[
         aliases: &[],
         doc: "TCP keepalive probes before the connection is dropped",
     },
-    KeySpec {
-        section: "watchdog",
-        key: "max_fires",
-        kind: Kind::Int { min: 1, max: 1000 },
-        default: Some("5"),
-        aliases: &["WATCHDOG_MAX_FIRES"],
-        doc: "more watchdog fires than this within the window open the circuit breaker",
-    },
+    KeySpec { section: "network", key: "set_sysctls", kind: Kind::Enum(&["auto", "on", "off"]), default: Some("auto"), aliases: &[], doc: "set net.ipv4.tcp_keepalive_* to the values above: auto = only in a container's own network namespace" },
+    KeySpec { section: "network", key: "dns_interval", kind: Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("60s"), aliases: &[], doc: "how often the API host is resolved (and resolvers checked)" },
+    KeySpec { section: "network", key: "fallback_resolvers", kind: Kind::List, default: None, aliases: &[], doc: "container mode: nameservers put first in resolv_conf while the primary ones fail" },
+    KeySpec { section: "network", key: "resolv_conf", kind: Kind::Path, default: Some("/etc/resolv.conf"), aliases: &[], doc: "the resolv.conf managed in container mode" },
+    KeySpec { section: "network", key: "dns_port", kind: Kind::Int { min: 1, max: 65535 }, default: Some("53"), aliases: &[], doc: "port used to query nameservers directly" },
+    KeySpec { section: "watchdog", key: "grace", kind: Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("120s"), aliases: &[], doc: "an idle listener whose connect error is not followed by a recovery within this is replaced" },
+    KeySpec { section: "watchdog", key: "job_stall_timeout", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("30m"), aliases: &[], doc: "the same for a listener busy with a job" },
+    KeySpec { section: "watchdog", key: "max_fires", kind: Kind::Int { min: 1, max: 1000 }, default: Some("5"), aliases: &["WATCHDOG_MAX_FIRES"], doc: "more watchdog fires than this within the window open the circuit breaker" },
+    KeySpec { section: "watchdog", key: "window", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("1h"), aliases: &[], doc: "the circuit breaker's sliding window" },
+    KeySpec { section: "watchdog", key: "open_for", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("10m"), aliases: &[], doc: "how long an open circuit breaker pauses the slot" },
+    KeySpec { section: "watchdog", key: "retryable_exits", kind: Kind::Int { min: 1, max: 100 }, default: Some("3"), aliases: &[], doc: "consecutive exit-2 exits that count as a watchdog fire" },
+    KeySpec { section: "watchdog", key: "socket_stall", kind: Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("60s"), aliases: &[], doc: "a listener connection with retransmissions outstanding this long is stalled" },
+    KeySpec { section: "watchdog", key: "socket_check_interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, default: Some("5s"), aliases: &[], doc: "how often the listener's TCP connections are inspected" },
+    KeySpec { section: "watchdog", key: "offline_after", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("10m"), aliases: &[], doc: "a listening runner that GitHub shows offline this long is replaced" },
+    KeySpec { section: "watchdog", key: "offline_check_interval", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m"), aliases: &[], doc: "how often GitHub's view of listening runners is checked (one API call)" },
+    KeySpec { section: "clock", key: "ntp_servers", kind: Kind::List, default: Some("pool.ntp.org,time.cloudflare.com"), aliases: &[], doc: "SNTP servers (host or host:port) for measuring the clock offset" },
+    KeySpec { section: "clock", key: "interval", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("60s"), aliases: &[], doc: "how often the clock offset is measured" },
+    KeySpec { section: "clock", key: "warn_offset", kind: Kind::Duration { min: Duration::from_millis(10), max: secs(3600) }, default: Some("2s"), aliases: &[], doc: "offsets beyond this are warned about" },
+    KeySpec { section: "clock", key: "fault_offset", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m"), aliases: &[], doc: "offsets beyond this are a clock fault (the runner's OAuth fails): registrations pause" },
+    KeySpec { section: "clock", key: "chronyc", kind: Kind::Enum(&["auto", "required", "off"]), default: Some("auto"), aliases: &[], doc: "watch chronyd through chronyc: auto (if installed), required, off" },
+    KeySpec { section: "clock", key: "chronyc_address", kind: Kind::Str, default: Some("127.0.0.1:323"), aliases: &[], doc: "chronyd's command address (read-only, loopback)" },
+    KeySpec { section: "clock", key: "makestep", kind: Kind::Bool, default: Some("false"), aliases: &[], doc: "on a clock fault, ask chronyd to step (chronyc makestep); the supervisor never sets the clock itself" },
+    KeySpec { section: "clock", key: "lock_file", kind: Kind::Path, default: Some("/run/runner-supervisor/clock.lock"), aliases: &[], doc: "only the supervisor holding this lock may ask chronyd to step; others stay monitor-only" },
+    KeySpec { section: "token", key: "check_interval", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("6h"), aliases: &[], doc: "how often the token is re-validated (also at start and on resume)" },
+    KeySpec { section: "token", key: "expiry_warning", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("14d"), aliases: &[], doc: "warn this long before the token expires" },
+    KeySpec { section: "health", key: "unhealthy_after", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("3m"), aliases: &[], doc: "a slot failing this long (not during a job) makes health unhealthy" },
+    KeySpec { section: "health", key: "dependencies", kind: Kind::List, default: None, aliases: &[], doc: "host:port services (e.g. mongo:27017) whose loss is reported as degraded" },
     KeySpec {
         section: "log",
         key: "format",
@@ -615,12 +634,62 @@ pub struct NetworkConfig {
     pub keepalive_idle: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_probes: u32,
+    /// `auto`, `on` or `off`.
+    pub set_sysctls: String,
+    pub dns_interval: Duration,
+    pub fallback_resolvers: Vec<String>,
+    pub resolv_conf: PathBuf,
+    pub dns_port: u16,
 }
 
 /// `[watchdog]`.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
+    pub grace: Duration,
+    pub job_stall_timeout: Duration,
     pub max_fires: u32,
+    pub window: Duration,
+    pub open_for: Duration,
+    pub retryable_exits: u32,
+    pub socket_stall: Duration,
+    pub socket_check_interval: Duration,
+    pub offline_after: Duration,
+    pub offline_check_interval: Duration,
+}
+
+/// How chronyd is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChronycMode {
+    Auto,
+    Required,
+    Off,
+}
+
+/// `[clock]`.
+#[derive(Debug, Clone)]
+pub struct ClockConfig {
+    pub ntp_servers: Vec<String>,
+    pub interval: Duration,
+    pub warn_offset: Duration,
+    pub fault_offset: Duration,
+    pub chronyc: ChronycMode,
+    pub chronyc_address: String,
+    pub makestep: bool,
+    pub lock_file: PathBuf,
+}
+
+/// `[token]`.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub check_interval: Duration,
+    pub expiry_warning: Duration,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub unhealthy_after: Duration,
+    pub dependencies: Vec<String>,
 }
 
 /// `[log]`.
@@ -646,6 +715,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub network: NetworkConfig,
     pub watchdog: WatchdogConfig,
+    pub clock: ClockConfig,
+    pub token: TokenConfig,
+    pub health: HealthConfig,
     pub log: LogConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
@@ -1221,6 +1293,37 @@ fn build(
         Some("token") => RegistrationMode::Token,
         _ => RegistrationMode::Auto,
     };
+    for dep in list("health.dependencies") {
+        if dep
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                if h.is_empty() {
+                    None
+                } else {
+                    p.parse::<u16>().ok()
+                }
+            })
+            .is_none()
+        {
+            err("health.dependencies", format!("{dep:?} is not host:port"));
+        }
+    }
+    if let Some(a) = s("clock.chronyc_address") {
+        if a.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            err("clock.chronyc_address", format!("{a:?} is not host:port"));
+        }
+    }
+    for r in list("network.fallback_resolvers") {
+        if r.parse::<std::net::IpAddr>().is_err() {
+            err(
+                "network.fallback_resolvers",
+                format!("{r:?} is not an IP address"),
+            );
+        }
+    }
     let state_dir = PathBuf::from(s("state.dir").unwrap_or_default());
     if state_dir.as_os_str().is_empty() {
         err("state.dir", "must not be empty".into());
@@ -1279,9 +1382,45 @@ fn build(
             keepalive_idle: d("network.keepalive_idle"),
             keepalive_interval: d("network.keepalive_interval"),
             keepalive_probes: n("network.keepalive_probes") as u32,
+            set_sysctls: s("network.set_sysctls").unwrap_or_else(|| "auto".into()),
+            dns_interval: d("network.dns_interval"),
+            fallback_resolvers: list("network.fallback_resolvers"),
+            resolv_conf: PathBuf::from(s("network.resolv_conf").unwrap_or_default()),
+            dns_port: n("network.dns_port") as u16,
         },
         watchdog: WatchdogConfig {
+            grace: d("watchdog.grace"),
+            job_stall_timeout: d("watchdog.job_stall_timeout"),
             max_fires: n("watchdog.max_fires") as u32,
+            window: d("watchdog.window"),
+            open_for: d("watchdog.open_for"),
+            retryable_exits: n("watchdog.retryable_exits") as u32,
+            socket_stall: d("watchdog.socket_stall"),
+            socket_check_interval: d("watchdog.socket_check_interval"),
+            offline_after: d("watchdog.offline_after"),
+            offline_check_interval: d("watchdog.offline_check_interval"),
+        },
+        clock: ClockConfig {
+            ntp_servers: list("clock.ntp_servers"),
+            interval: d("clock.interval"),
+            warn_offset: d("clock.warn_offset"),
+            fault_offset: d("clock.fault_offset"),
+            chronyc: match s("clock.chronyc").as_deref() {
+                Some("required") => ChronycMode::Required,
+                Some("off") => ChronycMode::Off,
+                _ => ChronycMode::Auto,
+            },
+            chronyc_address: s("clock.chronyc_address").unwrap_or_default(),
+            makestep: matches!(l.get("clock.makestep"), Some((Value::Bool(true), _))),
+            lock_file: PathBuf::from(s("clock.lock_file").unwrap_or_default()),
+        },
+        token: TokenConfig {
+            check_interval: d("token.check_interval"),
+            expiry_warning: d("token.expiry_warning"),
+        },
+        health: HealthConfig {
+            unhealthy_after: d("health.unhealthy_after"),
+            dependencies: list("health.dependencies"),
         },
         log: LogConfig {
             json: s("log.format").as_deref() == Some("json"),

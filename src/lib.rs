@@ -10,14 +10,19 @@
 //! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
 //! - [`naming`] and [`layout`] own runner names and the state directory.
 //! - [`preflight`] has the checks `run` logs and `doctor` prints.
+//! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
+//!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks.
 
 pub mod cli;
+pub mod clocks;
 pub mod cmd;
 pub mod config;
 pub mod github;
+pub mod host;
 pub mod keepalive;
 pub mod layout;
 pub mod naming;
+pub mod netstall;
 pub mod preflight;
 pub mod procs;
 pub mod runner;
@@ -26,3 +31,4 @@ pub mod slot;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
+pub mod watchdog;

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, RegistrationMode, Secret};
 use crate::github::{backoff, AuthToken, GithubClient, GithubError};
+use crate::host::Host;
 use crate::layout;
 use crate::naming;
 use crate::runner::events::RunnerEvent;
@@ -26,6 +27,7 @@ use crate::runner::exit::{classify, Ended, ExitReason, Seen};
 use crate::runner::process::{Listener, Output, ENV_ALLOWLIST};
 use crate::shutdown::Mode;
 use crate::status::Board;
+use crate::watchdog::{self, attribute, looks_like_network, Breaker, Cause, Verdict, Watchdog};
 
 /// A pre-made registration older than this is discarded rather than used.
 const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -46,6 +48,20 @@ pub struct Shared {
     pub runner_env: Vec<(String, String)>,
     /// `auto` becomes `jit` or `token` on first use.
     reg_mode: Mutex<RegistrationMode>,
+    pub hoststate: Arc<Host>,
+    /// The circuit breakers, one per slot, persisted at `breaker_path`.
+    breakers: Mutex<Vec<Breaker>>,
+    breaker_path: PathBuf,
+    boot_id: String,
+}
+
+/// Commands a slot takes while its listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCmd {
+    /// The host resumed: an idle listener's long-poll is dead; replace it. A busy one stays.
+    Recycle,
+    /// GitHub shows the listening runner offline: replace it (a watchdog fire).
+    Replace(Cause),
 }
 
 impl Shared {
@@ -57,6 +73,7 @@ impl Shared {
         board: Arc<Board>,
         roots: Vec<PathBuf>,
         outer_env: &dyn Fn(&str) -> Option<String>,
+        hoststate: Arc<Host>,
     ) -> Shared {
         let mut env: Vec<(String, String)> = ENV_ALLOWLIST
             .iter()
@@ -72,6 +89,9 @@ impl Shared {
             "1".into(),
         ));
         let reg_mode = Mutex::new(cfg.runner.registration);
+        let breaker_path = cfg.state_dir.join("breaker.json");
+        let boot_id = watchdog::boot_id();
+        let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
         Shared {
             cfg,
             gh,
@@ -80,7 +100,66 @@ impl Shared {
             roots,
             runner_env: env,
             reg_mode,
+            hoststate,
+            breakers,
+            breaker_path,
+            boot_id,
         }
+    }
+
+    /// Record a watchdog fire for `slot`; returns how long the breaker is now open, if it opened.
+    pub fn fire(&self, slot: usize, cause: Cause, detail: &str) -> Option<Duration> {
+        let w = &self.cfg.watchdog;
+        let now = self.hoststate.clocks.boottime();
+        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut all[slot];
+        let verdict = b.record(cause, now, w.max_fires, w.window, w.open_for);
+        tracing::warn!(slot, cause = cause.as_str(), detail, window = %b.describe(), "watchdog fired: replacing the listener");
+        let opened = match verdict {
+            Verdict::Opened {
+                until,
+                fires,
+                dominant,
+            } => {
+                let open = until.saturating_sub(now);
+                tracing::error!(
+                    slot,
+                    fires,
+                    cause = dominant.as_str(),
+                    open_s = open.as_secs(),
+                    "circuit breaker open: {fires} watchdog fires within {}; the slot pauses (root cause: {})",
+                    humantime::format_duration(w.window),
+                    dominant.as_str()
+                );
+                Some(open)
+            }
+            Verdict::Closed => None,
+        };
+        if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
+            tracing::warn!(error = %e, "cannot persist the circuit breaker");
+        }
+        drop(all);
+        self.board.update(slot, |s| {
+            s.last_fire = Some(format!("{}: {detail}", cause.as_str()))
+        });
+        opened
+    }
+
+    /// How long slot `slot`'s breaker stays open, and why.
+    fn breaker_open(&self, slot: usize) -> Option<(Duration, String)> {
+        let now = self.hoststate.clocks.boottime();
+        let all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &all[slot];
+        b.open_for(now).map(|d| {
+            (
+                d,
+                format!(
+                    "circuit breaker open for {}s after {}",
+                    d.as_secs(),
+                    b.opened_by.clone().unwrap_or_else(|| b.describe())
+                ),
+            )
+        })
     }
 
     fn mode(&self) -> RegistrationMode {
@@ -250,7 +329,7 @@ fn registration_wait(e: &GithubError, failures: u32) -> Duration {
 }
 
 /// Why we stopped a listener ourselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopCause {
     /// Draining or forced by signals.
     Shutdown,
@@ -258,23 +337,65 @@ enum StopCause {
     NotReady,
     /// It reported a session conflict: stop now instead of waiting out its 240 s.
     SessionConflict,
+    /// The watchdog fired, with the root cause and what it saw.
+    Watchdog(Cause, String),
+    /// The host resumed and this listener was idle.
+    Recycle,
 }
 
 struct Watched {
     ended: Ended,
     seen: Seen,
     cause: Option<StopCause>,
+    /// The last `An error occurred:` message.
+    fatal: Option<String>,
 }
 
 /// Run slot `slot` until the supervisor stops.
-pub async fn run(sh: Arc<Shared>, slot: usize, mut mode: watch::Receiver<Mode>) {
+pub async fn run(
+    sh: Arc<Shared>,
+    slot: usize,
+    mut mode: watch::Receiver<Mode>,
+    mut cmds: mpsc::UnboundedReceiver<SlotCmd>,
+) {
     let root = sh.roots[slot].clone();
     let mut failures: u32 = 0;
+    let mut retryable_streak: u32 = 0;
+    let mut last_fatal: Option<String> = None;
     let mut prep: Option<JoinHandle<Result<Registration, GithubError>>> = None;
     let board = &sh.board;
     loop {
         if stopping(&mode) {
             break;
+        }
+        // 0. Gates: an open breaker, a clock fault.
+        if let Some((wait, why)) = sh.breaker_open(slot) {
+            board.update(slot, |s| s.error = Some(why.clone()));
+            board.set_state(slot, "breaker-open");
+            if sleep_or_stop(wait, &mut mode).await {
+                break;
+            }
+            continue;
+        }
+        if sh.hoststate.clock_fault() {
+            let why = sh
+                .hoststate
+                .clock
+                .borrow()
+                .reason
+                .clone()
+                .unwrap_or_else(|| "clock fault".into());
+            tracing::warn!(slot, reason = %why, "clock fault: registrations paused until the clock is fixed");
+            board.update(slot, |s| s.error = Some(format!("clock fault: {why}")));
+            board.set_state(slot, "clock-fault");
+            let mut clock = sh.hoststate.clock.subscribe();
+            tokio::select! {
+                _ = clock.wait_for(|c| !c.fault) => {}
+                _ = mode.wait_for(|m| *m != Mode::Run) => break,
+            }
+            tracing::info!(slot, "clock fixed: registrations resume");
+            board.update(slot, |s| s.error = None);
+            continue;
         }
         // 1. A registration: the one made in advance, or a new one.
         let mut ready = None;
@@ -294,8 +415,18 @@ pub async fn run(sh: Arc<Shared>, slot: usize, mut mode: watch::Receiver<Mode>) 
                     _ = mode.wait_for(|m| *m != Mode::Run) => break,
                 };
                 match r {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        if sh.hoststate.set_token_invalid(false) {
+                            tracing::info!(slot, "the token works again");
+                        }
+                        r
+                    }
                     Err(e) => {
+                        if matches!(e, GithubError::Unauthorized { .. })
+                            && sh.hoststate.set_token_invalid(true)
+                        {
+                            tracing::error!(slot, "GitHub refused the token (401): registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
+                        }
                         let wait = registration_wait(&e, failures);
                         failures += 1;
                         note_failure(board, slot, "backoff", &e.to_string(), failures);
@@ -339,14 +470,54 @@ pub async fn run(sh: Arc<Shared>, slot: usize, mut mode: watch::Receiver<Mode>) 
             .fetch_add(1, Ordering::Relaxed);
 
         // 3. Watch it.
-        let w = watch_listener(&sh, slot, listener, &mut mode, &mut prep, &mut failures).await;
+        let w = watch_listener(
+            &sh,
+            slot,
+            listener,
+            &mut mode,
+            &mut cmds,
+            &mut prep,
+            &mut failures,
+        )
+        .await;
+        if let Some(f) = &w.fatal {
+            last_fatal = Some(f.clone());
+        }
 
         // 4. Act on its exit.
         let reason = match w.cause {
             Some(StopCause::SessionConflict) => ExitReason::SessionConflict,
             Some(StopCause::NotReady) => ExitReason::Unknown,
+            Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
+            Some(StopCause::Recycle) => ExitReason::Recycled,
             _ => classify(w.ended, &w.seen, w.cause.is_some()),
         };
+        if let Some(StopCause::Watchdog(cause, detail)) = &w.cause {
+            sh.fire(slot, *cause, detail);
+        }
+        if reason == ExitReason::ClockSkew {
+            sh.hoststate
+                .set_clock_fault("the runner reported clock skew (more than five minutes)");
+        }
+        // A listener that keeps exiting with code 2 is stuck too.
+        if reason == ExitReason::Retryable {
+            retryable_streak += 1;
+            if retryable_streak >= sh.cfg.watchdog.retryable_exits {
+                retryable_streak = 0;
+                let net = last_fatal.as_deref().is_some_and(looks_like_network);
+                let cause = attribute(sh.hoststate.context(net));
+                sh.fire(
+                    slot,
+                    cause,
+                    &format!(
+                        "{} consecutive retryable exits (code 2)",
+                        sh.cfg.watchdog.retryable_exits
+                    ),
+                );
+            }
+        } else if reason != ExitReason::Stopped {
+            retryable_streak = 0;
+        }
         board.stats.exit(reason.as_str());
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
@@ -358,7 +529,11 @@ pub async fn run(sh: Arc<Shared>, slot: usize, mut mode: watch::Receiver<Mode>) 
             deregister_reg(&sh, &reg).await;
         }
         let wait = match reason {
-            ExitReason::JobDone | ExitReason::Stopped | ExitReason::RegistrationDeleted => {
+            ExitReason::JobDone
+            | ExitReason::Stopped
+            | ExitReason::RegistrationDeleted
+            | ExitReason::Watchdog
+            | ExitReason::Recycled => {
                 failures = 0;
                 clear_failure(board, slot);
                 None
@@ -535,12 +710,20 @@ async fn watch_listener(
     slot: usize,
     mut l: Listener,
     mode: &mut watch::Receiver<Mode>,
+    cmds: &mut mpsc::UnboundedReceiver<SlotCmd>,
     prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
     failures: &mut u32,
 ) -> Watched {
     let cfg = &sh.cfg.runner;
+    let wcfg = &sh.cfg.watchdog;
     let board = &sh.board;
     let mut seen = Seen::default();
+    let mut wd = Watchdog::new(wcfg.grace, wcfg.job_stall_timeout);
+    let mut stall = crate::netstall::StallTracker::default();
+    let mut sock_tick = tokio::time::interval(wcfg.socket_check_interval);
+    sock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fatal: Option<String> = None;
+    let mut cmds_open = true;
     let mut busy = false;
     let ready_deadline = Instant::now() + cfg.ready_timeout;
     let mut drain_deadline: Option<Instant> = None;
@@ -558,6 +741,7 @@ async fn watch_listener(
             o = l.next() => match o {
                 Some(Output::Line { event: Some(ev), .. }) => {
                     seen.record(&ev);
+                    wd.on_event(&ev, Instant::now());
                     match ev {
                         RunnerEvent::Listening => {
                             *failures = 0;
@@ -580,12 +764,35 @@ async fn watch_listener(
                             board.set_state(slot, "finishing");
                         }
                         RunnerEvent::SessionConflict if !busy => break Some(StopCause::SessionConflict),
+                        RunnerEvent::Fatal { message } => fatal = Some(message),
                         _ => {}
                     }
                 }
                 Some(Output::Line { .. }) => {}
-                Some(Output::Exited(ended)) => return Watched { ended, seen, cause: None },
-                None => return Watched { ended: Ended::Code(-1), seen, cause: None },
+                Some(Output::Exited(ended)) => return Watched { ended, seen, cause: None, fatal },
+                None => return Watched { ended: Ended::Code(-1), seen, cause: None, fatal },
+            },
+            _ = async { tokio::time::sleep_until(wd.deadline().expect("guarded")).await }, if wd.deadline().is_some() => {
+                let msg = wd.error().unwrap_or_default().to_string();
+                let cause = attribute(sh.hoststate.context(looks_like_network(&msg)));
+                let limit = if busy { wcfg.job_stall_timeout } else { wcfg.grace };
+                break Some(StopCause::Watchdog(cause, format!("no recovery {}s after \"Runner connect error: {msg}\"", limit.as_secs())));
+            }
+            _ = sock_tick.tick() => {
+                if let Some(d) = stall.update(&crate::netstall::sockets(l.pid()), Instant::now(), wcfg.socket_stall) {
+                    let cause = attribute(sh.hoststate.context(true));
+                    break Some(StopCause::Watchdog(cause, format!("a listener connection has had retransmissions outstanding for {}s (blackholed)", d.as_secs())));
+                }
+            }
+            c = cmds.recv(), if cmds_open => match c {
+                Some(SlotCmd::Recycle) if !busy => {
+                    tracing::info!(slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)");
+                    break Some(StopCause::Recycle);
+                }
+                Some(SlotCmd::Recycle) => tracing::info!(slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch"),
+                Some(SlotCmd::Replace(cause)) if !busy => break Some(StopCause::Watchdog(cause, "GitHub shows the listening runner offline".into())),
+                Some(SlotCmd::Replace(_)) => {}
+                None => cmds_open = false,
             },
             r = mode.changed(), if mode_open => {
                 if r.is_err() {
@@ -604,7 +811,12 @@ async fn watch_listener(
     };
     board.set_state(slot, "stopping");
     let ended = stop(&mut l, cfg.stop_grace, mode, &mut seen).await;
-    Watched { ended, seen, cause }
+    Watched {
+        ended,
+        seen,
+        cause,
+        fatal,
+    }
 }
 
 /// SIGINT, then SIGKILL to the group after `grace` (at once on the third signal).

@@ -30,6 +30,8 @@ pub struct SlotStatus {
     /// When the current run of failures began.
     pub failing_since: Option<DateTime<Utc>>,
     pub last_exit: Option<String>,
+    /// The last watchdog fire: cause and detail.
+    pub last_fire: Option<String>,
 }
 
 impl Default for SlotStatus {
@@ -43,6 +45,7 @@ impl Default for SlotStatus {
             failures: 0,
             failing_since: None,
             last_exit: None,
+            last_fire: None,
         }
     }
 }
@@ -95,17 +98,22 @@ pub struct StatusFile {
     pub slots: Vec<SlotStatus>,
     pub jobs_completed: u64,
     pub api_requests: u64,
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
 }
 
 /// How often the status file is rewritten even when nothing changes.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Failing for this long makes a slot unhealthy rather than degraded.
-pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(180);
-
 /// Shared status of all slots.
 pub struct Board {
     slots: Mutex<Vec<SlotStatus>>,
+    /// Host-level conditions by name (token, chronyd, dns, a dependency): verdict and reason.
+    conditions: Mutex<BTreeMap<String, (Health, String)>>,
+    /// Failing this long makes a slot unhealthy rather than degraded.
+    unhealthy_after: Duration,
+    /// Facts for the status file (clock offset, token expiry, keepalive sysctls...).
+    facts: Mutex<BTreeMap<String, String>>,
     mode: Mutex<String>,
     changed: Notify,
     pub stats: Stats,
@@ -114,9 +122,12 @@ pub struct Board {
 
 impl Board {
     /// A board for `n` slots.
-    pub fn new(n: usize) -> Board {
+    pub fn new(n: usize, unhealthy_after: Duration) -> Board {
         Board {
             slots: Mutex::new(vec![SlotStatus::default(); n]),
+            conditions: Mutex::new(BTreeMap::new()),
+            unhealthy_after,
+            facts: Mutex::new(BTreeMap::new()),
             mode: Mutex::new("run".into()),
             changed: Notify::new(),
             stats: Stats::default(),
@@ -158,9 +169,42 @@ impl Board {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Set or clear a host-level condition; returns true when it changed.
+    pub fn set_condition(&self, name: &str, c: Option<(Health, String)>) -> bool {
+        let mut all = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match &c {
+            Some(v) => all.insert(name.to_string(), v.clone()).as_ref() != Some(v),
+            None => all.remove(name).is_some(),
+        };
+        drop(all);
+        if changed {
+            self.changed.notify_one();
+        }
+        changed
+    }
+
+    /// Record a fact for the status file.
+    pub fn set_fact(&self, name: &str, value: String) {
+        self.facts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), value);
+        self.changed.notify_one();
+    }
+
     /// The verdict and its reasons.
     pub fn health(&self, now: DateTime<Utc>) -> (Health, Vec<String>) {
-        evaluate(&self.slots(), now)
+        let (mut h, mut reasons) = evaluate(&self.slots(), now, self.unhealthy_after);
+        for (name, (ch, why)) in self
+            .conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h = h.max(*ch);
+            reasons.push(format!("{name}: {why}"));
+        }
+        (h, reasons)
     }
 
     fn snapshot(&self, api_requests: u64) -> StatusFile {
@@ -176,6 +220,7 @@ impl Board {
             slots: self.slots(),
             jobs_completed: self.stats.jobs_completed.load(Ordering::Relaxed),
             api_requests,
+            facts: self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
@@ -216,36 +261,44 @@ impl Board {
 }
 
 /// Health from slot states: a job in progress is never unhealthy because the API is down;
-/// failing slots are degraded, and unhealthy after [`UNHEALTHY_AFTER`]; a paused slot
-/// (operator action needed) is unhealthy.
-pub fn evaluate(slots: &[SlotStatus], now: DateTime<Utc>) -> (Health, Vec<String>) {
+/// failing slots are degraded, and unhealthy after `unhealthy_after`; a slot paused for a
+/// reason the operator must fix (a deprecated runner) is unhealthy; a slot waiting out its
+/// circuit breaker or a clock fault is degraded, and says why.
+pub fn evaluate(
+    slots: &[SlotStatus],
+    now: DateTime<Utc>,
+    unhealthy_after: Duration,
+) -> (Health, Vec<String>) {
     let mut health = Health::Ok;
     let mut reasons = vec![];
     for (i, s) in slots.iter().enumerate() {
-        if s.state == "busy" {
-            continue;
-        }
-        if s.state == "paused" {
-            health = health.max(Health::Unhealthy);
-            reasons.push(format!(
-                "slot {i} paused: {}",
-                s.error.as_deref().unwrap_or("unknown")
-            ));
-            continue;
+        let why = s.error.as_deref().unwrap_or("unknown");
+        match s.state.as_str() {
+            "busy" => continue,
+            "paused" => {
+                health = health.max(Health::Unhealthy);
+                reasons.push(format!("slot {i} paused: {why}"));
+                continue;
+            }
+            "breaker-open" | "clock-fault" => {
+                health = health.max(Health::Degraded);
+                reasons.push(format!("slot {i} {}: {why}", s.state));
+                continue;
+            }
+            _ => {}
         }
         if let Some(since) = s.failing_since {
-            let long = (now - since).to_std().unwrap_or_default() >= UNHEALTHY_AFTER;
+            let long = (now - since).to_std().unwrap_or_default() >= unhealthy_after;
             health = health.max(if long {
                 Health::Unhealthy
             } else {
                 Health::Degraded
             });
             reasons.push(format!(
-                "slot {i} {} ({} failures since {}): {}",
+                "slot {i} {} ({} failures since {}): {why}",
                 s.state,
                 s.failures,
-                since.format("%H:%M:%SZ"),
-                s.error.as_deref().unwrap_or("unknown")
+                since.format("%H:%M:%SZ")
             ));
         }
     }

@@ -8,16 +8,18 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clocks::Clocks;
 use crate::config::Config;
 use crate::github::{GithubClient, GithubError};
+use crate::host::Host;
 use crate::layout;
 use crate::naming;
 use crate::shutdown::Mode;
-use crate::slot::{self, Shared};
+use crate::slot::{self, Shared, SlotCmd};
 use crate::status::Board;
 
 /// What happened during a run.
@@ -65,6 +67,8 @@ pub struct Deps {
     pub host: String,
     /// Reads the supervisor's own environment (for the runner's allow-listed variables).
     pub outer_env: EnvReader,
+    /// The clocks (tests simulate suspends and steps).
+    pub clocks: Arc<dyn Clocks>,
 }
 
 /// Delete offline runners whose names say they are this host's. Returns how many.
@@ -100,7 +104,7 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
     })?;
 
-    let board = Arc::new(Board::new(cfg.runner.slots));
+    let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
     let tracker = TaskTracker::new();
     let writer_cancel = CancellationToken::new();
     {
@@ -141,6 +145,7 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         Err(e) => tracing::warn!(error = %e, "cannot list runners to reap ghosts; continuing"),
     }
 
+    let host = Arc::new(Host::new(deps.clocks.clone()));
     let shared = Arc::new(Shared::new(
         cfg.clone(),
         deps.gh.clone(),
@@ -148,10 +153,18 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         board.clone(),
         roots,
         &*deps.outer_env,
+        host.clone(),
     ));
+    let (cmd_tx, cmd_rx): (Vec<_>, Vec<_>) = (0..cfg.runner.slots)
+        .map(|_| mpsc::unbounded_channel::<SlotCmd>())
+        .unzip();
+    {
+        let (shared, cmd_tx, cancel) = (shared.clone(), cmd_tx.clone(), writer_cancel.clone());
+        tracker.spawn(async move { run_offline_check(shared, cmd_tx, cancel).await });
+    }
     let slots = TaskTracker::new();
-    for i in 0..cfg.runner.slots {
-        slots.spawn(slot::run(shared.clone(), i, mode.clone()));
+    for (i, rx) in cmd_rx.into_iter().enumerate() {
+        slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
     }
     slots.close();
     slots.wait().await;
@@ -176,4 +189,62 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
 /// The status file of a state directory.
 pub fn status_path(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("status.json")
+}
+
+/// Scenario 11: a runner that says it is listening while GitHub shows it offline for
+/// `offline_after` is replaced. One API call per check, only while a slot is listening.
+async fn run_offline_check(
+    sh: Arc<Shared>,
+    cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
+    cancel: CancellationToken,
+) {
+    let w = sh.cfg.watchdog.clone();
+    let mut since: Vec<Option<tokio::time::Instant>> = vec![None; cmds.len()];
+    let mut tick = tokio::time::interval(w.offline_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let listening: Vec<(usize, String)> = sh
+            .board
+            .slots()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == "listening")
+            .filter_map(|(i, s)| s.runner.map(|r| (i, r)))
+            .collect();
+        if listening.is_empty() {
+            since.iter_mut().for_each(|s| *s = None);
+            continue;
+        }
+        let Ok(runners) = sh.gh.list_runners(None).await else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        for (i, s) in since.iter_mut().enumerate() {
+            let offline = listening
+                .iter()
+                .find(|(j, _)| *j == i)
+                .and_then(|(_, name)| runners.iter().find(|r| &r.name == name))
+                .is_some_and(|r| r.status == "offline");
+            if !offline {
+                *s = None;
+                continue;
+            }
+            let first = *s.get_or_insert(now);
+            if now - first >= w.offline_after {
+                tracing::warn!(
+                    slot = i,
+                    offline_s = (now - first).as_secs(),
+                    "GitHub shows the listening runner offline"
+                );
+                let cause = crate::watchdog::attribute(sh.hoststate.context(true));
+                let _ = cmds[i].send(SlotCmd::Replace(cause));
+                *s = None;
+            }
+        }
+    }
 }

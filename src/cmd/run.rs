@@ -91,6 +91,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         gh,
         host,
         outer_env: Box::new(|k| std::env::var(k).ok()),
+        clocks: Arc::new(crate::clocks::SystemClocks),
     };
     let summary = supervisor::run(deps, rx).await;
     reaper.cancel();

@@ -71,6 +71,10 @@ pub enum ExitReason {
     Unknown,
     /// Killed by a signal we did not send.
     Crashed,
+    /// Stopped by the watchdog (stuck, stalled socket, offline on GitHub).
+    Watchdog,
+    /// Stopped because the host resumed from suspend (its long-poll is dead).
+    Recycled,
 }
 
 impl ExitReason {
@@ -89,6 +93,8 @@ impl ExitReason {
             ExitReason::VersionDeprecated => "version_deprecated",
             ExitReason::Unknown => "unknown",
             ExitReason::Crashed => "crashed",
+            ExitReason::Watchdog => "watchdog",
+            ExitReason::Recycled => "recycled",
         }
     }
 }

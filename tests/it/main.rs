@@ -8,3 +8,4 @@ mod github_client;
 mod jobs;
 mod listener;
 mod shutdown;
+mod watchdog;

@@ -156,6 +156,9 @@ pub struct SimRunner {
     pub client_id: String,
     /// Session creations that will still see a conflict (a stale session elsewhere).
     pub conflicts_left: u32,
+    /// Show it offline in the REST API whatever its session (the service lost it).
+    #[serde(default)]
+    pub force_offline: bool,
 }
 
 impl SimRunner {
@@ -165,7 +168,7 @@ impl SimRunner {
     }
 
     fn status(&self) -> &'static str {
-        if self.session.is_some() {
+        if self.session.is_some() && !self.force_offline {
             "online"
         } else {
             "offline"
@@ -451,6 +454,7 @@ fn new_runner(
             session: None,
             client_id: random_token(32).to_lowercase(),
             conflicts_left,
+            force_offline: false,
         },
     );
     id

@@ -1,0 +1,200 @@
+//! The watchdog and the circuit breaker through the real binary (ghostrunner scenarios 7,
+//! 9, 10, 11, and the repeated exit-2 case).
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sim::github::JobSpec;
+use sim::protocol::Script;
+
+use crate::support::{eventually, github, health, Daemon, Sandbox};
+
+const T: Duration = Duration::from_secs(60);
+
+fn loss(recover_after_ms: Option<u64>, during_job: bool) -> Script {
+    Script::ConnectionLoss {
+        after_ms: 100,
+        recover_after_ms,
+        give_up: false,
+        during_job,
+    }
+}
+
+#[tokio::test]
+async fn scenario_09_listener_stuck_after_an_old_listening_line_is_replaced_once() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.script(loss(None, false));
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Runner connect error"], T).await;
+    let fired = d.wait_log(&["watchdog fired"], T).await;
+    assert!(
+        fired.contains("cause=\"network\"") && fired.contains("no recovery 1s after"),
+        "{fired}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    // One fire, no stuck/recovered flapping; the stuck runner is deleted, a new one listens.
+    assert_eq!(d.count(&["watchdog fired"]), 1);
+    assert_eq!(gh.state(|s| s.deleted.len()), 1);
+    assert!(d.count(&["listener exited", "reason=\"watchdog\""]) == 1);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn scenario_10_a_transient_error_that_recovers_is_left_alone() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    // Idle: the error recovers within the grace.
+    gh.script(loss(Some(300), false));
+    // Busy: the next runner loses the connection during its job and recovers.
+    gh.script(loss(Some(300), true));
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
+    env.insert("SUPERVISOR_WATCHDOG_JOB_STALL_TIMEOUT".into(), "1s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Runner reconnected."], T).await;
+    // Jobs longer than the grace: a timer that had not been cancelled would have fired.
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 1500,
+            ..Default::default()
+        },
+        2,
+    );
+    d.wait_lines(&["job completed"], 2, T).await;
+    assert_eq!(d.count(&["Runner reconnected."]), 2);
+    assert_eq!(d.count(&["watchdog fired"]), 0);
+    assert!(gh.state(|s| s.completed.iter().all(|j| j.result == "Succeeded")));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn a_busy_listener_gets_the_job_stall_timeout_not_the_grace() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.script(loss(None, true));
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 60_000,
+            ..Default::default()
+        },
+        1,
+    );
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
+    env.insert("SUPERVISOR_WATCHDOG_JOB_STALL_TIMEOUT".into(), "3s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Runner connect error"], T).await;
+    let fired = d.wait_log(&["watchdog fired"], T).await;
+    assert!(fired.contains("no recovery 3s after"), "{fired}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
+}
+
+#[tokio::test]
+async fn repeated_exit_2_counts_as_a_fire() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    for _ in 0..3 {
+        gh.script(Script::Crash {
+            after_ms: 0,
+            during_job: false,
+        });
+    }
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_WATCHDOG_RETRYABLE_EXITS".into(), "3".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let fired = d
+        .wait_log(&["watchdog fired", "3 consecutive retryable exits"], T)
+        .await;
+    assert!(fired.contains("cause=\"unknown\""), "{fired}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn scenario_11_offline_on_github_while_listening_is_replaced() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut env = sb.env(&gh);
+    env.insert(
+        "SUPERVISOR_WATCHDOG_OFFLINE_CHECK_INTERVAL".into(),
+        "1s".into(),
+    );
+    env.insert("SUPERVISOR_WATCHDOG_OFFLINE_AFTER".into(), "2s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    let first = gh.runners()[0].name.clone();
+    gh.state(|s| s.runners.values_mut().for_each(|r| r.force_offline = true));
+    let fired = d
+        .wait_log(
+            &[
+                "watchdog fired",
+                "GitHub shows the listening runner offline",
+            ],
+            T,
+        )
+        .await;
+    assert!(fired.contains(&first) || d.count(&["GitHub shows the listening runner offline"]) >= 1);
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    assert!(gh.state(|s| s.deleted.contains(&first)));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn the_breaker_opens_says_why_and_survives_a_restart() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.script(loss(None, false));
+    gh.script(loss(None, false));
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
+    env.insert("WATCHDOG_MAX_FIRES".into(), "1".into());
+    env.insert("SUPERVISOR_WATCHDOG_OPEN_FOR".into(), "1h".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let open = d.wait_log(&["circuit breaker open"], T).await;
+    assert!(open.contains("root cause: network"), "{open}");
+    let mut last = (None, String::new());
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            last = health(&env);
+            last.1.contains("breaker-open")
+        })
+        .await,
+        "{last:?}"
+    );
+    assert!(last.1.contains("network:2"), "{}", last.1);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+
+    // A restart does not reset it: the slot stays paused, nothing is registered.
+    let registrations = gh
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .count();
+    let mut d = Daemon::start(&env, &["run"]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            last = health(&env);
+            last.1.contains("breaker-open")
+        })
+        .await,
+        "{last:?}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(
+        gh.calls()
+            .iter()
+            .filter(|c| c.path.ends_with("generate-jitconfig"))
+            .count(),
+        registrations
+    );
+}
