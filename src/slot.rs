@@ -730,6 +730,33 @@ async fn watch_listener(
     let mut mode_open = true;
     let cause = loop {
         let m = *mode.borrow();
+        if m == Mode::Drain && !busy {
+            // A job may have started just now: consume what is queued before judging idle.
+            while let Some(o) = l.try_next() {
+                match o {
+                    Output::Line {
+                        event: Some(ev), ..
+                    } => {
+                        seen.record(&ev);
+                        wd.on_event(&ev, Instant::now());
+                        if let RunnerEvent::JobStarted { name } = ev {
+                            busy = true;
+                            board.update(slot, |s| s.job = Some(name));
+                            board.set_state(slot, "busy");
+                        }
+                    }
+                    Output::Exited(ended) => {
+                        return Watched {
+                            ended,
+                            seen,
+                            cause: None,
+                            fatal,
+                        }
+                    }
+                    Output::Line { .. } => {}
+                }
+            }
+        }
         if m >= Mode::Force || (m == Mode::Drain && !busy) {
             break Some(StopCause::Shutdown);
         }

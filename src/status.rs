@@ -319,6 +319,7 @@ mod tests {
     #[test]
     fn health_rules() {
         let now = Utc::now();
+        let after = Duration::from_secs(180);
         let failing = |secs: i64, state: &str| SlotStatus {
             state: state.into(),
             failures: 3,
@@ -326,18 +327,29 @@ mod tests {
             error: Some("transient failure".into()),
             ..SlotStatus::default()
         };
-        assert_eq!(evaluate(&[SlotStatus::default()], now).0, Health::Ok);
-        assert_eq!(evaluate(&[failing(10, "backoff")], now).0, Health::Degraded);
+        assert_eq!(evaluate(&[SlotStatus::default()], now, after).0, Health::Ok);
         assert_eq!(
-            evaluate(&[failing(181, "backoff")], now).0,
+            evaluate(&[failing(10, "backoff")], now, after).0,
+            Health::Degraded
+        );
+        assert_eq!(
+            evaluate(&[failing(181, "backoff")], now, after).0,
             Health::Unhealthy
         );
         // A running job is never made unhealthy by API trouble.
-        assert_eq!(evaluate(&[failing(1000, "busy")], now).0, Health::Ok);
+        assert_eq!(evaluate(&[failing(1000, "busy")], now, after).0, Health::Ok);
+        let open = SlotStatus {
+            state: "breaker-open".into(),
+            error: Some("6 fires (clock:6)".into()),
+            ..SlotStatus::default()
+        };
+        let (h, r) = evaluate(&[open], now, after);
+        assert_eq!(h, Health::Degraded);
+        assert!(r[0].contains("clock:6"), "{r:?}");
         let paused = SlotStatus {
             state: "paused".into(),
             ..SlotStatus::default()
         };
-        assert_eq!(evaluate(&[paused], now).0, Health::Unhealthy);
+        assert_eq!(evaluate(&[paused], now, after).0, Health::Unhealthy);
     }
 }

@@ -137,6 +137,11 @@ impl Listener {
         self.rx.recv().await
     }
 
+    /// An output already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Output> {
+        self.rx.try_recv().ok()
+    }
+
     /// SIGINT to the listener: its graceful stop (cancels a running job, deletes the session).
     pub fn interrupt(&self) {
         if self.pid > 0 {
@@ -220,17 +225,19 @@ async fn emit(
     let text = clean_line(line);
     line.clear();
     let event = parse_line(&text);
-    if *dropped > 0 {
-        tracing::info!(runner = %name, stream = stream.as_str(), truncated = *dropped, "{text}");
-        *dropped = 0;
-    } else {
-        tracing::info!(runner = %name, stream = stream.as_str(), "{text}");
-    }
+    let truncated = std::mem::take(dropped);
+    // Queue the event before logging it: whoever sees the log line can rely on the slot
+    // having it (a drain decision consumes queued events first).
     let _ = tx
         .send(Output::Line {
             stream,
-            text,
+            text: text.clone(),
             event,
         })
         .await;
+    if truncated > 0 {
+        tracing::info!(runner = %name, stream = stream.as_str(), truncated, "{text}");
+    } else {
+        tracing::info!(runner = %name, stream = stream.as_str(), "{text}");
+    }
 }
