@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// TCP state SYN_SENT.
+const SYN_SENT: u8 = 2;
+
 /// One TCP socket of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sock {

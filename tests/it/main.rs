@@ -3,6 +3,7 @@
 
 mod support;
 
+mod blackhole;
 mod config_cli;
 mod github_client;
 mod jobs;

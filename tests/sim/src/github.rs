@@ -277,6 +277,8 @@ pub struct State {
     pub token_expiration: Option<String>,
     pub rate_remaining: u64,
     pub rate_reset: i64,
+    /// Requests received (before any fault or answer), admin requests excepted.
+    pub arrivals: u64,
     sessions: HashMap<String, u64>,
     reg_tokens: HashMap<String, String>,
     tenant_tokens: HashMap<String, String>,
@@ -592,6 +594,8 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
     if path.starts_with("/_admin") {
         return admin(&shared, &ctx, &path).await;
     }
+    shared.lock().arrivals += 1;
+    shared.changed.notify_waiters();
 
     // Faults come first, as a network or a load balancer would.
     let fault = {
