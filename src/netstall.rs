@@ -98,9 +98,10 @@ impl StallTracker {
         now: Instant,
         threshold: Duration,
     ) -> Option<Duration> {
+        // Unacknowledged data being retransmitted, or a SYN that goes unanswered.
         let stalled: HashSet<u64> = socks
             .iter()
-            .filter(|s| s.tx_queue > 0 && s.retransmits > 0)
+            .filter(|s| s.retransmits > 0 && (s.tx_queue > 0 || s.state == SYN_SENT))
             .map(|s| s.inode)
             .collect();
         self.since.retain(|inode, _| stalled.contains(inode));
