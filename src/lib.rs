@@ -11,9 +11,11 @@
 //! - [`naming`] and [`layout`] own runner names and the state directory.
 //! - [`preflight`] has the checks `run` logs and `doctor` prints.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
-//!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks.
+//!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks;
+//!   [`clock`] measures the offset and watches chronyd.
 
 pub mod cli;
+pub mod clock;
 pub mod clocks;
 pub mod cmd;
 pub mod config;

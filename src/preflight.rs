@@ -195,6 +195,58 @@ pub fn check_local(cfg: &Config) -> Vec<Check> {
     out
 }
 
+/// The time sources: chronyd through chronyc, and an SNTP measurement.
+pub async fn check_time(cfg: &Config) -> Vec<Check> {
+    use crate::config::ChronycMode;
+    let mut out = vec![];
+    let c = &cfg.clock;
+    let watch = match c.chronyc {
+        ChronycMode::Off => false,
+        ChronycMode::Required => true,
+        ChronycMode::Auto => crate::clock::chronyc_installed(),
+    };
+    if watch {
+        match crate::clock::tracking(&c.chronyc_address).await {
+            Ok(t) if t.synchronised() => out.push(Check::ok("chronyd", format!("synchronised (stratum {}, last offset {:+.6}s)", t.stratum, t.last_offset))),
+            Ok(t) => out.push(Check::bad("chronyd", Level::Warn, format!("running, not synchronised (leap status {})", t.leap), "check chronyd's sources: chronyc sources")),
+            Err(e) => out.push(Check::bad("chronyd", Level::Fail, format!("not reachable at {}: {e}", c.chronyc_address), "start chronyd, check its configuration with `chronyd -p`, or set clock.chronyc = \"off\"")),
+        }
+    }
+    let mut measured = false;
+    for server in &c.ntp_servers {
+        match crate::clock::sntp(
+            server,
+            &crate::clocks::SystemClocks,
+            std::time::Duration::from_secs(3),
+        )
+        .await
+        {
+            Ok(s) => {
+                let detail = format!("local clock is {:+.3}s from {server}", s.offset);
+                out.push(if s.offset.abs() > c.fault_offset.as_secs_f64() {
+                    Check::bad("ntp", Level::Fail, detail, "the runner's OAuth fails beyond 5 minutes: fix time sync (chronyc makestep)")
+                } else if s.offset.abs() > c.warn_offset.as_secs_f64() {
+                    Check::bad("ntp", Level::Warn, detail, "check that chronyd or systemd-timesyncd is running")
+                } else {
+                    Check::ok("ntp", detail)
+                });
+                measured = true;
+                break;
+            }
+            Err(e) => tracing::debug!(server = %server, error = %e, "SNTP query failed"),
+        }
+    }
+    if !measured && !c.ntp_servers.is_empty() {
+        out.push(Check::bad(
+            "ntp",
+            Level::Warn,
+            format!("no answer from {}", c.ntp_servers.join(", ")),
+            "allow outgoing UDP port 123, or set clock.ntp_servers",
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

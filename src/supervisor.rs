@@ -162,6 +162,13 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         let (shared, cmd_tx, cancel) = (shared.clone(), cmd_tx.clone(), writer_cancel.clone());
         tracker.spawn(async move { run_offline_check(shared, cmd_tx, cancel).await });
     }
+    tracker.spawn(crate::clock::run_monitor(
+        cfg.clock.clone(),
+        deps.gh.clone(),
+        host.clone(),
+        board.clone(),
+        writer_cancel.clone(),
+    ));
     let slots = TaskTracker::new();
     for (i, rx) in cmd_rx.into_iter().enumerate() {
         slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));

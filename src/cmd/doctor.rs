@@ -34,6 +34,7 @@ pub fn main(input: CliInput) -> ExitCode {
                         let (c, _) = preflight::check_token(&gh, chrono::Utc::now()).await;
                         checks.extend(c);
                         checks.extend(preflight::check_clock(&gh));
+                        checks.extend(preflight::check_time(&cfg).await);
                     }
                     Err(e) => checks.push(Check {
                         name: "http client",

@@ -4,6 +4,7 @@
 mod support;
 
 mod blackhole;
+mod clock;
 mod config_cli;
 mod github_client;
 mod jobs;

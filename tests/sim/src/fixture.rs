@@ -16,7 +16,8 @@ pub fn sibling_binary(anchor: &Path, name: &str) -> PathBuf {
 }
 
 /// The environment for a `supervisor` against a fake GitHub at `api_url`: the simulated
-/// token, repository `octo/app`, runner names `<prefix>-...`, and the given directories.
+/// token, repository `octo/app`, runner names `<prefix>-...`, the given directories, and
+/// no clock sources beyond the fake's `Date` header.
 pub fn supervisor_env(
     api_url: &str,
     prefix: &str,
@@ -32,6 +33,9 @@ pub fn supervisor_env(
         ("SUPERVISOR_GITHUB_API_URL", api_url.into()),
         ("SUPERVISOR_RUNNER_DIR", install.display().to_string()),
         ("SUPERVISOR_STATE_DIR", state.display().to_string()),
+        // Never reach public NTP servers from a test or the demo; tests add a loopback chronyd.
+        ("SUPERVISOR_CLOCK_NTP_SERVERS", String::new()),
+        ("SUPERVISOR_CLOCK_CHRONYC", "off".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
