@@ -213,41 +213,75 @@ pub fn take_clock_lock(path: &Path) -> Result<std::fs::File, String> {
 
 /// The clock monitor: measure every `interval` and whenever asked (resume, a runner's
 /// clock-skew line), update the host's clock status, and report chronyd's condition.
-pub async fn run_monitor(
+pub struct Monitor {
     cfg: ClockConfig,
     gh: GithubClient,
     host: Arc<Host>,
     board: Arc<Board>,
-    cancel: CancellationToken,
-) {
-    let watch_chronyd = match cfg.chronyc {
-        ChronycMode::Off => false,
-        ChronycMode::Required => true,
-        ChronycMode::Auto => chronyc_installed(),
-    };
-    // One disciplinarian per kernel clock.
-    let leader = if cfg.makestep {
-        match take_clock_lock(&cfg.lock_file) {
-            Ok(f) => {
-                tracing::info!(lock = %cfg.lock_file.display(), "this supervisor may ask chronyd to step the clock on a clock fault");
-                Some(f)
+    watch_chronyd: bool,
+    /// The host-wide lock, held for the process's life when this supervisor may step.
+    leader: Option<std::fs::File>,
+    chrony_failures: u32,
+    chrony_seen: bool,
+    first: bool,
+    last_level: u8,
+}
+
+impl Monitor {
+    /// A monitor; takes the clock lock when `makestep` is configured.
+    pub fn new(cfg: ClockConfig, gh: GithubClient, host: Arc<Host>, board: Arc<Board>) -> Monitor {
+        let watch_chronyd = match cfg.chronyc {
+            ChronycMode::Off => false,
+            ChronycMode::Required => true,
+            ChronycMode::Auto => chronyc_installed(),
+        };
+        // One disciplinarian per kernel clock.
+        let leader = if cfg.makestep {
+            match take_clock_lock(&cfg.lock_file) {
+                Ok(f) => {
+                    tracing::info!(lock = %cfg.lock_file.display(), "this supervisor may ask chronyd to step the clock on a clock fault");
+                    Some(f)
+                }
+                Err(e) => {
+                    tracing::warn!(reason = %e, "another supervisor disciplines the clock; this one stays monitor-only");
+                    None
+                }
             }
-            Err(e) => {
-                tracing::warn!(reason = %e, "another supervisor disciplines the clock; this one stays monitor-only");
-                None
-            }
+        } else {
+            None
+        };
+        Monitor {
+            cfg,
+            gh,
+            host,
+            board,
+            watch_chronyd,
+            leader,
+            chrony_failures: 0,
+            chrony_seen: false,
+            first: true,
+            last_level: 0,
         }
-    } else {
-        None
-    };
-    let mut chrony_failures = 0u32;
-    let mut chrony_seen = false;
-    let mut first = true;
-    let mut last_level = 0u8;
-    loop {
+    }
+
+    /// Measure until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.interval) => {}
+                _ = self.host.measure_clock.notified() => {}
+            }
+            self.round().await;
+        }
+    }
+
+    /// One round: measure, classify, watch chronyd.
+    pub async fn round(&mut self) {
+        let (cfg, host, board) = (&self.cfg, &self.host, &self.board);
         // The runner's own clock-skew line may have set the fault since the last round.
         let runner_fault = host.clock.borrow().fault;
-        let sample = measure(&cfg, &gh, &*host.clocks).await;
+        let sample = measure(cfg, &self.gh, &*host.clocks).await;
         match &sample {
             Some((s, source)) => {
                 board.set_fact("clock_offset_s", format!("{:+.3}", s.offset));
@@ -260,7 +294,7 @@ pub async fn run_monitor(
                 } else {
                     0
                 };
-                if first || level != last_level {
+                if self.first || level != self.last_level {
                     match level {
                         0 => {
                             tracing::info!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured")
@@ -275,8 +309,8 @@ pub async fn run_monitor(
                 } else {
                     tracing::debug!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured");
                 }
-                first = false;
-                last_level = level;
+                self.first = false;
+                self.last_level = level;
                 if level == 2 {
                     let reason = format!("local clock is {:+.1}s off ({source})", s.offset);
                     host.clock.send_modify(|c| {
@@ -284,7 +318,7 @@ pub async fn run_monitor(
                         c.reason = Some(reason.clone());
                     });
                     board.set_condition("clock", Some((Health::Degraded, reason)));
-                    if leader.is_some() && watch_chronyd {
+                    if self.leader.is_some() && self.watch_chronyd {
                         match chronyc(&cfg.chronyc_address, &["makestep"]).await {
                             Ok(_) => {
                                 tracing::warn!("asked chronyd to step the clock (chronyc makestep)")
@@ -322,10 +356,10 @@ pub async fn run_monitor(
             }
             None => tracing::debug!("cannot measure the clock: no source answered"),
         }
-        if watch_chronyd {
+        if self.watch_chronyd {
             match tracking(&cfg.chronyc_address).await {
                 Ok(t) => {
-                    if chrony_failures > 0 || !chrony_seen {
+                    if self.chrony_failures > 0 || !self.chrony_seen {
                         let state = if t.synchronised() {
                             "synchronised"
                         } else {
@@ -333,8 +367,8 @@ pub async fn run_monitor(
                         };
                         tracing::info!(reference = %t.reference, stratum = t.stratum, "time daemon {state}");
                     }
-                    chrony_seen = true;
-                    chrony_failures = 0;
+                    self.chrony_seen = true;
+                    self.chrony_failures = 0;
                     board.set_fact(
                         "chronyd",
                         if t.synchronised() {
@@ -357,21 +391,25 @@ pub async fn run_monitor(
                     }
                 }
                 Err(e) => {
-                    chrony_failures += 1;
+                    self.chrony_failures += 1;
                     board.set_fact("chronyd", "down".into());
-                    if chrony_failures == 1 {
+                    if self.chrony_failures == 1 {
                         tracing::error!(error = %e, address = %cfg.chronyc_address, "time daemon not running; the supervisor did not start it and cannot restart it: check `systemctl status chrony` or chronyd's configuration (`chronyd -p`)");
                     }
-                    if chrony_failures >= 3 {
-                        board.set_condition("chronyd", Some((Health::Degraded, format!("time daemon not running ({chrony_failures} consecutive failed checks): {e}"))));
+                    if self.chrony_failures >= 3 {
+                        board.set_condition(
+                            "chronyd",
+                            Some((
+                                Health::Degraded,
+                                format!(
+                                    "time daemon not running ({} consecutive failed checks): {e}",
+                                    self.chrony_failures
+                                ),
+                            )),
+                        );
                     }
                 }
             }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(cfg.interval) => {}
-            _ = host.measure_clock.notified() => {}
         }
     }
 }

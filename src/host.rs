@@ -32,6 +32,8 @@ pub struct Host {
     pub measure_clock: Notify,
     /// Ask the token watch to check now.
     pub check_token: Notify,
+    /// Woken when a refused token works again (slots waiting out an auth back-off retry).
+    pub token_recovered: Notify,
     pub clocks: Arc<dyn Clocks>,
 }
 
@@ -43,6 +45,7 @@ impl Host {
             token_invalid: AtomicBool::new(false),
             measure_clock: Notify::new(),
             check_token: Notify::new(),
+            token_recovered: Notify::new(),
             clocks,
         }
     }

@@ -12,7 +12,9 @@
 //! - [`preflight`] has the checks `run` logs and `doctor` prints.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
 //!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks;
-//!   [`clock`] measures the offset and watches chronyd.
+//!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
+//!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
+//!   DNS, resolvers, dependencies and keepalive sysctls.
 
 pub mod cli;
 pub mod clock;
@@ -25,12 +27,15 @@ pub mod keepalive;
 pub mod layout;
 pub mod naming;
 pub mod netstall;
+pub mod netwatch;
 pub mod preflight;
 pub mod procs;
 pub mod runner;
 pub mod shutdown;
+pub mod sleepwake;
 pub mod slot;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tokenwatch;
 pub mod watchdog;

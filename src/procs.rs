@@ -116,3 +116,59 @@ pub async fn run_reaper(cancel: CancellationToken) {
         }
     }
 }
+
+/// PIDs of `bin/Runner.Listener` processes running from under any of `roots` that are not
+/// our own children: strays of an earlier supervisor or of ghostrunner, holding sessions.
+pub fn strays(roots: &[std::path::PathBuf]) -> Vec<i32> {
+    let roots: Vec<std::path::PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    let me = std::process::id() as i32;
+    let set = tracked().lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me || set.contains(&pid) {
+            continue;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            continue;
+        };
+        if exe.file_name().is_some_and(|n| n == "Runner.Listener")
+            && roots.iter().any(|r| exe.starts_with(r))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Stop strays: SIGINT (so they delete their sessions), then SIGKILL after `grace`.
+pub async fn stop_strays(roots: &[std::path::PathBuf], grace: std::time::Duration) -> usize {
+    let pids = strays(roots);
+    for &pid in &pids {
+        tracing::warn!(pid, "a stray Runner.Listener from this runner install holds a session: stopping it (SIGINT)");
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGINT);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for &pid in &pids {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && tokio::time::Instant::now() < deadline
+        {
+            // Not our child: no exit notification to wait on but its /proc entry.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::warn!(pid, "the stray ignored SIGINT: SIGKILL");
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    pids.len()
+}

@@ -416,23 +416,23 @@ pub async fn run(
                 };
                 match r {
                     Ok(r) => {
-                        if sh.hoststate.set_token_invalid(false) {
-                            tracing::info!(slot, "the token works again");
-                        }
+                        crate::tokenwatch::set_token_state(&sh.hoststate, board, false, "");
                         r
                     }
                     Err(e) => {
-                        if matches!(e, GithubError::Unauthorized { .. })
-                            && sh.hoststate.set_token_invalid(true)
-                        {
-                            tracing::error!(slot, "GitHub refused the token (401): registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
+                        let unauthorized = matches!(e, GithubError::Unauthorized { .. });
+                        if let GithubError::Unauthorized { message } = &e {
+                            crate::tokenwatch::set_token_state(&sh.hoststate, board, true, message);
                         }
                         let wait = registration_wait(&e, failures);
                         failures += 1;
                         note_failure(board, slot, "backoff", &e.to_string(), failures);
                         tracing::warn!(slot, error = %e, wait_s = wait.as_secs(), "registration failed; backing off");
-                        if sleep_or_stop(wait, &mut mode).await {
-                            break;
+                        // A refused token is retried early once the token watch sees it work.
+                        let recovered = sh.hoststate.token_recovered.notified();
+                        tokio::select! {
+                            stop = sleep_or_stop(wait, &mut mode) => if stop { break },
+                            _ = recovered, if unauthorized => {}
                         }
                         continue;
                     }
@@ -450,7 +450,7 @@ pub async fn run(
             s.job = None;
         });
         board.set_state(slot, "starting");
-        let listener = match start(&sh, &root, &mut reg).await {
+        let listener = match start(&sh, &root, &mut reg, &mut mode).await {
             Ok(l) => l,
             Err(msg) => {
                 deregister_reg(&sh, &reg).await;
@@ -542,6 +542,12 @@ pub async fn run(
                 // A fresh JIT name has no session to conflict with; a fixed name must let
                 // the old session expire first.
                 if matches!(reg.secret, RegSecret::Token(_)) {
+                    // The fixed name's session may be held by a stray listener of this root.
+                    crate::procs::stop_strays(
+                        std::slice::from_ref(&root),
+                        sh.cfg.runner.stop_grace,
+                    )
+                    .await;
                     Some(sh.cfg.runner.session_conflict_wait)
                 } else {
                     None
@@ -618,7 +624,12 @@ fn clear_failure(board: &Board, slot: usize) {
 }
 
 /// Spawn config.sh (token mode) and then the listener.
-async fn start(sh: &Shared, root: &Path, reg: &mut Registration) -> Result<Listener, String> {
+async fn start(
+    sh: &Shared,
+    root: &Path,
+    reg: &mut Registration,
+    mode: &mut watch::Receiver<Mode>,
+) -> Result<Listener, String> {
     layout::remove_config_files(root);
     let mut env = sh.runner_env.clone();
     match &reg.secret {
@@ -627,7 +638,7 @@ async fn start(sh: &Shared, root: &Path, reg: &mut Registration) -> Result<Liste
             blob.expose().to_string(),
         )),
         RegSecret::Token(token) => {
-            configure(sh, root, &reg.name, token).await?;
+            configure(sh, root, &reg.name, token, mode).await?;
             reg.id = layout::agent_id(root);
         }
     }
@@ -637,7 +648,13 @@ async fn start(sh: &Shared, root: &Path, reg: &mut Registration) -> Result<Liste
 }
 
 /// `config.sh --unattended --ephemeral --disableupdate --replace`, token in the environment.
-async fn configure(sh: &Shared, root: &Path, name: &str, token: &AuthToken) -> Result<(), String> {
+async fn configure(
+    sh: &Shared,
+    root: &Path,
+    name: &str,
+    token: &AuthToken,
+    mode: &mut watch::Receiver<Mode>,
+) -> Result<(), String> {
     let c = &sh.cfg;
     let url = format!("{}/{}", c.github.web_url, c.github.scope.web_path());
     let labels = c.runner.labels.join(",");
@@ -664,25 +681,32 @@ async fn configure(sh: &Shared, root: &Path, name: &str, token: &AuthToken) -> R
     let mut p = Listener::spawn(name, &script, &args, root, &env)
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     let mut last_err = String::new();
-    let ended = tokio::time::timeout(Duration::from_secs(300), async {
-        loop {
-            match p.next().await {
-                Some(Output::Line {
-                    stream: crate::runner::events::Stream::Stderr,
-                    text,
-                    ..
-                }) if !text.trim().is_empty() => last_err = text,
-                Some(Output::Exited(e)) => return e,
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut interrupted = false;
+    let ended = loop {
+        tokio::select! {
+            o = p.next() => match o {
+                Some(Output::Line { stream: crate::runner::events::Stream::Stderr, text, .. }) if !text.trim().is_empty() => last_err = text,
+                Some(Output::Exited(e)) => break Some(e),
                 Some(_) => {}
-                None => return Ended::Code(-1),
+                None => break Some(Ended::Code(-1)),
+            },
+            // Scenario 16: a signal during config.sh is handled at once (it exits on SIGINT).
+            _ = mode.wait_for(|m| *m != Mode::Run), if !interrupted => {
+                interrupted = true;
+                p.interrupt();
             }
+            _ = tokio::time::sleep_until(deadline) => break None,
         }
-    })
-    .await;
+    };
     match ended {
-        Ok(Ended::Code(0)) => Ok(()),
-        Ok(e) => Err(format!("config.sh failed ({e:?}): {last_err}")),
-        Err(_) => {
+        _ if interrupted => {
+            p.kill_group();
+            Err("config.sh interrupted by shutdown".into())
+        }
+        Some(Ended::Code(0)) => Ok(()),
+        Some(e) => Err(format!("config.sh failed ({e:?}): {last_err}")),
+        None => {
             p.kill_group();
             Err("config.sh did not finish within 5 minutes".into())
         }

@@ -100,6 +100,11 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
     // State from an earlier run (or container) is not this run's.
     let status_path = state.join("status.json");
     let _ = std::fs::remove_file(&status_path);
+    // Scenario 17: a stray listener from this install holds a session; stop it first (before
+    // its files are relinked), so its runner goes offline and is reaped below.
+    let mut roots_to_scan = vec![cfg.runner.dir.clone()];
+    roots_to_scan.extend((0..cfg.runner.slots).map(|i| layout::slot_root(state, i)));
+    let strays = crate::procs::stop_strays(&roots_to_scan, cfg.runner.stop_grace).await;
     let roots = layout::prepare_slots(&cfg.runner.dir, state, cfg.runner.slots).map_err(|e| {
         anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
     })?;
@@ -137,6 +142,9 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         });
     }
 
+    if strays > 0 {
+        board.stats.exit("stray_stopped");
+    }
     // No registration of ours exists yet, so every offline runner of ours is a ghost.
     match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host).await {
         Ok(n) => {
@@ -162,13 +170,32 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         let (shared, cmd_tx, cancel) = (shared.clone(), cmd_tx.clone(), writer_cancel.clone());
         tracker.spawn(async move { run_offline_check(shared, cmd_tx, cancel).await });
     }
-    tracker.spawn(crate::clock::run_monitor(
-        cfg.clock.clone(),
+    tracker.spawn(crate::sleepwake::run(
+        host.clone(),
+        cmd_tx.clone(),
+        writer_cancel.clone(),
+    ));
+    tracker.spawn(crate::tokenwatch::run(
+        cfg.token.clone(),
         deps.gh.clone(),
         host.clone(),
         board.clone(),
         writer_cancel.clone(),
     ));
+    tracker.spawn(crate::netwatch::run(
+        cfg.clone(),
+        board.clone(),
+        writer_cancel.clone(),
+    ));
+    // Preflight's clock check gates the slots: no registration before the first measurement.
+    let mut clock = crate::clock::Monitor::new(
+        cfg.clock.clone(),
+        deps.gh.clone(),
+        host.clone(),
+        board.clone(),
+    );
+    clock.round().await;
+    tracker.spawn(clock.run(writer_cancel.clone()));
     let slots = TaskTracker::new();
     for (i, rx) in cmd_rx.into_iter().enumerate() {
         slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));

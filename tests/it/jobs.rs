@@ -176,7 +176,7 @@ async fn servers_without_jit_fall_back_to_config_sh() {
 }
 
 #[tokio::test]
-async fn a_revoked_token_backs_off_for_minutes_not_seconds() {
+async fn scenario_16_sigterm_during_a_back_off_and_a_revoked_token_backs_off_minutes() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     gh.state(|s| s.revoked = true);

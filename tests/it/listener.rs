@@ -20,7 +20,7 @@ fn read_nul(path: String) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn listener_is_spawned_directly_in_its_own_group_with_a_clean_env() {
+async fn scenario_14_sigterm_while_idle_and_a_listener_spawned_directly_with_a_clean_env() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     let mut env = sb.env(&gh);
@@ -271,7 +271,7 @@ async fn self_update_waits_for_update_finished_and_reaps_the_orphan() {
 }
 
 #[tokio::test]
-async fn version_deprecated_pauses_the_slot_and_health_says_why() {
+async fn scenario_22_version_deprecated_pauses_the_slot_and_health_says_why() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     gh.script(Script::VersionDeprecated);

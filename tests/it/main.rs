@@ -9,5 +9,7 @@ mod config_cli;
 mod github_client;
 mod jobs;
 mod listener;
+mod resume;
+mod scenarios;
 mod shutdown;
 mod watchdog;

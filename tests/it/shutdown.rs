@@ -10,7 +10,7 @@ use crate::support::{github, listeners, wait_gone, Daemon, Sandbox};
 const T: Duration = Duration::from_secs(60);
 
 #[tokio::test]
-async fn sigterm_during_a_job_lets_it_finish() {
+async fn scenario_15_sigterm_during_a_job_lets_it_finish() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     gh.enqueue(
@@ -37,7 +37,7 @@ async fn sigterm_during_a_job_lets_it_finish() {
 }
 
 #[tokio::test]
-async fn drain_timeout_cancels_the_job_and_deregisters() {
+async fn scenario_15_drain_timeout_cancels_the_job_and_deregisters() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     gh.enqueue(

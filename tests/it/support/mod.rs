@@ -187,6 +187,12 @@ impl Daemon {
             if matching.len() >= n {
                 return matching[n - 1].clone();
             }
+            if self.log().last().is_some_and(|l| l == "<eof>") {
+                panic!(
+                    "the supervisor exited before {n} line(s) with {parts:?}; log:\n{}",
+                    self.log().join("\n")
+                );
+            }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 panic!(
                     "timed out waiting for {n} line(s) with {parts:?}; log:\n{}",

@@ -36,6 +36,8 @@ pub fn supervisor_env(
         // Never reach public NTP servers from a test or the demo; tests add a loopback chronyd.
         ("SUPERVISOR_CLOCK_NTP_SERVERS", String::new()),
         ("SUPERVISOR_CLOCK_CHRONYC", "off".into()),
+        // The machine's own sysctls are not a test's to change (a test opts in, in a netns).
+        ("SUPERVISOR_NETWORK_SET_SYSCTLS", "off".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -1,0 +1,95 @@
+//! Token watch: re-validate the token every `check_interval` and whenever asked (on
+//! resume), warn before it expires, check scopes exactly, and mark health degraded while
+//! GitHub refuses it. It recovers by itself when the token works again.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TokenConfig;
+use crate::github::{GithubClient, GithubError};
+use crate::host::Host;
+use crate::preflight::{scope_verdict, ScopeVerdict};
+use crate::status::{Board, Health};
+
+/// Record the token's validity on the host and the board; logs transitions.
+pub fn set_token_state(host: &Host, board: &Board, invalid: bool, why: &str) {
+    if host.set_token_invalid(invalid) {
+        if invalid {
+            tracing::error!("GitHub refused the token (401): {why}; registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
+        } else {
+            tracing::info!("the token works again");
+            host.token_recovered.notify_waiters();
+        }
+    }
+    board.set_condition(
+        "token",
+        invalid.then(|| {
+            (
+                Health::Degraded,
+                format!("GitHub refuses the token (401): {why}"),
+            )
+        }),
+    );
+}
+
+/// Check the token once.
+pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Board) {
+    match gh.get_user().await {
+        Ok(info) => {
+            set_token_state(host, board, false, "");
+            if let ScopeVerdict::Missing(need) = scope_verdict(info.scopes.as_deref(), gh.scope()) {
+                tracing::error!(
+                    scope = need,
+                    "the token lacks the {need:?} scope; registrations will fail"
+                );
+                board.set_condition(
+                    "token scope",
+                    Some((
+                        Health::Degraded,
+                        format!("classic token lacks the {need:?} scope"),
+                    )),
+                );
+            } else {
+                board.set_condition("token scope", None);
+            }
+            if let Some(exp) = info.expires_at {
+                let left = exp - Utc::now();
+                board.set_fact("token_expires_at", exp.to_rfc3339());
+                if left.to_std().unwrap_or_default() <= cfg.expiry_warning {
+                    tracing::warn!(expires_at = %exp, days_left = left.num_days(), "the token expires in {} days: renew it", left.num_days());
+                    board.set_condition(
+                        "token expiry",
+                        Some((
+                            Health::Ok,
+                            format!("expires in {} days ({exp})", left.num_days()),
+                        )),
+                    );
+                } else {
+                    board.set_condition("token expiry", None);
+                }
+            }
+        }
+        Err(GithubError::Unauthorized { message }) => set_token_state(host, board, true, &message),
+        Err(e) => tracing::warn!(error = %e, "cannot re-validate the token now"),
+    }
+}
+
+/// Check every `check_interval` and on request, until cancelled.
+pub async fn run(
+    cfg: TokenConfig,
+    gh: GithubClient,
+    host: Arc<Host>,
+    board: Arc<Board>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(cfg.check_interval) => {}
+            _ = host.check_token.notified() => {}
+        }
+        check(&cfg, &gh, &host, &board).await;
+    }
+}
