@@ -437,6 +437,13 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec { section: "token", key: "expiry_warning", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("14d"), aliases: &[], doc: "warn this long before the token expires" },
     KeySpec { section: "health", key: "unhealthy_after", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("3m"), aliases: &[], doc: "a slot failing this long (not during a job) makes health unhealthy" },
     KeySpec { section: "health", key: "dependencies", kind: Kind::List, default: None, aliases: &[], doc: "host:port services (e.g. mongo:27017) whose loss is reported as degraded" },
+    KeySpec { section: "disk", key: "prune", kind: Kind::Enum(&["auto", "on", "off"]), default: Some("auto"), aliases: &[], doc: "prune Docker when disk runs low: auto = when the Docker socket exists" },
+    KeySpec { section: "disk", key: "docker_host", kind: Kind::Str, default: Some("unix:///var/run/docker.sock"), aliases: &[], doc: "the Docker engine's socket" },
+    KeySpec { section: "disk", key: "path", kind: Kind::Path, default: None, aliases: &[], doc: "file system to watch; Docker's data root when unset" },
+    KeySpec { section: "disk", key: "threshold_gb", kind: Kind::Int { min: 1, max: 1_000_000 }, default: Some("10"), aliases: &["PRUNE_THRESHOLD_GB"], doc: "prune when less than this many GB are free; critical below half of it" },
+    KeySpec { section: "disk", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, default: Some("60s"), aliases: &[], doc: "how often free space is checked" },
+    KeySpec { section: "disk", key: "until", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("6h"), aliases: &[], doc: "only prune containers and images older than this" },
+    KeySpec { section: "disk", key: "keep_images", kind: Kind::List, default: None, aliases: &[], doc: "images never removed (caches such as mongo:7.0); volumes are never pruned" },
     KeySpec {
         section: "log",
         key: "format",
@@ -685,6 +692,19 @@ pub struct TokenConfig {
     pub expiry_warning: Duration,
 }
 
+/// `[disk]`.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// `auto`, `on` or `off`.
+    pub prune: String,
+    pub docker_host: String,
+    pub path: Option<PathBuf>,
+    pub threshold_gb: u64,
+    pub interval: Duration,
+    pub until: Duration,
+    pub keep_images: Vec<String>,
+}
+
 /// `[health]`.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -718,6 +738,7 @@ pub struct Config {
     pub clock: ClockConfig,
     pub token: TokenConfig,
     pub health: HealthConfig,
+    pub disk: DiskConfig,
     pub log: LogConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
@@ -1421,6 +1442,15 @@ fn build(
         health: HealthConfig {
             unhealthy_after: d("health.unhealthy_after"),
             dependencies: list("health.dependencies"),
+        },
+        disk: DiskConfig {
+            prune: s("disk.prune").unwrap_or_else(|| "auto".into()),
+            docker_host: s("disk.docker_host").unwrap_or_default(),
+            path: s("disk.path").map(PathBuf::from),
+            threshold_gb: n("disk.threshold_gb"),
+            interval: d("disk.interval"),
+            until: d("disk.until"),
+            keep_images: list("disk.keep_images"),
         },
         log: LogConfig {
             json: s("log.format").as_deref() == Some("json"),

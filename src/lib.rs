@@ -14,13 +14,14 @@
 //!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks;
 //!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
-//!   DNS, resolvers, dependencies and keepalive sysctls.
+//!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk.
 
 pub mod cli;
 pub mod clock;
 pub mod clocks;
 pub mod cmd;
 pub mod config;
+pub mod disk;
 pub mod github;
 pub mod host;
 pub mod keepalive;

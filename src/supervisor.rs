@@ -182,6 +182,11 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         board.clone(),
         writer_cancel.clone(),
     ));
+    tracker.spawn(crate::disk::run(
+        cfg.disk.clone(),
+        board.clone(),
+        writer_cancel.clone(),
+    ));
     tracker.spawn(crate::netwatch::run(
         cfg.clone(),
         board.clone(),

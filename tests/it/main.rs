@@ -6,6 +6,7 @@ mod support;
 mod blackhole;
 mod clock;
 mod config_cli;
+mod disk;
 mod github_client;
 mod jobs;
 mod listener;

@@ -38,6 +38,8 @@ pub fn supervisor_env(
         ("SUPERVISOR_CLOCK_CHRONYC", "off".into()),
         // The machine's own sysctls are not a test's to change (a test opts in, in a netns).
         ("SUPERVISOR_NETWORK_SET_SYSCTLS", "off".into()),
+        // Nor is the machine's Docker (a test opts in with its own dockerd).
+        ("SUPERVISOR_DISK_PRUNE", "off".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
