@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 
 use crate::support::{
-    eventually, faketime_env, github, health, libfaketime, Chronyd, Daemon, Sandbox,
+    eventually, faketime_env, github, health, libfaketime, wait_health, Chronyd, Daemon, Sandbox,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -139,15 +139,12 @@ async fn scenario_01_a_broken_time_daemon_config_is_reported_within_one_interval
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_log(&["time daemon not running"], Duration::from_secs(5))
         .await;
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            last = health(&env);
-            last.1.contains("chronyd: time daemon not running")
-        })
-        .await,
-        "{last:?}"
-    );
+    wait_health(
+        &env,
+        "chronyd: time daemon not running",
+        Duration::from_secs(10),
+    )
+    .await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

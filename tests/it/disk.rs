@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 
-use crate::support::{eventually, github, health, Daemon, Sandbox};
+use crate::support::{eventually, github, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -210,15 +210,7 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
     );
     assert!(work_marker.exists(), "a runner's _work is never touched");
     // Still below half the threshold: health says critical.
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            last = health(&env);
-            last.1.contains("disk: critical")
-        })
-        .await,
-        "{last:?}"
-    );
+    wait_health(&env, "disk: critical", Duration::from_secs(5)).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

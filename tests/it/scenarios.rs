@@ -8,8 +8,8 @@ use sim::github::{Fault, FaultKind, JobSpec, TokenKind};
 use sim::protocol::Script;
 
 use crate::support::{
-    eventually, github, health, libfaketime, looks_like_jit_name, wait_gone, Chronyd, Daemon,
-    Sandbox,
+    eventually, github, health, libfaketime, looks_like_jit_name, wait_gone, wait_health, Chronyd,
+    Daemon, Sandbox,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -55,15 +55,7 @@ async fn scenario_07_the_watchdog_names_the_persisting_cause_clock() {
         fired.contains("cause=\"clock\""),
         "the root cause, not the symptom: {fired}"
     );
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            last = health(&env);
-            last.1.contains("clock: local clock is +20")
-        })
-        .await,
-        "{last:?}"
-    );
+    wait_health(&env, "clock: local clock is +20", Duration::from_secs(5)).await;
     // No restart storm while the clock is wrong: the replacement waits for the clock.
     d.wait_log(&["registrations paused"], T).await;
     assert_eq!(
@@ -245,27 +237,11 @@ async fn scenario_17_a_stray_listener_holding_a_session_is_stopped_and_its_runne
     // A stray from an earlier life, started from the runner install, holds a session.
     let host = runner_supervisor::naming::this_host();
     let name = format!("ci-{host}-0-stray1");
-    let blob: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/repos/octo/app/actions/runners/generate-jitconfig",
-            gh.url()
-        ))
-        .header("User-Agent", "t")
-        .bearer_auth(sim::github::Options::default().token)
-        .json(&serde_json::json!({"name": name, "runner_group_id": 1, "labels": ["self-hosted"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, blob) = gh.generate_jit(&name).await;
     let mut stray = tokio::process::Command::new(sb.install.join("bin/Runner.Listener"))
         .arg("run")
         .current_dir(&sb.install)
-        .env(
-            "ACTIONS_RUNNER_INPUT_JITCONFIG",
-            blob["encoded_jit_config"].as_str().unwrap(),
-        )
+        .env("ACTIONS_RUNNER_INPUT_JITCONFIG", &blob)
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -308,15 +284,12 @@ async fn scenario_18_a_dependency_killed_mid_run_degrades_health_and_nothing_res
     d.wait_log(&["Listening for Jobs"], T).await;
     drop(mongo);
     d.wait_log(&["dependency unreachable"], T).await;
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            last = health(&env);
-            last.1.contains(&format!("dependency {addr}: unreachable"))
-        })
-        .await,
-        "{last:?}"
-    );
+    let last = wait_health(
+        &env,
+        &format!("dependency {addr}: unreachable"),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(last.0, Some(0), "degraded, not unhealthy: {}", last.1);
     assert_eq!(d.count(&["listener exited"]), 0, "runners stay up");
     d.signal(Signal::SIGTERM);
@@ -382,15 +355,12 @@ async fn scenario_20_a_token_revoked_mid_run_degrades_health_and_recovers_by_its
     d.wait_log(&["Listening for Jobs"], T).await;
     gh.state(|s| s.revoked = true);
     d.wait_log(&["GitHub refused the token"], T).await;
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            last = health(&env);
-            last.1.contains("token: GitHub refuses the token (401)")
-        })
-        .await,
-        "{last:?}"
-    );
+    let last = wait_health(
+        &env,
+        "token: GitHub refuses the token (401)",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(last.0, Some(0), "degraded: {}", last.1);
     // A job finishes; the next registration is refused and backs off for five minutes...
     gh.enqueue(

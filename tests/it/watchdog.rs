@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 use sim::protocol::Script;
 
-use crate::support::{eventually, github, health, Daemon, Sandbox};
+use crate::support::{github, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -160,15 +160,7 @@ async fn the_breaker_opens_says_why_and_survives_a_restart() {
     let mut d = Daemon::start(&env, &["run"]).await;
     let open = d.wait_log(&["circuit breaker open"], T).await;
     assert!(open.contains("root cause: network"), "{open}");
-    let mut last = (None, String::new());
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            last = health(&env);
-            last.1.contains("breaker-open")
-        })
-        .await,
-        "{last:?}"
-    );
+    let last = wait_health(&env, "breaker-open", Duration::from_secs(5)).await;
     assert!(last.1.contains("network:2"), "{}", last.1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -180,14 +172,7 @@ async fn the_breaker_opens_says_why_and_survives_a_restart() {
         .filter(|c| c.path.ends_with("generate-jitconfig"))
         .count();
     let mut d = Daemon::start(&env, &["run"]).await;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            last = health(&env);
-            last.1.contains("breaker-open")
-        })
-        .await,
-        "{last:?}"
-    );
+    wait_health(&env, "breaker-open", Duration::from_secs(10)).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_eq!(

@@ -465,3 +465,19 @@ pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ]
 }
+
+/// Wait until `supervisor health` prints `needle`; returns its (exit code, stdout).
+pub async fn wait_health(
+    env: &BTreeMap<String, String>,
+    needle: &str,
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let mut last = (None, String::new());
+    let found = eventually(timeout, || {
+        last = health(env);
+        last.1.contains(needle)
+    })
+    .await;
+    assert!(found, "health never said {needle:?}: {last:?}");
+    last
+}

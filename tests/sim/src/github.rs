@@ -402,6 +402,31 @@ impl FakeGithub {
         self.state(|s| s.runners.values().cloned().collect())
     }
 
+    /// Register a JIT runner through the REST API, as the supervisor would: (id, encoded config).
+    pub async fn generate_jit(&self, name: &str) -> (u64, String) {
+        let v: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/repos/octo/app/actions/runners/generate-jitconfig",
+                self.url()
+            ))
+            .header("User-Agent", "sim")
+            .bearer_auth(&self.shared.opts.token)
+            .json(&json!({"name": name, "runner_group_id": 1, "labels": ["self-hosted"]}))
+            .send()
+            .await
+            .expect("the fake answers")
+            .json()
+            .await
+            .expect("a JIT config");
+        (
+            v["runner"]["id"].as_u64().expect("an id"),
+            v["encoded_jit_config"]
+                .as_str()
+                .expect("a config")
+                .to_string(),
+        )
+    }
+
     /// Delete a runner on the server side (as a user in the web UI would).
     pub fn delete_runner(&self, id: u64) -> bool {
         self.state(|s| delete_runner(s, id).is_some())

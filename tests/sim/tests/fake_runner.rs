@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use sim::github::{FakeGithub, JobSpec, Options};
 use sim::protocol::Script;
 
@@ -29,24 +28,7 @@ fn stamped(line: &str) -> Option<&str> {
 }
 
 async fn jit(gh: &FakeGithub, name: &str) -> (u64, String) {
-    let v: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/repos/octo/app/actions/runners/generate-jitconfig",
-            gh.url()
-        ))
-        .header("User-Agent", "t")
-        .bearer_auth(Options::default().token)
-        .json(&json!({"name": name, "runner_group_id": 1, "labels": ["self-hosted"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        v["runner"]["id"].as_u64().unwrap(),
-        v["encoded_jit_config"].as_str().unwrap().to_string(),
-    )
+    gh.generate_jit(name).await
 }
 
 fn install(dir: &Path) -> PathBuf {
