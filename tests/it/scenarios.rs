@@ -540,3 +540,58 @@ async fn a_wall_clock_jump_like_a_wsl2_resume_recycles_the_idle_listener_with_on
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn a_fixed_name_session_conflict_waits_session_conflict_wait_before_re_registering() {
+    let sb = Sandbox::new();
+    // No JIT: config.sh with the slot's fixed name, which a stale session still holds.
+    let gh = github(|o| o.jit = false).await;
+    gh.state(|s| s.conflicts_for_next = 1);
+    let mut env = sb.env(&gh);
+    env.insert("SESSION_CONFLICT_WAIT".into(), "2".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let exited = d
+        .wait_log(&["listener exited", "session_conflict"], T)
+        .await;
+    d.wait_lines(&["Listening for Jobs"], 1, T).await;
+    let listening = d
+        .log()
+        .into_iter()
+        .find(|l| l.contains("Listening for Jobs"))
+        .unwrap();
+    let ts = |l: &str| {
+        chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next().unwrap()).unwrap()
+    };
+    let waited = ts(&listening) - ts(&exited);
+    assert!(
+        waited >= chrono::Duration::seconds(2),
+        "re-registered after {waited}"
+    );
+    assert!(
+        d.count(&["SIGKILL"]) == 0,
+        "SIGINT and the grace first, always"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn the_token_expiry_is_warned_about_from_14_days_before() {
+    let sb = Sandbox::new();
+    let soon = (chrono::Utc::now() + chrono::Duration::days(3))
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    let gh = github(|o| o.token_expiration = Some(soon)).await;
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "500ms".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let line = d.wait_log(&["expires in"], T).await;
+    assert!(
+        line.contains("expires in 2 days") || line.contains("expires in 3 days"),
+        "{line}"
+    );
+    let (code, out) = wait_health(&env, "token expiry: expires in", Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0), "a warning, not a failure: {out}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
