@@ -297,8 +297,22 @@ pub async fn deregister(sh: &Shared, id: u64, name: &str) {
     tracing::warn!(runner = %name, id, "registration still busy after retries; it will be reaped at the next start");
 }
 
+/// Shutdown must fit in a container's stop grace (Docker: 10 s) even when GitHub is
+/// unreachable; a registration not deleted in time is reaped at the next start.
+const SHUTDOWN_DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
+
 async fn deregister_reg(sh: &Shared, reg: &Registration) {
-    if let Some(id) = reg.id {
+    let Some(id) = reg.id else { return };
+    // While the supervisor stops, deregistration gets a bounded budget.
+    let stopping = sh.board.mode() != "run";
+    if stopping {
+        if tokio::time::timeout(SHUTDOWN_DEREGISTER_BUDGET, deregister(sh, id, &reg.name))
+            .await
+            .is_err()
+        {
+            tracing::warn!(runner = %reg.name, id, "no time left to delete the registration while stopping; the next start reaps it");
+        }
+    } else {
         deregister(sh, id, &reg.name).await;
     }
 }

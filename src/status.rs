@@ -164,6 +164,11 @@ impl Board {
         self.changed.notify_one();
     }
 
+    /// The supervisor mode as last recorded (run, drain, force, kill).
+    pub fn mode(&self) -> String {
+        self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A snapshot of every slot.
     pub fn slots(&self) -> Vec<SlotStatus> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()

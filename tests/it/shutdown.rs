@@ -83,3 +83,62 @@ async fn a_second_signal_forces_the_stop() {
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
     assert!(gh.runners().is_empty(), "{:?}", gh.runners());
 }
+
+#[tokio::test]
+async fn sigterm_is_heard_even_when_stderr_is_a_broken_pipe() {
+    // Regression: a failed log write used to panic the task that logged, once the
+    // signal task, so a supervisor whose log reader had gone ignored SIGTERM.
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut child = tokio::process::Command::new(crate::support::supervisor_bin())
+        .arg("run")
+        .env_clear()
+        .envs(sb.env(&gh))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        gh.wait_for(T, |s| s.runners.values().any(|r| r.session.is_some()))
+            .await
+    );
+    drop(child.stderr.take());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("SIGTERM must be heard")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(gh.runners().is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut env = sb.env(&gh);
+    // Production back-off: the retries alone would take longer than Docker's grace.
+    env.insert("SUPERVISOR_GITHUB_BACKOFF_BASE".into(), "2s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    gh.fault(sim::github::Fault {
+        method: Some("DELETE".into()),
+        path: None,
+        kind: sim::github::FaultKind::Reset,
+        times: 0,
+    });
+    let t = std::time::Instant::now();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.count(&["the next start reaps it"]), 1);
+}
