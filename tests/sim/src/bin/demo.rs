@@ -12,26 +12,26 @@ use sim::github::{FakeGithub, Fault, FaultKind, JobSpec, Options};
 use sim::protocol::Script;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Build the workspace's binaries (a no-op when up to date) and find `name` beside us.
+/// Under `cargo run`, CARGO is set: always build, so a stale supervisor is never used.
 fn find_or_build(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("own path");
     let dir = me.parent().expect("a directory").to_path_buf();
     let p = dir.join(name);
-    if p.exists() {
-        return p;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        if !cmd.status().is_ok_and(|s| s.success()) {
+            eprintln!("demo: building the workspace failed");
+            std::process::exit(1);
+        }
     }
-    // `cargo run -p sim` builds only this package's binaries: build the supervisor too.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let release = dir.ends_with("release");
-    eprintln!("demo: building {name} ...");
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--workspace", "--bins"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let ok = cmd.status().is_ok_and(|s| s.success());
-    if !ok || !p.exists() {
+    if !p.exists() {
         eprintln!(
-            "demo: cannot find or build {}; run `cargo build --release --workspace` first",
+            "demo: cannot find {}; run `cargo build --release --workspace` first",
             p.display()
         );
         std::process::exit(1);
@@ -152,15 +152,20 @@ async fn main() {
     let pid = child.id().expect("pid") as i32;
     let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let printer = tokio::spawn(async move {
+        let mut all = vec![];
         while let Ok(Some(line)) = err.next_line().await {
             if let Some(s) = short(&line) {
                 println!("  {s}");
             }
+            all.push(line);
         }
+        all
     });
-    let all_done = gh
-        .wait_for(Duration::from_secs(120), |s| s.completed.len() >= n)
-        .await;
+    // Done when every job is, or at once if the supervisor exits early.
+    let all_done = tokio::select! {
+        done = gh.wait_for(Duration::from_secs(120), |s| s.completed.len() >= n) => done,
+        _ = child.wait() => false,
+    };
     println!(
         "\n== {} — sending SIGTERM (drain and deregister)\n",
         if all_done {
