@@ -1,0 +1,475 @@
+//! One slot: register a runner, start its listener, watch it, act on its exit, repeat.
+//!
+//! One job at a time per slot: JIT registrations are ephemeral, so each listener takes
+//! exactly one job. While a job runs, the next registration is made in advance so the
+//! next listener starts the moment this one exits.
+//! Invariants: a registration whose listener did not finish its job is deleted (no
+//! ghosts); a listener is never SIGKILLed before SIGINT and `stop_grace` (except on the
+//! third signal); failures never retry in a tight loop.
+//!
+//! Layout: [`registration`] makes and deletes registrations; [`listen`] starts a
+//! listener (config.sh first in token mode) and watches it; this file is the loop.
+
+mod listen;
+mod registration;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, RegistrationMode};
+use crate::github::{backoff, GithubClient, GithubError};
+use crate::host::Host;
+use crate::runner::exit::{classify, ExitReason};
+use crate::runner::process::ENV_ALLOWLIST;
+use crate::shutdown::Mode;
+use crate::status::Board;
+use crate::watchdog::{self, attribute, looks_like_network, Breaker, Cause, Verdict};
+
+use listen::{start, wait_for_update, watch_listener, StopCause};
+use registration::deregister_reg;
+pub use registration::{deregister, register, RegSecret, Registration};
+
+/// A pre-made registration older than this is discarded rather than used.
+pub(super) const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
+/// The slowest a slot retries after an auth or permission failure (facts: at most one
+/// call per 5 minutes per runner while the token is bad).
+const AUTH_RETRY: Duration = Duration::from_secs(300);
+/// How long a version-deprecated slot waits before trying again.
+const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);
+
+/// What every slot shares.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub gh: GithubClient,
+    pub host: String,
+    pub board: Arc<Board>,
+    pub roots: Vec<PathBuf>,
+    /// The environment every runner gets (allow-listed, plus configured extras).
+    pub runner_env: Vec<(String, String)>,
+    /// `auto` becomes `jit` or `token` on first use.
+    reg_mode: Mutex<RegistrationMode>,
+    pub hoststate: Arc<Host>,
+    /// The circuit breakers, one per slot, persisted at `breaker_path`.
+    breakers: Mutex<Vec<Breaker>>,
+    breaker_path: PathBuf,
+    boot_id: String,
+}
+
+/// Commands a slot takes while its listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCmd {
+    /// The host resumed: an idle listener's long-poll is dead; replace it. A busy one stays.
+    Recycle,
+    /// GitHub shows the listening runner offline: replace it (a watchdog fire).
+    Replace(Cause),
+}
+
+impl Shared {
+    /// Assemble the shared slot context.
+    pub fn new(
+        cfg: Arc<Config>,
+        gh: GithubClient,
+        host: String,
+        board: Arc<Board>,
+        roots: Vec<PathBuf>,
+        outer_env: &dyn Fn(&str) -> Option<String>,
+        hoststate: Arc<Host>,
+    ) -> Shared {
+        let mut env: Vec<(String, String)> = ENV_ALLOWLIST
+            .iter()
+            .filter_map(|k| outer_env(k).map(|v| (k.to_string(), v)))
+            .collect();
+        for (k, v) in cfg.runner.pass_env.iter().chain(cfg.runner.env.iter()) {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        // Make a deprecated version visible as exit 7 rather than a generic 1.
+        env.push((
+            "ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE".into(),
+            "1".into(),
+        ));
+        let reg_mode = Mutex::new(cfg.runner.registration);
+        let breaker_path = cfg.state_dir.join("breaker.json");
+        let boot_id = watchdog::boot_id();
+        let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
+        Shared {
+            cfg,
+            gh,
+            host,
+            board,
+            roots,
+            runner_env: env,
+            reg_mode,
+            hoststate,
+            breakers,
+            breaker_path,
+            boot_id,
+        }
+    }
+
+    /// Record a watchdog fire for `slot`; returns how long the breaker is now open, if it opened.
+    pub fn fire(&self, slot: usize, cause: Cause, detail: &str) -> Option<Duration> {
+        let w = &self.cfg.watchdog;
+        let now = self.hoststate.clocks.boottime();
+        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut all[slot];
+        let verdict = b.record(cause, now, w.max_fires, w.window, w.open_for);
+        tracing::warn!(slot, cause = cause.as_str(), detail, window = %b.describe(), "watchdog fired: replacing the listener");
+        let opened = match verdict {
+            Verdict::Opened {
+                until,
+                fires,
+                dominant,
+            } => {
+                let open = until.saturating_sub(now);
+                tracing::error!(
+                    slot,
+                    fires,
+                    cause = dominant.as_str(),
+                    open_s = open.as_secs(),
+                    "circuit breaker open: {fires} watchdog fires within {}; the slot pauses (root cause: {})",
+                    humantime::format_duration(w.window),
+                    dominant.as_str()
+                );
+                Some(open)
+            }
+            Verdict::Closed => None,
+        };
+        if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
+            tracing::warn!(error = %e, "cannot persist the circuit breaker");
+        }
+        drop(all);
+        self.board.update(slot, |s| {
+            s.last_fire = Some(format!("{}: {detail}", cause.as_str()))
+        });
+        opened
+    }
+
+    /// How long slot `slot`'s breaker stays open, and why.
+    fn breaker_open(&self, slot: usize) -> Option<(Duration, String)> {
+        let now = self.hoststate.clocks.boottime();
+        let all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &all[slot];
+        b.open_for(now).map(|d| {
+            (
+                d,
+                format!(
+                    "circuit breaker open for {}s after {}",
+                    d.as_secs(),
+                    b.opened_by.clone().unwrap_or_else(|| b.describe())
+                ),
+            )
+        })
+    }
+
+    fn mode(&self) -> RegistrationMode {
+        *self.reg_mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_mode(&self, m: RegistrationMode) {
+        *self.reg_mode.lock().unwrap_or_else(|p| p.into_inner()) = m;
+    }
+}
+
+/// Wait `d`, unless the supervisor starts stopping first (then true).
+async fn sleep_or_stop(d: Duration, mode: &mut watch::Receiver<Mode>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = mode.wait_for(|m| *m != Mode::Run) => { let _ = r; true }
+    }
+}
+
+fn stopping(mode: &watch::Receiver<Mode>) -> bool {
+    *mode.borrow() != Mode::Run
+}
+
+/// How long to wait after a failed registration.
+fn registration_wait(e: &GithubError, failures: u32) -> Duration {
+    let b = backoff(Duration::from_secs(2), Duration::from_secs(300), failures);
+    match e {
+        GithubError::RateLimited { retry_after, .. } => (*retry_after).max(b),
+        GithubError::Unauthorized { .. }
+        | GithubError::Forbidden { .. }
+        | GithubError::NotFound { .. }
+        | GithubError::Validation { .. } => AUTH_RETRY,
+        _ => b,
+    }
+}
+
+/// Run slot `slot` until the supervisor stops.
+pub async fn run(
+    sh: Arc<Shared>,
+    slot: usize,
+    mut mode: watch::Receiver<Mode>,
+    mut cmds: mpsc::UnboundedReceiver<SlotCmd>,
+) {
+    let root = sh.roots[slot].clone();
+    let mut failures: u32 = 0;
+    let mut retryable_streak: u32 = 0;
+    let mut last_fatal: Option<String> = None;
+    let mut prep: Option<JoinHandle<Result<Registration, GithubError>>> = None;
+    let board = &sh.board;
+    loop {
+        if stopping(&mode) {
+            break;
+        }
+        // 0. Gates: an open breaker, a clock fault.
+        if let Some((wait, why)) = sh.breaker_open(slot) {
+            board.update(slot, |s| s.error = Some(why.clone()));
+            board.set_state(slot, "breaker-open");
+            if sleep_or_stop(wait, &mut mode).await {
+                break;
+            }
+            continue;
+        }
+        if sh.hoststate.clock_fault() {
+            let why = sh
+                .hoststate
+                .clock
+                .borrow()
+                .reason
+                .clone()
+                .unwrap_or_else(|| "clock fault".into());
+            tracing::warn!(slot, reason = %why, "clock fault: registrations paused until the clock is fixed");
+            board.update(slot, |s| s.error = Some(format!("clock fault: {why}")));
+            board.set_state(slot, "clock-fault");
+            let mut clock = sh.hoststate.clock.subscribe();
+            tokio::select! {
+                _ = clock.wait_for(|c| !c.fault) => {}
+                _ = mode.wait_for(|m| *m != Mode::Run) => break,
+            }
+            tracing::info!(slot, "clock fixed: registrations resume");
+            board.update(slot, |s| s.error = None);
+            continue;
+        }
+        // 1. A registration: the one made in advance, or a new one.
+        let mut ready = None;
+        if let Some(h) = prep.take() {
+            match h.await {
+                Ok(Ok(r)) if r.usable() => ready = Some(r),
+                Ok(Ok(r)) => deregister_reg(&sh, &r).await,
+                _ => {}
+            }
+        }
+        let mut reg = match ready {
+            Some(r) => r,
+            None => {
+                board.set_state(slot, "registering");
+                let r = tokio::select! {
+                    r = register(&sh, slot) => r,
+                    _ = mode.wait_for(|m| *m != Mode::Run) => break,
+                };
+                match r {
+                    Ok(r) => {
+                        crate::tokenwatch::set_token_state(&sh.hoststate, board, false, "");
+                        r
+                    }
+                    Err(e) => {
+                        let unauthorized = matches!(e, GithubError::Unauthorized { .. });
+                        if let GithubError::Unauthorized { message } = &e {
+                            crate::tokenwatch::set_token_state(&sh.hoststate, board, true, message);
+                        }
+                        let wait = registration_wait(&e, failures);
+                        failures += 1;
+                        note_failure(board, slot, "backoff", &e.to_string(), failures);
+                        tracing::warn!(slot, error = %e, wait_s = wait.as_secs(), "registration failed; backing off");
+                        // A refused token is retried early once the token watch sees it work.
+                        let recovered = sh.hoststate.token_recovered.notified();
+                        tokio::select! {
+                            stop = sleep_or_stop(wait, &mut mode) => if stop { break },
+                            _ = recovered, if unauthorized => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        if stopping(&mode) {
+            deregister_reg(&sh, &reg).await;
+            break;
+        }
+
+        // 2. Start the listener.
+        board.update(slot, |s| {
+            s.runner = Some(reg.name.clone());
+            s.job = None;
+        });
+        board.set_state(slot, "starting");
+        let listener = match start(&sh, &root, &mut reg, &mut mode).await {
+            Ok(l) => l,
+            Err(msg) => {
+                deregister_reg(&sh, &reg).await;
+                failures += 1;
+                note_failure(board, slot, "backoff", &msg, failures);
+                let wait = backoff(Duration::from_secs(2), Duration::from_secs(300), failures);
+                tracing::error!(slot, runner = %reg.name, error = %msg, wait_s = wait.as_secs(), "cannot start the runner; backing off");
+                if sleep_or_stop(wait, &mut mode).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        sh.board
+            .stats
+            .listeners_started
+            .fetch_add(1, Ordering::Relaxed);
+
+        // 3. Watch it.
+        let w = watch_listener(
+            &sh,
+            slot,
+            listener,
+            &mut mode,
+            &mut cmds,
+            &mut prep,
+            &mut failures,
+        )
+        .await;
+        if let Some(f) = &w.fatal {
+            last_fatal = Some(f.clone());
+        }
+
+        // 4. Act on its exit.
+        let reason = match w.cause {
+            Some(StopCause::SessionConflict) => ExitReason::SessionConflict,
+            Some(StopCause::NotReady) => ExitReason::Unknown,
+            Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
+            Some(StopCause::Recycle) => ExitReason::Recycled,
+            _ => classify(w.ended, &w.seen, w.cause.is_some()),
+        };
+        if let Some(StopCause::Watchdog(cause, detail)) = &w.cause {
+            sh.fire(slot, *cause, detail);
+        }
+        if reason == ExitReason::ClockSkew {
+            sh.hoststate
+                .set_clock_fault("the runner reported clock skew (more than five minutes)");
+        }
+        // A listener that keeps exiting with code 2 is stuck too.
+        if reason == ExitReason::Retryable {
+            retryable_streak += 1;
+            if retryable_streak >= sh.cfg.watchdog.retryable_exits {
+                retryable_streak = 0;
+                let net = last_fatal.as_deref().is_some_and(looks_like_network);
+                let cause = attribute(sh.hoststate.context(net));
+                sh.fire(
+                    slot,
+                    cause,
+                    &format!(
+                        "{} consecutive retryable exits (code 2)",
+                        sh.cfg.watchdog.retryable_exits
+                    ),
+                );
+            }
+        } else if reason != ExitReason::Stopped {
+            retryable_streak = 0;
+        }
+        board.stats.exit(reason.as_str());
+        board.update(slot, |s| {
+            s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
+            s.job = None;
+        });
+        tracing::info!(slot, runner = %reg.name, ended = ?w.ended, reason = reason.as_str(), "listener exited");
+        if reason != ExitReason::JobDone {
+            // The service removes an ephemeral runner after its job; anything else is ours to delete.
+            deregister_reg(&sh, &reg).await;
+        }
+        let wait = match reason {
+            ExitReason::JobDone
+            | ExitReason::Stopped
+            | ExitReason::RegistrationDeleted
+            | ExitReason::Watchdog
+            | ExitReason::Recycled => {
+                failures = 0;
+                clear_failure(board, slot);
+                None
+            }
+            ExitReason::SessionConflict => {
+                // A fresh JIT name has no session to conflict with; a fixed name must let
+                // the old session expire first.
+                if matches!(reg.secret, RegSecret::Token(_)) {
+                    // The fixed name's session may be held by a stray listener of this root.
+                    crate::procs::stop_strays(
+                        std::slice::from_ref(&root),
+                        sh.cfg.runner.stop_grace,
+                    )
+                    .await;
+                    Some(sh.cfg.runner.session_conflict_wait)
+                } else {
+                    None
+                }
+            }
+            ExitReason::Updating => {
+                wait_for_update(&root, sh.cfg.runner.update_wait).await;
+                None
+            }
+            ExitReason::VersionDeprecated => {
+                let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
+                tracing::error!(slot, "{msg}");
+                note_failure(board, slot, "paused", &msg, failures + 1);
+                failures += 1;
+                Some(DEPRECATED_PAUSE)
+            }
+            other => {
+                failures += 1;
+                note_failure(
+                    board,
+                    slot,
+                    "backoff",
+                    &format!("listener exited: {}", other.as_str()),
+                    failures,
+                );
+                Some(backoff(
+                    Duration::from_secs(2),
+                    Duration::from_secs(300),
+                    failures - 1,
+                ))
+            }
+        };
+        if let Some(d) = wait {
+            if !d.is_zero() {
+                if board.slots().get(slot).is_some_and(|s| s.state != "paused") {
+                    board.set_state(slot, "backoff");
+                }
+                if sleep_or_stop(d, &mut mode).await {
+                    break;
+                }
+            }
+        }
+    }
+    // Nothing made in advance may stay registered.
+    if let Some(h) = prep.take() {
+        if let Ok(Ok(r)) = h.await {
+            deregister_reg(&sh, &r).await;
+        }
+    }
+    board.update(slot, |s| {
+        s.job = None;
+        s.runner = None;
+    });
+    board.set_state(slot, "stopped");
+}
+
+fn note_failure(board: &Board, slot: usize, state: &str, error: &str, failures: u32) {
+    board.update(slot, |s| {
+        s.error = Some(error.to_string());
+        s.failures = failures;
+        if s.failing_since.is_none() {
+            s.failing_since = Some(Utc::now());
+        }
+    });
+    board.set_state(slot, state);
+}
+
+pub(super) fn clear_failure(board: &Board, slot: usize) {
+    board.update(slot, |s| {
+        s.error = None;
+        s.failures = 0;
+        s.failing_since = None;
+    });
+}

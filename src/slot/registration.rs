@@ -1,0 +1,160 @@
+//! Registrations: JIT (with a fresh name), or a registration token for config.sh;
+//! and their deletion, bounded while the supervisor stops.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::config::{RegistrationMode, Secret};
+use crate::github::{backoff, AuthToken, GithubError};
+use crate::naming;
+
+use super::{Shared, PREPARED_MAX_AGE};
+
+/// The secret part of a registration.
+pub enum RegSecret {
+    /// `encoded_jit_config`.
+    Jit(Secret),
+    /// A registration token for `config.sh`.
+    Token(AuthToken),
+}
+
+/// A runner registration we own.
+pub struct Registration {
+    /// GitHub's runner id (token mode learns it from `.runner` after config.sh).
+    pub id: Option<u64>,
+    pub name: String,
+    pub secret: RegSecret,
+    pub created: Instant,
+}
+
+impl Registration {
+    pub(super) fn usable(&self) -> bool {
+        let young = self.created.elapsed() < PREPARED_MAX_AGE;
+        match &self.secret {
+            RegSecret::Jit(_) => young,
+            RegSecret::Token(t) => {
+                young && t.expires_at - Utc::now() > chrono::Duration::minutes(5)
+            }
+        }
+    }
+}
+
+/// Register one runner for `slot`, in the configured (or discovered) mode.
+pub async fn register(sh: &Shared, slot: usize) -> Result<Registration, GithubError> {
+    let r = match sh.mode() {
+        RegistrationMode::Jit => register_jit(sh, slot).await,
+        RegistrationMode::Token => register_token(sh, slot).await,
+        RegistrationMode::Auto => match register_jit(sh, slot).await {
+            Err(e @ GithubError::NotFound { .. }) => match sh.gh.registration_token().await {
+                Ok(token) => {
+                    tracing::warn!("this server has no generate-jitconfig; falling back to registration tokens and config.sh");
+                    sh.set_mode(RegistrationMode::Token);
+                    Ok(token_registration(sh, slot, token))
+                }
+                Err(_) => Err(e),
+            },
+            other => {
+                if other.is_ok() {
+                    sh.set_mode(RegistrationMode::Jit);
+                }
+                other
+            }
+        },
+    };
+    if r.is_ok() {
+        sh.board.stats.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
+async fn register_jit(sh: &Shared, slot: usize) -> Result<Registration, GithubError> {
+    let c = &sh.cfg.runner;
+    let mut attempt = 0;
+    loop {
+        let name = naming::jit_name(&c.name_prefix, &sh.host, slot);
+        match sh
+            .gh
+            .generate_jitconfig(&name, &c.labels, c.group_id, &c.work_folder)
+            .await
+        {
+            Ok(jit) => {
+                return Ok(Registration {
+                    id: Some(jit.runner.id),
+                    name,
+                    secret: RegSecret::Jit(Secret::new(jit.encoded_jit_config)),
+                    created: Instant::now(),
+                })
+            }
+            // A name collision: draw another suffix.
+            Err(GithubError::Conflict { .. }) if attempt < 2 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn register_token(sh: &Shared, slot: usize) -> Result<Registration, GithubError> {
+    let token = sh.gh.registration_token().await?;
+    Ok(token_registration(sh, slot, token))
+}
+
+fn token_registration(sh: &Shared, slot: usize, token: AuthToken) -> Registration {
+    Registration {
+        id: None,
+        name: naming::fixed_name(&sh.cfg.runner.name_prefix, &sh.host, slot),
+        secret: RegSecret::Token(token),
+        created: Instant::now(),
+    }
+}
+
+/// Delete a registration, retrying while GitHub says the runner is busy.
+pub async fn deregister(sh: &Shared, id: u64, name: &str) {
+    // A runner that died mid-job stays busy until GitHub abandons the job; keep trying a while.
+    for attempt in 0..8u32 {
+        match sh.gh.delete_runner(id).await {
+            Ok(()) => {
+                sh.board
+                    .stats
+                    .deregistrations
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(runner = %name, id, "registration deleted");
+                return;
+            }
+            Err(GithubError::Validation { .. }) => {
+                tokio::time::sleep(backoff(
+                    Duration::from_millis(500),
+                    Duration::from_secs(5),
+                    attempt,
+                ))
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(runner = %name, id, error = %e, "cannot delete the registration; it will be reaped at the next start once offline");
+                return;
+            }
+        }
+    }
+    tracing::warn!(runner = %name, id, "registration still busy after retries; it will be reaped at the next start");
+}
+
+/// Shutdown must fit in a container's stop grace (Docker: 10 s) even when GitHub is
+/// unreachable; a registration not deleted in time is reaped at the next start.
+const SHUTDOWN_DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
+
+pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration) {
+    let Some(id) = reg.id else { return };
+    // While the supervisor stops, deregistration gets a bounded budget.
+    let stopping = sh.board.mode() != "run";
+    if stopping {
+        if tokio::time::timeout(SHUTDOWN_DEREGISTER_BUDGET, deregister(sh, id, &reg.name))
+            .await
+            .is_err()
+        {
+            tracing::warn!(runner = %reg.name, id, "no time left to delete the registration while stopping; the next start reaps it");
+        }
+    } else {
+        deregister(sh, id, &reg.name).await;
+    }
+}
