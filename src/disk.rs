@@ -1,6 +1,7 @@
 //! Disk pressure: when free space on Docker's file system falls below the threshold,
-//! prune Docker between jobs (stopped containers, unused networks, dangling images, then
-//! unused images not in `keep_images`), and report "critical" while still below half.
+//! prune Docker between jobs (stopped containers, unused networks, dangling images; then,
+//! only if still short, unused images not in `keep_images`), and report "critical" while
+//! still below half.
 //!
 //! Invariants: the only module that imports bollard; never prunes volumes or touches a
 //! runner's `_work`; never prunes while a job runs (a job may still need its images).
@@ -156,7 +157,24 @@ pub async fn run(cfg: DiskConfig, board: Arc<Board>, cancel: CancellationToken) 
                 } else {
                     deferred_logged = false;
                     tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning Docker (never volumes)");
-                    match prune(&docker, cfg.until, &cfg.keep_images, true).await {
+                    // Light first (stopped containers, networks, dangling images); unused
+                    // tagged images only if that was not enough.
+                    let light = prune(&docker, cfg.until, &cfg.keep_images, false).await;
+                    let after_light = free_bytes(&path).unwrap_or(free);
+                    let result = match light {
+                        Ok(l) if after_light < threshold => {
+                            prune(&docker, cfg.until, &cfg.keep_images, true)
+                                .await
+                                .map(|d| Pruned {
+                                    containers: l.containers + d.containers,
+                                    images: l.images + d.images,
+                                    networks: l.networks + d.networks,
+                                    bytes: l.bytes + d.bytes,
+                                })
+                        }
+                        other => other,
+                    };
+                    match result {
                         Ok(p) => {
                             now_free = free_bytes(&path).unwrap_or(free);
                             tracing::info!(
