@@ -10,6 +10,7 @@ mod disk;
 mod github_client;
 mod jobs;
 mod listener;
+mod packaging;
 mod resume;
 mod scenarios;
 mod shutdown;
