@@ -595,3 +595,86 @@ async fn the_token_expiry_is_warned_about_from_14_days_before() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// A DNS server on `ip:53` answering A queries for `name` with 127.0.0.1 while `up`, and
+/// SERVFAIL otherwise (AAAA: no answers).
+async fn fake_dns(ip: &str, name: &'static str, up: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let sock = tokio::net::UdpSocket::bind((ip, 53))
+        .await
+        .expect("bind port 53 (root)");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if n < 17 {
+                continue;
+            }
+            // The question: labels, then type and class.
+            let mut i = 12;
+            let mut labels = vec![];
+            while i < n && buf[i] != 0 {
+                let len = buf[i] as usize;
+                labels
+                    .push(String::from_utf8_lossy(&buf[i + 1..(i + 1 + len).min(n)]).into_owned());
+                i += 1 + len;
+            }
+            let qend = i + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([buf[i + 1], buf[i + 2]]);
+            let mut resp = buf[..qend].to_vec();
+            resp[2] = 0x81; // QR, RD
+            let ok = up.load(std::sync::atomic::Ordering::SeqCst);
+            resp[3] = if ok { 0x80 } else { 0x82 }; // RA; NOERROR or SERVFAIL
+            resp[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+            if ok && qtype == 1 && labels.join(".").eq_ignore_ascii_case(name) {
+                resp[7] = 1; // one answer
+                resp.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
+            }
+            let _ = sock.send_to(&resp, from).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn the_api_host_is_resolved_periodically_and_a_failure_reported() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = std::sync::Arc::new(AtomicBool::new(false));
+    fake_dns("127.0.0.79", "gh.test", up.clone()).await;
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let resolv = sb.dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.79\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let mut env = sb.env(&gh);
+    env.insert(
+        "SUPERVISOR_GITHUB_API_URL".into(),
+        format!("http://gh.test:{}", gh.addr().port()),
+    );
+    env.insert("SUPERVISOR_NETWORK_DNS_INTERVAL".into(), "300ms".into());
+    // Its own mount namespace, where /etc/resolv.conf is ours: no query leaves the machine.
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            resolv.display()
+        ),
+    ];
+    let mut d = Daemon::start_wrapped(&env, &wrapper, &["run"]).await;
+    d.wait_log(&["cannot resolve the API host"], T).await;
+    wait_health(&env, "dns: cannot resolve gh.test", Duration::from_secs(5)).await;
+    // The resolver recovers: so does everything else, by itself.
+    up.store(true, Ordering::SeqCst);
+    d.wait_log(&["the API host resolves again"], T).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
