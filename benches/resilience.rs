@@ -28,13 +28,7 @@ const RESUMES: usize = 10;
 const GRACE_MS: f64 = 1000.0;
 
 fn fake_runner() -> PathBuf {
-    let p =
-        sim::fixture::sibling_binary(Path::new(env!("CARGO_BIN_EXE_supervisor")), "fake-runner");
-    if !p.exists() {
-        eprintln!("fake-runner is not built beside the supervisor: run `cargo build --release --workspace` first");
-        std::process::exit(2);
-    }
-    p
+    sim::fixture::fake_runner_beside(Path::new(env!("CARGO_BIN_EXE_supervisor")))
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

@@ -21,16 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const JOBS: usize = 240;
 
 fn fake_runner() -> PathBuf {
-    let sup = PathBuf::from(env!("CARGO_BIN_EXE_supervisor"));
-    let release = sim::fixture::sibling_binary(&sup, "fake-runner");
-    if release.exists() {
-        return release;
-    }
-    eprintln!(
-        "fake-runner is not built beside {}: run `cargo build --release --workspace` first",
-        sup.display()
-    );
-    std::process::exit(2);
+    sim::fixture::fake_runner_beside(Path::new(env!("CARGO_BIN_EXE_supervisor")))
 }
 
 struct Line {

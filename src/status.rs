@@ -57,6 +57,7 @@ pub struct Stats {
     pub registrations: AtomicU64,
     pub deregistrations: AtomicU64,
     pub ghosts_reaped: AtomicU64,
+    pub strays_stopped: AtomicU64,
     pub listeners_started: AtomicU64,
     exits: Mutex<BTreeMap<String, u64>>,
 }

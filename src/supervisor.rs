@@ -29,6 +29,7 @@ pub struct Summary {
     pub registrations: u64,
     pub deregistrations: u64,
     pub ghosts_reaped: u64,
+    pub strays_stopped: u64,
     pub listeners_started: u64,
     pub api_requests: u64,
     pub exits: BTreeMap<String, u64>,
@@ -42,6 +43,7 @@ impl std::fmt::Display for Summary {
         writeln!(f, "  registrations       {}", self.registrations)?;
         writeln!(f, "  deregistrations     {}", self.deregistrations)?;
         writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
+        writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
         writeln!(f, "  GitHub API requests {}", self.api_requests)?;
         let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(
@@ -142,9 +144,10 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         });
     }
 
-    if strays > 0 {
-        board.stats.exit("stray_stopped");
-    }
+    board
+        .stats
+        .strays_stopped
+        .fetch_add(strays as u64, Ordering::Relaxed);
     // No registration of ours exists yet, so every offline runner of ours is a ghost.
     match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host).await {
         Ok(n) => {
@@ -219,6 +222,7 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         registrations: st.registrations.load(Ordering::Relaxed),
         deregistrations: st.deregistrations.load(Ordering::Relaxed),
         ghosts_reaped: st.ghosts_reaped.load(Ordering::Relaxed),
+        strays_stopped: st.strays_stopped.load(Ordering::Relaxed),
         listeners_started: st.listeners_started.load(Ordering::Relaxed),
         api_requests,
         exits: st.exits(),

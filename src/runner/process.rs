@@ -155,34 +155,6 @@ impl Listener {
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
         }
     }
-
-    /// Stop: SIGINT, wait up to `grace` (consuming output), then SIGKILL the group.
-    /// Returns how it ended. `on_line` sees every line on the way.
-    pub async fn stop(&mut self, grace: Duration, mut on_line: impl FnMut(&Output)) -> Ended {
-        self.interrupt();
-        let deadline = tokio::time::Instant::now() + grace;
-        let mut killed = false;
-        loop {
-            let next = if killed {
-                self.next().await
-            } else {
-                tokio::select! {
-                    o = self.next() => o,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        tracing::warn!(runner = %self.name, pid = self.pid, grace_s = grace.as_secs(), "listener ignored SIGINT; sending SIGKILL to its process group");
-                        self.kill_group();
-                        killed = true;
-                        continue;
-                    }
-                }
-            };
-            match next {
-                Some(Output::Exited(e)) => return e,
-                Some(o) => on_line(&o),
-                None => return Ended::Code(-1),
-            }
-        }
-    }
 }
 
 /// Read `r` line by line: bounded length, lossy UTF-8, ANSI stripped; log and parse each.

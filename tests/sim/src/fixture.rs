@@ -15,6 +15,19 @@ pub fn sibling_binary(anchor: &Path, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The fake runner built beside `supervisor`; exits with a hint when it is not built.
+pub fn fake_runner_beside(supervisor: &Path) -> PathBuf {
+    let p = sibling_binary(supervisor, "fake-runner");
+    if !p.exists() {
+        eprintln!(
+            "fake-runner is not built beside {}: run `cargo build --release --workspace` first",
+            supervisor.display()
+        );
+        std::process::exit(2);
+    }
+    p
+}
+
 /// The environment for a `supervisor` against a fake GitHub at `api_url`: the simulated
 /// token, repository `octo/app`, runner names `<prefix>-...`, the given directories, and
 /// no clock sources beyond the fake's `Date` header.
