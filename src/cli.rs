@@ -90,6 +90,12 @@ pub enum Command {
     Doctor,
     /// Exit 0 if the running supervisor is healthy (for container health checks).
     Health,
+    /// Be this Docker engine's one pruner: prune when disk runs low and no runner of the
+    /// fleet runs a job (a service of its own in the compose stack).
+    Pruner,
+    /// Restart unhealthy containers that carry the autoheal label, job-aware and
+    /// rate-limited (a service of its own in the compose stack).
+    Autoheal,
 }
 
 /// Parse, dispatch, and turn the outcome into an exit status.

@@ -8,7 +8,6 @@
 //! holding the host-wide lock (others stay monitor-only).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,28 +188,6 @@ pub fn chronyc_installed() -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("chronyc").is_file()))
 }
 
-/// Hold the host-wide clock lock for this process's life, if nobody else does.
-/// Only the holder may ask chronyd to step (scenario 27: one disciplinarian per kernel clock).
-pub fn take_clock_lock(path: &Path) -> Result<std::fs::File, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an fd we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        Ok(f)
-    } else {
-        Err(format!("{} is held by another supervisor", path.display()))
-    }
-}
-
 /// The clock monitor: measure every `interval` and whenever asked (resume, a runner's
 /// clock-skew line), update the host's clock status, and report chronyd's condition.
 pub struct Monitor {
@@ -237,7 +214,7 @@ impl Monitor {
         };
         // One disciplinarian per kernel clock.
         let leader = if cfg.makestep {
-            match take_clock_lock(&cfg.lock_file) {
+            match crate::layout::take_lock(&cfg.lock_file) {
                 Ok(f) => {
                     tracing::info!(lock = %cfg.lock_file.display(), "this supervisor may ask chronyd to step the clock on a clock fault");
                     Some(f)
@@ -471,10 +448,10 @@ mod tests {
     fn the_clock_lock_is_exclusive() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("sub/clock.lock");
-        let held = take_clock_lock(&p).unwrap();
+        let held = crate::layout::take_lock(&p).unwrap();
         // flock locks belong to the open file description: a second open conflicts.
-        assert!(take_clock_lock(&p).is_err());
+        assert!(crate::layout::take_lock(&p).is_err());
         drop(held);
-        assert!(take_clock_lock(&p).is_ok());
+        assert!(crate::layout::take_lock(&p).is_ok());
     }
 }

@@ -1,24 +1,29 @@
-//! Disk pressure: when free space on Docker's file system falls below the threshold,
-//! prune Docker between jobs (stopped containers, unused networks, dangling images; then,
-//! only if still short, unused images not in `keep_images`), and report "critical" while
-//! still below half.
+//! Disk pressure, host-wide: when free space on Docker's file system falls below the
+//! threshold, prune the engine (stopped containers, unused networks, dangling images,
+//! build cache; then, only if still short, unused images not in `keep_images`), and report
+//! "critical" while still below half.
 //!
-//! Invariants: the only module that imports bollard; never prunes volumes or touches a
-//! runner's `_work`; never prunes while a job runs (a job may still need its images).
+//! One pruner per engine: the holder of `<shared_dir>/pruner.lock` prunes, any other
+//! stands by. It prunes only when no runner of the fleet (`fleet`) runs a job; below the
+//! critical level it prunes anyway, but only what is older than the earliest running job,
+//! and never tagged images.
+//! Invariants: never prunes volumes or touches a runner's `_work`; never removes what a
+//! running job created; the policy ([`plan`], [`spec`]) is pure.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::container::PruneContainersOptions;
-use bollard::image::{ListImagesOptions, PruneImagesOptions, RemoveImageOptions};
-use bollard::network::PruneNetworksOptions;
-use bollard::Docker;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DiskConfig;
+use crate::docker::{self, Engine, PruneSpec, Pruned};
 use crate::status::{Board, Health};
+
+/// Nothing younger than this is pruned, whatever `until` says: a job that has just
+/// started may not be visible in the fleet yet.
+pub const MIN_AGE: Duration = Duration::from_secs(1);
 
 /// Free bytes on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -26,103 +31,92 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
-/// What a prune removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Pruned {
-    pub containers: usize,
-    pub images: usize,
-    pub networks: usize,
-    pub bytes: u64,
+/// What the pruner does this round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Enough free space.
+    Nothing,
+    /// Below the threshold but jobs run: wait until none does.
+    Defer { busy: Vec<String> },
+    /// Prune. With `protect_since` (critical while jobs run), only what is older than that,
+    /// and no tagged images.
+    Prune {
+        protect_since: Option<DateTime<Utc>>,
+    },
 }
 
-/// Connect to the engine at `host` (`unix://...`).
-pub fn connect(host: &str) -> Result<Docker, String> {
-    Docker::connect_with_unix(host, 30, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| format!("cannot connect to Docker at {host}: {e}"))
+/// The decision, from free space and the fleet's running jobs (who, earliest start).
+pub fn plan(free: u64, threshold: u64, busy: Option<(Vec<String>, DateTime<Utc>)>) -> Plan {
+    if free >= threshold {
+        return Plan::Nothing;
+    }
+    match busy {
+        None => Plan::Prune {
+            protect_since: None,
+        },
+        Some((_, since)) if free < threshold / 2 => Plan::Prune {
+            protect_since: Some(since),
+        },
+        Some((busy, _)) => Plan::Defer { busy },
+    }
 }
 
-/// Prune what can be pruned, keeping `keep` images and every volume.
-pub async fn prune(
-    docker: &Docker,
+/// The prune for a `Prune` plan at `now`: at least `until` and [`MIN_AGE`] old, and older
+/// than the protected jobs (rounded up, so a thing of the job's first second is kept).
+pub fn spec(
+    protect_since: Option<DateTime<Utc>>,
     until: Duration,
     keep: &[String],
     deep: bool,
-) -> Result<Pruned, String> {
-    let until = format!("{}s", until.as_secs());
-    let mut out = Pruned::default();
-    let mut f: HashMap<&str, Vec<&str>> = HashMap::new();
-    // No age limit means no `until` filter at all.
-    if until != "0s" {
-        f.insert("until", vec![until.as_str()]);
+    now: DateTime<Utc>,
+) -> PruneSpec {
+    let mut min_age = until.max(MIN_AGE);
+    if let Some(since) = protect_since {
+        let age = (now - since).to_std().unwrap_or_default();
+        min_age = min_age.max(Duration::from_secs(age.as_secs() + 2));
     }
-    let c = docker
-        .prune_containers(Some(PruneContainersOptions { filters: f.clone() }))
-        .await
-        .map_err(|e| format!("pruning containers: {e}"))?;
-    out.containers = c.containers_deleted.map(|v| v.len()).unwrap_or(0);
-    out.bytes += c.space_reclaimed.unwrap_or(0).max(0) as u64;
-    let n = docker
-        .prune_networks(Some(PruneNetworksOptions { filters: f.clone() }))
-        .await
-        .map_err(|e| format!("pruning networks: {e}"))?;
-    out.networks = n.networks_deleted.map(|v| v.len()).unwrap_or(0);
-    let mut fi = f.clone();
-    fi.insert("dangling", vec!["true"]);
-    let i = docker
-        .prune_images(Some(PruneImagesOptions { filters: fi }))
-        .await
-        .map_err(|e| format!("pruning images: {e}"))?;
-    out.images = i.images_deleted.map(|v| v.len()).unwrap_or(0);
-    out.bytes += i.space_reclaimed.unwrap_or(0).max(0) as u64;
-    if deep {
-        // Unused tagged images, except the caches we were told to keep. An image in use
-        // by a container is refused by the engine (409) and stays.
-        let images = docker
-            .list_images(Some(ListImagesOptions::<String> {
-                all: false,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| format!("listing images: {e}"))?;
-        let cutoff = chrono::Utc::now().timestamp()
-            - until.trim_end_matches('s').parse::<i64>().unwrap_or(0);
-        for img in images {
-            let kept = img.repo_tags.iter().any(|t| keep.iter().any(|k| k == t));
-            if kept || img.created > cutoff {
-                continue;
-            }
-            if docker
-                .remove_image(
-                    &img.id,
-                    Some(RemoveImageOptions {
-                        force: false,
-                        noprune: false,
-                    }),
-                    None,
-                )
-                .await
-                .is_ok()
-            {
-                out.images += 1;
-                out.bytes += img.size.max(0) as u64;
-            }
-        }
+    PruneSpec {
+        min_age,
+        deep: deep && protect_since.is_none(),
+        keep: keep.to_vec(),
     }
-    Ok(out)
 }
 
-/// Watch free space until cancelled.
-pub async fn run(cfg: DiskConfig, board: Arc<Board>, cancel: CancellationToken) {
-    let socket = cfg.docker_host.trim_start_matches("unix://").to_string();
-    let enabled = match cfg.prune.as_str() {
+/// Merge the jobs this process runs with the fleet's.
+fn running_jobs(board: &Board, shared_dir: &Path) -> Option<(Vec<String>, DateTime<Utc>)> {
+    let fleet = crate::fleet::read(shared_dir, Utc::now());
+    let mut busy = crate::fleet::busy(&fleet);
+    if let Some(own) = board.earliest_job() {
+        busy = Some(match busy {
+            Some((mut names, t)) => {
+                if names.is_empty() {
+                    names.push("this supervisor".into());
+                }
+                (names, t.min(own))
+            }
+            None => (vec!["this supervisor".into()], own),
+        });
+    }
+    busy
+}
+
+/// Whether `supervisor run` prunes: `on`, or `auto` when the engine's socket exists.
+pub fn enabled(cfg: &DiskConfig) -> bool {
+    match cfg.prune.as_str() {
         "on" => true,
         "off" => false,
-        _ => Path::new(&socket).exists(),
-    };
-    if !enabled {
-        return;
+        _ => Path::new(docker::socket_path(&cfg.docker_host)).exists(),
     }
-    let docker = match connect(&cfg.docker_host) {
+}
+
+/// Watch free space and prune until cancelled, as the engine's one pruner.
+pub async fn run(
+    cfg: DiskConfig,
+    shared_dir: PathBuf,
+    board: Arc<Board>,
+    cancel: CancellationToken,
+) {
+    let engine = match docker::connect(&cfg.docker_host) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "disk pruning disabled");
@@ -132,92 +126,246 @@ pub async fn run(cfg: DiskConfig, board: Arc<Board>, cancel: CancellationToken) 
     };
     let path: PathBuf = match &cfg.path {
         Some(p) => p.clone(),
-        None => docker
-            .info()
+        None => docker::data_root(&engine)
             .await
-            .ok()
-            .and_then(|i| i.docker_root_dir)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/")),
     };
-    let threshold = cfg.threshold_gb * 1_000_000_000;
-    let gb = |b: u64| b as f64 / 1e9;
+    let lock_path = shared_dir.join("pruner.lock");
+    let mut lock: Option<std::fs::File> = None;
+    let mut standby_logged = false;
     let mut deferred_logged = false;
+    let mut total = 0u64;
     loop {
-        if let Some(free) = free_bytes(&path) {
-            board.set_fact("disk_free_gb", format!("{:.1}", gb(free)));
-            let mut now_free = free;
-            if free < threshold {
-                let busy = board.slots().iter().any(|s| s.state == "busy");
-                if busy {
-                    if !deferred_logged {
-                        tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning deferred until no job runs");
-                        deferred_logged = true;
+        if lock.is_none() {
+            match crate::layout::take_lock(&lock_path) {
+                Ok(f) => {
+                    tracing::info!(lock = %lock_path.display(), path = %path.display(), threshold_gb = cfg.threshold_gb, "this supervisor is the engine's pruner");
+                    board.set_fact("disk_pruner", "this supervisor".into());
+                    lock = Some(f);
+                }
+                Err(e) => {
+                    if !standby_logged {
+                        tracing::info!(reason = %e, "another supervisor prunes this Docker engine; standing by");
+                        standby_logged = true;
                     }
-                } else {
-                    deferred_logged = false;
-                    tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning Docker (never volumes)");
-                    // Light first (stopped containers, networks, dangling images); unused
-                    // tagged images only if that was not enough.
-                    let light = prune(&docker, cfg.until, &cfg.keep_images, false).await;
-                    let after_light = free_bytes(&path).unwrap_or(free);
-                    let result = match light {
-                        Ok(l) if after_light < threshold => {
-                            prune(&docker, cfg.until, &cfg.keep_images, true)
-                                .await
-                                .map(|d| Pruned {
-                                    containers: l.containers + d.containers,
-                                    images: l.images + d.images,
-                                    networks: l.networks + d.networks,
-                                    bytes: l.bytes + d.bytes,
-                                })
-                        }
-                        other => other,
-                    };
-                    match result {
-                        Ok(p) => {
-                            now_free = free_bytes(&path).unwrap_or(free);
-                            tracing::info!(
-                                containers = p.containers,
-                                images = p.images,
-                                networks = p.networks,
-                                reclaimed_mb = p.bytes / 1_000_000,
-                                free_gb = format!("{:.1}", gb(now_free)),
-                                "Docker pruned"
-                            );
-                        }
-                        Err(e) => tracing::error!(error = %e, "Docker prune failed"),
-                    }
+                    board.set_fact(
+                        "disk_pruner",
+                        format!("another supervisor ({})", lock_path.display()),
+                    );
                 }
             }
-            let cond = if now_free < threshold / 2 {
-                Some((
-                    Health::Degraded,
-                    format!(
-                        "critical: {:.1} GB free on {}, below half the {} GB threshold",
-                        gb(now_free),
-                        path.display(),
-                        cfg.threshold_gb
-                    ),
-                ))
-            } else if now_free < threshold {
-                Some((
-                    Health::Ok,
-                    format!(
-                        "{:.1} GB free on {}, below the {} GB threshold",
-                        gb(now_free),
-                        path.display(),
-                        cfg.threshold_gb
-                    ),
-                ))
-            } else {
-                None
-            };
-            board.set_condition("disk", cond);
+        }
+        if lock.is_some() {
+            if let Some(free) = free_bytes(&path) {
+                let now_free = round(
+                    &cfg,
+                    &engine,
+                    &path,
+                    &shared_dir,
+                    &board,
+                    free,
+                    &mut deferred_logged,
+                    &mut total,
+                )
+                .await;
+                board.set_condition("disk", condition(&cfg, &path, now_free));
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval) => {}
         }
+    }
+}
+
+/// One round as the pruner; returns the free space after it.
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    cfg: &DiskConfig,
+    engine: &Engine,
+    path: &Path,
+    shared_dir: &Path,
+    board: &Board,
+    free: u64,
+    deferred_logged: &mut bool,
+    total: &mut u64,
+) -> u64 {
+    let threshold = cfg.threshold_gb * 1_000_000_000;
+    board.set_fact("disk_free_gb", format!("{:.1}", gb(free)));
+    let protect_since = match plan(free, threshold, running_jobs(board, shared_dir)) {
+        Plan::Nothing => {
+            *deferred_logged = false;
+            return free;
+        }
+        Plan::Defer { busy } => {
+            if !*deferred_logged {
+                tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), busy = %busy.join(","), "disk below threshold: pruning deferred until no job runs");
+                *deferred_logged = true;
+            }
+            return free;
+        }
+        Plan::Prune { protect_since } => protect_since,
+    };
+    *deferred_logged = false;
+    match protect_since {
+        Some(since) => {
+            tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), jobs_since = %since.to_rfc3339(), "disk critical while jobs run: pruning only what is older than them (never volumes)")
+        }
+        None => {
+            tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning Docker (never volumes)")
+        }
+    }
+    // Light first; unused tagged images only if that was not enough (and no job runs).
+    let mut pruned = Pruned::default();
+    let light = spec(
+        protect_since,
+        cfg.until,
+        &cfg.keep_images,
+        false,
+        Utc::now(),
+    );
+    let mut result = docker::prune(engine, &light).await.map(|p| pruned += p);
+    if result.is_ok() && protect_since.is_none() && free_bytes(path).unwrap_or(free) < threshold {
+        let deep = spec(None, cfg.until, &cfg.keep_images, true, Utc::now());
+        result = docker::prune(engine, &deep).await.map(|p| pruned += p);
+    }
+    let now_free = free_bytes(path).unwrap_or(free);
+    match result {
+        Ok(()) => {
+            *total += pruned.bytes;
+            tracing::info!(
+                containers = pruned.containers,
+                images = pruned.images,
+                networks = pruned.networks,
+                build_cache = pruned.build_cache,
+                reclaimed_bytes = pruned.bytes,
+                reclaimed_mb = pruned.bytes / 1_000_000,
+                free_gb = format!("{:.1}", gb(now_free)),
+                "Docker pruned"
+            );
+            board.set_fact(
+                "disk_last_prune",
+                format!(
+                    "{}: {:.1} MB freed ({} containers, {} images, {} networks, {} build cache records)",
+                    Utc::now().format("%Y-%m-%d %H:%M:%SZ"),
+                    pruned.bytes as f64 / 1e6,
+                    pruned.containers,
+                    pruned.images,
+                    pruned.networks,
+                    pruned.build_cache
+                ),
+            );
+            board.set_fact("disk_pruned_bytes", total.to_string());
+        }
+        Err(e) => tracing::error!(error = %e, "Docker prune failed"),
+    }
+    board.set_fact("disk_free_gb", format!("{:.1}", gb(now_free)));
+    now_free
+}
+
+fn gb(b: u64) -> f64 {
+    b as f64 / 1e9
+}
+
+/// Health's disk condition: critical below half the threshold.
+fn condition(cfg: &DiskConfig, path: &Path, free: u64) -> Option<(Health, String)> {
+    let threshold = cfg.threshold_gb * 1_000_000_000;
+    if free < threshold / 2 {
+        Some((
+            Health::Degraded,
+            format!(
+                "critical: {:.1} GB free on {}, below half the {} GB threshold",
+                gb(free),
+                path.display(),
+                cfg.threshold_gb
+            ),
+        ))
+    } else if free < threshold {
+        Some((
+            Health::Ok,
+            format!(
+                "{:.1} GB free on {}, below the {} GB threshold",
+                gb(free),
+                path.display(),
+                cfg.threshold_gb
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_plan_defers_for_jobs_and_protects_them_when_critical() {
+        let now = Utc::now();
+        let job = now - chrono::Duration::seconds(40);
+        let busy = || Some((vec!["r1-runner-1".to_string()], job));
+        let cases = [
+            // (free, busy, plan)
+            (20 * GB, None, Plan::Nothing),
+            (20 * GB, busy(), Plan::Nothing),
+            (
+                9 * GB,
+                None,
+                Plan::Prune {
+                    protect_since: None,
+                },
+            ),
+            (
+                9 * GB,
+                busy(),
+                Plan::Defer {
+                    busy: vec!["r1-runner-1".into()],
+                },
+            ),
+            // Critical (below half): prune anyway, protecting the running job.
+            (
+                4 * GB,
+                busy(),
+                Plan::Prune {
+                    protect_since: Some(job),
+                },
+            ),
+            (
+                4 * GB,
+                None,
+                Plan::Prune {
+                    protect_since: None,
+                },
+            ),
+        ];
+        for (free, b, want) in cases {
+            assert_eq!(plan(free, 10 * GB, b), want, "free {free}");
+        }
+    }
+
+    #[test]
+    fn the_spec_never_reaches_into_a_running_job() {
+        let now = Utc::now();
+        let keep = vec!["mongo:7.0".to_string()];
+        // No job: the configured age, at least MIN_AGE; deep when asked.
+        let s = spec(None, Duration::from_secs(6 * 3600), &keep, true, now);
+        assert_eq!(s.min_age, Duration::from_secs(6 * 3600));
+        assert!(s.deep);
+        assert_eq!(
+            spec(None, Duration::ZERO, &keep, false, now).min_age,
+            MIN_AGE
+        );
+        // A job started 40.5 s ago: only what is older than it, and never tagged images.
+        let since = now - chrono::Duration::milliseconds(40_500);
+        let s = spec(Some(since), Duration::ZERO, &keep, true, now);
+        assert_eq!(s.min_age, Duration::from_secs(42));
+        assert!(!s.deep);
+        assert_eq!(s.keep, keep);
+        // An age limit longer than the job still holds.
+        let s = spec(Some(since), Duration::from_secs(3600), &keep, false, now);
+        assert_eq!(s.min_age, Duration::from_secs(3600));
     }
 }

@@ -257,7 +257,9 @@ impl GithubClient {
         Ok(GithubClient {
             http,
             base: cfg.github.api_url.trim_end_matches('/').to_string(),
-            scope: cfg.github.scope.clone(),
+            scope: cfg.github.scope.clone().ok_or_else(|| {
+                GithubError::Transient("no repository or organisation is configured".into())
+            })?,
             token,
             retry: RetryPolicy {
                 max_retries: cfg.github.max_retries,

@@ -32,6 +32,30 @@ const SKIP: &[&str] = &[
     ".service",
 ];
 
+/// Take the exclusive, non-blocking `flock` on `path` (created with its directory). The
+/// lock lasts as long as the returned file is open, and dies with the process, so a
+/// crashed holder never blocks the next one. It works across containers that share the
+/// file through a volume: they share one kernel.
+pub fn take_lock(path: &Path) -> Result<std::fs::File, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        Ok(f)
+    } else {
+        Err(format!("{} is held by another supervisor", path.display()))
+    }
+}
+
 /// `<state>/slots/<n>`.
 pub fn slot_root(state_dir: &Path, slot: usize) -> PathBuf {
     state_dir.join("slots").join(slot.to_string())

@@ -14,14 +14,19 @@
 //!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks;
 //!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
-//!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk.
+//!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
+//!   one pruner per engine, aware of every runner's job through the [`fleet`];
+//!   [`autoheal`] restarts labelled unhealthy containers; [`docker`] is the engine.
 
+pub mod autoheal;
 pub mod cli;
 pub mod clock;
 pub mod clocks;
 pub mod cmd;
 pub mod config;
 pub mod disk;
+pub mod docker;
+pub mod fleet;
 pub mod github;
 pub mod host;
 pub mod keepalive;

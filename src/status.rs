@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -91,6 +91,9 @@ pub enum Health {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusFile {
     pub pid: u32,
+    /// The host part of this supervisor's runner names (a container's hostname).
+    #[serde(default)]
+    pub host: String,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub health: Health,
@@ -119,6 +122,8 @@ pub struct Board {
     changed: Notify,
     pub stats: Stats,
     started_at: DateTime<Utc>,
+    /// Where the status is also published for the fleet, and this supervisor's host part.
+    fleet: OnceLock<(String, PathBuf)>,
 }
 
 impl Board {
@@ -133,7 +138,27 @@ impl Board {
             changed: Notify::new(),
             stats: Stats::default(),
             started_at: Utc::now(),
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Also publish every status write at `path` (the fleet directory), as `host`.
+    pub fn publish_to(&self, host: &str, path: PathBuf) {
+        if let Some(dir) = path.parent() {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the fleet directory; host-wide pruning will not see this supervisor's jobs");
+            }
+        }
+        let _ = self.fleet.set((host.to_string(), path));
+    }
+
+    /// Whether any slot runs a job, and the earliest start among those that do.
+    pub fn earliest_job(&self) -> Option<DateTime<Utc>> {
+        self.slots()
+            .iter()
+            .filter(|s| s.state == "busy")
+            .map(|s| s.since)
+            .min()
     }
 
     /// Update slot `i`.
@@ -218,6 +243,7 @@ impl Board {
         let (health, reasons) = self.health(now);
         StatusFile {
             pid: std::process::id(),
+            host: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
             started_at: self.started_at,
             updated_at: now,
             health,
@@ -239,11 +265,7 @@ impl Board {
     ) {
         loop {
             let snap = self.snapshot(api_requests());
-            if let Err(e) =
-                write_atomic(&path, &serde_json::to_vec_pretty(&snap).unwrap_or_default())
-            {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
-            }
+            self.write(&path, &snap);
             // Coalesce bursts: changes during this pause leave a permit, so the next
             // wait returns at once and the write after it carries them all.
             tokio::select! {
@@ -262,7 +284,20 @@ impl Board {
     pub fn write_final(&self, path: &Path, api_requests: u64) {
         let mut snap = self.snapshot(api_requests);
         snap.mode = "stopped".into();
-        let _ = write_atomic(path, &serde_json::to_vec_pretty(&snap).unwrap_or_default());
+        self.write(path, &snap);
+    }
+
+    /// Write `snap` to `path` and to the fleet directory, if published there.
+    fn write(&self, path: &Path, snap: &StatusFile) {
+        let bytes = serde_json::to_vec_pretty(snap).unwrap_or_default();
+        if let Err(e) = write_atomic(path, &bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
+        }
+        if let Some((_, fleet)) = self.fleet.get() {
+            if let Err(e) = write_atomic(fleet, &bytes) {
+                tracing::debug!(path = %fleet.display(), error = %e, "cannot publish the status to the fleet");
+            }
+        }
     }
 }
 

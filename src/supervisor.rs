@@ -112,6 +112,11 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
     })?;
 
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
+    // Host-wide work (the one pruner, autoheal) sees this supervisor's jobs in the fleet.
+    board.publish_to(
+        &deps.host,
+        crate::fleet::path(&cfg.shared_dir, &cfg.runner.name_prefix, &deps.host),
+    );
     let tracker = TaskTracker::new();
     let writer_cancel = CancellationToken::new();
     {
@@ -185,11 +190,14 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         board.clone(),
         writer_cancel.clone(),
     ));
-    tracker.spawn(crate::disk::run(
-        cfg.disk.clone(),
-        board.clone(),
-        writer_cancel.clone(),
-    ));
+    if crate::disk::enabled(&cfg.disk) {
+        tracker.spawn(crate::disk::run(
+            cfg.disk.clone(),
+            cfg.shared_dir.clone(),
+            board.clone(),
+            writer_cancel.clone(),
+        ));
+    }
     tracker.spawn(crate::netwatch::run(
         cfg.clone(),
         board.clone(),

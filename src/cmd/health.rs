@@ -9,7 +9,7 @@ use crate::status::{Health, StatusFile, HEARTBEAT};
 
 /// Check the status file of the configured state directory.
 pub fn main(input: CliInput) -> ExitCode {
-    let cfg = match super::resolve(&input, Purpose::Inspect) {
+    let cfg = match super::resolve(&input, Purpose::Local) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -53,6 +53,14 @@ pub fn main(input: CliInput) -> ExitCode {
         );
         for r in &status.reasons {
             println!("  {r}");
+        }
+        for (k, v) in &status.facts {
+            if let Some(name) = ["disk_", "autoheal_"]
+                .iter()
+                .find_map(|p| k.strip_prefix(p).map(|n| (p.trim_end_matches('_'), n)))
+            {
+                println!("  {} {}: {v}", name.0, name.1.replace('_', " "));
+            }
         }
         status.health
     };

@@ -9,6 +9,7 @@ pub mod config;
 pub mod doctor;
 pub mod health;
 pub mod run;
+pub mod service;
 
 /// Run a subcommand.
 pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
@@ -17,6 +18,8 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
         Command::Config { example } => config::main(input, example),
         Command::Doctor => doctor::main(input),
         Command::Health => health::main(input),
+        Command::Pruner => service::main(input, service::Service::Pruner),
+        Command::Autoheal => service::main(input, service::Service::Autoheal),
     }
 }
 

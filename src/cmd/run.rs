@@ -62,7 +62,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         api = %cfg.github.api_url,
-        scope = %cfg.github.scope.web_path(),
+        scope = %gh.scope().web_path(),
         slots = cfg.runner.slots,
         host = %host,
         "runner-supervisor starting"

@@ -270,6 +270,14 @@ pub const KEYS: &[KeySpec] = &[
         doc: "state directory: per-slot runner roots, status, breaker",
     },
     KeySpec {
+        section: "state",
+        key: "shared_dir",
+        kind: Kind::Path,
+        default: Some("/run/runner-supervisor"),
+        aliases: &[],
+        doc: "shared by every supervisor on this host or Docker engine (one volume in compose): each publishes its status in fleet/, and the one pruner holds pruner.lock",
+    },
+    KeySpec {
         section: "network",
         key: "keepalive_idle",
         kind: Kind::Duration {
@@ -333,6 +341,11 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec { section: "disk", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, default: Some("60s"), aliases: &[], doc: "how often free space is checked" },
     KeySpec { section: "disk", key: "until", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("6h"), aliases: &[], doc: "only prune containers and images older than this" },
     KeySpec { section: "disk", key: "keep_images", kind: Kind::List, default: None, aliases: &[], doc: "images never removed (caches such as mongo:7.0); volumes are never pruned" },
+    KeySpec { section: "autoheal", key: "label", kind: Kind::Str, default: Some("io.github.runner-supervisor.autoheal"), aliases: &[], doc: "supervisor autoheal restarts only unhealthy containers whose label of this name is \"true\"" },
+    KeySpec { section: "autoheal", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, default: Some("30s"), aliases: &[], doc: "how often labelled containers are re-checked (Docker's health events act at once)" },
+    KeySpec { section: "autoheal", key: "stop_timeout", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("16m"), aliases: &[], doc: "SIGTERM-to-SIGKILL wait of a restart, at least a runner's drain_timeout + stop_grace; a container's own longer stop timeout (compose stop_grace_period) wins" },
+    KeySpec { section: "autoheal", key: "max_restarts", kind: Kind::Int { min: 1, max: 1000 }, default: Some("3"), aliases: &[], doc: "restarts of one container within the window; past that it is left alone (no restart storm)" },
+    KeySpec { section: "autoheal", key: "window", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("1h"), aliases: &[], doc: "the sliding window of max_restarts" },
     KeySpec {
         section: "log",
         key: "format",

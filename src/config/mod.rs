@@ -262,7 +262,8 @@ pub struct GithubConfig {
     pub api_url: String,
     pub web_url: String,
     pub token: Option<Secret>,
-    pub scope: Scope,
+    /// Absent only for [`Purpose::Local`] commands, which never talk to GitHub.
+    pub scope: Option<Scope>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_retries: u32,
@@ -362,6 +363,17 @@ pub struct DiskConfig {
     pub keep_images: Vec<String>,
 }
 
+/// `[autoheal]`: the `supervisor autoheal` service.
+#[derive(Debug, Clone)]
+pub struct AutohealConfig {
+    /// Only containers with this label set to `true` are restarted.
+    pub label: String,
+    pub interval: Duration,
+    pub stop_timeout: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
 /// `[health]`.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -396,6 +408,10 @@ pub struct Config {
     pub token: TokenConfig,
     pub health: HealthConfig,
     pub disk: DiskConfig,
+    pub autoheal: AutohealConfig,
+    /// Shared by every supervisor on this host or Docker engine: the fleet's status files
+    /// and the pruner lock.
+    pub shared_dir: PathBuf,
     pub log: LogConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
@@ -419,6 +435,8 @@ pub enum Purpose {
     Run,
     /// `config`: show what is there; missing essentials are still errors, but reported.
     Inspect,
+    /// `health`, `pruner`, `autoheal`: host-local work; no GitHub setting is required.
+    Local,
 }
 
 type Layered = BTreeMap<String, (Value, Source)>;
@@ -910,6 +928,7 @@ fn build(
             );
             None
         }
+        (None, None, None) if purpose == Purpose::Local => None,
         (None, None, None) => {
             err(
                 "github.owner",
@@ -1022,7 +1041,9 @@ fn build(
         })
         .collect();
 
-    let scope = scope?;
+    if scope.is_none() && purpose != Purpose::Local {
+        return None;
+    }
     if !errors.is_empty() {
         return None;
     }
@@ -1109,6 +1130,14 @@ fn build(
             until: d("disk.until"),
             keep_images: list("disk.keep_images"),
         },
+        autoheal: AutohealConfig {
+            label: s("autoheal.label").unwrap_or_default(),
+            interval: d("autoheal.interval"),
+            stop_timeout: d("autoheal.stop_timeout"),
+            max_restarts: n("autoheal.max_restarts") as u32,
+            window: d("autoheal.window"),
+        },
+        shared_dir: PathBuf::from(s("state.shared_dir").unwrap_or_default()),
         log: LogConfig {
             json: s("log.format").as_deref() == Some("json"),
             level: s("log.level").unwrap_or_else(|| "info".into()),
@@ -1340,10 +1369,10 @@ mod tests {
         assert_eq!(c.github.token.unwrap().expose(), "ghp_x");
         assert_eq!(
             c.github.scope,
-            Scope::Repo {
+            Some(Scope::Repo {
                 owner: "octo".into(),
                 repo: "app".into()
-            }
+            })
         );
         assert_eq!(c.runner.name_prefix, "ci");
         assert_eq!(c.runner.session_conflict_wait, Duration::from_secs(45));
@@ -1401,7 +1430,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0[0].key, "github.org");
         let c = resolve(&[("GITHUB_PAT", "x"), ("SUPERVISOR_GITHUB_ORG", "acme")]).unwrap();
-        assert_eq!(c.github.scope.api_path(), "/orgs/acme");
+        assert_eq!(c.github.scope.unwrap().api_path(), "/orgs/acme");
     }
 
     #[test]

@@ -77,7 +77,7 @@ async fn configure(
     mode: &mut watch::Receiver<Mode>,
 ) -> Result<(), String> {
     let c = &sh.cfg;
-    let url = format!("{}/{}", c.github.web_url, c.github.scope.web_path());
+    let url = format!("{}/{}", c.github.web_url, sh.gh.scope().web_path());
     let labels = c.runner.labels.join(",");
     let args = [
         "--unattended",

@@ -46,6 +46,11 @@ pub fn supervisor_env(
         ("SUPERVISOR_GITHUB_API_URL", api_url.into()),
         ("SUPERVISOR_RUNNER_DIR", install.display().to_string()),
         ("SUPERVISOR_STATE_DIR", state.display().to_string()),
+        // The fleet directory is the machine's (/run/runner-supervisor) unless told otherwise.
+        (
+            "SUPERVISOR_STATE_SHARED_DIR",
+            state.join("shared").display().to_string(),
+        ),
         // Never reach public NTP servers from a test or the demo; tests add a loopback chronyd.
         ("SUPERVISOR_CLOCK_NTP_SERVERS", String::new()),
         ("SUPERVISOR_CLOCK_CHRONYC", "off".into()),

@@ -1,0 +1,111 @@
+//! `supervisor pruner` and `supervisor autoheal`: the host-wide services of a Docker
+//! engine, one container each in the compose stack. Each writes its own `status.json`
+//! (so the image's `supervisor health` check works in every container) and stops on
+//! SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CliInput, Config, Purpose};
+use crate::shutdown::{self, Mode};
+use crate::status::Board;
+use crate::telemetry;
+
+/// Which service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Pruner,
+    Autoheal,
+}
+
+impl Service {
+    fn mode(self) -> &'static str {
+        match self {
+            Service::Pruner => "prune",
+            Service::Autoheal => "autoheal",
+        }
+    }
+}
+
+/// Run `service` until signalled.
+pub fn main(input: CliInput, service: Service) -> ExitCode {
+    let cfg = match super::resolve(&input, Purpose::Local) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if service == Service::Pruner && cfg.disk.prune == "off" {
+        eprintln!(
+            "supervisor: disk.prune is off (SUPERVISOR_DISK_PRUNE); the pruner has nothing to do"
+        );
+        return ExitCode::from(crate::cli::EXIT_CONFIG);
+    }
+    telemetry::init(&cfg.log.level, cfg.log.json);
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supervisor: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(Arc::new(cfg), service)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("supervisor: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e}",
+            cfg.state_dir.display()
+        )
+    })?;
+    // As PID 1 of its container it reaps whatever is re-parented to it.
+    let reaper = CancellationToken::new();
+    tokio::spawn(crate::procs::run_reaper(reaper.clone()));
+    let (tx, mut rx) = watch::channel(Mode::Run);
+    tokio::spawn(shutdown::run_signals(tx));
+    let board = Arc::new(Board::new(0, cfg.health.unhealthy_after));
+    board.set_mode(service.mode());
+    let status_path = crate::supervisor::status_path(&cfg.state_dir);
+    let cancel = CancellationToken::new();
+    let writer = {
+        let (board, path, cancel) = (board.clone(), status_path.clone(), cancel.clone());
+        tokio::spawn(async move { board.run_writer(path, || 0, cancel).await })
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        service = service.mode(),
+        "runner-supervisor starting"
+    );
+    let work = match service {
+        Service::Pruner => tokio::spawn(crate::disk::run(
+            cfg.disk.clone(),
+            cfg.shared_dir.clone(),
+            board.clone(),
+            cancel.clone(),
+        )),
+        Service::Autoheal => tokio::spawn(crate::autoheal::run(
+            cfg.autoheal.clone(),
+            cfg.disk.docker_host.clone(),
+            cfg.shared_dir.clone(),
+            board.clone(),
+            cancel.clone(),
+        )),
+    };
+    let _ = rx.wait_for(|m| *m != Mode::Run).await;
+    tracing::info!(service = service.mode(), "stopping");
+    cancel.cancel();
+    let _ = work.await;
+    let _ = writer.await;
+    board.write_final(&status_path, 0);
+    reaper.cancel();
+    tracing::info!("runner-supervisor stopped");
+    Ok(())
+}
