@@ -124,17 +124,21 @@ pub async fn run(
             return;
         }
     };
+    // Docker's data root, when it is visible here; in a container it is not, but the
+    // container's own root (an overlay whose upper layer lives in the data root) reports
+    // the same file system.
     let path: PathBuf = match &cfg.path {
         Some(p) => p.clone(),
         None => docker::data_root(&engine)
             .await
             .map(PathBuf::from)
+            .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("/")),
     };
     let lock_path = shared_dir.join("pruner.lock");
     let mut lock: Option<std::fs::File> = None;
     let mut standby_logged = false;
-    let mut deferred_logged = false;
+    let mut deferred: Option<Vec<String>> = None;
     let mut total = 0u64;
     loop {
         if lock.is_none() {
@@ -165,7 +169,7 @@ pub async fn run(
                     &shared_dir,
                     &board,
                     free,
-                    &mut deferred_logged,
+                    &mut deferred,
                     &mut total,
                 )
                 .await;
@@ -188,26 +192,27 @@ async fn round(
     shared_dir: &Path,
     board: &Board,
     free: u64,
-    deferred_logged: &mut bool,
+    deferred: &mut Option<Vec<String>>,
     total: &mut u64,
 ) -> u64 {
     let threshold = cfg.threshold_gb * 1_000_000_000;
     board.set_fact("disk_free_gb", format!("{:.1}", gb(free)));
     let protect_since = match plan(free, threshold, running_jobs(board, shared_dir)) {
         Plan::Nothing => {
-            *deferred_logged = false;
+            *deferred = None;
             return free;
         }
         Plan::Defer { busy } => {
-            if !*deferred_logged {
+            // Logged when the set of busy runners changes, not every round.
+            if deferred.as_ref() != Some(&busy) {
                 tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), busy = %busy.join(","), "disk below threshold: pruning deferred until no job runs");
-                *deferred_logged = true;
+                *deferred = Some(busy);
             }
             return free;
         }
         Plan::Prune { protect_since } => protect_since,
     };
-    *deferred_logged = false;
+    *deferred = None;
     match protect_since {
         Some(since) => {
             tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), jobs_since = %since.to_rfc3339(), "disk critical while jobs run: pruning only what is older than them (never volumes)")

@@ -27,6 +27,10 @@ pub struct Engine {
     socket: String,
 }
 
+/// Containers with this label set to `true` are never pruned: the compose stack labels
+/// its own services, so that one stopped for maintenance is not removed under it.
+pub const KEEP_LABEL: &str = "io.github.runner-supervisor.keep";
+
 /// What a prune removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
@@ -93,8 +97,11 @@ pub async fn prune(engine: &Engine, spec: &PruneSpec) -> Result<Pruned, String> 
     if spec.min_age > Duration::ZERO {
         f.insert("until", vec![until.as_str()]);
     }
+    let keep_label = format!("{KEEP_LABEL}=true");
+    let mut fc = f.clone();
+    fc.insert("label!", vec![keep_label.as_str()]);
     let c = docker
-        .prune_containers(Some(PruneContainersOptions { filters: f.clone() }))
+        .prune_containers(Some(PruneContainersOptions { filters: fc }))
         .await
         .map_err(|e| format!("pruning containers: {e}"))?;
     out.containers = c.containers_deleted.map(|v| v.len()).unwrap_or(0);

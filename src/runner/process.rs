@@ -63,6 +63,9 @@ pub const ENV_ALLOWLIST: &[&str] = &[
     "no_proxy",
     "RUNNER_ALLOW_RUNASROOT",
     "DOCKER_HOST",
+    // Where actions/setup-* keep tools (a volume in the compose stack).
+    "RUNNER_TOOL_CACHE",
+    "AGENT_TOOLSDIRECTORY",
 ];
 
 impl Listener {

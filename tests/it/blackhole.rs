@@ -34,6 +34,7 @@ async fn the_supervisors_own_request_fails_within_the_keepalive_window() {
     let c = GithubClient::new(&cfg, cfg.github.token.clone().unwrap()).unwrap();
     // The server holds the answer for a minute; meanwhile the path goes dark.
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::Latency { ms: 60_000 },

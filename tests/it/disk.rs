@@ -2,115 +2,15 @@
 //! (`dockerd --bridge=none --iptables=false`, its own data root and socket) with images
 //! built by `docker import` from a local busybox root file system: nothing is pulled.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 
-use crate::support::{eventually, github, wait_health, Daemon, Sandbox};
+use crate::support::dockerd::Dockerd;
+use crate::support::{github, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
-
-struct Dockerd {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    async fn start() -> Dockerd {
-        let dir = tempfile::Builder::new()
-            .prefix("dk")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        let child = Command::new("dockerd")
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("dockerd.log")).unwrap())
-            .spawn()
-            .expect("dockerd (apt-get install docker.io; tests/run does)");
-        let mut k = Dockerd { child, dir };
-        let ok = eventually(Duration::from_secs(60), || k.docker(&["info"]).is_some()).await;
-        assert!(
-            ok,
-            "dockerd did not come up: {}",
-            std::fs::read_to_string(k.dir.path().join("dockerd.log")).unwrap_or_default()
-        );
-        k
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
-    fn docker(&mut self, args: &[&str]) -> Option<String> {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return None;
-        }
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// `docker import` a busybox root file system as `tag`.
-    fn import(&mut self, tag: &str) {
-        let rootfs = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(["import", "-", tag])
-            .stdin(tar.stdout.take().unwrap())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar");
-        assert!(st.success(), "docker import {tag}");
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // Our own child, by PID: SIGTERM lets it stop its containerd too.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-fn busybox() -> PathBuf {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("busybox (apt-get install busybox-static; tests/run does)")
-}
 
 fn images(d: &mut Dockerd) -> String {
     d.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])

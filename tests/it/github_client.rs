@@ -207,6 +207,7 @@ async fn transient_failures_are_retried_with_backoff() {
     let gh = github(|_| {}).await;
     let c = client(&gh, &[]);
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::Status { status: 502 },
@@ -219,6 +220,7 @@ async fn transient_failures_are_retried_with_backoff() {
     );
 
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::Reset,
@@ -229,6 +231,7 @@ async fn transient_failures_are_retried_with_backoff() {
     // A server that keeps failing: the client gives up after max_retries, typed Transient.
     let c2 = client(&gh, &[("SUPERVISOR_GITHUB_MAX_RETRIES", "2")]);
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::Status { status: 503 },
@@ -255,6 +258,7 @@ async fn rate_limits_are_honoured() {
     let c = client(&gh, &[]);
     // retry-after is waited out, then the request succeeds.
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::RateLimit {
@@ -275,6 +279,7 @@ async fn rate_limits_are_honoured() {
     };
     let c = c.with_retry(short);
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::RateLimit {
@@ -309,6 +314,7 @@ async fn rate_limits_are_honoured() {
         ..c.retry().clone()
     });
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::RateLimit {
@@ -336,6 +342,7 @@ async fn secondary_403_without_retry_after_is_a_rate_limit() {
         ..c.retry().clone()
     });
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("/user".into()),
         kind: FaultKind::RateLimit {

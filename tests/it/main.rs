@@ -5,6 +5,7 @@ mod support;
 
 mod blackhole;
 mod clock;
+mod compose;
 mod config_cli;
 mod disk;
 mod github_client;

@@ -87,6 +87,7 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
     d.wait_log(&["Running job: build"], T).await;
     // Network trouble on the registration call right after the job.
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("generate-jitconfig".into()),
         kind: FaultKind::Reset,
@@ -216,6 +217,7 @@ async fn scenario_16_sigterm_during_config_sh_is_handled_at_once() {
     let sb = Sandbox::new();
     let gh = github(|o| o.jit = false).await;
     gh.fault(Fault {
+        body: None,
         method: None,
         path: Some("runner-registration".into()),
         kind: FaultKind::Latency { ms: 60_000 },
@@ -321,6 +323,7 @@ async fn scenario_19_github_unreachable_during_a_job_is_not_unhealthy_and_restar
         },
     ] {
         gh.fault(Fault {
+            body: None,
             method: None,
             path: Some("/repos/".into()),
             kind: f,

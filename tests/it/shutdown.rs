@@ -127,6 +127,7 @@ async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_log(&["Listening for Jobs"], T).await;
     gh.fault(sim::github::Fault {
+        body: None,
         method: Some("DELETE".into()),
         path: None,
         kind: sim::github::FaultKind::Reset,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod dockerd;
+
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

@@ -65,6 +65,9 @@ pub struct Options {
     pub poll_timeout: Duration,
     /// Primary rate limit per hour.
     pub rate_limit: u64,
+    /// The base URL runners are told to use (JIT configs, config.sh), when it is not the
+    /// bound address: e.g. `http://github:8080` inside a compose network.
+    pub public_url: Option<String>,
     /// A job whose lock is not renewed for this long is abandoned (the runner died).
     pub job_lock_timeout: Duration,
 }
@@ -82,6 +85,7 @@ impl Default for Options {
             jit: true,
             poll_timeout: Duration::from_secs(50),
             rate_limit: 5000,
+            public_url: None,
             job_lock_timeout: Duration::from_secs(600),
         }
     }
@@ -96,6 +100,9 @@ pub struct Fault {
     /// Only requests whose path contains this (any when absent).
     #[serde(default)]
     pub path: Option<String>,
+    /// Only requests whose body contains this, e.g. one runner's name prefix (any when absent).
+    #[serde(default)]
+    pub body: Option<String>,
     pub kind: FaultKind,
     /// How many matching requests it hits; 0 means for ever.
     #[serde(default = "one")]
@@ -332,12 +339,16 @@ impl FakeGithub {
             rate_reset: Utc::now().timestamp() + 3600,
             ..State::default()
         };
+        let base_url = opts
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
         let shared = Arc::new(Shared {
             opts,
             state: Mutex::new(state),
             changed: Notify::new(),
             started: std::time::Instant::now(),
-            base_url: format!("http://{addr}"),
+            base_url,
         });
         let s2 = shared.clone();
         let task = tokio::spawn(async move { accept_loop(listener, s2).await });
@@ -625,7 +636,7 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
     // Faults come first, as a network or a load balancer would.
     let fault = {
         let mut s = shared.lock();
-        take_fault(&mut s, &ctx.method, &path)
+        take_fault(&mut s, &ctx.method, &path, &ctx.body)
     };
     let mut extra_headers: Vec<(&'static str, String)> = Vec::new();
     if let Some(kind) = fault {
@@ -685,12 +696,14 @@ async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<Incoming>) 
     finish(&shared, &ctx, resp, extra_headers)
 }
 
-fn take_fault(s: &mut State, method: &Method, path: &str) -> Option<FaultKind> {
+fn take_fault(s: &mut State, method: &Method, path: &str, body: &[u8]) -> Option<FaultKind> {
+    let body = String::from_utf8_lossy(body);
     let idx = s.faults.iter().position(|f| {
         f.method
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
             && f.path.as_deref().is_none_or(|p| path.contains(p))
+            && f.body.as_deref().is_none_or(|b| body.contains(b))
     })?;
     let f = &mut s.faults[idx];
     let kind = f.kind.clone();

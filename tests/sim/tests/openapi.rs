@@ -318,6 +318,7 @@ async fn error_answers_are_basic_errors() {
         (403, None, true),
     ] {
         a.gh.fault(Fault {
+            body: None,
             method: None,
             path: None,
             kind: FaultKind::RateLimit {
@@ -351,6 +352,7 @@ async fn error_answers_are_basic_errors() {
     }
     // 5xx.
     a.gh.fault(Fault {
+        body: None,
         method: None,
         path: None,
         kind: FaultKind::Status { status: 502 },

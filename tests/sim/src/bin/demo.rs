@@ -119,6 +119,7 @@ async fn main() {
     }
     // Two things go wrong, as they do: one API call fails, one runner crashes mid-job.
     gh.fault(Fault {
+        body: None,
         method: Some("POST".into()),
         path: Some("generate-jitconfig".into()),
         kind: FaultKind::Status { status: 502 },

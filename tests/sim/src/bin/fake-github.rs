@@ -9,7 +9,8 @@ use sim::github::{FakeGithub, JobSpec, Options, TokenKind};
 fn usage() -> ! {
     eprintln!(
         "usage: fake-github [--listen 127.0.0.1:0] [--token T] [--scopes repo,admin:org | --fine-grained]\n\
-         \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]"
+         \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]\n\
+         \x20                  [--public-url http://github:8080]"
     );
     std::process::exit(64)
 }
@@ -43,6 +44,7 @@ async fn main() {
                 opts.poll_timeout = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
             }
             "--no-jit" => opts.jit = false,
+            "--public-url" => opts.public_url = Some(val()),
             "--jobs" => jobs = val().parse().unwrap_or_else(|_| usage()),
             "--job-ms" => job_ms = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
