@@ -21,10 +21,6 @@ use crate::config::DiskConfig;
 use crate::docker::{self, Engine, PruneSpec, Pruned};
 use crate::status::{Board, Health};
 
-/// Nothing younger than this is pruned, whatever `until` says: a job that has just
-/// started may not be visible in the fleet yet.
-pub const MIN_AGE: Duration = Duration::from_secs(1);
-
 /// Free bytes on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
@@ -61,8 +57,8 @@ pub fn plan(free: u64, threshold: u64, busy: Option<(Vec<String>, DateTime<Utc>)
     }
 }
 
-/// The prune for a `Prune` plan at `now`: at least `until` and [`MIN_AGE`] old, and older
-/// than the protected jobs (rounded up, so a thing of the job's first second is kept).
+/// The prune for a `Prune` plan at `now`: at least `until` old, and older than the
+/// protected jobs (rounded up, so a thing of the job's first second is kept).
 pub fn spec(
     protect_since: Option<DateTime<Utc>>,
     until: Duration,
@@ -70,7 +66,7 @@ pub fn spec(
     deep: bool,
     now: DateTime<Utc>,
 ) -> PruneSpec {
-    let mut min_age = until.max(MIN_AGE);
+    let mut min_age = until;
     if let Some(since) = protect_since {
         let age = (now - since).to_std().unwrap_or_default();
         min_age = min_age.max(Duration::from_secs(age.as_secs() + 2));
@@ -355,13 +351,13 @@ mod tests {
     fn the_spec_never_reaches_into_a_running_job() {
         let now = Utc::now();
         let keep = vec!["mongo:7.0".to_string()];
-        // No job: the configured age, at least MIN_AGE; deep when asked.
+        // No job: the configured age; deep when asked.
         let s = spec(None, Duration::from_secs(6 * 3600), &keep, true, now);
         assert_eq!(s.min_age, Duration::from_secs(6 * 3600));
         assert!(s.deep);
         assert_eq!(
             spec(None, Duration::ZERO, &keep, false, now).min_age,
-            MIN_AGE
+            Duration::ZERO
         );
         // A job started 40.5 s ago: only what is older than it, and never tagged images.
         let since = now - chrono::Duration::milliseconds(40_500);

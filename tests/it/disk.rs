@@ -1,7 +1,8 @@
 //! Scenario 24, disk below threshold, against a real Docker engine this test starts
-//! (`dockerd --bridge=none --iptables=false`, its own data root and socket) with images
-//! built by `docker import` from a local busybox root file system: nothing is pulled.
+//! (see `support::dockerd`) with images built by `docker import` from a local busybox
+//! root file system: nothing is pulled.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -17,23 +18,53 @@ fn images(d: &mut Dockerd) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes() {
-    let mut dk = Dockerd::start().await;
-    dk.import("rs-test:keep");
+fn names(d: &mut Dockerd) -> String {
+    d.docker(&["ps", "-a", "--format", "{{.Names}}"])
+        .unwrap_or_default()
+}
+
+/// What a job leaves behind: a stopped container named `name` and an image.
+fn leave_junk(dk: &mut Dockerd, name: &str) {
     dk.import("rs-test:junk");
-    // A second, distinct image for the junk tag (same content would share the id).
     dk.docker(&[
         "create",
         "--network",
         "host",
         "--name",
-        "stopped",
+        name,
         "rs-test:junk",
         "/bin/busybox",
         "true",
     ])
     .expect("create");
+}
+
+/// The supervisor's environment for pruning `dk` below `threshold_gb`.
+fn disk_env(
+    sb: &Sandbox,
+    gh: &sim::github::FakeGithub,
+    dk: &Dockerd,
+    threshold_gb: u64,
+) -> BTreeMap<String, String> {
+    let mut env = sb.env(gh);
+    env.insert("SUPERVISOR_DISK_PRUNE".into(), "on".into());
+    env.insert("SUPERVISOR_DISK_DOCKER_HOST".into(), dk.host());
+    env.insert(
+        "SUPERVISOR_DISK_PATH".into(),
+        dk.dir.path().display().to_string(),
+    );
+    env.insert("PRUNE_THRESHOLD_GB".into(), threshold_gb.to_string());
+    env.insert("SUPERVISOR_DISK_INTERVAL".into(), "300ms".into());
+    env.insert("SUPERVISOR_DISK_UNTIL".into(), "0s".into());
+    env.insert("SUPERVISOR_DISK_KEEP_IMAGES".into(), "rs-test:keep".into());
+    env
+}
+
+#[tokio::test]
+async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes() {
+    let mut dk = Dockerd::start().await;
+    dk.import("rs-test:keep");
+    leave_junk(&mut dk, "stopped");
     dk.docker(&["volume", "create", "rs-vol"]).expect("volume");
     let sb = Sandbox::new();
     let work_marker = sb.slot_root(0).join("_work").join("cache.bin");
@@ -45,42 +76,19 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
         },
         1,
     );
-    let mut env = sb.env(&gh);
-    env.insert("SUPERVISOR_DISK_PRUNE".into(), "on".into());
-    env.insert("SUPERVISOR_DISK_DOCKER_HOST".into(), dk.host());
-    env.insert(
-        "SUPERVISOR_DISK_PATH".into(),
-        dk.dir.path().display().to_string(),
-    );
-    // Far above the free space: the disk is "below threshold", even below half of it.
-    env.insert("PRUNE_THRESHOLD_GB".into(), "1000000".into());
-    env.insert("SUPERVISOR_DISK_INTERVAL".into(), "300ms".into());
-    env.insert("SUPERVISOR_DISK_UNTIL".into(), "0s".into());
-    env.insert("SUPERVISOR_DISK_KEEP_IMAGES".into(), "rs-test:keep".into());
+    // Below the threshold, above half of it: not critical, so nothing is pruned while a
+    // job runs.
+    let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
+    let env = disk_env(&sb, &gh, &dk, free_gb + 2);
     let mut d = Daemon::start(&env, &["run"]).await;
-    // While a job runs, nothing is pruned.
     d.wait_log(&["Running job: build"], T).await;
     // The job leaves a stopped container and an image behind.
-    dk.import("rs-test:junk");
-    dk.docker(&[
-        "create",
-        "--network",
-        "host",
-        "--name",
-        "stopped",
-        "rs-test:junk",
-        "/bin/busybox",
-        "true",
-    ])
-    .expect("create");
+    leave_junk(&mut dk, "stopped");
     std::fs::create_dir_all(work_marker.parent().unwrap()).unwrap();
     std::fs::write(&work_marker, b"cache").unwrap();
     d.wait_log(&["pruning deferred until no job runs"], T).await;
     let deferred_at = d.count(&["Docker pruned"]);
-    assert!(dk
-        .docker(&["ps", "-a", "--format", "{{.Names}}"])
-        .unwrap()
-        .contains("stopped"));
+    assert!(names(&mut dk).contains("stopped"));
     // Between jobs, within one interval of the job's end.
     d.wait_log(&["job completed"], T).await;
     let t = std::time::Instant::now();
@@ -94,9 +102,7 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
         d.log().join("\n")
     );
     assert!(
-        !dk.docker(&["ps", "-a", "--format", "{{.Names}}"])
-            .unwrap()
-            .contains("stopped"),
+        !names(&mut dk).contains("stopped"),
         "the stopped container is gone"
     );
     let imgs = images(&mut dk);
@@ -109,8 +115,105 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
         "volumes are never pruned"
     );
     assert!(work_marker.exists(), "a runner's _work is never touched");
-    // Still below half the threshold: health says critical.
+    // Health says what was freed, and that space is still short.
+    let (_, out) = wait_health(&env, "disk last prune", Duration::from_secs(5)).await;
+    assert!(out.contains("below the"), "{out}");
+    assert!(out.contains("MB freed (1 containers"), "{out}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+/// Below half the threshold (critical), pruning goes on while a job runs, but never
+/// removes what was made since the job started.
+#[tokio::test]
+async fn when_critical_pruning_goes_on_during_a_job_but_spares_what_the_job_made() {
+    let mut dk = Dockerd::start().await;
+    dk.import("rs-test:keep");
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 4000,
+            ..Default::default()
+        },
+        1,
+    );
+    let env = disk_env(&sb, &gh, &dk, 1_000_000);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Running job: build"], T).await;
+    leave_junk(&mut dk, "made-by-the-job");
+    // Three rounds after it was made: each pruned, none touched it.
+    let rounds = d.count(&["disk critical while jobs run"]);
+    d.wait_lines(&["disk critical while jobs run"], rounds + 3, T)
+        .await;
+    assert!(names(&mut dk).contains("made-by-the-job"));
+    assert!(images(&mut dk).contains("rs-test:junk"));
+    // Once the job is over, it goes.
+    d.wait_log(&["job completed"], T).await;
+    let before = d.count(&["containers=1"]);
+    d.wait_lines(&["Docker pruned", "containers=1"], before + 1, T)
+        .await;
+    assert!(!names(&mut dk).contains("made-by-the-job"));
+    assert!(images(&mut dk).contains("rs-test:keep"));
     wait_health(&env, "disk: critical", Duration::from_secs(5)).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+/// Two supervisors on one engine share a fleet directory: one prunes (it holds the lock),
+/// the other stands by; the pruner waits while the *other* supervisor's job runs, and
+/// the stand-by takes over when the pruner stops.
+#[tokio::test]
+async fn one_pruner_per_engine_waits_for_the_other_supervisors_job() {
+    let mut dk = Dockerd::start().await;
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 3000,
+            labels: vec!["b".into()],
+            ..Default::default()
+        },
+        1,
+    );
+    let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
+    let shared = tempfile::tempdir().unwrap();
+    let (sa, sb) = (Sandbox::new(), Sandbox::new());
+    let mut env_a = disk_env(&sa, &gh, &dk, free_gb + 2);
+    let mut env_b = disk_env(&sb, &gh, &dk, free_gb + 2);
+    for (env, prefix) in [(&mut env_a, "pa"), (&mut env_b, "pb")] {
+        env.insert(
+            "SUPERVISOR_STATE_SHARED_DIR".into(),
+            shared.path().display().to_string(),
+        );
+        env.insert("RUNNER_NAME".into(), prefix.into());
+    }
+    env_b.insert("SUPERVISOR_LABELS".into(), "self-hosted,Linux,X64,b".into());
+    let mut a = Daemon::start(&env_a, &["run"]).await;
+    a.wait_log(&["this supervisor is the engine's pruner"], T)
+        .await;
+    let mut b = Daemon::start(&env_b, &["run"]).await;
+    b.wait_log(
+        &["another supervisor prunes this Docker engine; standing by"],
+        T,
+    )
+    .await;
+    b.wait_log(&["Running job: build"], T).await;
+    // B's job makes a container; A, the pruner, must not remove it while B's job runs.
+    leave_junk(&mut dk, "b-job-container");
+    let line = a.wait_log(&["pruning deferred until no job runs"], T).await;
+    assert!(line.contains("busy=pb-"), "{line}");
+    let pruned = a.count(&["Docker pruned"]);
+    assert!(names(&mut dk).contains("b-job-container"));
+    b.wait_log(&["job completed"], T).await;
+    a.wait_lines(&["Docker pruned", "containers=1"], 1, T).await;
+    assert!(a.count(&["Docker pruned"]) > pruned);
+    assert!(!names(&mut dk).contains("b-job-container"));
+    assert_eq!(b.count(&["Docker pruned"]), 0, "only one pruner");
+    // The pruner stops: its lock dies with it, and the stand-by takes over.
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.wait_exit(T).await.0, Some(0));
+    b.wait_log(&["this supervisor is the engine's pruner"], T)
+        .await;
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait_exit(T).await.0, Some(0));
 }
