@@ -299,7 +299,7 @@ fn runner_tarball(work: &Path, dest: &Path) -> String {
 
 /// A copy of the repository as a build context (without `target` and `.git`).
 fn copy_repo(dst: &Path) {
-    let st = Command::new("tar")
+    let mut pack = Command::new("tar")
         .arg("-C")
         .arg(repo())
         .args([
@@ -319,10 +319,10 @@ fn copy_repo(dst: &Path) {
         .arg(dst)
         .arg("-xf")
         .arg("-")
-        .stdin(st.stdout.unwrap())
+        .stdin(pack.stdout.take().unwrap())
         .status()
         .unwrap();
-    assert!(x.success());
+    assert!(pack.wait().unwrap().success() && x.success());
 }
 
 /// The override the test adds to the shipped compose.yaml: the fake GitHub as a
@@ -805,8 +805,7 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
         .await;
     st.wait_log("pruner", "deferral for the one still busy", |l| {
         l.lines()
-            .filter(|x| x.contains("pruning deferred until no job runs"))
-            .last()
+            .rfind(|x| x.contains("pruning deferred until no job runs"))
             .is_some_and(|x| !(x.contains("ci-1-runner-1") && x.contains("ci-2-runner-2")))
     })
     .await;
