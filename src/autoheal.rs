@@ -75,13 +75,9 @@ pub async fn run(
     board: Arc<Board>,
     cancel: CancellationToken,
 ) {
-    let engine = match docker::connect(&docker_host) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "autoheal cannot reach Docker");
-            board.set_condition("docker", Some((Health::Unhealthy, e)));
-            return;
-        }
+    let Some(engine) = docker::connect_until(&docker_host, cfg.interval, &board, &cancel).await
+    else {
+        return;
     };
     tracing::info!(label = %format!("{}=true", cfg.label), stop_timeout_s = cfg.stop_timeout.as_secs(), max_restarts = cfg.max_restarts, window = %humantime::format_duration(cfg.window), "autoheal watching labelled containers");
     let state = Arc::new(Mutex::new(State {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DiskConfig;
 use crate::docker::{self, Engine, PruneSpec, Pruned};
+use crate::layout::LockError;
 use crate::status::{Board, Health};
 
 /// Free bytes on the file system holding `path`.
@@ -112,13 +113,9 @@ pub async fn run(
     board: Arc<Board>,
     cancel: CancellationToken,
 ) {
-    let engine = match docker::connect(&cfg.docker_host) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(error = %e, "disk pruning disabled");
-            board.set_condition("disk", Some((Health::Degraded, e)));
-            return;
-        }
+    let Some(engine) = docker::connect_until(&cfg.docker_host, cfg.interval, &board, &cancel).await
+    else {
+        return;
     };
     // Docker's data root, when it is visible here; in a container it is not, but the
     // container's own root (an overlay whose upper layer lives in the data root) reports
@@ -146,13 +143,23 @@ pub async fn run(
                 }
                 Err(e) => {
                     if !standby_logged {
-                        tracing::info!(reason = %e, "another supervisor prunes this Docker engine; standing by");
+                        match &e {
+                            LockError::Held(_) => {
+                                tracing::info!(reason = %e, "another supervisor prunes this Docker engine; standing by")
+                            }
+                            LockError::Io(_) => {
+                                tracing::warn!(reason = %e, "cannot take the pruner lock, so this supervisor does not prune; make [state] shared_dir writable")
+                            }
+                        }
                         standby_logged = true;
                     }
-                    board.set_fact(
-                        "disk_pruner",
-                        format!("another supervisor ({})", lock_path.display()),
-                    );
+                    let who = match &e {
+                        LockError::Held(_) => {
+                            format!("another supervisor ({})", lock_path.display())
+                        }
+                        LockError::Io(m) => format!("none here: {m}"),
+                    };
+                    board.set_fact("disk_pruner", who);
                 }
             }
         }

@@ -72,6 +72,39 @@ pub fn connect(host: &str) -> Result<Engine, String> {
     })
 }
 
+/// Connect, retrying every `every` until the engine's socket appears (Docker may start
+/// after us) or `cancel`; health is degraded meanwhile, with the reason. None if cancelled.
+pub async fn connect_until(
+    host: &str,
+    every: Duration,
+    board: &crate::status::Board,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Engine> {
+    let mut logged = false;
+    loop {
+        match connect(host) {
+            Ok(e) => {
+                if logged {
+                    tracing::info!(host, "Docker is reachable");
+                }
+                board.set_condition("docker", None);
+                return Some(e);
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(error = %e, "Docker is not reachable; retrying");
+                    logged = true;
+                }
+                board.set_condition("docker", Some((crate::status::Health::Degraded, e)));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// The socket path of a `unix://` host.
 pub fn socket_path(host: &str) -> &str {
     host.trim_start_matches("unix://")

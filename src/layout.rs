@@ -32,27 +32,51 @@ const SKIP: &[&str] = &[
     ".service",
 ];
 
+/// Why a lock was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockError {
+    /// Another process holds it.
+    Held(PathBuf),
+    /// It cannot be created or opened (a missing or read-only directory...).
+    Io(String),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held(p) => write!(f, "{} is held by another supervisor", p.display()),
+            LockError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Take the exclusive, non-blocking `flock` on `path` (created with its directory). The
 /// lock lasts as long as the returned file is open, and dies with the process, so a
 /// crashed holder never blocks the next one. It works across containers that share the
 /// file through a volume: they share one kernel.
-pub fn take_lock(path: &Path) -> Result<std::fs::File, String> {
+pub fn take_lock(path: &Path) -> Result<std::fs::File, LockError> {
+    let io = |e: std::io::Error, p: &Path| LockError::Io(format!("{}: {e}", p.display()));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| io(e, path))?;
     use std::os::fd::AsRawFd;
     // SAFETY: flock on an fd we own.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
         Ok(f)
     } else {
-        Err(format!("{} is held by another supervisor", path.display()))
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Err(LockError::Held(path.to_path_buf()))
+        } else {
+            Err(io(e, path))
+        }
     }
 }
 

@@ -40,6 +40,22 @@ impl Mode {
 }
 
 /// Watch SIGTERM and SIGINT and escalate `tx` on each.
+/// Wait for the first SIGTERM or SIGINT; its name. (Services that have nothing to drain.)
+pub async fn first_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
 pub async fn run_signals(tx: watch::Sender<Mode>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (

@@ -44,13 +44,17 @@ pub fn main(input: CliInput) -> ExitCode {
             .enumerate()
             .map(|(i, s)| format!("{i}:{}", s.state))
             .collect();
-        println!(
-            "{:?}: mode {}, slots {}, jobs {}",
-            status.health,
-            status.mode,
-            states.join(" "),
-            status.jobs_completed
-        );
+        if states.is_empty() {
+            println!("{:?}: mode {}", status.health, status.mode);
+        } else {
+            println!(
+                "{:?}: mode {}, slots {}, jobs {}",
+                status.health,
+                status.mode,
+                states.join(" "),
+                status.jobs_completed
+            );
+        }
         for r in &status.reasons {
             println!("  {r}");
         }

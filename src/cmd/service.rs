@@ -6,11 +6,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CliInput, Config, Purpose};
-use crate::shutdown::{self, Mode};
+use crate::shutdown;
 use crate::status::Board;
 use crate::telemetry;
 
@@ -69,8 +68,6 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
     // As PID 1 of its container it reaps whatever is re-parented to it.
     let reaper = CancellationToken::new();
     tokio::spawn(crate::procs::run_reaper(reaper.clone()));
-    let (tx, mut rx) = watch::channel(Mode::Run);
-    tokio::spawn(shutdown::run_signals(tx));
     let board = Arc::new(Board::new(0, cfg.health.unhealthy_after));
     board.set_mode(service.mode());
     let status_path = crate::supervisor::status_path(&cfg.state_dir);
@@ -99,8 +96,8 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
             cancel.clone(),
         )),
     };
-    let _ = rx.wait_for(|m| *m != Mode::Run).await;
-    tracing::info!(service = service.mode(), "stopping");
+    let signal = shutdown::first_signal().await;
+    tracing::info!(service = service.mode(), signal, "stopping");
     cancel.cancel();
     let _ = work.await;
     let _ = writer.await;
