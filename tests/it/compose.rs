@@ -680,12 +680,27 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
                 "{r}: {pid} {args} runs as {user}"
             );
         }
-        // The socket's group is there, whatever its number.
+        // The socket's group is there, whatever its number, so a job can use the engine.
         let groups = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let groups = groups.lines().find(|l| l.starts_with("Groups:")).unwrap();
         assert!(
             groups.split_whitespace().any(|g| g == gid.to_string()),
             "{groups}"
+        );
+        let id = st.cid(r);
+        let who = st.docker(&["exec", &id, "id", "-u"]);
+        assert_eq!(who, "1001", "{r}: docker exec runs as the image's user");
+        let server = st.docker(&[
+            "exec",
+            &id,
+            "docker",
+            "version",
+            "-f",
+            "{{.Server.Version}}",
+        ]);
+        assert!(
+            !server.is_empty(),
+            "{r}: the runner user reaches the engine"
         );
     }
 
