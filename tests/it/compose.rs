@@ -275,6 +275,11 @@ fn import_images(dk: &mut Dockerd, work: &Path) {
 fn runner_tarball(work: &Path, dest: &Path) -> String {
     let dir = work.join("actions-runner");
     sim::fixture::install_runner(&dir, &sim_bin("fake-runner")).unwrap();
+    // A copy, not the hard link: other tests link the same file at the same time, which
+    // changes its ctime under tar ("file changed as we read it").
+    let listener = dir.join("bin/Runner.Listener");
+    std::fs::remove_file(&listener).unwrap();
+    std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
     write_exec(
         &dir.join("bin/installdependencies.sh"),
         "#!/bin/sh\n# Stand-in: the fake runner needs no .NET dependencies.\necho 'dependencies: nothing to install'\n",
@@ -286,9 +291,13 @@ fn runner_tarball(work: &Path, dest: &Path) -> String {
         .arg("-czf")
         .arg(dest)
         .arg(".")
-        .status()
+        .output()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        st.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let out = Command::new("sha256sum").arg(dest).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
