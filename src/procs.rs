@@ -24,13 +24,18 @@ fn tracked() -> &'static Mutex<HashSet<i32>> {
 pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
     let parent = nix::unistd::getpid();
     cmd.process_group(0);
-    // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates.
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed, and no
+    // allocation (another thread may have held the allocator's lock at fork). prctl and
+    // getppid are system calls; errors are built with `from_raw_os_error`, which stores the
+    // number inline and does not allocate (unlike `io::Error::other` or `new`).
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // The parent may have died between fork and prctl.
+            if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                return Err(io::Error::from_raw_os_error(errno as i32));
+            }
+            // The parent may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
-                return Err(io::Error::other("parent exited during spawn"));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

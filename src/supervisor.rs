@@ -237,6 +237,32 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
     })
 }
 
+/// Hold the state directory for this process's life: a second `supervisor run` on it
+/// would take the first one's listeners for strays and overwrite its status. The lock
+/// file holds the holder's PID, so the refusal can name it.
+pub fn lock_state_dir(state: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    let path = state.join("supervisor.lock");
+    match layout::take_lock(&path) {
+        Ok(mut f) => {
+            let _ = f.set_len(0);
+            let _ = write!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Err(layout::LockError::Held(_)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another supervisor (pid {}) is running on the state directory {}; stop it, or give this one its own state directory (SUPERVISOR_STATE_DIR)",
+                pid.trim(),
+                state.display()
+            )
+        }
+        Err(layout::LockError::Io(m)) => {
+            anyhow::bail!("cannot lock the state directory {}: {m}", state.display())
+        }
+    }
+}
+
 /// The status file of a state directory.
 pub fn status_path(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("status.json")

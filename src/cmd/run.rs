@@ -42,6 +42,8 @@ pub fn main(input: CliInput) -> ExitCode {
 
 async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> {
     let cfg = Arc::new(cfg);
+    // First of all: a second instance on this state directory touches nothing.
+    let _state_lock = supervisor::lock_state_dir(&cfg.state_dir)?;
     // Orphans (a job's daemon, the update script) are re-parented to us; reap them.
     if let Err(e) = procs::become_subreaper() {
         tracing::debug!(error = %e, "cannot become a child subreaper");

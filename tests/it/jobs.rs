@@ -234,3 +234,37 @@ async fn organisation_runners_use_the_org_endpoints() {
         "{rest:?}"
     );
 }
+
+/// A second `supervisor run` on the same state directory exits 1 naming the holder, and
+/// touches nothing: the first one's listener, registration and status stay as they were.
+#[tokio::test]
+async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_nothing() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let env = sb.env(&gh);
+    let mut first = Daemon::start(&env, &["run"]).await;
+    first.wait_log(&["Listening for Jobs"], T).await;
+    let listeners = crate::support::listeners(&sb, 1);
+    assert_eq!(listeners.len(), 1);
+    let status = std::fs::read(sb.state.join("status.json")).unwrap();
+    let calls = gh.calls().len();
+
+    let mut second = Daemon::start(&env, &["run"]).await;
+    let (code, _) = second.wait_exit(T).await;
+    assert_eq!(code, Some(1));
+    let log = second.log().join("\n");
+    assert!(
+        log.contains(&format!("another supervisor (pid {})", first.pid)),
+        "{log}"
+    );
+    assert_eq!(crate::support::listeners(&sb, 1), listeners, "its listener lives on");
+    assert_eq!(gh.calls().len(), calls, "no API call");
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.state.join("status.json")).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(now["pid"], before["pid"], "its status is still the first one's");
+    assert_eq!(gh.runners().len(), 1);
+
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(T).await.0, Some(0));
+}
