@@ -329,7 +329,9 @@ pub fn evaluate(
             _ => {}
         }
         if let Some(since) = s.failing_since {
-            let long = (now - since).to_std().unwrap_or_default() >= unhealthy_after;
+            // Listening again after failures: recovering (or crash-looping), not down.
+            let long = s.state != "listening"
+                && (now - since).to_std().unwrap_or_default() >= unhealthy_after;
             health = health.max(if long {
                 Health::Unhealthy
             } else {

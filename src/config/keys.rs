@@ -247,6 +247,17 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         section: "runner",
+        key: "stable_after",
+        kind: Kind::Duration {
+            min: secs(1),
+            max: secs(3600),
+        },
+        default: Some("60s"),
+        aliases: &[],
+        doc: "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially, 2 s doubling to 5 min",
+    },
+    KeySpec {
+        section: "runner",
         key: "env",
         kind: Kind::Map,
         default: None,

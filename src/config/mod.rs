@@ -287,6 +287,7 @@ pub struct RunnerConfig {
     pub session_conflict_wait: Duration,
     pub update_wait: Duration,
     pub ready_timeout: Duration,
+    pub stable_after: Duration,
     /// Extra variables for the runner; values may be secrets of the user's, so never logged.
     pub env: BTreeMap<String, String>,
     /// Supervisor variables passed through, resolved at start.
@@ -1073,6 +1074,7 @@ fn build(
             session_conflict_wait: d("runner.session_conflict_wait"),
             update_wait: d("runner.update_wait"),
             ready_timeout: d("runner.ready_timeout"),
+            stable_after: d("runner.stable_after"),
             env: extra_env,
             pass_env,
         },

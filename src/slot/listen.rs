@@ -172,6 +172,7 @@ pub(super) async fn watch_listener(
     let mut busy = false;
     let ready_deadline = Instant::now() + cfg.ready_timeout;
     let mut drain_deadline: Option<Instant> = None;
+    let mut stable_at: Option<Instant> = None;
     let mut mode_open = true;
     let cause = loop {
         let m = *mode.borrow();
@@ -216,9 +217,12 @@ pub(super) async fn watch_listener(
                     wd.on_event(&ev, Instant::now());
                     match ev {
                         RunnerEvent::Listening => {
-                            *failures = 0;
-                            clear_failure(board, slot);
                             board.set_state(slot, "listening");
+                            // A crash loop listens too: the failures end only once it
+                            // has listened for `stable_after`.
+                            if *failures > 0 {
+                                stable_at = Some(Instant::now() + cfg.stable_after);
+                            }
                         }
                         RunnerEvent::JobStarted { name } => {
                             busy = true;
@@ -274,6 +278,12 @@ pub(super) async fn watch_listener(
             _ = tokio::time::sleep_until(ready_deadline), if !seen.listening => {
                 tracing::warn!(slot, runner = %l.name(), timeout_s = cfg.ready_timeout.as_secs(), "listener not listening in time; replacing it");
                 break Some(StopCause::NotReady);
+            }
+            _ = async { tokio::time::sleep_until(stable_at.expect("guarded")).await }, if stable_at.is_some() => {
+                stable_at = None;
+                tracing::info!(slot, runner = %l.name(), failures = *failures, stable_s = cfg.stable_after.as_secs(), "listener stable: the run of failures is over");
+                *failures = 0;
+                clear_failure(board, slot);
             }
             _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if drain_deadline.is_some() => {
                 tracing::warn!(slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)");

@@ -42,6 +42,22 @@ pub(super) const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How long a version-deprecated slot waits before trying again.
 const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);
+/// The crash-loop back-off: the first wait, and the longest.
+const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(2);
+const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// The one back-off policy of a failing slot, after its `failures`-th consecutive failure
+/// (1-based): jittered, doubling from [`FAILURE_BACKOFF_BASE`] up to
+/// [`FAILURE_BACKOFF_CAP`]. The count resets only when a job completes or a listener has
+/// listened for `[runner] stable_after`, so a listener that crashes right after
+/// "Listening for Jobs" is backed off like any crash loop.
+pub fn failure_backoff(failures: u32) -> Duration {
+    backoff(
+        FAILURE_BACKOFF_BASE,
+        FAILURE_BACKOFF_CAP,
+        failures.saturating_sub(1),
+    )
+}
 
 /// What every slot shares.
 pub struct Shared {
@@ -189,9 +205,9 @@ fn stopping(mode: &watch::Receiver<Mode>) -> bool {
     *mode.borrow() != Mode::Run
 }
 
-/// How long to wait after a failed registration.
+/// How long to wait after a failed registration (the `failures`-th failure, 1-based).
 fn registration_wait(e: &GithubError, failures: u32) -> Duration {
-    let b = backoff(Duration::from_secs(2), Duration::from_secs(300), failures);
+    let b = failure_backoff(failures);
     match e {
         GithubError::RateLimited { retry_after, .. } => (*retry_after).max(b),
         GithubError::Unauthorized { .. }
@@ -275,8 +291,8 @@ pub async fn run(
                         if let GithubError::Unauthorized { message } = &e {
                             crate::tokenwatch::set_token_state(&sh.hoststate, board, true, message);
                         }
-                        let wait = registration_wait(&e, failures);
                         failures += 1;
+                        let wait = registration_wait(&e, failures);
                         note_failure(board, slot, "backoff", &e.to_string(), failures);
                         tracing::warn!(slot, error = %e, wait_s = wait.as_secs(), "registration failed; backing off");
                         // A refused token is retried early once the token watch sees it work.
@@ -307,7 +323,7 @@ pub async fn run(
                 deregister_reg(&sh, &reg).await;
                 failures += 1;
                 note_failure(board, slot, "backoff", &msg, failures);
-                let wait = backoff(Duration::from_secs(2), Duration::from_secs(300), failures);
+                let wait = failure_backoff(failures);
                 tracing::error!(slot, runner = %reg.name, error = %msg, wait_s = wait.as_secs(), "cannot start the runner; backing off");
                 if sleep_or_stop(wait, &mut mode).await {
                     break;
@@ -424,11 +440,9 @@ pub async fn run(
                     &format!("listener exited: {}", other.as_str()),
                     failures,
                 );
-                Some(backoff(
-                    Duration::from_secs(2),
-                    Duration::from_secs(300),
-                    failures - 1,
-                ))
+                let wait = failure_backoff(failures);
+                tracing::warn!(slot, runner = %reg.name, reason = other.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
+                Some(wait)
             }
         };
         if let Some(d) = wait {
@@ -472,4 +486,43 @@ pub(super) fn clear_failure(board: &Board, slot: usize) {
         s.failures = 0;
         s.failing_since = None;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listener starts within `window` for a listener that crashes `crash_after` after it
+    /// starts listening (start-up included), backed off by [`failure_backoff`].
+    fn starts_within(window: Duration, crash_after: Duration) -> usize {
+        let (mut t, mut failures, mut starts) = (Duration::ZERO, 0, 0);
+        while t < window {
+            starts += 1;
+            t += crash_after;
+            failures += 1;
+            t += failure_backoff(failures);
+        }
+        starts
+    }
+
+    #[test]
+    fn a_crash_loop_is_backed_off_exponentially() {
+        // The bound: crashing 0.3 s after listening, at most 8 starts in the first
+        // 30 s and at most 20 in 10 minutes, whatever the jitter draws.
+        for _ in 0..1000 {
+            let crash = Duration::from_millis(300);
+            assert!(starts_within(Duration::from_secs(30), crash) <= 8);
+            assert!(starts_within(Duration::from_secs(600), crash) <= 20);
+        }
+        // Doubling from 2 s (jitter in the upper half), capped at 5 minutes.
+        for (n, lo, hi) in [
+            (1, 1000, 2000),
+            (2, 2000, 4000),
+            (4, 8000, 16000),
+            (20, 150_000, 300_000),
+        ] {
+            let w = failure_backoff(n).as_millis();
+            assert!((lo..=hi).contains(&w), "failure {n}: {w} ms");
+        }
+    }
 }

@@ -257,12 +257,19 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
         log.contains(&format!("another supervisor (pid {})", first.pid)),
         "{log}"
     );
-    assert_eq!(crate::support::listeners(&sb, 1), listeners, "its listener lives on");
+    assert_eq!(
+        crate::support::listeners(&sb, 1),
+        listeners,
+        "its listener lives on"
+    );
     assert_eq!(gh.calls().len(), calls, "no API call");
     let now: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sb.state.join("status.json")).unwrap()).unwrap();
     let before: serde_json::Value = serde_json::from_slice(&status).unwrap();
-    assert_eq!(now["pid"], before["pid"], "its status is still the first one's");
+    assert_eq!(
+        now["pid"], before["pid"],
+        "its status is still the first one's"
+    );
     assert_eq!(gh.runners().len(), 1);
 
     first.signal(Signal::SIGTERM);

@@ -378,3 +378,66 @@ async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
 }
+
+/// A listener that crashes 0.3 s after "Listening for Jobs" is backed off like any crash
+/// loop (listening no longer resets the count), and once one listens for `stable_after`,
+/// the run of failures is over: the next failure waits the shortest step again.
+#[tokio::test]
+async fn a_crash_loop_after_listening_is_backed_off_until_a_listener_is_stable() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    for _ in 0..4 {
+        gh.script(Script::Crash {
+            after_ms: 300,
+            during_job: false,
+        });
+    }
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_RUNNER_STABLE_AFTER".into(), "2s".into());
+    // Keep the retryable-exit watchdog out of this test.
+    env.insert("SUPERVISOR_WATCHDOG_RETRYABLE_EXITS".into(), "100".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let waits = |d: &Daemon| -> Vec<(u64, u64)> {
+        d.log()
+            .iter()
+            .filter(|l| l.contains("listener failed; backing off"))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split(&format!("{k}="))
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap()
+                };
+                (field("failures"), field("wait_ms"))
+            })
+            .collect()
+    };
+    d.wait_lines(
+        &["listener failed; backing off"],
+        4,
+        Duration::from_secs(90),
+    )
+    .await;
+    let w = waits(&d);
+    assert_eq!(
+        w.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "each crash after listening is one more failure: {w:?}"
+    );
+    // Doubling from 2 s, jitter in the upper half.
+    for (i, (_, ms)) in w.iter().enumerate() {
+        let step = 2000u64 << i;
+        assert!((step / 2..=step).contains(ms), "wait {i}: {ms} ms");
+    }
+    // The fifth listener does not crash: after stable_after, the failures are over.
+    d.wait_log(
+        &["listener stable: the run of failures is over", "failures=4"],
+        T,
+    )
+    .await;
+    let (_, health) = crate::support::wait_health(&env, "Ok", Duration::from_secs(5)).await;
+    assert!(!health.contains("failures"), "{health}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
