@@ -212,12 +212,24 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
     );
     clock.round().await;
     tracker.spawn(clock.run(writer_cancel.clone()));
+    {
+        let (q, gh, board, cancel) = (
+            shared.deletions.clone(),
+            deps.gh.clone(),
+            board.clone(),
+            writer_cancel.clone(),
+        );
+        tracker.spawn(async move { q.run(gh, &board, cancel).await });
+    }
     let slots = TaskTracker::new();
     for (i, rx) in cmd_rx.into_iter().enumerate() {
         slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
     }
     slots.close();
     slots.wait().await;
+    // What could not be deleted gets the rest of the stop budget; the rest waits in
+    // deletions.json for the next start.
+    shared.drain_deletions().await;
 
     writer_cancel.cancel();
     tracker.close();

@@ -10,6 +10,7 @@
 //! Layout: [`registration`] makes and deletes registrations; [`listen`] starts a
 //! listener (config.sh first in token mode) and watches it; this file is the loop.
 
+mod deletions;
 mod listen;
 mod registration;
 
@@ -31,6 +32,7 @@ use crate::shutdown::Mode;
 use crate::status::Board;
 use crate::watchdog::{self, attribute, looks_like_network, Breaker, Cause, Verdict};
 
+pub use deletions::Deletions;
 use listen::{start, wait_for_update, watch_listener, StopCause};
 use registration::deregister_reg;
 pub use registration::{deregister, register, RegSecret, Registration};
@@ -75,6 +77,10 @@ pub struct Shared {
     breakers: Mutex<Vec<Breaker>>,
     breaker_path: PathBuf,
     boot_id: String,
+    /// Registrations still to delete (persisted; retried in the background).
+    pub deletions: Arc<Deletions>,
+    /// The latest stop-budget deadline handed out (the queue drains until it).
+    stop_deadline: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Commands a slot takes while its listener runs.
@@ -114,6 +120,7 @@ impl Shared {
         let breaker_path = cfg.state_dir.join("breaker.json");
         let boot_id = watchdog::boot_id();
         let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
+        let deletions = Arc::new(Deletions::load(cfg.state_dir.join("deletions.json")));
         Shared {
             cfg,
             gh,
@@ -126,7 +133,30 @@ impl Shared {
             breakers,
             breaker_path,
             boot_id,
+            deletions,
+            stop_deadline: Mutex::new(None),
         }
+    }
+
+    /// A deadline for one deletion while stopping, [`registration::SHUTDOWN_DEREGISTER_BUDGET`]
+    /// from now; remembered so the queue drains within the latest one.
+    fn stop_budget(&self) -> tokio::time::Instant {
+        let d = tokio::time::Instant::now() + registration::SHUTDOWN_DEREGISTER_BUDGET;
+        let mut g = self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(g.map_or(d, |x| x.max(d)));
+        d
+    }
+
+    /// Empty the deletion queue within the stop budget (after every slot has stopped).
+    pub async fn drain_deletions(&self) {
+        if self.deletions.is_empty() {
+            return;
+        }
+        let last = *self.stop_deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = last.unwrap_or_else(|| {
+            tokio::time::Instant::now() + registration::SHUTDOWN_DEREGISTER_BUDGET
+        });
+        self.deletions.drain(&self.gh, &self.board, deadline).await;
     }
 
     /// Record a watchdog fire for `slot`; returns how long the breaker is now open, if it opened.

@@ -109,7 +109,8 @@ fn token_registration(sh: &Shared, slot: usize, token: AuthToken) -> Registratio
     }
 }
 
-/// Delete a registration, retrying while GitHub says the runner is busy.
+/// Delete a registration, retrying while GitHub says the runner is busy; what GitHub does
+/// not let us delete now goes to the deletion queue, which retries until it is gone.
 pub async fn deregister(sh: &Shared, id: u64, name: &str) {
     // A runner that died mid-job stays busy until GitHub abandons the job; keep trying a while.
     for attempt in 0..8u32 {
@@ -131,30 +132,44 @@ pub async fn deregister(sh: &Shared, id: u64, name: &str) {
                 .await;
             }
             Err(e) => {
-                tracing::warn!(runner = %name, id, error = %e, "cannot delete the registration; it will be reaped at the next start once offline");
+                tracing::warn!(runner = %name, id, error = %e, "cannot delete the registration now; queued, retried in the background until it is gone");
+                sh.deletions.add(id, name);
                 return;
             }
         }
     }
-    tracing::warn!(runner = %name, id, "registration still busy after retries; it will be reaped at the next start");
+    tracing::warn!(runner = %name, id, "registration still busy after retries; queued, retried in the background until it is gone");
+    sh.deletions.add(id, name);
 }
 
 /// Shutdown must fit in a container's stop grace (Docker: 10 s) even when GitHub is
-/// unreachable; a registration not deleted in time is reaped at the next start.
-const SHUTDOWN_DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
+/// unreachable: each deletion while stopping, and the queue after it, get this long.
+pub(super) const SHUTDOWN_DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
 
 pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration) {
     let Some(id) = reg.id else { return };
-    // While the supervisor stops, deregistration gets a bounded budget.
+    // While the supervisor stops, one attempt within the stop budget; the queue keeps the
+    // rest (drained within the same budget, then persisted for the next start).
     let stopping = sh.board.mode() != "run";
-    if stopping {
-        if tokio::time::timeout(SHUTDOWN_DEREGISTER_BUDGET, deregister(sh, id, &reg.name))
-            .await
-            .is_err()
-        {
-            tracing::warn!(runner = %reg.name, id, "no time left to delete the registration while stopping; the next start reaps it");
+    if !stopping {
+        return deregister(sh, id, &reg.name).await;
+    }
+    let deadline = sh.stop_budget();
+    match tokio::time::timeout_at(deadline, sh.gh.delete_runner(id)).await {
+        Ok(Ok(())) => {
+            sh.board
+                .stats
+                .deregistrations
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(runner = %reg.name, id, "registration deleted");
         }
-    } else {
-        deregister(sh, id, &reg.name).await;
+        Ok(Err(e)) => {
+            tracing::warn!(runner = %reg.name, id, error = %e, "cannot delete the registration while stopping; queued");
+            sh.deletions.add(id, &reg.name);
+        }
+        Err(_) => {
+            tracing::warn!(runner = %reg.name, id, "no time left to delete the registration while stopping; queued");
+            sh.deletions.add(id, &reg.name);
+        }
     }
 }

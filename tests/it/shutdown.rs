@@ -141,5 +141,90 @@ async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
         "stopped in {:?}",
         t.elapsed()
     );
-    assert_eq!(d.count(&["the next start reaps it"]), 1);
+    assert_eq!(
+        d.count(&["stay queued; the next start deletes them"]),
+        1,
+        "{}",
+        d.log().join("\n")
+    );
+    let queued = std::fs::read_to_string(sb.state.join("deletions.json")).unwrap();
+    assert!(queued.contains("\"id\""), "{queued}");
+}
+
+/// A deletion GitHub refuses for a while (5xx, then 429 with Retry-After) is not given up:
+/// it is queued and retried, and a clean stop leaves no registration behind. One that is
+/// still refused at the stop is persisted, and the next start finishes it.
+#[tokio::test]
+async fn refused_deletions_are_retried_until_gone_and_survive_a_restart() {
+    use sim::github::{Fault, FaultKind};
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.enqueue(
+        sim::github::JobSpec {
+            duration_ms: 200,
+            ..Default::default()
+        },
+        2,
+    );
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "1".into());
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_lines(&["job completed"], 2, T).await;
+    d.wait_lines(&["Listening for Jobs"], 4, T).await;
+    // Every DELETE fails for a while: 503s, then a rate limit with Retry-After.
+    gh.fault(Fault {
+        body: None,
+        method: Some("DELETE".into()),
+        path: None,
+        kind: FaultKind::Status { status: 503 },
+        times: 4,
+    });
+    gh.fault(Fault {
+        body: None,
+        method: Some("DELETE".into()),
+        path: None,
+        kind: FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(1),
+            primary: false,
+        },
+        times: 1,
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(d.count(&["queued"]) >= 1, "{}", d.log().join("\n"));
+    assert!(gh.runners().is_empty(), "no ghost: {:?}", gh.runners());
+    let queued = std::fs::read_to_string(sb.state.join("deletions.json")).unwrap();
+    assert_eq!(queued.trim(), "[]");
+
+    // Refused past the stop: persisted, and finished by the next start.
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    gh.fault(Fault {
+        body: None,
+        method: Some("DELETE".into()),
+        path: None,
+        kind: FaultKind::Status { status: 502 },
+        times: 0,
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(gh.runners().len(), 2, "both still registered");
+    let queued = std::fs::read_to_string(sb.state.join("deletions.json")).unwrap();
+    assert_eq!(queued.matches("\"id\"").count(), 2, "{queued}");
+    gh.state(|s| s.faults.clear());
+    // The ghost reaper would find them too: keep their names off this host's pattern so
+    // only the queue can delete them.
+    gh.state(|s| {
+        for r in s.runners.values_mut() {
+            r.name = format!("renamed-{}", r.id);
+        }
+    });
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_lines(&["registration deleted (from the deletion queue)"], 2, T)
+        .await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert!(gh.runners().is_empty(), "no ghost: {:?}", gh.runners());
 }
