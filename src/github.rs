@@ -52,13 +52,6 @@ pub enum GithubError {
     Decode(String),
 }
 
-impl GithubError {
-    /// Worth retrying soon: 5xx, timeouts, resets.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, GithubError::Transient(_))
-    }
-}
-
 /// A runner label.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Label {
@@ -144,7 +137,7 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     half + rand::thread_rng().gen_range(Duration::ZERO..=half)
 }
 
-/// How long GitHub asks us to wait, if this answer is a rate limit (facts B3).
+/// How long GitHub asks us to wait, if this answer is a rate limit (`src/runner/protocol.md` §5).
 ///
 /// `retry-after` wins; else `x-ratelimit-remaining: 0` waits until `x-ratelimit-reset`;
 /// else a 429, or a 403 that says "rate limit", waits at least a minute.

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// One slot's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SlotStatus {
-    /// registering, starting, listening, busy, stopping, backoff, paused, stopped.
+    /// registering, starting, listening, busy, finishing, stopping, backoff, paused,
+    /// breaker-open, clock-fault, stopped.
     pub state: String,
     pub runner: Option<String>,
     pub job: Option<String>,

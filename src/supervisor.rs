@@ -203,7 +203,8 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         board.clone(),
         writer_cancel.clone(),
     ));
-    // Preflight's clock check gates the slots: no registration before the first measurement.
+    // The clock monitor's first round gates the slots: no registration before the first
+    // measurement (a clock fault found now pauses them from the start).
     let mut clock = crate::clock::Monitor::new(
         cfg.clock.clone(),
         deps.gh.clone(),

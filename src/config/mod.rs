@@ -432,9 +432,10 @@ pub struct CliInput {
 /// What to require beyond well-formed values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// `run` and `doctor`: token, scope and runner binary must be there.
+    /// `run`: token, scope and runner binary must be there.
     Run,
-    /// `config`: show what is there; missing essentials are still errors, but reported.
+    /// `config` and `doctor`: a missing token or runner is reported by them, not refused;
+    /// a missing repository or organisation is still an error.
     Inspect,
     /// `health`, `pruner`, `autoheal`: host-local work; no GitHub setting is required.
     Local,

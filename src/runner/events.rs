@@ -1,6 +1,6 @@
 //! Turning the listener's console lines into events.
 //!
-//! Pure: no IO. Matches the exact strings of `runner-and-api-facts.md` §A1; a line that
+//! Pure: no IO. Matches the exact strings of `src/runner/protocol.md` §1; a line that
 //! matches nothing is still logged by the caller, it just carries no event.
 
 /// Which stream a line came from.
@@ -23,8 +23,6 @@ impl Stream {
 /// Something the listener said that the supervisor acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerEvent {
-    /// `√ Connected to GitHub` (each session-create attempt).
-    Connected,
     /// `Current runner version: '2.336.0'`.
     Version(String),
     /// `{utc}: Listening for Jobs`: the readiness signal.
@@ -39,18 +37,12 @@ pub enum RunnerEvent {
     Reconnected,
     /// `A session for this runner already exists.`
     SessionConflict,
-    /// `Stop retry on SessionConflictException after retried for 240 seconds.`
-    SessionConflictGaveUp,
     /// The registration is gone; `idle_cleanup` is the exit-0 "Cleaning up" path.
     RegistrationDeleted { idle_cleanup: bool },
     /// The clock-skew line (OAuth fails beyond five minutes).
     ClockSkew,
     /// The service refuses this runner version.
     VersionDeprecated { message: String },
-    /// `Runner update in progress, do not shutdown runner.`
-    UpdateInProgress,
-    /// `Exiting...` (after SIGINT).
-    Exiting,
     /// `An error occurred: {message}`.
     Fatal { message: String },
 }
@@ -108,12 +100,6 @@ pub fn parse_line(line: &str) -> Option<RunnerEvent> {
         }
         return None;
     }
-    // `√ ` is the glyph U+221A; Windows shows it differently, so match the text after it.
-    if line.ends_with("Connected to GitHub")
-        && line.len() <= "\u{221a} Connected to GitHub".len() + 2
-    {
-        return Some(RunnerEvent::Connected);
-    }
     if let Some(v) = line
         .strip_prefix("Current runner version: '")
         .and_then(|v| v.strip_suffix('\''))
@@ -122,9 +108,6 @@ pub fn parse_line(line: &str) -> Option<RunnerEvent> {
     }
     match line {
         "A session for this runner already exists." => return Some(RunnerEvent::SessionConflict),
-        "Stop retry on SessionConflictException after retried for 240 seconds." => {
-            return Some(RunnerEvent::SessionConflictGaveUp)
-        }
         "The runner no longer exists on the server. Cleaning up local configuration." => {
             return Some(RunnerEvent::RegistrationDeleted { idle_cleanup: true })
         }
@@ -133,10 +116,6 @@ pub fn parse_line(line: &str) -> Option<RunnerEvent> {
                 idle_cleanup: false,
             })
         }
-        "Runner update in progress, do not shutdown runner." => {
-            return Some(RunnerEvent::UpdateInProgress)
-        }
-        "Exiting..." => return Some(RunnerEvent::Exiting),
         _ => {}
     }
     if line.starts_with(
@@ -218,7 +197,10 @@ mod tests {
     fn the_exact_strings() {
         use RunnerEvent::*;
         check("2020-02-11 14:57:17Z: Listening for Jobs", Some(Listening));
-        check("\u{221a} Connected to GitHub", Some(Connected));
+        // Lines nothing acts on are not events (they are still logged).
+        check("\u{221a} Connected to GitHub", None);
+        check("Exiting...", None);
+        check("Runner update in progress, do not shutdown runner.", None);
         check(
             "Current runner version: '2.336.0'",
             Some(Version("2.336.0".into())),
@@ -249,10 +231,6 @@ mod tests {
             Some(SessionConflict),
         );
         check(
-            "Stop retry on SessionConflictException after retried for 240 seconds.",
-            Some(SessionConflictGaveUp),
-        );
-        check(
             "The runner no longer exists on the server. Cleaning up local configuration.",
             Some(RegistrationDeleted { idle_cleanup: true }),
         );
@@ -277,11 +255,6 @@ mod tests {
                 message: "boom".into(),
             }),
         );
-        check(
-            "Runner update in progress, do not shutdown runner.",
-            Some(UpdateInProgress),
-        );
-        check("Exiting...", Some(Exiting));
     }
 
     #[test]

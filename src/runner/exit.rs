@@ -1,6 +1,6 @@
 //! What a listener's exit means, from its code, its signal and what it said.
 //!
-//! Pure: no IO. Codes per `runner-and-api-facts.md` §A2; exit 0 is ambiguous, so the
+//! Pure: no IO. Codes per `src/runner/protocol.md` §2; exit 0 is ambiguous, so the
 //! lines seen before it decide.
 
 use super::events::RunnerEvent;
@@ -9,13 +9,10 @@ use super::events::RunnerEvent;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
     pub listening: bool,
-    pub job_started: bool,
     pub job_completed: bool,
     pub registration_deleted: bool,
     pub clock_skew: bool,
     pub version_deprecated: bool,
-    pub session_conflict: bool,
-    pub update_in_progress: bool,
 }
 
 impl Seen {
@@ -23,15 +20,10 @@ impl Seen {
     pub fn record(&mut self, ev: &RunnerEvent) {
         match ev {
             RunnerEvent::Listening => self.listening = true,
-            RunnerEvent::JobStarted { .. } => self.job_started = true,
             RunnerEvent::JobCompleted { .. } => self.job_completed = true,
             RunnerEvent::RegistrationDeleted { .. } => self.registration_deleted = true,
             RunnerEvent::ClockSkew => self.clock_skew = true,
             RunnerEvent::VersionDeprecated { .. } => self.version_deprecated = true,
-            RunnerEvent::SessionConflict | RunnerEvent::SessionConflictGaveUp => {
-                self.session_conflict = true
-            }
-            RunnerEvent::UpdateInProgress => self.update_in_progress = true,
             _ => {}
         }
     }

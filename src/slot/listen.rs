@@ -241,6 +241,7 @@ pub(super) async fn watch_listener(
                         }
                         RunnerEvent::SessionConflict if !busy => break Some(StopCause::SessionConflict),
                         RunnerEvent::Fatal { message } => fatal = Some(message),
+                        RunnerEvent::Version(v) => board.set_fact("runner_version", v),
                         _ => {}
                     }
                 }

@@ -39,8 +39,8 @@ pub use registration::{deregister, register, RegSecret, Registration};
 
 /// A pre-made registration older than this is discarded rather than used.
 pub(super) const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
-/// The slowest a slot retries after an auth or permission failure (facts: at most one
-/// call per 5 minutes per runner while the token is bad).
+/// How a slot retries after an auth or permission failure: at most one call per 5
+/// minutes per runner while the token is bad (ghostrunner called every 10 s, W17).
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// How long a version-deprecated slot waits before trying again.
 const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);

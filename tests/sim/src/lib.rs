@@ -1,7 +1,7 @@
 //! Test doubles for runner-supervisor: a fake GitHub API ([`github`]) and a fake
 //! `Runner.Listener` ([`runner`]), plus [`fixture`] helpers that lay out a runner directory.
 //!
-//! Both doubles follow `../shared/reference/runner-and-api-facts.md` to the byte: strings,
+//! Both doubles follow `src/runner/protocol.md` (the project's account of the runner and the API) to the byte: strings,
 //! streams, exit codes, status codes, headers and JSON shapes.
 
 pub mod fixture;

@@ -9,7 +9,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The runner version the fake runner claims to be (the facts file's commit).
+/// The runner version the fake runner claims to be (the release `src/runner/protocol.md` describes).
 pub const RUNNER_VERSION: &str = "2.336.0";
 
 /// The `.runner` settings file, camelCase like the real one, plus `sim*` extras.
