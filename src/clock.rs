@@ -183,6 +183,15 @@ pub async fn tracking(address: &str) -> Result<Tracking, String> {
 }
 
 /// Whether chronyc is installed.
+/// Whether chronyd is watched: `required`, or `auto` when chronyc is installed.
+pub fn watches_chronyd(mode: ChronycMode) -> bool {
+    match mode {
+        ChronycMode::Off => false,
+        ChronycMode::Required => true,
+        ChronycMode::Auto => chronyc_installed(),
+    }
+}
+
 pub fn chronyc_installed() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("chronyc").is_file()))
@@ -207,11 +216,7 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor; takes the clock lock when `makestep` is configured.
     pub fn new(cfg: ClockConfig, gh: GithubClient, host: Arc<Host>, board: Arc<Board>) -> Monitor {
-        let watch_chronyd = match cfg.chronyc {
-            ChronycMode::Off => false,
-            ChronycMode::Required => true,
-            ChronycMode::Auto => chronyc_installed(),
-        };
+        let watch_chronyd = watches_chronyd(cfg.chronyc);
         // One disciplinarian per kernel clock.
         let leader = if cfg.makestep {
             match crate::layout::take_lock(&cfg.lock_file) {
@@ -403,8 +408,7 @@ async fn measure(
             Err(e) => tracing::debug!(server = %server, error = %e, "SNTP query failed"),
         }
     }
-    let d = gh.last_date()?;
-    let offset = (d.local - d.server).num_milliseconds() as f64 / 1000.0;
+    let offset = gh.last_date()?.offset_secs();
     Some((
         Sample { offset, delay: 0.0 },
         "GitHub Date header (1 s resolution)".into(),

@@ -198,6 +198,37 @@ pub struct DateSample {
     pub local: DateTime<Utc>,
 }
 
+/// What classic scopes say about runner administration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeVerdict {
+    Ok,
+    /// The exact scope that is missing.
+    Missing(&'static str),
+    /// No scopes header: a fine-grained token or an app; probe instead.
+    Unknown,
+}
+
+/// Exact scope match: `repo` for repository runners, `admin:org` for organisation runners.
+/// Substrings (`public_repo`, `repo:status`) do not count.
+pub fn scope_verdict(scopes: Option<&[String]>, scope: &Scope) -> ScopeVerdict {
+    let need = match scope {
+        Scope::Repo { .. } => "repo",
+        Scope::Org { .. } => "admin:org",
+    };
+    match scopes {
+        None => ScopeVerdict::Unknown,
+        Some(list) if list.iter().any(|s| s == need) => ScopeVerdict::Ok,
+        Some(_) => ScopeVerdict::Missing(need),
+    }
+}
+
+impl DateSample {
+    /// The local clock's offset from GitHub's, in seconds (positive: local is ahead).
+    pub fn offset_secs(&self) -> f64 {
+        (self.local - self.server).num_milliseconds() as f64 / 1000.0
+    }
+}
+
 /// A GitHub client for one scope. Cheap to clone.
 #[derive(Clone)]
 pub struct GithubClient {

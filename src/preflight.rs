@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Scope};
-use crate::github::{GithubClient, GithubError, TokenInfo};
+use crate::github::{scope_verdict, GithubClient, GithubError, ScopeVerdict, TokenInfo};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,32 +50,12 @@ impl Check {
     }
 }
 
-/// What classic scopes say about runner administration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScopeVerdict {
-    Ok,
-    /// The exact scope that is missing.
-    Missing(&'static str),
-    /// No scopes header: a fine-grained token or an app; probe instead.
-    Unknown,
-}
-
-/// Exact scope match: `repo` for repository runners, `admin:org` for organisation runners.
-/// Substrings (`public_repo`, `repo:status`) do not count.
-pub fn scope_verdict(scopes: Option<&[String]>, scope: &Scope) -> ScopeVerdict {
-    let need = match scope {
-        Scope::Repo { .. } => "repo",
-        Scope::Org { .. } => "admin:org",
-    };
-    match scopes {
-        None => ScopeVerdict::Unknown,
-        Some(list) if list.iter().any(|s| s == need) => ScopeVerdict::Ok,
-        Some(_) => ScopeVerdict::Missing(need),
-    }
-}
-
 /// Validate the token: `GET /user`, then scopes, or a capability probe for fine-grained tokens.
-pub async fn check_token(gh: &GithubClient, now: DateTime<Utc>) -> (Vec<Check>, Option<TokenInfo>) {
+pub async fn check_token(
+    gh: &GithubClient,
+    expiry_warning: std::time::Duration,
+    now: DateTime<Utc>,
+) -> (Vec<Check>, Option<TokenInfo>) {
     let mut out = vec![];
     let info = match gh.get_user().await {
         Ok(i) => i,
@@ -124,7 +104,7 @@ pub async fn check_token(gh: &GithubClient, now: DateTime<Utc>) -> (Vec<Check>, 
                 format!("expired at {exp}"),
                 "create a new token",
             ));
-        } else if left < chrono::Duration::days(14) {
+        } else if left.to_std().unwrap_or_default() <= expiry_warning {
             out.push(Check::bad(
                 "token expiry",
                 Level::Warn,
@@ -139,18 +119,17 @@ pub async fn check_token(gh: &GithubClient, now: DateTime<Utc>) -> (Vec<Check>, 
 }
 
 /// The clock against GitHub's `Date` header (one-second resolution).
-pub fn check_clock(gh: &GithubClient) -> Option<Check> {
-    let s = gh.last_date()?;
-    let offset = (s.local - s.server).num_milliseconds() as f64 / 1000.0;
+pub fn check_clock(gh: &GithubClient, cfg: &crate::config::ClockConfig) -> Option<Check> {
+    let offset = gh.last_date()?.offset_secs();
     let detail = format!("local clock is {offset:+.0}s from GitHub's Date header");
-    Some(if offset.abs() > 300.0 {
+    Some(if offset.abs() > cfg.fault_offset.as_secs_f64() {
         Check::bad(
             "clock",
             Level::Fail,
             detail,
             "the runner's OAuth fails beyond 5 minutes: run `chronyc makestep` or fix time sync",
         )
-    } else if offset.abs() > 2.0 {
+    } else if offset.abs() > cfg.warn_offset.as_secs_f64() {
         Check::bad(
             "clock",
             Level::Warn,
@@ -197,14 +176,9 @@ pub fn check_local(cfg: &Config) -> Vec<Check> {
 
 /// The time sources: chronyd through chronyc, and an SNTP measurement.
 pub async fn check_time(cfg: &Config) -> Vec<Check> {
-    use crate::config::ChronycMode;
     let mut out = vec![];
     let c = &cfg.clock;
-    let watch = match c.chronyc {
-        ChronycMode::Off => false,
-        ChronycMode::Required => true,
-        ChronycMode::Auto => crate::clock::chronyc_installed(),
-    };
+    let watch = crate::clock::watches_chronyd(c.chronyc);
     if watch {
         match crate::clock::tracking(&c.chronyc_address).await {
             Ok(t) if t.synchronised() => out.push(Check::ok("chronyd", format!("synchronised (stratum {}, last offset {:+.6}s)", t.stratum, t.last_offset))),

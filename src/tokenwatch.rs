@@ -8,9 +8,8 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TokenConfig;
-use crate::github::{GithubClient, GithubError};
+use crate::github::{scope_verdict, GithubClient, GithubError, ScopeVerdict};
 use crate::host::Host;
-use crate::preflight::{scope_verdict, ScopeVerdict};
 use crate::status::{Board, Health};
 
 /// Record the token's validity on the host and the board; logs transitions.

@@ -31,9 +31,14 @@ pub fn main(input: CliInput) -> ExitCode {
             rt.block_on(async {
                 match GithubClient::new(&cfg, token) {
                     Ok(gh) => {
-                        let (c, _) = preflight::check_token(&gh, chrono::Utc::now()).await;
+                        let (c, _) = preflight::check_token(
+                            &gh,
+                            cfg.token.expiry_warning,
+                            chrono::Utc::now(),
+                        )
+                        .await;
                         checks.extend(c);
-                        checks.extend(preflight::check_clock(&gh));
+                        checks.extend(preflight::check_clock(&gh, &cfg.clock));
                         checks.extend(preflight::check_time(&cfg).await);
                     }
                     Err(e) => checks.push(Check {

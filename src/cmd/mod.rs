@@ -25,10 +25,14 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
 
 /// Resolve the configuration or print every problem.
 pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
-    Config::resolve(&OsEnv, input, purpose).map_err(|e: ConfigErrors| {
+    let cfg = Config::resolve(&OsEnv, input, purpose).map_err(|e: ConfigErrors| {
         eprint!("supervisor: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    for w in &cfg.warnings {
+        eprintln!("supervisor: warning: {w}");
+    }
+    Ok(cfg)
 }
 
 /// A runtime for a subcommand: two workers, as the machines have two cores.

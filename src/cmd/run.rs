@@ -70,8 +70,12 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         "runner-supervisor starting"
     );
     // Preflight: problems are logged; the slots back off rather than crash-loop.
-    let (checks, _) = preflight::check_token(&gh, chrono::Utc::now()).await;
-    for c in checks.iter().chain(preflight::check_clock(&gh).iter()) {
+    let (checks, _) =
+        preflight::check_token(&gh, cfg.token.expiry_warning, chrono::Utc::now()).await;
+    for c in checks
+        .iter()
+        .chain(preflight::check_clock(&gh, &cfg.clock).iter())
+    {
         match c.level {
             Level::Ok => tracing::info!(check = c.name, "{}", c.detail),
             Level::Warn => tracing::warn!(

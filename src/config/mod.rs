@@ -418,6 +418,8 @@ pub struct Config {
     pub entries: Vec<Entry>,
     /// The config file read, if any.
     pub file: Option<PathBuf>,
+    /// Accepted, but worth saying (two environment names for one key, with different values).
+    pub warnings: Vec<String>,
 }
 
 /// What the command line contributes.
@@ -646,10 +648,13 @@ fn read_file(path: &Path, text: &str, out: &mut Layered, errors: &mut Vec<Config
                     .filter(|k| k.section == section)
                     .map(|k| k.key)
                     .collect();
+                let hint = did_you_mean(key, known.iter().copied())
+                    .map(|k| format!("did you mean {k}? "))
+                    .unwrap_or_default();
                 errors.push(ConfigError {
                     key: dotted,
                     source: Some(src),
-                    message: format!("unknown key; [{section}] has {}", known.join(", ")),
+                    message: format!("unknown key; {hint}[{section}] has {}", known.join(", ")),
                 });
                 continue;
             };
@@ -690,6 +695,7 @@ impl Config {
         purpose: Purpose,
     ) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let mut layered: Layered = BTreeMap::new();
         for k in KEYS {
             if let Some(d) = k.default {
@@ -705,12 +711,12 @@ impl Config {
                 .map(PathBuf::from)
         });
         if let Some(path) = &file {
-            match std::fs::read_to_string(path) {
+            match read_bounded(path, MAX_CONFIG_FILE) {
                 Ok(text) => read_file(path, &text, &mut layered, &mut errors),
                 Err(e) => errors.push(ConfigError {
                     key: "config file".into(),
                     source: Some(path.display().to_string()),
-                    message: format!("cannot read it: {e}"),
+                    message: e,
                 }),
             }
         }
@@ -722,8 +728,28 @@ impl Config {
                 .iter()
                 .map(|a| a.to_string())
                 .chain([k.env_name()]);
+            let mut first: Option<(String, String)> = None;
             for name in names {
                 if let Some(raw) = env.get(&name) {
+                    if let Some((other, value)) = &first {
+                        if value.trim() != raw.trim() {
+                            let shown = |v: &str| {
+                                if matches!(k.kind, Kind::Secret) {
+                                    "<redacted>".to_string()
+                                } else {
+                                    v.to_string()
+                                }
+                            };
+                            warnings.push(format!(
+                                "{other}={} and {name}={} both set {}; {name} wins",
+                                shown(value),
+                                shown(&raw),
+                                k.dotted()
+                            ));
+                        }
+                    } else {
+                        first = Some((name.clone(), raw.clone()));
+                    }
                     match parse_str(k.kind, &raw) {
                         Ok(v) => {
                             layered.insert(k.dotted(), (v, Source::Env(name)));
@@ -744,10 +770,23 @@ impl Config {
                     .iter()
                     .any(|k| k.env_name() == name || k.aliases.contains(&name.as_str()))
             {
+                let names: Vec<String> = KEYS
+                    .iter()
+                    .flat_map(|k| {
+                        k.aliases
+                            .iter()
+                            .map(|a| a.to_string())
+                            .chain([k.env_name()])
+                    })
+                    .chain(OTHER_ENV.iter().map(|s| s.to_string()))
+                    .collect();
+                let hint = did_you_mean(&name, names.iter().map(String::as_str))
+                    .map(|k| format!("did you mean {k}? "))
+                    .unwrap_or_default();
                 errors.push(ConfigError {
                     key: name.clone(),
                     source: Some("environment".into()),
-                    message: "unknown SUPERVISOR_ variable; names are SUPERVISOR_<SECTION>_<KEY>, see `supervisor config`".into(),
+                    message: format!("unknown SUPERVISOR_ variable; {hint}names are SUPERVISOR_<SECTION>_<KEY>, see `supervisor config`"),
                 });
             }
         }
@@ -755,10 +794,14 @@ impl Config {
         // The command line.
         for (flag, dotted, raw) in &cli.sets {
             let Some(k) = spec(dotted) else {
+                let all: Vec<String> = KEYS.iter().map(|k| k.dotted()).collect();
+                let hint = did_you_mean(dotted, all.iter().map(String::as_str))
+                    .map(|k| format!("did you mean {k}? "))
+                    .unwrap_or_default();
                 errors.push(ConfigError {
                     key: dotted.clone(),
                     source: Some(format!("flag {flag}")),
-                    message: "unknown key; see `supervisor config` for the list".into(),
+                    message: format!("unknown key; {hint}see `supervisor config` for the list"),
                 });
                 continue;
             };
@@ -776,7 +819,9 @@ impl Config {
 
         let cfg = build(&layered, env, purpose, file, &mut errors);
         if errors.is_empty() {
-            Ok(cfg.expect("no errors means a config"))
+            let mut cfg = cfg.expect("no errors means a config");
+            cfg.warnings = warnings;
+            Ok(cfg)
         } else {
             Err(ConfigErrors(errors))
         }
@@ -871,8 +916,11 @@ fn build(
         (None, Some(_)) => read_token_file(&s("github.token_file").unwrap_or_default(), &mut err),
         (None, None) => None,
     };
+    // One rule for every source (env, file, TOML): surrounding whitespace, such as the
+    // newline an editor or `echo` leaves, is not part of a token.
+    let token = token.map(|t| Secret(t.0.trim().to_string()));
     if let Some(t) = &token {
-        if t.0.trim().is_empty() {
+        if t.0.is_empty() {
             err("github.token", "is empty".into());
         } else if t.0.chars().any(|c| c.is_whitespace() || c.is_control()) {
             err(
@@ -1023,6 +1071,19 @@ fn build(
             );
         }
     }
+    if d("clock.warn_offset") > d("clock.fault_offset") {
+        err(
+            "clock.warn_offset",
+            format!(
+                "{} is larger than clock.fault_offset ({}): a warning must come before the fault",
+                humantime::format_duration(d("clock.warn_offset")),
+                humantime::format_duration(d("clock.fault_offset"))
+            ),
+        );
+    }
+    if let Err(m) = check_log_level(&s("log.level").unwrap_or_default()) {
+        err("log.level", m);
+    }
     let state_dir = PathBuf::from(s("state.dir").unwrap_or_default());
     if state_dir.as_os_str().is_empty() {
         err("state.dir", "must not be empty".into());
@@ -1147,25 +1208,86 @@ fn build(
         },
         entries,
         file,
+        warnings: vec![],
     })
 }
 
+/// The largest configuration file read.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+/// The largest token file read (a token is at most a few hundred bytes).
+const MAX_TOKEN_FILE: u64 = 64 << 10;
+
+/// Read at most `limit` bytes of `path` as UTF-8: a device such as /dev/zero, or a file
+/// far too large, is an error rather than a hang.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut buf = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if buf.len() as u64 > limit {
+        return Err(format!(
+            "it is larger than {} KiB: not a file this setting can hold",
+            limit >> 10
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| "it is not UTF-8 text".to_string())
+}
+
 fn read_token_file(path: &str, err: &mut impl FnMut(&str, String)) -> Option<Secret> {
-    match std::fs::read_to_string(path) {
-        Ok(mut t) => {
-            if t.ends_with('\n') {
-                t.pop();
-                if t.ends_with('\r') {
-                    t.pop();
-                }
-            }
-            Some(Secret(t))
-        }
+    match read_bounded(Path::new(path), MAX_TOKEN_FILE) {
+        Ok(t) => Some(Secret(t)),
         Err(e) => {
-            err("github.token_file", format!("cannot read {path}: {e}"));
+            err("github.token_file", format!("{path}: {e}"));
             None
         }
     }
+}
+
+/// A tracing filter made of levels and `target=level` directives. A bare word that is not
+/// a level would be taken for a target and silence everything else, so it is refused.
+pub fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("is empty; use info, debug, or target=level directives".into());
+    }
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?} is not a level ({}) or a target=level directive",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The known name closest to `name`, if it is close enough to be a typo.
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    known
+        .into_iter()
+        .map(|k| (edit_distance(&name, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d > 0 && *d <= (k.len() / 4).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// `https://api.github.com` → `https://github.com`; `https://h/api/v3` → `https://h`.

@@ -242,6 +242,39 @@ fn bad_input_exits_64_and_names_the_key() {
             set("SUPERVISOR_RUNNER_PASS_ENV", "GITHUB_PAT".into()),
             vec!["runner.pass_env", "jobs would see it"],
         ),
+        (
+            "a log level that would silence everything",
+            set("SUPERVISOR_LOG_LEVEL", "verbose".into()),
+            vec!["log.level", "\"verbose\" is not a level"],
+        ),
+        (
+            "a configuration file that never ends",
+            set("SUPERVISOR_CONFIG", "/dev/zero".into()),
+            vec!["config file", "/dev/zero", "larger than"],
+        ),
+        (
+            "a token file that never ends",
+            Box::new(|e: &mut BTreeMap<String, String>, _: &std::path::Path| {
+                e.remove("GITHUB_PAT");
+                e.insert("SUPERVISOR_GITHUB_TOKEN_FILE".into(), "/dev/zero".into());
+            }),
+            vec!["github.token_file", "/dev/zero", "larger than"],
+        ),
+        (
+            "a warning beyond the fault",
+            set("SUPERVISOR_CLOCK_WARN_OFFSET", "10m".into()),
+            vec!["clock.warn_offset", "larger than clock.fault_offset"],
+        ),
+        (
+            "a misspelt variable gets a suggestion",
+            set("SUPERVISOR_RUNNER_DRAIN_TIMOUT", "1m".into()),
+            vec!["did you mean SUPERVISOR_RUNNER_DRAIN_TIMEOUT?"],
+        ),
+        (
+            "a misspelt key in the file gets a suggestion",
+            toml("[runner]\nslot = 2\n"),
+            vec!["runner.slot", "did you mean slots?"],
+        ),
     ];
     for (what, edit, wants) in cases {
         let mut env = base(&sb);
@@ -286,4 +319,56 @@ fn usage_errors_exit_64() {
     let (code, _, err) = run(&["run", "--set", "novalue"], &BTreeMap::new());
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("SECTION.KEY=VALUE"));
+}
+
+/// Two environment names for one key with different values: accepted with a warning
+/// naming both (the generic name wins), not silently.
+#[test]
+fn an_alias_conflict_is_warned_about_naming_both_variables() {
+    let sb = Sandbox::new();
+    let mut env = base(&sb);
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    env.insert("SUPERVISOR_RUNNER_SLOTS".into(), "3".into());
+    let (code, out, err) = run(&["config"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: SUPERVISOR_SLOTS=2 and SUPERVISOR_RUNNER_SLOTS=3 both set runner.slots; SUPERVISOR_RUNNER_SLOTS wins"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("runner.slots") && l.contains('3')),
+        "{out}"
+    );
+    // A secret's values are never shown, even in the warning.
+    env.insert("SUPERVISOR_GITHUB_TOKEN".into(), "ghp_othervalue456".into());
+    let (_, _, err) = run(&["config"], &env);
+    assert!(
+        err.contains("GITHUB_PAT=<redacted> and SUPERVISOR_GITHUB_TOKEN=<redacted>"),
+        "{err}"
+    );
+    assert!(!err.contains("ghp_"), "{err}");
+}
+
+/// One rule for a token's surrounding whitespace, wherever it comes from: forgiven.
+#[test]
+fn a_token_with_a_trailing_newline_is_accepted_from_the_environment_too() {
+    let sb = Sandbox::new();
+    let mut env = base(&sb);
+    env.insert("GITHUB_PAT".into(), "ghp_fromenv\n".into());
+    let cfg = runner_supervisor::config::Config::resolve(
+        &env,
+        &Default::default(),
+        runner_supervisor::config::Purpose::Run,
+    )
+    .unwrap();
+    assert_eq!(cfg.github.token.unwrap().expose(), "ghp_fromenv");
+    // Whitespace inside a token is still refused.
+    env.insert("GITHUB_PAT".into(), "ghp_a b".into());
+    let (code, _, err) = run(&["run"], &env);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("github.token") && err.contains("whitespace"),
+        "{err}"
+    );
 }

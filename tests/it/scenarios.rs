@@ -73,19 +73,13 @@ async fn scenario_07_the_watchdog_names_the_persisting_cause_clock() {
 async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unhealthy() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
-    gh.enqueue(
-        JobSpec {
-            duration_ms: 800,
-            ..Default::default()
-        },
-        1,
-    );
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_HEALTH_UNHEALTHY_AFTER".into(), "2s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "1".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
-    // Network trouble on the registration call right after the job.
+    d.wait_log(&["Listening for Jobs"], T).await;
+    // Network trouble on the registration calls from the job on (the one made in
+    // advance while it runs, and every one after it).
     gh.fault(Fault {
         body: None,
         method: None,
@@ -93,6 +87,13 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
         kind: FaultKind::Reset,
         times: 0,
     });
+    gh.enqueue(
+        JobSpec {
+            duration_ms: 800,
+            ..Default::default()
+        },
+        1,
+    );
     d.wait_log(&["job completed"], T).await;
     d.wait_lines(&["registration failed"], 2, T).await;
     let mut last = (None, String::new());
