@@ -47,7 +47,7 @@ impl Member {
             jobs: s
                 .slots
                 .iter()
-                .filter(|x| x.state == "busy")
+                .filter(|x| x.state == crate::status::SlotState::Busy)
                 .map(|x| x.since)
                 .collect(),
             live,
@@ -114,7 +114,7 @@ mod tests {
             slots: states
                 .iter()
                 .map(|(st, since)| SlotStatus {
-                    state: st.to_string(),
+                    state: serde_json::from_value(serde_json::json!(st)).unwrap(),
                     since: now - chrono::Duration::seconds(*since),
                     ..SlotStatus::default()
                 })

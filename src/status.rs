@@ -15,12 +15,64 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    /// Asking GitHub for a registration.
+    Registering,
+    /// The listener is starting (config.sh first in token mode).
+    #[default]
+    Starting,
+    /// Idle, long-polling for a job.
+    Listening,
+    /// Running a job.
+    Busy,
+    /// The job is over; the listener is exiting.
+    Finishing,
+    /// The listener is being stopped (SIGINT, grace, SIGKILL).
+    Stopping,
+    /// Waiting out a failure back-off.
+    Backoff,
+    /// Paused for a reason the operator must fix (a deprecated runner).
+    Paused,
+    /// Waiting out an open circuit breaker.
+    BreakerOpen,
+    /// Registrations paused until the clock is fixed.
+    ClockFault,
+    /// The slot has ended (the supervisor stops).
+    Stopped,
+}
+
+impl SlotState {
+    /// The word in `status.json` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Registering => "registering",
+            SlotState::Starting => "starting",
+            SlotState::Listening => "listening",
+            SlotState::Busy => "busy",
+            SlotState::Finishing => "finishing",
+            SlotState::Stopping => "stopping",
+            SlotState::Backoff => "backoff",
+            SlotState::Paused => "paused",
+            SlotState::BreakerOpen => "breaker-open",
+            SlotState::ClockFault => "clock-fault",
+            SlotState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One slot's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SlotStatus {
-    /// registering, starting, listening, busy, finishing, stopping, backoff, paused,
-    /// breaker-open, clock-fault, stopped.
-    pub state: String,
+    pub state: SlotState,
     pub runner: Option<String>,
     pub job: Option<String>,
     pub since: DateTime<Utc>,
@@ -38,7 +90,7 @@ pub struct SlotStatus {
 impl Default for SlotStatus {
     fn default() -> Self {
         SlotStatus {
-            state: "starting".into(),
+            state: SlotState::Starting,
             runner: None,
             job: None,
             since: Utc::now(),
@@ -157,7 +209,7 @@ impl Board {
     pub fn earliest_job(&self) -> Option<DateTime<Utc>> {
         self.slots()
             .iter()
-            .filter(|s| s.state == "busy")
+            .filter(|s| s.state == SlotState::Busy)
             .map(|s| s.since)
             .min()
     }
@@ -176,10 +228,10 @@ impl Board {
     }
 
     /// Set slot `i`'s state word.
-    pub fn set_state(&self, i: usize, state: &str) {
+    pub fn set_state(&self, i: usize, state: SlotState) {
         self.update(i, |s| {
             if s.state != state {
-                s.state = state.to_string();
+                s.state = state;
                 s.since = Utc::now();
             }
         });
@@ -315,14 +367,14 @@ pub fn evaluate(
     let mut reasons = vec![];
     for (i, s) in slots.iter().enumerate() {
         let why = s.error.as_deref().unwrap_or("unknown");
-        match s.state.as_str() {
-            "busy" => continue,
-            "paused" => {
+        match s.state {
+            SlotState::Busy => continue,
+            SlotState::Paused => {
                 health = health.max(Health::Unhealthy);
                 reasons.push(format!("slot {i} paused: {why}"));
                 continue;
             }
-            "breaker-open" | "clock-fault" => {
+            SlotState::BreakerOpen | SlotState::ClockFault => {
                 health = health.max(Health::Degraded);
                 reasons.push(format!("slot {i} {}: {why}", s.state));
                 continue;
@@ -331,7 +383,7 @@ pub fn evaluate(
         }
         if let Some(since) = s.failing_since {
             // Listening again after failures: recovering (or crash-looping), not down.
-            let long = s.state != "listening"
+            let long = s.state != SlotState::Listening
                 && (now - since).to_std().unwrap_or_default() >= unhealthy_after;
             health = health.max(if long {
                 Health::Unhealthy
@@ -364,8 +416,8 @@ mod tests {
     fn health_rules() {
         let now = Utc::now();
         let after = Duration::from_secs(180);
-        let failing = |secs: i64, state: &str| SlotStatus {
-            state: state.into(),
+        let failing = |secs: i64, state: SlotState| SlotStatus {
+            state,
             failures: 3,
             failing_since: Some(now - chrono::Duration::seconds(secs)),
             error: Some("transient failure".into()),
@@ -373,17 +425,20 @@ mod tests {
         };
         assert_eq!(evaluate(&[SlotStatus::default()], now, after).0, Health::Ok);
         assert_eq!(
-            evaluate(&[failing(10, "backoff")], now, after).0,
+            evaluate(&[failing(10, SlotState::Backoff)], now, after).0,
             Health::Degraded
         );
         assert_eq!(
-            evaluate(&[failing(181, "backoff")], now, after).0,
+            evaluate(&[failing(181, SlotState::Backoff)], now, after).0,
             Health::Unhealthy
         );
         // A running job is never made unhealthy by API trouble.
-        assert_eq!(evaluate(&[failing(1000, "busy")], now, after).0, Health::Ok);
+        assert_eq!(
+            evaluate(&[failing(1000, SlotState::Busy)], now, after).0,
+            Health::Ok
+        );
         let open = SlotStatus {
-            state: "breaker-open".into(),
+            state: SlotState::BreakerOpen,
             error: Some("6 fires (clock:6)".into()),
             ..SlotStatus::default()
         };
@@ -391,7 +446,7 @@ mod tests {
         assert_eq!(h, Health::Degraded);
         assert!(r[0].contains("clock:6"), "{r:?}");
         let paused = SlotStatus {
-            state: "paused".into(),
+            state: SlotState::Paused,
             ..SlotStatus::default()
         };
         assert_eq!(evaluate(&[paused], now, after).0, Health::Unhealthy);

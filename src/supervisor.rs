@@ -303,7 +303,7 @@ async fn run_offline_check(
             .slots()
             .into_iter()
             .enumerate()
-            .filter(|(_, s)| s.state == "listening")
+            .filter(|(_, s)| s.state == crate::status::SlotState::Listening)
             .filter_map(|(i, s)| s.runner.map(|r| (i, r)))
             .collect();
         if listening.is_empty() {

@@ -16,6 +16,7 @@ use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{Ended, Seen};
 use crate::runner::process::{Listener, Output};
 use crate::shutdown::Mode;
+use crate::status::SlotState;
 use crate::watchdog::{attribute, looks_like_network, Cause, Watchdog};
 
 use super::registration::{register, RegSecret, Registration};
@@ -188,7 +189,7 @@ pub(super) async fn watch_listener(
                         if let RunnerEvent::JobStarted { name } = ev {
                             busy = true;
                             board.update(slot, |s| s.job = Some(name));
-                            board.set_state(slot, "busy");
+                            board.set_state(slot, SlotState::Busy);
                         }
                     }
                     Output::Exited(ended) => {
@@ -217,7 +218,7 @@ pub(super) async fn watch_listener(
                     wd.on_event(&ev, Instant::now());
                     match ev {
                         RunnerEvent::Listening => {
-                            board.set_state(slot, "listening");
+                            board.set_state(slot, SlotState::Listening);
                             // A crash loop listens too: the failures end only once it
                             // has listened for `stable_after`.
                             if *failures > 0 {
@@ -227,7 +228,7 @@ pub(super) async fn watch_listener(
                         RunnerEvent::JobStarted { name } => {
                             busy = true;
                             board.update(slot, |s| s.job = Some(name));
-                            board.set_state(slot, "busy");
+                            board.set_state(slot, SlotState::Busy);
                             if prep.is_none() && *mode.borrow() == Mode::Run {
                                 let sh2 = sh.clone();
                                 *prep = Some(tokio::spawn(async move { register(&sh2, slot).await }));
@@ -237,7 +238,7 @@ pub(super) async fn watch_listener(
                             busy = false;
                             board.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(slot, runner = %l.name(), job = %name, result = %result, "job completed");
-                            board.set_state(slot, "finishing");
+                            board.set_state(slot, SlotState::Finishing);
                         }
                         RunnerEvent::SessionConflict if !busy => break Some(StopCause::SessionConflict),
                         RunnerEvent::Fatal { message } => fatal = Some(message),
@@ -292,7 +293,7 @@ pub(super) async fn watch_listener(
             }
         }
     };
-    board.set_state(slot, "stopping");
+    board.set_state(slot, SlotState::Stopping);
     let ended = stop(&mut l, cfg.stop_grace, mode, &mut seen).await;
     Watched {
         ended,

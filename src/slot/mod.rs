@@ -29,7 +29,7 @@ use crate::host::Host;
 use crate::runner::exit::{classify, ExitReason};
 use crate::runner::process::ENV_ALLOWLIST;
 use crate::shutdown::Mode;
-use crate::status::Board;
+use crate::status::{Board, SlotState};
 use crate::watchdog::{self, attribute, looks_like_network, Breaker, Cause, Verdict};
 
 pub use deletions::Deletions;
@@ -268,7 +268,7 @@ pub async fn run(
         // 0. Gates: an open breaker, a clock fault.
         if let Some((wait, why)) = sh.breaker_open(slot) {
             board.update(slot, |s| s.error = Some(why.clone()));
-            board.set_state(slot, "breaker-open");
+            board.set_state(slot, SlotState::BreakerOpen);
             if sleep_or_stop(wait, &mut mode).await {
                 break;
             }
@@ -284,7 +284,7 @@ pub async fn run(
                 .unwrap_or_else(|| "clock fault".into());
             tracing::warn!(slot, reason = %why, "clock fault: registrations paused until the clock is fixed");
             board.update(slot, |s| s.error = Some(format!("clock fault: {why}")));
-            board.set_state(slot, "clock-fault");
+            board.set_state(slot, SlotState::ClockFault);
             let mut clock = sh.hoststate.clock.subscribe();
             tokio::select! {
                 _ = clock.wait_for(|c| !c.fault) => {}
@@ -306,7 +306,7 @@ pub async fn run(
         let mut reg = match ready {
             Some(r) => r,
             None => {
-                board.set_state(slot, "registering");
+                board.set_state(slot, SlotState::Registering);
                 let r = tokio::select! {
                     r = register(&sh, slot) => r,
                     _ = mode.wait_for(|m| *m != Mode::Run) => break,
@@ -323,7 +323,7 @@ pub async fn run(
                         }
                         failures += 1;
                         let wait = registration_wait(&e, failures);
-                        note_failure(board, slot, "backoff", &e.to_string(), failures);
+                        note_failure(board, slot, SlotState::Backoff, &e.to_string(), failures);
                         tracing::warn!(slot, error = %e, wait_s = wait.as_secs(), "registration failed; backing off");
                         // A refused token is retried early once the token watch sees it work.
                         let recovered = sh.hoststate.token_recovered.notified();
@@ -346,13 +346,13 @@ pub async fn run(
             s.runner = Some(reg.name.clone());
             s.job = None;
         });
-        board.set_state(slot, "starting");
+        board.set_state(slot, SlotState::Starting);
         let listener = match start(&sh, &root, &mut reg, &mut mode).await {
             Ok(l) => l,
             Err(msg) => {
                 deregister_reg(&sh, &reg).await;
                 failures += 1;
-                note_failure(board, slot, "backoff", &msg, failures);
+                note_failure(board, slot, SlotState::Backoff, &msg, failures);
                 let wait = failure_backoff(failures);
                 tracing::error!(slot, runner = %reg.name, error = %msg, wait_s = wait.as_secs(), "cannot start the runner; backing off");
                 if sleep_or_stop(wait, &mut mode).await {
@@ -457,7 +457,7 @@ pub async fn run(
             ExitReason::VersionDeprecated => {
                 let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
                 tracing::error!(slot, "{msg}");
-                note_failure(board, slot, "paused", &msg, failures + 1);
+                note_failure(board, slot, SlotState::Paused, &msg, failures + 1);
                 failures += 1;
                 Some(DEPRECATED_PAUSE)
             }
@@ -466,7 +466,7 @@ pub async fn run(
                 note_failure(
                     board,
                     slot,
-                    "backoff",
+                    SlotState::Backoff,
                     &format!("listener exited: {}", other.as_str()),
                     failures,
                 );
@@ -477,8 +477,12 @@ pub async fn run(
         };
         if let Some(d) = wait {
             if !d.is_zero() {
-                if board.slots().get(slot).is_some_and(|s| s.state != "paused") {
-                    board.set_state(slot, "backoff");
+                if board
+                    .slots()
+                    .get(slot)
+                    .is_some_and(|s| s.state != SlotState::Paused)
+                {
+                    board.set_state(slot, SlotState::Backoff);
                 }
                 if sleep_or_stop(d, &mut mode).await {
                     break;
@@ -496,10 +500,10 @@ pub async fn run(
         s.job = None;
         s.runner = None;
     });
-    board.set_state(slot, "stopped");
+    board.set_state(slot, SlotState::Stopped);
 }
 
-fn note_failure(board: &Board, slot: usize, state: &str, error: &str, failures: u32) {
+fn note_failure(board: &Board, slot: usize, state: SlotState, error: &str, failures: u32) {
     board.update(slot, |s| {
         s.error = Some(error.to_string());
         s.failures = failures;
