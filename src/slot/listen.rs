@@ -12,30 +12,14 @@ use tokio::time::Instant;
 
 use crate::github::{AuthToken, GithubError};
 use crate::layout;
-use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{Ended, Seen};
 use crate::runner::process::{Listener, Output};
 use crate::shutdown::Mode;
 use crate::status::SlotState;
-use crate::watchdog::{attribute, looks_like_network, Cause, Watchdog};
 
+use super::machine::{Action, HostFacts, Input, Limits, Listen, StopCause};
 use super::registration::{register, RegSecret, Registration};
 use super::{clear_failure, Shared, SlotCmd};
-
-/// Why we stopped a listener ourselves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum StopCause {
-    /// Draining or forced by signals.
-    Shutdown,
-    /// Not listening within `ready_timeout`.
-    NotReady,
-    /// It reported a session conflict: stop now instead of waiting out its 240 s.
-    SessionConflict,
-    /// The watchdog fired, with the root cause and what it saw.
-    Watchdog(Cause, String),
-    /// The host resumed and this listener was idle.
-    Recycle,
-}
 
 pub(super) struct Watched {
     pub(super) ended: Ended,
@@ -150,7 +134,8 @@ pub(super) async fn wait_for_update(root: &Path, limit: Duration) {
     tracing::warn!(root = %root.display(), "no update.finished after the update wait; starting a fresh runner anyway");
 }
 
-/// Watch a listener until it exits, stopping it when the mode or its state requires.
+/// Watch a listener until it exits: feed [`Listen`] what happens, in order, and carry out
+/// what it decides; stop the listener when it says so.
 pub(super) async fn watch_listener(
     sh: &Arc<Shared>,
     slot: usize,
@@ -162,144 +147,147 @@ pub(super) async fn watch_listener(
 ) -> Watched {
     let cfg = &sh.cfg.runner;
     let wcfg = &sh.cfg.watchdog;
-    let board = &sh.board;
-    let mut seen = Seen::default();
-    let mut wd = Watchdog::new(wcfg.grace, wcfg.job_stall_timeout);
+    let limits = Limits {
+        grace: wcfg.grace,
+        job_stall_timeout: wcfg.job_stall_timeout,
+        ready_timeout: cfg.ready_timeout,
+        drain_timeout: cfg.drain_timeout,
+        stable_after: cfg.stable_after,
+    };
+    let mut m = Listen::new(
+        limits,
+        Instant::now(),
+        *failures > 0,
+        prep.is_some(),
+        *mode.borrow(),
+    );
     let mut stall = crate::netstall::StallTracker::default();
     let mut sock_tick = tokio::time::interval(wcfg.socket_check_interval);
     sock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fatal: Option<String> = None;
     let mut cmds_open = true;
-    let mut busy = false;
-    let ready_deadline = Instant::now() + cfg.ready_timeout;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut stable_at: Option<Instant> = None;
     let mut mode_open = true;
-    let cause = loop {
-        let m = *mode.borrow();
-        if m == Mode::Drain && !busy {
-            // A job may have started just now: consume what is queued before judging idle.
-            while let Some(o) = l.try_next() {
-                match o {
-                    Output::Line {
-                        event: Some(ev), ..
-                    } => {
-                        seen.record(&ev);
-                        wd.on_event(&ev, Instant::now());
-                        if let RunnerEvent::JobStarted { name } = ev {
-                            busy = true;
-                            board.update(slot, |s| s.job = Some(name));
-                            board.set_state(slot, SlotState::Busy);
-                        }
-                    }
-                    Output::Exited(ended) => {
-                        return Watched {
-                            ended,
-                            seen,
-                            cause: None,
-                            fatal,
-                        }
-                    }
-                    Output::Line { .. } => {}
-                }
+    let host = || HostFacts {
+        clock_fault: sh.hoststate.clock_fault(),
+        token_invalid: sh.hoststate.token_invalid(),
+    };
+    // A mode already past Run (a signal before the spawn) counts at once.
+    let mut pending: Vec<Input> = vec![Input::Mode(*mode.borrow())];
+    loop {
+        for input in pending.drain(..) {
+            for a in m.step(input, Instant::now(), host()) {
+                act(sh, slot, &l, a, mode, prep, failures);
             }
         }
-        if m >= Mode::Force || (m == Mode::Drain && !busy) {
-            break Some(StopCause::Shutdown);
+        if m.stop_cause().is_some() {
+            break;
         }
-        if m == Mode::Drain && drain_deadline.is_none() {
-            tracing::info!(slot, runner = %l.name(), drain_s = cfg.drain_timeout.as_secs(), "draining: letting the running job finish");
-            drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-        }
+        let deadline = m.deadline();
         tokio::select! {
             o = l.next() => match o {
-                Some(Output::Line { event: Some(ev), .. }) => {
-                    seen.record(&ev);
-                    wd.on_event(&ev, Instant::now());
-                    match ev {
-                        RunnerEvent::Listening => {
-                            board.set_state(slot, SlotState::Listening);
-                            // A crash loop listens too: the failures end only once it
-                            // has listened for `stable_after`.
-                            if *failures > 0 {
-                                stable_at = Some(Instant::now() + cfg.stable_after);
-                            }
-                        }
-                        RunnerEvent::JobStarted { name } => {
-                            busy = true;
-                            board.update(slot, |s| s.job = Some(name));
-                            board.set_state(slot, SlotState::Busy);
-                            if prep.is_none() && *mode.borrow() == Mode::Run {
-                                let sh2 = sh.clone();
-                                *prep = Some(tokio::spawn(async move { register(&sh2, slot).await }));
-                            }
-                        }
-                        RunnerEvent::JobCompleted { name, result } => {
-                            busy = false;
-                            board.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(slot, runner = %l.name(), job = %name, result = %result, "job completed");
-                            board.set_state(slot, SlotState::Finishing);
-                        }
-                        RunnerEvent::SessionConflict if !busy => break Some(StopCause::SessionConflict),
-                        RunnerEvent::Fatal { message } => fatal = Some(message),
-                        RunnerEvent::Version(v) => board.set_fact("runner_version", v),
-                        _ => {}
-                    }
-                }
+                Some(Output::Line { event: Some(ev), .. }) => pending.push(Input::Event(ev)),
                 Some(Output::Line { .. }) => {}
-                Some(Output::Exited(ended)) => return Watched { ended, seen, cause: None, fatal },
-                None => return Watched { ended: Ended::Code(-1), seen, cause: None, fatal },
+                Some(Output::Exited(ended)) => {
+                    return Watched { ended, seen: m.seen, cause: None, fatal: m.fatal }
+                }
+                None => {
+                    return Watched { ended: Ended::Code(-1), seen: m.seen, cause: None, fatal: m.fatal }
+                }
             },
-            _ = async { tokio::time::sleep_until(wd.deadline().expect("guarded")).await }, if wd.deadline().is_some() => {
-                let msg = wd.error().unwrap_or_default().to_string();
-                let cause = attribute(sh.hoststate.context(looks_like_network(&msg)));
-                let limit = if busy { wcfg.job_stall_timeout } else { wcfg.grace };
-                break Some(StopCause::Watchdog(cause, format!("no recovery {}s after \"Runner connect error: {msg}\"", limit.as_secs())));
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                pending.push(Input::Tick);
             }
             _ = sock_tick.tick() => {
                 if let Some(d) = stall.update(&crate::netstall::sockets(l.pid()), Instant::now(), wcfg.socket_stall) {
-                    let cause = attribute(sh.hoststate.context(true));
-                    break Some(StopCause::Watchdog(cause, format!("a listener connection has had retransmissions outstanding for {}s (blackholed)", d.as_secs())));
+                    pending.push(Input::SocketStalled(d));
                 }
             }
             c = cmds.recv(), if cmds_open => match c {
-                Some(SlotCmd::Recycle) if !busy => {
-                    tracing::info!(slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)");
-                    break Some(StopCause::Recycle);
-                }
-                Some(SlotCmd::Recycle) => tracing::info!(slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch"),
-                Some(SlotCmd::Replace(cause)) if !busy => break Some(StopCause::Watchdog(cause, "GitHub shows the listening runner offline".into())),
-                Some(SlotCmd::Replace(_)) => {}
+                Some(c) => pending.push(Input::Cmd(c)),
                 None => cmds_open = false,
             },
             r = mode.changed(), if mode_open => {
                 if r.is_err() {
                     mode_open = false;
+                } else {
+                    // Lines already printed (a job that started just now) come first, and
+                    // go through the same step as any other.
+                    while let Some(o) = l.try_next() {
+                        match o {
+                            Output::Line { event: Some(ev), .. } => pending.push(Input::Event(ev)),
+                            Output::Line { .. } => {}
+                            Output::Exited(ended) => {
+                                for input in pending.drain(..) {
+                                    for a in m.step(input, Instant::now(), host()) {
+                                        act(sh, slot, &l, a, mode, prep, failures);
+                                    }
+                                }
+                                return Watched { ended, seen: m.seen, cause: None, fatal: m.fatal };
+                            }
+                        }
+                    }
+                    pending.push(Input::Mode(*mode.borrow()));
                 }
             }
-            _ = tokio::time::sleep_until(ready_deadline), if !seen.listening => {
-                tracing::warn!(slot, runner = %l.name(), timeout_s = cfg.ready_timeout.as_secs(), "listener not listening in time; replacing it");
-                break Some(StopCause::NotReady);
-            }
-            _ = async { tokio::time::sleep_until(stable_at.expect("guarded")).await }, if stable_at.is_some() => {
-                stable_at = None;
-                tracing::info!(slot, runner = %l.name(), failures = *failures, stable_s = cfg.stable_after.as_secs(), "listener stable: the run of failures is over");
-                *failures = 0;
-                clear_failure(board, slot);
-            }
-            _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if drain_deadline.is_some() => {
-                tracing::warn!(slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)");
-                break Some(StopCause::Shutdown);
-            }
         }
-    };
-    board.set_state(slot, SlotState::Stopping);
+    }
+    let cause = m.stop_cause().cloned();
+    sh.board.set_state(slot, SlotState::Stopping);
+    let mut seen = m.seen.clone();
     let ended = stop(&mut l, cfg.stop_grace, mode, &mut seen).await;
     Watched {
         ended,
         seen,
         cause,
-        fatal,
+        fatal: m.fatal,
+    }
+}
+
+/// Carry out one action of the machine.
+fn act(
+    sh: &Arc<Shared>,
+    slot: usize,
+    l: &Listener,
+    a: Action,
+    mode: &watch::Receiver<Mode>,
+    prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
+    failures: &mut u32,
+) {
+    let board = &sh.board;
+    match a {
+        Action::Show(state) => board.set_state(slot, state),
+        Action::JobStarted(name) => board.update(slot, |s| s.job = Some(name)),
+        Action::JobCompleted { name, result } => {
+            board.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(slot, runner = %l.name(), job = %name, result = %result, "job completed");
+        }
+        Action::PrepareNext => {
+            if prep.is_none() && *mode.borrow() == Mode::Run {
+                let sh2 = sh.clone();
+                *prep = Some(tokio::spawn(async move { register(&sh2, slot).await }));
+            }
+        }
+        Action::EndFailures => {
+            tracing::info!(slot, runner = %l.name(), failures = *failures, stable_s = sh.cfg.runner.stable_after.as_secs(), "listener stable: the run of failures is over");
+            *failures = 0;
+            clear_failure(board, slot);
+        }
+        Action::RunnerVersion(v) => board.set_fact("runner_version", v),
+        Action::DrainWaiting => {
+            tracing::info!(slot, runner = %l.name(), drain_s = sh.cfg.runner.drain_timeout.as_secs(), "draining: letting the running job finish")
+        }
+        Action::RecycleIdle => {
+            tracing::info!(slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)")
+        }
+        Action::KeepBusyOnResume => {
+            tracing::info!(slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch")
+        }
+        Action::Stop(StopCause::NotReady) => {
+            tracing::warn!(slot, runner = %l.name(), timeout_s = sh.cfg.runner.ready_timeout.as_secs(), "listener not listening in time; replacing it")
+        }
+        Action::DrainTimedOut => {
+            tracing::warn!(slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)")
+        }
+        Action::Stop(_) => {}
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod deletions;
 mod listen;
+pub mod machine;
 mod registration;
 
 use std::path::PathBuf;
@@ -24,42 +25,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, RegistrationMode};
-use crate::github::{backoff, GithubClient, GithubError};
+use crate::github::{GithubClient, GithubError};
 use crate::host::Host;
-use crate::runner::exit::{classify, ExitReason};
 use crate::runner::process::ENV_ALLOWLIST;
 use crate::shutdown::Mode;
 use crate::status::{Board, SlotState};
-use crate::watchdog::{self, attribute, looks_like_network, Breaker, Cause, Verdict};
+use crate::watchdog::{self, looks_like_network, Breaker, Cause, Verdict};
 
 pub use deletions::Deletions;
-use listen::{start, wait_for_update, watch_listener, StopCause};
+use listen::{start, wait_for_update, watch_listener};
+use machine::{failure_backoff, registration_wait, Next, StopCause};
 use registration::deregister_reg;
 pub use registration::{deregister, register, RegSecret, Registration};
 
 /// A pre-made registration older than this is discarded rather than used.
 pub(super) const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
-/// How a slot retries after an auth or permission failure: at most one call per 5
-/// minutes per runner while the token is bad (ghostrunner called every 10 s, W17).
-const AUTH_RETRY: Duration = Duration::from_secs(300);
-/// How long a version-deprecated slot waits before trying again.
-const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);
-/// The crash-loop back-off: the first wait, and the longest.
-const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(2);
-const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(300);
-
-/// The one back-off policy of a failing slot, after its `failures`-th consecutive failure
-/// (1-based): jittered, doubling from [`FAILURE_BACKOFF_BASE`] up to
-/// [`FAILURE_BACKOFF_CAP`]. The count resets only when a job completes or a listener has
-/// listened for `[runner] stable_after`, so a listener that crashes right after
-/// "Listening for Jobs" is backed off like any crash loop.
-pub fn failure_backoff(failures: u32) -> Duration {
-    backoff(
-        FAILURE_BACKOFF_BASE,
-        FAILURE_BACKOFF_CAP,
-        failures.saturating_sub(1),
-    )
-}
 
 /// What every slot shares.
 pub struct Shared {
@@ -235,19 +215,6 @@ fn stopping(mode: &watch::Receiver<Mode>) -> bool {
     *mode.borrow() != Mode::Run
 }
 
-/// How long to wait after a failed registration (the `failures`-th failure, 1-based).
-fn registration_wait(e: &GithubError, failures: u32) -> Duration {
-    let b = failure_backoff(failures);
-    match e {
-        GithubError::RateLimited { retry_after, .. } => (*retry_after).max(b),
-        GithubError::Unauthorized { .. }
-        | GithubError::Forbidden { .. }
-        | GithubError::NotFound { .. }
-        | GithubError::Validation { .. } => AUTH_RETRY,
-        _ => b,
-    }
-}
-
 /// Run slot `slot` until the supervisor stops.
 pub async fn run(
     sh: Arc<Shared>,
@@ -381,97 +348,68 @@ pub async fn run(
             last_fatal = Some(f.clone());
         }
 
-        // 4. Act on its exit.
-        let reason = match w.cause {
-            Some(StopCause::SessionConflict) => ExitReason::SessionConflict,
-            Some(StopCause::NotReady) => ExitReason::Unknown,
-            Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
-            Some(StopCause::Recycle) => ExitReason::Recycled,
-            _ => classify(w.ended, &w.seen, w.cause.is_some()),
-        };
-        if let Some(StopCause::Watchdog(cause, detail)) = &w.cause {
+        // 4. Act on its exit: the machine plans, the slot carries it out.
+        let reason = machine::reason(w.cause.as_ref(), w.ended, &w.seen);
+        let plan = machine::after_exit(&machine::Exit {
+            reason,
+            watchdog: match &w.cause {
+                Some(StopCause::Watchdog(c, d)) => Some((*c, d.clone())),
+                _ => None,
+            },
+            fixed_name: matches!(reg.secret, RegSecret::Token(_)),
+            failures,
+            retryable_streak,
+            retryable_exits: sh.cfg.watchdog.retryable_exits,
+            network_evidence: last_fatal.as_deref().is_some_and(looks_like_network),
+            session_conflict_wait: sh.cfg.runner.session_conflict_wait,
+            host: machine::HostFacts {
+                clock_fault: sh.hoststate.clock_fault(),
+                token_invalid: sh.hoststate.token_invalid(),
+            },
+        });
+        for (cause, detail) in &plan.fires {
             sh.fire(slot, *cause, detail);
         }
-        if reason == ExitReason::ClockSkew {
+        if plan.clock_fault {
             sh.hoststate
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
         }
-        // A listener that keeps exiting with code 2 is stuck too.
-        if reason == ExitReason::Retryable {
-            retryable_streak += 1;
-            if retryable_streak >= sh.cfg.watchdog.retryable_exits {
-                retryable_streak = 0;
-                let net = last_fatal.as_deref().is_some_and(looks_like_network);
-                let cause = attribute(sh.hoststate.context(net));
-                sh.fire(
-                    slot,
-                    cause,
-                    &format!(
-                        "{} consecutive retryable exits (code 2)",
-                        sh.cfg.watchdog.retryable_exits
-                    ),
-                );
-            }
-        } else if reason != ExitReason::Stopped {
-            retryable_streak = 0;
-        }
+        retryable_streak = plan.retryable_streak;
         board.stats.exit(reason.as_str());
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
             s.job = None;
         });
         tracing::info!(slot, runner = %reg.name, ended = ?w.ended, reason = reason.as_str(), "listener exited");
-        if reason != ExitReason::JobDone {
+        if plan.deregister {
             // The service removes an ephemeral runner after its job; anything else is ours to delete.
             deregister_reg(&sh, &reg).await;
         }
-        let wait = match reason {
-            ExitReason::JobDone
-            | ExitReason::Stopped
-            | ExitReason::RegistrationDeleted
-            | ExitReason::Watchdog
-            | ExitReason::Recycled => {
-                failures = 0;
-                clear_failure(board, slot);
-                None
-            }
-            ExitReason::SessionConflict => {
-                // A fresh JIT name has no session to conflict with; a fixed name must let
-                // the old session expire first.
-                if matches!(reg.secret, RegSecret::Token(_)) {
-                    // The fixed name's session may be held by a stray listener of this root.
-                    crate::procs::stop_strays(
-                        std::slice::from_ref(&root),
-                        sh.cfg.runner.stop_grace,
-                    )
+        failures = plan.failures;
+        if failures == 0 {
+            clear_failure(board, slot);
+        }
+        let wait = match plan.next {
+            Next::Now => None,
+            Next::StopStraysThenWait(d) => {
+                // The fixed name's session may be held by a stray listener of this root.
+                crate::procs::stop_strays(std::slice::from_ref(&root), sh.cfg.runner.stop_grace)
                     .await;
-                    Some(sh.cfg.runner.session_conflict_wait)
-                } else {
-                    None
-                }
+                Some(d)
             }
-            ExitReason::Updating => {
+            Next::AwaitUpdate => {
                 wait_for_update(&root, sh.cfg.runner.update_wait).await;
                 None
             }
-            ExitReason::VersionDeprecated => {
+            Next::Pause { wait } => {
                 let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
                 tracing::error!(slot, "{msg}");
-                note_failure(board, slot, SlotState::Paused, &msg, failures + 1);
-                failures += 1;
-                Some(DEPRECATED_PAUSE)
+                note_failure(board, slot, SlotState::Paused, &msg, failures);
+                Some(wait)
             }
-            other => {
-                failures += 1;
-                note_failure(
-                    board,
-                    slot,
-                    SlotState::Backoff,
-                    &format!("listener exited: {}", other.as_str()),
-                    failures,
-                );
-                let wait = failure_backoff(failures);
-                tracing::warn!(slot, runner = %reg.name, reason = other.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
+            Next::Backoff { wait, error } => {
+                note_failure(board, slot, SlotState::Backoff, &error, failures);
+                tracing::warn!(slot, runner = %reg.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
                 Some(wait)
             }
         };

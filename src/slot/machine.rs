@@ -1,0 +1,825 @@
+//! The slot's policy, pure: what to do with each thing a listener says or that happens to
+//! it while it runs ([`Listen`]), what its exit means and what comes after it
+//! ([`after_exit`], the table of ARCHITECTURE.md "The slot loop"), and how long a failing
+//! slot waits ([`failure_backoff`], [`registration_wait`]).
+//!
+//! It must not: do IO, read a clock, or look at anything but its inputs. The async slot
+//! (`slot/mod.rs`, `slot/listen.rs`) feeds it inputs with the current time and carries
+//! out the actions it returns.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::github::{backoff, GithubError};
+use crate::runner::events::RunnerEvent;
+use crate::runner::exit::{classify, Ended, ExitReason, Seen};
+use crate::shutdown::Mode;
+use crate::status::SlotState;
+use crate::watchdog::{attribute, looks_like_network, Cause, Context, Watchdog};
+
+use super::SlotCmd;
+
+/// The crash-loop back-off: the first wait, and the longest.
+pub const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(2);
+pub const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How a slot retries after an auth or permission failure: at most one call per 5
+/// minutes per runner while the token is bad (ghostrunner called every 10 s, W17).
+pub const AUTH_RETRY: Duration = Duration::from_secs(300);
+/// How long a version-deprecated slot waits before trying again.
+pub const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);
+
+/// The one back-off policy of a failing slot, after its `failures`-th consecutive failure
+/// (1-based): jittered, doubling from [`FAILURE_BACKOFF_BASE`] up to
+/// [`FAILURE_BACKOFF_CAP`]. The count resets only when a job completes or a listener has
+/// listened for `[runner] stable_after`, so a listener that crashes right after
+/// "Listening for Jobs" is backed off like any crash loop.
+pub fn failure_backoff(failures: u32) -> Duration {
+    backoff(
+        FAILURE_BACKOFF_BASE,
+        FAILURE_BACKOFF_CAP,
+        failures.saturating_sub(1),
+    )
+}
+
+/// How long to wait after a failed registration (the `failures`-th failure, 1-based): the
+/// failure back-off, at least what a rate limit asks, and [`AUTH_RETRY`] when GitHub
+/// refuses the token or the permission.
+pub fn registration_wait(e: &GithubError, failures: u32) -> Duration {
+    let b = failure_backoff(failures);
+    match e {
+        GithubError::RateLimited { retry_after, .. } => (*retry_after).max(b),
+        GithubError::Unauthorized { .. }
+        | GithubError::Forbidden { .. }
+        | GithubError::NotFound { .. }
+        | GithubError::Validation { .. } => AUTH_RETRY,
+        _ => b,
+    }
+}
+
+/// Why we stopped a listener ourselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopCause {
+    /// Draining or forced by signals.
+    Shutdown,
+    /// Not listening within `ready_timeout`.
+    NotReady,
+    /// It reported a session conflict: stop now instead of waiting out its 240 s.
+    SessionConflict,
+    /// The watchdog fired, with the root cause and what it saw.
+    Watchdog(Cause, String),
+    /// The host resumed and this listener was idle.
+    Recycle,
+}
+
+/// The limits a listener is watched with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub grace: Duration,
+    pub job_stall_timeout: Duration,
+    pub ready_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub stable_after: Duration,
+}
+
+/// What the host knows that the machine cannot see: for attributing a watchdog fire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub clock_fault: bool,
+    pub token_invalid: bool,
+}
+
+impl HostFacts {
+    fn cause(self, network_evidence: bool) -> Cause {
+        attribute(Context {
+            clock_fault: self.clock_fault,
+            token_invalid: self.token_invalid,
+            network_evidence,
+        })
+    }
+}
+
+/// Something that happened to a running listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A line it printed that means something.
+    Event(RunnerEvent),
+    /// The supervisor's mode changed (drain, force, kill).
+    Mode(Mode),
+    /// A slot command (resume recycle, offline replacement).
+    Cmd(SlotCmd),
+    /// One of its connections has had retransmissions outstanding this long.
+    SocketStalled(Duration),
+    /// Time passed: a deadline may be due.
+    Tick,
+}
+
+/// What the slot must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Show this state.
+    Show(SlotState),
+    /// A job started: show its name.
+    JobStarted(String),
+    /// A job completed: count it.
+    JobCompleted { name: String, result: String },
+    /// Make the next registration now, while the job runs.
+    PrepareNext,
+    /// The run of failures is over (it listened for `stable_after`).
+    EndFailures,
+    /// Stop the listener (SIGINT, grace, SIGKILL): why.
+    Stop(StopCause),
+    /// The runner says its version.
+    RunnerVersion(String),
+    /// Draining: the running job may finish until the drain deadline.
+    DrainWaiting,
+    /// The host resumed: a busy listener keeps its job.
+    KeepBusyOnResume,
+    /// The host resumed: an idle listener's long-poll is dead.
+    RecycleIdle,
+    /// Draining, the job did not finish within `drain_timeout`: it is cancelled.
+    DrainTimedOut,
+}
+
+/// One listener's life as the slot sees it, from spawn to the decision to stop it (or its
+/// own exit).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    limits: Limits,
+    /// What it said, for classifying its exit.
+    pub seen: Seen,
+    /// The last `An error occurred:` message.
+    pub fatal: Option<String>,
+    wd: Watchdog,
+    busy: bool,
+    mode: Mode,
+    /// The slot's failures when it started (a crash loop listens too).
+    failing: bool,
+    prepared: bool,
+    ready_deadline: Instant,
+    drain_deadline: Option<Instant>,
+    stable_at: Option<Instant>,
+    stop: Option<StopCause>,
+}
+
+impl Listen {
+    /// A listener spawned at `now`; `failing` when the slot's last attempts failed;
+    /// `prepared` when the next registration exists already.
+    pub fn new(limits: Limits, now: Instant, failing: bool, prepared: bool, mode: Mode) -> Listen {
+        Listen {
+            limits,
+            seen: Seen::default(),
+            fatal: None,
+            wd: Watchdog::new(limits.grace, limits.job_stall_timeout),
+            busy: false,
+            mode,
+            failing,
+            prepared,
+            ready_deadline: now + limits.ready_timeout,
+            drain_deadline: None,
+            stable_at: None,
+            stop: None,
+        }
+    }
+
+    /// Whether a job runs.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// The decision to stop it, once taken.
+    pub fn stop_cause(&self) -> Option<&StopCause> {
+        self.stop.as_ref()
+    }
+
+    /// The next moment a [`Input::Tick`] matters.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.stop.is_some() {
+            return None;
+        }
+        [
+            self.wd.deadline(),
+            (!self.seen.listening).then_some(self.ready_deadline),
+            self.drain_deadline,
+            self.stable_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Feed one input at `now`.
+    pub fn step(&mut self, input: Input, now: Instant, host: HostFacts) -> Vec<Action> {
+        if self.stop.is_some() {
+            // Decided: only what it says is still recorded, for classifying its exit.
+            if let Input::Event(ev) = &input {
+                self.seen.record(ev);
+            }
+            return vec![];
+        }
+        let mut out = vec![];
+        match input {
+            Input::Event(ev) => self.event(ev, now, &mut out),
+            Input::Mode(m) => {
+                self.mode = m;
+                if m >= Mode::Force || (m == Mode::Drain && !self.busy) {
+                    return self.decide(StopCause::Shutdown, out);
+                }
+                if m == Mode::Drain && self.drain_deadline.is_none() {
+                    self.drain_deadline = Some(now + self.limits.drain_timeout);
+                    out.push(Action::DrainWaiting);
+                }
+            }
+            Input::Cmd(SlotCmd::Recycle) if self.busy => out.push(Action::KeepBusyOnResume),
+            Input::Cmd(SlotCmd::Recycle) => {
+                out.push(Action::RecycleIdle);
+                return self.decide(StopCause::Recycle, out);
+            }
+            Input::Cmd(SlotCmd::Replace(_)) if self.busy => {}
+            Input::Cmd(SlotCmd::Replace(cause)) => {
+                return self.decide(
+                    StopCause::Watchdog(cause, "GitHub shows the listening runner offline".into()),
+                    out,
+                )
+            }
+            Input::SocketStalled(d) => {
+                return self.decide(
+                    StopCause::Watchdog(
+                        host.cause(true),
+                        format!("a listener connection has had retransmissions outstanding for {}s (blackholed)", d.as_secs()),
+                    ),
+                    out,
+                )
+            }
+            Input::Tick => {}
+        }
+        self.deadlines(now, host, out)
+    }
+
+    fn event(&mut self, ev: RunnerEvent, now: Instant, out: &mut Vec<Action>) {
+        self.seen.record(&ev);
+        self.wd.on_event(&ev, now);
+        match ev {
+            RunnerEvent::Listening => {
+                out.push(Action::Show(SlotState::Listening));
+                // A crash loop listens too: the failures end only once it has listened
+                // for `stable_after`.
+                if self.failing {
+                    self.stable_at = Some(now + self.limits.stable_after);
+                }
+            }
+            RunnerEvent::JobStarted { name } => {
+                self.busy = true;
+                self.stable_at = None;
+                out.push(Action::JobStarted(name));
+                out.push(Action::Show(SlotState::Busy));
+                if !self.prepared && self.mode == Mode::Run {
+                    self.prepared = true;
+                    out.push(Action::PrepareNext);
+                }
+            }
+            RunnerEvent::JobCompleted { name, result } => {
+                self.busy = false;
+                out.push(Action::JobCompleted { name, result });
+                out.push(Action::Show(SlotState::Finishing));
+                // Draining, the job was what it waited for.
+                if self.mode == Mode::Drain {
+                    self.drain_deadline = None;
+                }
+            }
+            RunnerEvent::SessionConflict if !self.busy => {
+                self.stop = Some(StopCause::SessionConflict);
+                out.push(Action::Stop(StopCause::SessionConflict));
+            }
+            RunnerEvent::Fatal { message } => self.fatal = Some(message),
+            RunnerEvent::Version(v) => out.push(Action::RunnerVersion(v)),
+            _ => {}
+        }
+    }
+
+    fn deadlines(&mut self, now: Instant, host: HostFacts, mut out: Vec<Action>) -> Vec<Action> {
+        if self.stop.is_some() {
+            return out;
+        }
+        if self.wd.expired(now) {
+            let msg = self.wd.error().unwrap_or_default().to_string();
+            let limit = if self.busy {
+                self.limits.job_stall_timeout
+            } else {
+                self.limits.grace
+            };
+            let cause = host.cause(looks_like_network(&msg));
+            let detail = format!(
+                "no recovery {}s after \"Runner connect error: {msg}\"",
+                limit.as_secs()
+            );
+            return self.decide(StopCause::Watchdog(cause, detail), out);
+        }
+        if !self.seen.listening && now >= self.ready_deadline {
+            return self.decide(StopCause::NotReady, out);
+        }
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            out.push(Action::DrainTimedOut);
+            return self.decide(StopCause::Shutdown, out);
+        }
+        if self.stable_at.is_some_and(|d| now >= d) {
+            self.stable_at = None;
+            self.failing = false;
+            out.push(Action::EndFailures);
+        }
+        out
+    }
+
+    fn decide(&mut self, cause: StopCause, mut out: Vec<Action>) -> Vec<Action> {
+        self.stop = Some(cause.clone());
+        out.push(Action::Stop(cause));
+        out
+    }
+}
+
+/// The meaning of an exit: our own stop's cause first, else the code and what it said.
+pub fn reason(cause: Option<&StopCause>, ended: Ended, seen: &Seen) -> ExitReason {
+    match cause {
+        Some(StopCause::SessionConflict) => ExitReason::SessionConflict,
+        Some(StopCause::NotReady) => ExitReason::Unknown,
+        Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
+        Some(StopCause::Recycle) => ExitReason::Recycled,
+        Some(StopCause::Shutdown) | None => classify(ended, seen, cause.is_some()),
+    }
+}
+
+/// What the slot knows when it plans what follows an exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub reason: ExitReason,
+    /// Our watchdog stopped it: the cause and what it saw.
+    pub watchdog: Option<(Cause, String)>,
+    /// A fixed-name (registration-token) runner, whose session outlives its process.
+    pub fixed_name: bool,
+    /// Consecutive failures before this exit.
+    pub failures: u32,
+    /// Consecutive exit-2 exits before this one.
+    pub retryable_streak: u32,
+    /// That many in a row count as a watchdog fire (`[watchdog] retryable_exits`).
+    pub retryable_exits: u32,
+    /// The last `An error occurred:` message points at the network.
+    pub network_evidence: bool,
+    /// How long a fixed name's stale session needs to expire (`[runner] session_conflict_wait`).
+    pub session_conflict_wait: Duration,
+    pub host: HostFacts,
+}
+
+/// What follows an exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Register and start the next listener now.
+    Now,
+    /// Back off: show `backoff` with this error, then go on.
+    Backoff { wait: Duration, error: String },
+    /// Pause: show `paused` (the operator must act), then try again.
+    Pause { wait: Duration },
+    /// Stop strays of this root (they may hold the fixed name's session), then wait.
+    StopStraysThenWait(Duration),
+    /// Wait for the self-update's `update.finished`, then go on.
+    AwaitUpdate,
+}
+
+/// The plan after an exit: the table of ARCHITECTURE.md "The slot loop".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitPlan {
+    /// Delete the registration (GitHub removes an ephemeral runner only after its job).
+    pub deregister: bool,
+    /// Watchdog fires to record in the breaker.
+    pub fires: Vec<(Cause, String)>,
+    /// The runner reported clock skew: a host-wide clock fault.
+    pub clock_fault: bool,
+    /// The failure count after it.
+    pub failures: u32,
+    /// The run of exit-2 exits after it.
+    pub retryable_streak: u32,
+    pub next: Next,
+}
+
+/// Plan what follows an exit.
+pub fn after_exit(e: &Exit) -> ExitPlan {
+    use ExitReason as R;
+    let mut fires: Vec<(Cause, String)> = e.watchdog.iter().cloned().collect();
+    let mut streak = match e.reason {
+        R::Retryable => e.retryable_streak + 1,
+        // A stop of ours between two crashes does not end the run.
+        R::Stopped => e.retryable_streak,
+        _ => 0,
+    };
+    // A listener that keeps exiting with code 2 is stuck too.
+    if streak >= e.retryable_exits {
+        streak = 0;
+        fires.push((
+            e.host.cause(e.network_evidence),
+            format!("{} consecutive retryable exits (code 2)", e.retryable_exits),
+        ));
+    }
+    let (failures, next) = match e.reason {
+        R::JobDone | R::Stopped | R::RegistrationDeleted | R::Watchdog | R::Recycled => {
+            (0, Next::Now)
+        }
+        // A fresh JIT name has no session to conflict with; a fixed name must let the old
+        // session expire first (and it may be held by a stray listener of this root).
+        R::SessionConflict if e.fixed_name => (
+            e.failures,
+            Next::StopStraysThenWait(e.session_conflict_wait),
+        ),
+        R::SessionConflict => (e.failures, Next::Now),
+        R::Updating => (e.failures, Next::AwaitUpdate),
+        R::VersionDeprecated => (
+            e.failures + 1,
+            Next::Pause {
+                wait: DEPRECATED_PAUSE,
+            },
+        ),
+        other => {
+            let failures = e.failures + 1;
+            (
+                failures,
+                Next::Backoff {
+                    wait: failure_backoff(failures),
+                    error: format!("listener exited: {}", other.as_str()),
+                },
+            )
+        }
+    };
+    ExitPlan {
+        deregister: e.reason != R::JobDone,
+        fires,
+        clock_fault: e.reason == R::ClockSkew,
+        failures,
+        retryable_streak: streak,
+        next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn limits() -> Limits {
+        Limits {
+            grace: S(120),
+            job_stall_timeout: S(1800),
+            ready_timeout: S(300),
+            drain_timeout: S(900),
+            stable_after: S(60),
+        }
+    }
+
+    fn ev(line: &str) -> Input {
+        Input::Event(crate::runner::events::parse_line(line).expect(line))
+    }
+
+    const LISTENING: &str = "2026-12-01 10:00:00Z: Listening for Jobs";
+    const JOB: &str = "2026-12-01 10:00:00Z: Running job: build";
+    const DONE: &str = "2026-12-01 10:00:00Z: Job build completed with result: Succeeded";
+    const ERR: &str = "2026-12-01 10:00:00Z: Runner connect error: The HTTP request timed out after 00:01:00.. Retrying until reconnected.";
+    const BACK: &str = "2026-12-01 10:00:00Z: Runner reconnected.";
+
+    fn machine(failing: bool) -> (Listen, Instant) {
+        let t0 = Instant::now();
+        (Listen::new(limits(), t0, failing, false, Mode::Run), t0)
+    }
+
+    fn stops(a: &[Action]) -> Option<&StopCause> {
+        a.iter().find_map(|x| match x {
+            Action::Stop(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    const H: HostFacts = HostFacts {
+        clock_fault: false,
+        token_invalid: false,
+    };
+
+    // === the listener phase ===
+
+    #[test]
+    fn a_job_shows_busy_prepares_the_next_registration_once_and_is_counted() {
+        let (mut m, t) = machine(false);
+        assert_eq!(
+            m.step(ev(LISTENING), t, H),
+            vec![Action::Show(SlotState::Listening)]
+        );
+        let a = m.step(ev(JOB), t, H);
+        assert_eq!(
+            a,
+            vec![
+                Action::JobStarted("build".into()),
+                Action::Show(SlotState::Busy),
+                Action::PrepareNext
+            ]
+        );
+        assert!(m.busy());
+        let a = m.step(ev(DONE), t, H);
+        assert_eq!(
+            a[0],
+            Action::JobCompleted {
+                name: "build".into(),
+                result: "Succeeded".into()
+            }
+        );
+        assert!(!m.busy() && m.seen.job_completed);
+    }
+
+    #[test]
+    fn the_watchdog_fires_after_grace_and_a_recovery_cancels_it() {
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        m.step(ev(ERR), t, H);
+        assert_eq!(m.deadline(), Some(t + S(120)));
+        m.step(ev(BACK), t + S(100), H);
+        assert_eq!(m.deadline(), None, "recovered");
+        m.step(ev(ERR), t + S(200), H);
+        assert!(stops(&m.step(Input::Tick, t + S(319), H)).is_none());
+        let a = m.step(Input::Tick, t + S(320), H);
+        match stops(&a) {
+            Some(StopCause::Watchdog(Cause::Network, d)) => {
+                assert!(d.contains("no recovery 120s"), "{d}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            m.step(Input::Tick, t + S(400), H).is_empty(),
+            "decided once"
+        );
+    }
+
+    #[test]
+    fn a_busy_listener_gets_the_job_stall_timeout_and_the_cause_is_attributed() {
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        m.step(ev(JOB), t, H);
+        m.step(ev(ERR), t, H);
+        assert!(stops(&m.step(Input::Tick, t + S(121), H)).is_none());
+        let clock = HostFacts {
+            clock_fault: true,
+            token_invalid: true,
+        };
+        match stops(&m.step(Input::Tick, t + S(1800), clock)) {
+            Some(StopCause::Watchdog(Cause::Clock, _)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_listening_in_time_is_replaced() {
+        let (mut m, t) = machine(false);
+        assert_eq!(m.deadline(), Some(t + S(300)));
+        assert_eq!(
+            stops(&m.step(Input::Tick, t + S(300), H)),
+            Some(&StopCause::NotReady)
+        );
+    }
+
+    #[test]
+    fn a_session_conflict_stops_an_idle_listener_at_once() {
+        let (mut m, t) = machine(false);
+        let a = m.step(ev("A session for this runner already exists."), t, H);
+        assert_eq!(stops(&a), Some(&StopCause::SessionConflict));
+    }
+
+    #[test]
+    fn a_stalled_socket_is_a_network_fire() {
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        match stops(&m.step(Input::SocketStalled(S(61)), t, H)) {
+            Some(StopCause::Watchdog(Cause::Network, d)) => assert!(d.contains("61s")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn drain_stops_idle_listeners_and_lets_a_job_finish_until_the_drain_timeout() {
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        assert_eq!(
+            stops(&m.step(Input::Mode(Mode::Drain), t, H)),
+            Some(&StopCause::Shutdown)
+        );
+
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        m.step(ev(JOB), t, H);
+        let a = m.step(Input::Mode(Mode::Drain), t, H);
+        assert_eq!(a, vec![Action::DrainWaiting]);
+        assert_eq!(m.deadline(), Some(t + S(900)));
+        let a = m.step(Input::Tick, t + S(900), H);
+        assert_eq!(a[0], Action::DrainTimedOut);
+        assert_eq!(stops(&a), Some(&StopCause::Shutdown));
+
+        // A second signal stops a busy one now.
+        let (mut m, t) = machine(false);
+        m.step(ev(JOB), t, H);
+        m.step(Input::Mode(Mode::Drain), t, H);
+        assert_eq!(
+            stops(&m.step(Input::Mode(Mode::Force), t, H)),
+            Some(&StopCause::Shutdown)
+        );
+    }
+
+    #[test]
+    fn a_job_that_completes_during_the_drain_is_counted_and_prepares_nothing() {
+        // The line that was queued when the drain began goes through the same step: the
+        // job is counted and busy cleared, and no registration is made while draining.
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        m.step(Input::Mode(Mode::Drain), t, H);
+        let (mut m2, t2) = machine(false);
+        m2.step(ev(LISTENING), t2, H);
+        m2.step(ev(JOB), t2, H);
+        m2.step(Input::Mode(Mode::Drain), t2, H);
+        let a = m2.step(ev(DONE), t2, H);
+        assert!(matches!(a[0], Action::JobCompleted { .. }));
+        assert!(!m2.busy());
+        assert_eq!(m2.deadline(), None, "nothing left to wait for but its exit");
+        // A job that starts while draining prepares no registration.
+        let (mut m3, t3) = machine(false);
+        m3.step(ev(LISTENING), t3, H);
+        m3.mode = Mode::Drain;
+        assert!(!m3.step(ev(JOB), t3, H).contains(&Action::PrepareNext));
+        let _ = m;
+    }
+
+    #[test]
+    fn a_resume_recycles_an_idle_listener_and_keeps_a_busy_one() {
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        let a = m.step(Input::Cmd(SlotCmd::Recycle), t, H);
+        assert_eq!(
+            a,
+            vec![Action::RecycleIdle, Action::Stop(StopCause::Recycle)]
+        );
+        let (mut m, t) = machine(false);
+        m.step(ev(JOB), t, H);
+        assert_eq!(
+            m.step(Input::Cmd(SlotCmd::Recycle), t, H),
+            vec![Action::KeepBusyOnResume]
+        );
+        assert!(m
+            .step(Input::Cmd(SlotCmd::Replace(Cause::Unknown)), t, H)
+            .is_empty());
+    }
+
+    #[test]
+    fn failures_end_only_after_listening_for_stable_after() {
+        let (mut m, t) = machine(true);
+        m.step(ev(LISTENING), t, H);
+        assert_eq!(m.deadline(), Some(t + S(60)));
+        assert!(!m
+            .step(Input::Tick, t + S(59), H)
+            .contains(&Action::EndFailures));
+        assert_eq!(m.step(Input::Tick, t + S(60), H), vec![Action::EndFailures]);
+        assert_eq!(m.deadline(), None);
+        // Not failing: nothing to end.
+        let (mut m, t) = machine(false);
+        m.step(ev(LISTENING), t, H);
+        assert_eq!(m.deadline(), None);
+    }
+
+    // === the exit table: one row each ===
+
+    fn exit(reason: ExitReason) -> Exit {
+        Exit {
+            reason,
+            watchdog: None,
+            fixed_name: false,
+            failures: 2,
+            retryable_streak: 0,
+            retryable_exits: 3,
+            network_evidence: false,
+            session_conflict_wait: S(30),
+            host: H,
+        }
+    }
+
+    #[test]
+    fn after_each_kind_of_exit() {
+        use ExitReason as R;
+        // (reason, deregister, failures after, next is Now)
+        for (r, dereg, failures, now) in [
+            (R::JobDone, false, 0, true),
+            (R::Stopped, true, 0, true),
+            (R::RegistrationDeleted, true, 0, true),
+            (R::Watchdog, true, 0, true),
+            (R::Recycled, true, 0, true),
+            (R::SessionConflict, true, 2, true),
+            (R::Retryable, true, 3, false),
+            (R::Terminated, true, 3, false),
+            (R::Crashed, true, 3, false),
+            (R::CleanExit, true, 3, false),
+            (R::ClockSkew, true, 3, false),
+            (R::Unknown, true, 3, false),
+        ] {
+            let p = after_exit(&exit(r));
+            assert_eq!(p.deregister, dereg, "{r:?}");
+            assert_eq!(p.failures, failures, "{r:?}");
+            assert_eq!(p.next == Next::Now, now, "{r:?}: {:?}", p.next);
+            if let Next::Backoff { wait, error } = &p.next {
+                // The third failure: 2 s doubled twice, jitter in the upper half.
+                assert!((S(4)..=S(8)).contains(wait), "{r:?}: {wait:?}");
+                assert!(error.contains(r.as_str()));
+            }
+            assert_eq!(p.clock_fault, r == R::ClockSkew);
+        }
+        let p = after_exit(&exit(R::Updating));
+        assert_eq!((p.next, p.failures), (Next::AwaitUpdate, 2));
+        let p = after_exit(&exit(R::VersionDeprecated));
+        assert!(matches!(p.next, Next::Pause { wait, .. } if wait == DEPRECATED_PAUSE));
+        let p = after_exit(&Exit {
+            fixed_name: true,
+            ..exit(R::SessionConflict)
+        });
+        assert_eq!(p.next, Next::StopStraysThenWait(S(30)));
+    }
+
+    #[test]
+    fn a_watchdog_stop_is_a_fire_and_repeated_exit_2_is_one_too() {
+        let p = after_exit(&Exit {
+            watchdog: Some((Cause::Network, "stalled".into())),
+            ..exit(ExitReason::Watchdog)
+        });
+        assert_eq!(p.fires, vec![(Cause::Network, "stalled".into())]);
+        let mut streak = 0;
+        let mut fired = vec![];
+        for _ in 0..3 {
+            let p = after_exit(&Exit {
+                retryable_streak: streak,
+                network_evidence: true,
+                ..exit(ExitReason::Retryable)
+            });
+            streak = p.retryable_streak;
+            fired.extend(p.fires);
+        }
+        assert_eq!(fired.len(), 1, "the third exit 2 in a row fires");
+        assert_eq!(fired[0].0, Cause::Network);
+        assert_eq!(streak, 0, "and starts a new run");
+        // Anything else ends the run; our own stop between two crashes does not.
+        assert_eq!(
+            after_exit(&Exit {
+                retryable_streak: 2,
+                ..exit(ExitReason::JobDone)
+            })
+            .retryable_streak,
+            0
+        );
+        assert_eq!(
+            after_exit(&Exit {
+                retryable_streak: 2,
+                ..exit(ExitReason::Stopped)
+            })
+            .retryable_streak,
+            2
+        );
+    }
+
+    #[test]
+    fn our_stop_cause_decides_the_reason_before_the_code() {
+        let seen = Seen::default();
+        let w = StopCause::Watchdog(Cause::Unknown, String::new());
+        assert_eq!(
+            reason(Some(&w), Ended::Code(0), &seen),
+            ExitReason::Watchdog
+        );
+        assert_eq!(
+            reason(Some(&StopCause::Recycle), Ended::Code(0), &seen),
+            ExitReason::Recycled
+        );
+        assert_eq!(
+            reason(Some(&StopCause::NotReady), Ended::Code(0), &seen),
+            ExitReason::Unknown
+        );
+        assert_eq!(
+            reason(Some(&StopCause::SessionConflict), Ended::Code(0), &seen),
+            ExitReason::SessionConflict
+        );
+        assert_eq!(
+            reason(Some(&StopCause::Shutdown), Ended::Code(0), &seen),
+            ExitReason::Stopped
+        );
+        assert_eq!(reason(None, Ended::Code(2), &seen), ExitReason::Retryable);
+    }
+
+    #[test]
+    fn registration_failures_wait_by_kind() {
+        let t = GithubError::Transient("reset".into());
+        assert!((S(1)..=S(2)).contains(&registration_wait(&t, 1)));
+        let u = GithubError::Unauthorized {
+            message: "Bad credentials".into(),
+        };
+        assert_eq!(registration_wait(&u, 1), AUTH_RETRY);
+        let r = GithubError::RateLimited {
+            status: 429,
+            retry_after: S(900),
+        };
+        assert_eq!(registration_wait(&r, 1), S(900));
+    }
+}
