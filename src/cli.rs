@@ -1,15 +1,11 @@
-//! The command line: subcommands and the flags that override configuration. No logic.
+//! The command line: subcommands and the flags that override configuration. No logic;
+//! `cmd` parses it and dispatches.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cmd;
 use crate::config::CliInput;
-
-/// Exit status for bad configuration or usage.
-pub const EXIT_CONFIG: u8 = 64;
 
 /// Keeps self-hosted GitHub Actions runners alive.
 #[derive(Debug, Parser)]
@@ -96,24 +92,4 @@ pub enum Command {
     /// Restart unhealthy containers that carry the autoheal label, job-aware and
     /// rate-limited (a service of its own in the compose stack).
     Autoheal,
-}
-
-/// Parse, dispatch, and turn the outcome into an exit status.
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    let input = match cli.overrides.to_input() {
-        Ok(i) => i,
-        Err(m) => {
-            eprintln!("supervisor: {m}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    cmd::dispatch(cli.command, input)
 }

@@ -1,6 +1,9 @@
 //! Host-level state that slots and monitors share: the clock's condition, the token's
 //! validity, and triggers (measure the clock now, check the token now).
 //!
+//! Also the types both sides share: the causes of a watchdog fire and their attribution,
+//! and the commands monitors send to slots.
+//!
 //! It must not: do IO itself; monitors write it, slots read it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +11,11 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
 use crate::clocks::Clocks;
-use crate::watchdog::Context;
+use crate::status::{Board, Health};
 
 /// The clock as last measured.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,5 +87,105 @@ impl Host {
             token_invalid: self.token_invalid(),
             network_evidence,
         }
+    }
+}
+
+/// Why a watchdog fired: the root cause, not just a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    Clock,
+    Token,
+    Network,
+    Unknown,
+}
+
+impl Cause {
+    /// A word for logs and health.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Clock => "clock",
+            Cause::Token => "token",
+            Cause::Network => "network",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the host knows when a fire is attributed (the most specific wins).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Context {
+    /// A clock fault is active, or the listener printed the clock-skew line.
+    pub clock_fault: bool,
+    /// The token was refused (401).
+    pub token_invalid: bool,
+    /// The evidence points at the network (timeouts, refused connections, a stalled socket).
+    pub network_evidence: bool,
+}
+
+/// The root cause of a fire: clock before token before network.
+pub fn attribute(ctx: Context) -> Cause {
+    if ctx.clock_fault {
+        Cause::Clock
+    } else if ctx.token_invalid {
+        Cause::Token
+    } else if ctx.network_evidence {
+        Cause::Network
+    } else {
+        Cause::Unknown
+    }
+}
+
+/// Whether a connect-error message points at the network.
+pub fn looks_like_network(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "timed out",
+        "temporarily unavailable",
+        "connection refused",
+        "connection reset",
+        "no such host",
+        "name or service not known",
+        "network is unreachable",
+        "resource temporarily",
+        "ssl",
+        "tls",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
+/// Commands a slot takes while its listener runs (monitors send them; slots obey).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCmd {
+    /// The host resumed: an idle listener's long-poll is dead; replace it. A busy one stays.
+    Recycle,
+    /// GitHub shows the listening runner offline: replace it (a watchdog fire).
+    Replace(Cause),
+}
+
+/// A sender of commands to each slot.
+pub type SlotCmds = Vec<mpsc::UnboundedSender<SlotCmd>>;
+
+impl Host {
+    /// Record the token's validity (here and in health); logs transitions.
+    pub fn set_token_state(&self, board: &Board, invalid: bool, why: &str) {
+        if self.set_token_invalid(invalid) {
+            if invalid {
+                tracing::error!("GitHub refused the token (401): {why}; registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
+            } else {
+                tracing::info!("the token works again");
+                self.token_recovered.notify_waiters();
+            }
+        }
+        board.set_condition(
+            "token",
+            invalid.then(|| {
+                (
+                    Health::Degraded,
+                    format!("GitHub refuses the token (401): {why}"),
+                )
+            }),
+        );
     }
 }

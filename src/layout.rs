@@ -32,6 +32,13 @@ const SKIP: &[&str] = &[
     ".service",
 ];
 
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Why a lock was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockError {

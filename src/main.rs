@@ -1,5 +1,5 @@
 //! `supervisor`: see the README. All logic lives in the library.
 
 fn main() -> std::process::ExitCode {
-    runner_supervisor::cli::main()
+    runner_supervisor::cmd::main()
 }

@@ -242,7 +242,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
             }
             match (&switched, primary_ok) {
                 (None, false) if !primary.is_empty() => {
-                    match crate::status::write_atomic(
+                    match crate::layout::write_atomic(
                         path,
                         with_fallback(&original, &net.fallback_resolvers).as_bytes(),
                     ) {
@@ -256,7 +256,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
                     }
                 }
                 (Some(orig), true)
-                    if crate::status::write_atomic(path, orig.as_bytes()).is_ok() =>
+                    if crate::layout::write_atomic(path, orig.as_bytes()).is_ok() =>
                 {
                     tracing::info!(file = %path.display(), "primary resolvers answer again: resolv.conf restored");
                     switched = None;
@@ -306,7 +306,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
     }
     // Leave resolv.conf as we found it.
     if let Some(orig) = switched {
-        let _ = crate::status::write_atomic(&net.resolv_conf, orig.as_bytes());
+        let _ = crate::layout::write_atomic(&net.resolv_conf, orig.as_bytes());
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clocks::Clocks;
 use crate::host::Host;
-use crate::slot::SlotCmd;
+use crate::host::SlotCmd;
 
 /// The tick: a jump is seen within one tick.
 pub const TICK: Duration = Duration::from_secs(1);

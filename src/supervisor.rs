@@ -16,10 +16,11 @@ use crate::clocks::Clocks;
 use crate::config::Config;
 use crate::github::{GithubClient, GithubError};
 use crate::host::Host;
+use crate::host::SlotCmd;
 use crate::layout;
 use crate::naming;
 use crate::shutdown::Mode;
-use crate::slot::{self, Shared, SlotCmd};
+use crate::slot::{self, Shared};
 use crate::status::Board;
 
 /// What happened during a run.
@@ -331,7 +332,7 @@ async fn run_offline_check(
                     offline_s = (now - first).as_secs(),
                     "GitHub shows the listening runner offline"
                 );
-                let cause = crate::watchdog::attribute(sh.hoststate.context(true));
+                let cause = crate::host::attribute(sh.hoststate.context(true));
                 let _ = cmds[i].send(SlotCmd::Replace(cause));
                 *s = None;
             }

@@ -12,32 +12,11 @@ use crate::github::{scope_verdict, GithubClient, GithubError, ScopeVerdict};
 use crate::host::Host;
 use crate::status::{Board, Health};
 
-/// Record the token's validity on the host and the board; logs transitions.
-pub fn set_token_state(host: &Host, board: &Board, invalid: bool, why: &str) {
-    if host.set_token_invalid(invalid) {
-        if invalid {
-            tracing::error!("GitHub refused the token (401): {why}; registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
-        } else {
-            tracing::info!("the token works again");
-            host.token_recovered.notify_waiters();
-        }
-    }
-    board.set_condition(
-        "token",
-        invalid.then(|| {
-            (
-                Health::Degraded,
-                format!("GitHub refuses the token (401): {why}"),
-            )
-        }),
-    );
-}
-
 /// Check the token once.
 pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Board) {
     match gh.get_user().await {
         Ok(info) => {
-            set_token_state(host, board, false, "");
+            host.set_token_state(board, false, "");
             if let ScopeVerdict::Missing(need) = scope_verdict(info.scopes.as_deref(), gh.scope()) {
                 tracing::error!(
                     scope = need,
@@ -70,7 +49,7 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
                 }
             }
         }
-        Err(GithubError::Unauthorized { message }) => set_token_state(host, board, true, &message),
+        Err(GithubError::Unauthorized { message }) => host.set_token_state(board, true, &message),
         Err(e) => tracing::warn!(error = %e, "cannot re-validate the token now"),
     }
 }

@@ -14,72 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::host::Cause;
 use crate::runner::events::RunnerEvent;
-
-/// Why a watchdog fired: the root cause, not just a count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cause {
-    Clock,
-    Token,
-    Network,
-    Unknown,
-}
-
-impl Cause {
-    /// A word for logs and health.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Clock => "clock",
-            Cause::Token => "token",
-            Cause::Network => "network",
-            Cause::Unknown => "unknown",
-        }
-    }
-}
-
-/// What the host knows when a fire is attributed (the most specific wins).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Context {
-    /// A clock fault is active, or the listener printed the clock-skew line.
-    pub clock_fault: bool,
-    /// The token was refused (401).
-    pub token_invalid: bool,
-    /// The evidence points at the network (timeouts, refused connections, a stalled socket).
-    pub network_evidence: bool,
-}
-
-/// The root cause of a fire: clock before token before network.
-pub fn attribute(ctx: Context) -> Cause {
-    if ctx.clock_fault {
-        Cause::Clock
-    } else if ctx.token_invalid {
-        Cause::Token
-    } else if ctx.network_evidence {
-        Cause::Network
-    } else {
-        Cause::Unknown
-    }
-}
-
-/// Whether a connect-error message points at the network.
-pub fn looks_like_network(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "timed out",
-        "temporarily unavailable",
-        "connection refused",
-        "connection reset",
-        "no such host",
-        "name or service not known",
-        "network is unreachable",
-        "resource temporarily",
-        "ssl",
-        "tls",
-    ]
-    .iter()
-    .any(|k| m.contains(k))
-}
 
 /// One listener's connect-error timer.
 #[derive(Debug, Clone)]
@@ -276,12 +212,13 @@ pub fn save(path: &Path, boot: &str, slots: &[Breaker]) -> std::io::Result<()> {
         boot_id: boot.to_string(),
         slots: slots.to_vec(),
     };
-    crate::status::write_atomic(path, &serde_json::to_vec_pretty(&p).unwrap_or_default())
+    crate::layout::write_atomic(path, &serde_json::to_vec_pretty(&p).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{attribute, Context};
 
     fn ev_err() -> RunnerEvent {
         RunnerEvent::ConnectError {

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Command, EXIT_CONFIG};
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
 use crate::config::{CliInput, Config, ConfigErrors, OsEnv, Purpose};
 
 pub mod config;
@@ -10,6 +12,29 @@ pub mod doctor;
 pub mod health;
 pub mod run;
 pub mod service;
+
+/// Exit status for bad configuration or usage.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Parse, dispatch, and turn the outcome into an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let input = match cli.overrides.to_input() {
+        Ok(i) => i,
+        Err(m) => {
+            eprintln!("supervisor: {m}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    dispatch(cli.command, input)
+}
 
 /// Run a subcommand.
 pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {

@@ -39,7 +39,7 @@ pub fn main(input: CliInput, service: Service) -> ExitCode {
         eprintln!(
             "supervisor: disk.prune is off (SUPERVISOR_DISK_PRUNE); the pruner has nothing to do"
         );
-        return ExitCode::from(crate::cli::EXIT_CONFIG);
+        return ExitCode::from(super::EXIT_CONFIG);
     }
     telemetry::init(&cfg.log.level, cfg.log.json);
     let rt = match super::runtime() {

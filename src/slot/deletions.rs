@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::github::{backoff, GithubClient, GithubError};
-use crate::status::{write_atomic, Board};
+use crate::layout::write_atomic;
+use crate::status::Board;
 
 /// The longest wait between two rounds.
 const CAP: Duration = Duration::from_secs(300);

@@ -12,13 +12,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::github::{backoff, GithubError};
+use crate::host::{attribute, looks_like_network, Cause, Context, SlotCmd};
 use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{classify, Ended, ExitReason, Seen};
 use crate::shutdown::Mode;
 use crate::status::SlotState;
-use crate::watchdog::{attribute, looks_like_network, Cause, Context, Watchdog};
-
-use super::SlotCmd;
+use crate::watchdog::Watchdog;
 
 /// The crash-loop back-off: the first wait, and the longest.
 pub const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(2);

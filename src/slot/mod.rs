@@ -26,11 +26,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, RegistrationMode};
 use crate::github::{GithubClient, GithubError};
-use crate::host::Host;
+pub use crate::host::SlotCmd;
+use crate::host::{looks_like_network, Cause, Host};
 use crate::runner::process::ENV_ALLOWLIST;
 use crate::shutdown::Mode;
 use crate::status::{Board, SlotState};
-use crate::watchdog::{self, looks_like_network, Breaker, Cause, Verdict};
+use crate::watchdog::{self, Breaker, Verdict};
 
 pub use deletions::Deletions;
 use listen::{start, wait_for_update, watch_listener};
@@ -61,15 +62,6 @@ pub struct Shared {
     pub deletions: Arc<Deletions>,
     /// The latest stop-budget deadline handed out (the queue drains until it).
     stop_deadline: Mutex<Option<tokio::time::Instant>>,
-}
-
-/// Commands a slot takes while its listener runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotCmd {
-    /// The host resumed: an idle listener's long-poll is dead; replace it. A busy one stays.
-    Recycle,
-    /// GitHub shows the listening runner offline: replace it (a watchdog fire).
-    Replace(Cause),
 }
 
 impl Shared {
@@ -280,13 +272,13 @@ pub async fn run(
                 };
                 match r {
                     Ok(r) => {
-                        crate::tokenwatch::set_token_state(&sh.hoststate, board, false, "");
+                        sh.hoststate.set_token_state(board, false, "");
                         r
                     }
                     Err(e) => {
                         let unauthorized = matches!(e, GithubError::Unauthorized { .. });
                         if let GithubError::Unauthorized { message } = &e {
-                            crate::tokenwatch::set_token_state(&sh.hoststate, board, true, message);
+                            sh.hoststate.set_token_state(board, true, message);
                         }
                         failures += 1;
                         let wait = registration_wait(&e, failures);

@@ -10,6 +10,7 @@ mod config_cli;
 mod disk;
 mod github_client;
 mod jobs;
+mod layering;
 mod listener;
 mod packaging;
 mod resume;
