@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, Toggle};
 use crate::docker::{self, Engine, PruneSpec, Pruned};
 use crate::layout::LockError;
 use crate::status::{Board, Health};
@@ -99,10 +99,10 @@ fn running_jobs(board: &Board, shared_dir: &Path) -> Option<(Vec<String>, DateTi
 
 /// Whether `supervisor run` prunes: `on`, or `auto` when the engine's socket exists.
 pub fn enabled(cfg: &DiskConfig) -> bool {
-    match cfg.prune.as_str() {
-        "on" => true,
-        "off" => false,
-        _ => Path::new(docker::socket_path(&cfg.docker_host)).exists(),
+    match cfg.prune {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => Path::new(docker::socket_path(&cfg.docker_host)).exists(),
     }
 }
 

@@ -4,7 +4,8 @@
 //! primary ones fail, the original restored once they answer), and dependency probes.
 //!
 //! It must not: touch `resolv.conf` unless fallback resolvers are configured, or change a
-//! sysctl outside a container's own network namespace unless told to (`set_sysctls = on`).
+//! sysctl outside a network namespace of its own unless told to (`set_sysctls = on`); the
+//! namespace is told apart by its inode, never by a marker file.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, NetworkConfig};
+use crate::config::{Config, NetworkConfig, Toggle};
 use crate::status::{Board, Health};
 
 const KEEPALIVE_SYSCTLS: [&str; 3] = [
@@ -24,11 +25,23 @@ const KEEPALIVE_SYSCTLS: [&str; 3] = [
 /// Marks the lines we put into `resolv.conf`.
 const MARK: &str = "# runner-supervisor: fallback resolvers while the primary ones fail";
 
-/// Whether this looks like a container with its own network namespace.
-pub fn in_container() -> bool {
-    Path::new("/.dockerenv").exists()
-        || Path::new("/run/.containerenv").exists()
-        || std::process::id() == 1
+/// The inode of the initial (host) network namespace: `0xEFFFFFF9` on current kernels
+/// (PROC_NET_INIT_INO), 4026531992 on older ones.
+const INIT_NET_INODES: [u64; 2] = [0xEFFF_FFF9, 4_026_531_992];
+
+/// The inode of a `/proc/<pid>/ns/net` link target such as `net:[4026531833]`.
+pub fn netns_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Whether this process has a network namespace of its own, proved by the namespace
+/// itself (not by a marker file: a host-network container has `/.dockerenv` and shares
+/// the host's namespace). Only then are its sysctls ours to set.
+pub fn own_network_namespace() -> bool {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| netns_inode(&l.to_string_lossy()))
+        .is_some_and(|ino| !INIT_NET_INODES.contains(&ino))
 }
 
 /// Read the keepalive sysctls under `root` (normally `/proc/sys/net/ipv4`).
@@ -61,10 +74,10 @@ pub fn apply_sysctls(root: &Path, net: &NetworkConfig) -> Result<[u64; 3], Strin
 /// Set (where allowed) and report the keepalive sysctls.
 pub fn sysctls(net: &NetworkConfig, board: &Board) {
     let root = Path::new("/proc/sys/net/ipv4");
-    let set = match net.set_sysctls.as_str() {
-        "on" => true,
-        "off" => false,
-        _ => in_container(),
+    let set = match net.set_sysctls {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => own_network_namespace(),
     };
     let result = if set {
         apply_sysctls(root, net).map(|v| (v, "set"))
@@ -315,6 +328,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_host_namespace_is_told_apart_by_its_inode() {
+        assert_eq!(netns_inode("net:[4026531833]"), Some(4026531833));
+        assert_eq!(netns_inode("mnt:[4026531833]"), None);
+        assert_eq!(netns_inode("net:[x]"), None);
+        for host in INIT_NET_INODES {
+            assert!(INIT_NET_INODES.contains(&host));
+        }
+        assert_eq!(INIT_NET_INODES[0], 4026531833);
+        // This test process runs in the machine's own namespace unless a test put it in
+        // one of its own: either way the answer follows the inode.
+        let ino = std::fs::read_link("/proc/self/ns/net")
+            .ok()
+            .and_then(|l| netns_inode(&l.to_string_lossy()))
+            .unwrap();
+        assert_eq!(own_network_namespace(), !INIT_NET_INODES.contains(&ino));
+    }
+
+    #[test]
     fn resolv_conf_round_trip() {
         let orig = "search lan\nnameserver 10.0.0.1\nnameserver 10.0.0.2\n";
         let fb = with_fallback(orig, &["1.1.1.1".into()]);
@@ -366,7 +397,7 @@ mod tests {
             keepalive_idle: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             keepalive_probes: 6,
-            set_sysctls: "on".into(),
+            set_sysctls: Toggle::On,
             dns_interval: Duration::from_secs(60),
             fallback_resolvers: vec![],
             resolv_conf: "/etc/resolv.conf".into(),

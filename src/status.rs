@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::write_atomic;
+use crate::shutdown::Mode;
 
 /// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -173,7 +174,9 @@ pub struct Board {
     unhealthy_after: Duration,
     /// Facts for the status file (clock offset, token expiry, keepalive sysctls...).
     facts: Mutex<BTreeMap<String, String>>,
-    mode: Mutex<String>,
+    mode: Mutex<Mode>,
+    /// The word a service (pruner, autoheal) shows instead of a mode.
+    service: OnceLock<&'static str>,
     changed: Notify,
     pub stats: Stats,
     started_at: DateTime<Utc>,
@@ -189,7 +192,8 @@ impl Board {
             conditions: Mutex::new(BTreeMap::new()),
             unhealthy_after,
             facts: Mutex::new(BTreeMap::new()),
-            mode: Mutex::new("run".into()),
+            mode: Mutex::new(Mode::Run),
+            service: OnceLock::new(),
             changed: Notify::new(),
             stats: Stats::default(),
             started_at: Utc::now(),
@@ -239,15 +243,45 @@ impl Board {
         });
     }
 
-    /// Record the supervisor mode (run, drain, force, kill).
-    pub fn set_mode(&self, mode: &str) {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode.to_string();
+    /// Record the supervisor mode.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
         self.changed.notify_one();
     }
 
-    /// The supervisor mode as last recorded (run, drain, force, kill).
-    pub fn mode(&self) -> String {
-        self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The supervisor mode as last recorded.
+    pub fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the supervisor has begun to stop (drain, force or kill).
+    pub fn stopping(&self) -> bool {
+        self.mode() != Mode::Run
+    }
+
+    /// Show `word` as the mode: this board is a service's (`prune`, `autoheal`).
+    pub fn set_service(&self, word: &'static str) {
+        let _ = self.service.set(word);
+        self.changed.notify_one();
+    }
+
+    /// One slot's state.
+    pub fn state(&self, slot: usize) -> Option<SlotState> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(slot)
+            .map(|s| s.state)
+    }
+
+    /// The slots that are listening, with their runner names.
+    pub fn listening(&self) -> Vec<(usize, String)> {
+        self.slots()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == SlotState::Listening)
+            .filter_map(|(i, s)| s.runner.map(|r| (i, r)))
+            .collect()
     }
 
     /// A snapshot of every slot.
@@ -303,7 +337,11 @@ impl Board {
             updated_at: now,
             health,
             reasons,
-            mode: self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            mode: self
+                .service
+                .get()
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| self.mode().as_str().to_string()),
             slots: self.slots(),
             jobs_completed: self.stats.jobs_completed.load(Ordering::Relaxed),
             api_requests,

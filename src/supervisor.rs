@@ -141,7 +141,7 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         let cancel = writer_cancel.clone();
         tracker.spawn(async move {
             loop {
-                board.set_mode(m.borrow().as_str());
+                board.set_mode(*m.borrow());
                 tokio::select! {
                     r = m.changed() => if r.is_err() { return },
                     _ = cancel.cancelled() => return,
@@ -299,14 +299,7 @@ async fn run_offline_check(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let listening: Vec<(usize, String)> = sh
-            .board
-            .slots()
-            .into_iter()
-            .enumerate()
-            .filter(|(_, s)| s.state == crate::status::SlotState::Listening)
-            .filter_map(|(i, s)| s.runner.map(|r| (i, r)))
-            .collect();
+        let listening = sh.board.listening();
         if listening.is_empty() {
             since.iter_mut().for_each(|s| *s = None);
             continue;

@@ -35,7 +35,7 @@ pub fn main(input: CliInput, service: Service) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if service == Service::Pruner && cfg.disk.prune == "off" {
+    if service == Service::Pruner && cfg.disk.prune == crate::config::Toggle::Off {
         eprintln!(
             "supervisor: disk.prune is off (SUPERVISOR_DISK_PRUNE); the pruner has nothing to do"
         );
@@ -69,7 +69,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
     let reaper = CancellationToken::new();
     tokio::spawn(crate::procs::run_reaper(reaper.clone()));
     let board = Arc::new(Board::new(0, cfg.health.unhealthy_after));
-    board.set_mode(service.mode());
+    board.set_service(service.mode());
     let status_path = crate::supervisor::status_path(&cfg.state_dir);
     let cancel = CancellationToken::new();
     let writer = {

@@ -300,8 +300,7 @@ pub struct NetworkConfig {
     pub keepalive_idle: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_probes: u32,
-    /// `auto`, `on` or `off`.
-    pub set_sysctls: String,
+    pub set_sysctls: Toggle,
     pub dns_interval: Duration,
     pub fallback_resolvers: Vec<String>,
     pub resolv_conf: PathBuf,
@@ -321,6 +320,25 @@ pub struct WatchdogConfig {
     pub socket_check_interval: Duration,
     pub offline_after: Duration,
     pub offline_check_interval: Duration,
+}
+
+/// An `auto`/`on`/`off` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    /// Decided from what the host proves (each setting says how).
+    Auto,
+    On,
+    Off,
+}
+
+impl Toggle {
+    fn parse(word: Option<&str>) -> Toggle {
+        match word {
+            Some("on") => Toggle::On,
+            Some("off") => Toggle::Off,
+            _ => Toggle::Auto,
+        }
+    }
 }
 
 /// How chronyd is watched.
@@ -354,8 +372,7 @@ pub struct TokenConfig {
 /// `[disk]`.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
-    /// `auto`, `on` or `off`.
-    pub prune: String,
+    pub prune: Toggle,
     pub docker_host: String,
     pub path: Option<PathBuf>,
     pub threshold_gb: u64,
@@ -1145,7 +1162,7 @@ fn build(
             keepalive_idle: d("network.keepalive_idle"),
             keepalive_interval: d("network.keepalive_interval"),
             keepalive_probes: n("network.keepalive_probes") as u32,
-            set_sysctls: s("network.set_sysctls").unwrap_or_else(|| "auto".into()),
+            set_sysctls: Toggle::parse(s("network.set_sysctls").as_deref()),
             dns_interval: d("network.dns_interval"),
             fallback_resolvers: list("network.fallback_resolvers"),
             resolv_conf: PathBuf::from(s("network.resolv_conf").unwrap_or_default()),
@@ -1186,7 +1203,7 @@ fn build(
             dependencies: list("health.dependencies"),
         },
         disk: DiskConfig {
-            prune: s("disk.prune").unwrap_or_else(|| "auto".into()),
+            prune: Toggle::parse(s("disk.prune").as_deref()),
             docker_host: s("disk.docker_host").unwrap_or_default(),
             path: s("disk.path").map(PathBuf::from),
             threshold_gb: n("disk.threshold_gb"),

@@ -407,11 +407,7 @@ pub async fn run(
         };
         if let Some(d) = wait {
             if !d.is_zero() {
-                if board
-                    .slots()
-                    .get(slot)
-                    .is_some_and(|s| s.state != SlotState::Paused)
-                {
+                if board.state(slot) != Some(SlotState::Paused) {
                     board.set_state(slot, SlotState::Backoff);
                 }
                 if sleep_or_stop(d, &mut mode).await {

@@ -150,7 +150,7 @@ pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration) {
     let Some(id) = reg.id else { return };
     // While the supervisor stops, one attempt within the stop budget; the queue keeps the
     // rest (drained within the same budget, then persisted for the next start).
-    let stopping = sh.board.mode() != "run";
+    let stopping = sh.board.stopping();
     if !stopping {
         return deregister(sh, id, &reg.name).await;
     }

@@ -521,6 +521,68 @@ async fn keepalive_sysctls_are_set_in_a_network_namespace_of_their_own() {
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
 
+/// `auto` decides from the network namespace itself, never from a marker file or from
+/// being PID 1: in a namespace of its own the sysctls are set; as PID 1 (as in a
+/// host-network container) in the machine's namespace, they are left alone.
+#[tokio::test]
+async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
+    let read = |k: &str| -> String {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{k}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let host = [
+        read("tcp_keepalive_time"),
+        read("tcp_keepalive_intvl"),
+        read("tcp_keepalive_probes"),
+    ];
+    for (wrapper, how) in [
+        (&["unshare", "--net"][..], "how=\"set\""),
+        (
+            &[
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child=SIGKILL",
+                "--mount-proc",
+            ][..],
+            "how=\"unchanged\"",
+        ),
+    ] {
+        let sb = Sandbox::new();
+        let gh = github(|_| {}).await;
+        let mut env = sb.env(&gh);
+        env.insert("SUPERVISOR_NETWORK_SET_SYSCTLS".into(), "auto".into());
+        // The machine's own values: even a wrong decision would write nothing new.
+        env.insert(
+            "SUPERVISOR_NETWORK_KEEPALIVE_IDLE".into(),
+            format!("{}s", host[0]),
+        );
+        env.insert(
+            "SUPERVISOR_NETWORK_KEEPALIVE_INTERVAL".into(),
+            format!("{}s", host[1]),
+        );
+        env.insert(
+            "SUPERVISOR_NETWORK_KEEPALIVE_PROBES".into(),
+            host[2].clone(),
+        );
+        let mut d = Daemon::start_wrapped(&env, wrapper, &["run"]).await;
+        let line = d.wait_log(&["tcp keepalive sysctls in effect"], T).await;
+        assert!(line.contains(how), "{wrapper:?}: {line}");
+        // unshare --fork forwards nothing: signal the supervisor, its child, directly.
+        let child = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid))
+            .unwrap_or_default();
+        let pid = child
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(d.pid);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        assert_eq!(d.wait_exit(T).await.0, Some(0));
+    }
+}
+
 #[tokio::test]
 async fn a_wall_clock_jump_like_a_wsl2_resume_recycles_the_idle_listener_with_one_log_line() {
     let sb = Sandbox::new();
