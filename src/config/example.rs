@@ -1,0 +1,44 @@
+//! The commented example configuration, generated from the key declarations.
+
+use super::*;
+
+/// The commented example configuration, generated from [`KEYS`].
+pub fn example_toml() -> String {
+    let mut out = String::from(
+        "# runner-supervisor configuration. Every key is shown with its default.\n\
+         # Precedence: defaults < this file < environment < command-line flags.\n\
+         # Any key can be set from the environment as SUPERVISOR_<SECTION>_<KEY>,\n\
+         # e.g. [runner] drain_timeout is SUPERVISOR_RUNNER_DRAIN_TIMEOUT=15m.\n\
+         # Durations take 90s, 15m, 6h or a bare number of seconds.\n",
+    );
+    let mut section = "";
+    for k in KEYS {
+        if k.section != section {
+            section = k.section;
+            out.push_str(&format!("\n[{section}]\n"));
+        }
+        let mut envs: Vec<String> = k.aliases.iter().map(|s| s.to_string()).collect();
+        envs.push(k.env_name());
+        out.push_str(&format!("# {} (env: {})\n", k.doc, envs.join(", ")));
+        let rendered = match (k.kind, k.default) {
+            (_, None) => match k.kind {
+                Kind::Map => format!("# {} = {{ NAME = \"value\" }}", k.key),
+                Kind::List => format!("# {} = []", k.key),
+                _ => format!("# {} = \"\"", k.key),
+            },
+            (Kind::Int { .. } | Kind::Bool, Some(d)) => format!("{} = {d}", k.key),
+            (Kind::List, Some(d)) => format!(
+                "{} = [{}]",
+                k.key,
+                d.split(',')
+                    .map(|x| format!("\"{x}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (_, Some(d)) => format!("{} = \"{d}\"", k.key),
+        };
+        out.push_str(&rendered);
+        out.push('\n');
+    }
+    out
+}

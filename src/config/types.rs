@@ -1,0 +1,305 @@
+//! The validated configuration's types: what the rest of the supervisor reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Source;
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(crate) String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is sent to GitHub.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `section.key`, or the file for syntax errors.
+    pub key: String,
+    /// Where the bad value came from.
+    pub source: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(s) => write!(f, "{} ({s}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Which runners: a repository's or an organisation's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Repo { owner: String, repo: String },
+    Org { org: String },
+}
+
+impl Scope {
+    /// The REST path prefix: `/repos/o/r` or `/orgs/o`.
+    pub fn api_path(&self) -> String {
+        match self {
+            Scope::Repo { owner, repo } => format!("/repos/{owner}/{repo}"),
+            Scope::Org { org } => format!("/orgs/{org}"),
+        }
+    }
+    /// The path part of the web URL: `o/r` or `o`.
+    pub fn web_path(&self) -> String {
+        match self {
+            Scope::Repo { owner, repo } => format!("{owner}/{repo}"),
+            Scope::Org { org } => org.clone(),
+        }
+    }
+}
+
+/// How runners are registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationMode {
+    Auto,
+    Jit,
+    Token,
+}
+
+/// `[github]`.
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    pub api_url: String,
+    pub web_url: String,
+    pub token: Option<Secret>,
+    /// Absent only for [`Purpose::Local`] commands, which never talk to GitHub.
+    pub scope: Option<Scope>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub max_rate_limit_wait: Duration,
+}
+
+/// `[runner]`.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub dir: PathBuf,
+    pub name_prefix: String,
+    pub labels: Vec<String>,
+    pub slots: usize,
+    pub group_id: u64,
+    pub work_folder: String,
+    pub registration: RegistrationMode,
+    pub drain_timeout: Duration,
+    pub stop_grace: Duration,
+    pub session_conflict_wait: Duration,
+    pub update_wait: Duration,
+    pub ready_timeout: Duration,
+    pub stable_after: Duration,
+    /// Extra variables for the runner; values may be secrets of the user's, so never logged.
+    pub env: BTreeMap<String, String>,
+    /// Supervisor variables passed through, resolved at start.
+    pub pass_env: BTreeMap<String, String>,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_probes: u32,
+    pub set_sysctls: Toggle,
+    pub dns_interval: Duration,
+    pub fallback_resolvers: Vec<String>,
+    pub resolv_conf: PathBuf,
+    pub dns_port: u16,
+}
+
+/// `[watchdog]`.
+#[derive(Debug, Clone)]
+pub struct WatchdogConfig {
+    pub grace: Duration,
+    pub job_stall_timeout: Duration,
+    pub max_fires: u32,
+    pub window: Duration,
+    pub open_for: Duration,
+    pub retryable_exits: u32,
+    pub socket_stall: Duration,
+    pub socket_check_interval: Duration,
+    pub offline_after: Duration,
+    pub offline_check_interval: Duration,
+}
+
+/// An `auto`/`on`/`off` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    /// Decided from what the host proves (each setting says how).
+    Auto,
+    On,
+    Off,
+}
+
+impl Toggle {
+    pub(crate) fn parse(word: Option<&str>) -> Toggle {
+        match word {
+            Some("on") => Toggle::On,
+            Some("off") => Toggle::Off,
+            _ => Toggle::Auto,
+        }
+    }
+}
+
+/// How chronyd is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChronycMode {
+    Auto,
+    Required,
+    Off,
+}
+
+/// `[clock]`.
+#[derive(Debug, Clone)]
+pub struct ClockConfig {
+    pub ntp_servers: Vec<String>,
+    pub interval: Duration,
+    pub warn_offset: Duration,
+    pub fault_offset: Duration,
+    pub chronyc: ChronycMode,
+    pub chronyc_address: String,
+    pub makestep: bool,
+    pub lock_file: PathBuf,
+}
+
+/// `[token]`.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub check_interval: Duration,
+    pub expiry_warning: Duration,
+}
+
+/// `[disk]`.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub prune: Toggle,
+    pub docker_host: String,
+    pub path: Option<PathBuf>,
+    pub threshold_gb: u64,
+    pub interval: Duration,
+    pub until: Duration,
+    pub keep_images: Vec<String>,
+}
+
+/// `[autoheal]`: the `supervisor autoheal` service.
+#[derive(Debug, Clone)]
+pub struct AutohealConfig {
+    /// Only containers with this label set to `true` are restarted.
+    pub label: String,
+    pub interval: Duration,
+    pub stop_timeout: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub unhealthy_after: Duration,
+    pub dependencies: Vec<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+}
+
+/// One resolved key, for `supervisor config`.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub source: Source,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub github: GithubConfig,
+    pub runner: RunnerConfig,
+    pub state_dir: PathBuf,
+    pub network: NetworkConfig,
+    pub watchdog: WatchdogConfig,
+    pub clock: ClockConfig,
+    pub token: TokenConfig,
+    pub health: HealthConfig,
+    pub disk: DiskConfig,
+    pub autoheal: AutohealConfig,
+    /// Shared by every supervisor on this host or Docker engine: the fleet's status files
+    /// and the pruner lock.
+    pub shared_dir: PathBuf,
+    pub log: LogConfig,
+    /// Every key with its value (secrets redacted) and source.
+    pub entries: Vec<Entry>,
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+    /// Accepted, but worth saying (two environment names for one key, with different values).
+    pub warnings: Vec<String>,
+}
+
+/// What the command line contributes.
+#[derive(Debug, Clone, Default)]
+pub struct CliInput {
+    /// `--config`.
+    pub config_path: Option<PathBuf>,
+    /// `(flag name, section.key, value)`, in order.
+    pub sets: Vec<(String, String, String)>,
+}
+
+/// What to require beyond well-formed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `run`: token, scope and runner binary must be there.
+    Run,
+    /// `config` and `doctor`: a missing token or runner is reported by them, not refused;
+    /// a missing repository or organisation is still an error.
+    Inspect,
+    /// `health`, `pruner`, `autoheal`: host-local work; no GitHub setting is required.
+    Local,
+}
