@@ -3,12 +3,25 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::*;
 
-/// Check bounds and relations, and build the typed config.
+/// Check bounds and relations, and build the typed config; also how many times each key
+/// was read (every one exactly once: see the tests).
 pub(crate) fn build(
+    l: &Layered,
+    env: &dyn Env,
+    purpose: Purpose,
+    file: Option<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<Config>, BTreeMap<&'static str, u32>) {
+    let r = Reader::new(l);
+    let cfg = build_with(&r, l, env, purpose, file, errors);
+    (cfg, r.reads())
+}
+
+fn build_with(
+    r: &Reader,
     l: &Layered,
     env: &dyn Env,
     purpose: Purpose,
@@ -25,12 +38,12 @@ pub(crate) fn build(
     };
     // Bounds on every int and duration.
     for k in KEYS {
-        match (k.kind, l.get(&k.dotted()).map(|(v, _)| v)) {
+        match (k.kind, l.get(k.dotted()).map(|(v, _)| v)) {
             (Kind::Int { min, max }, Some(Value::Int(n))) if *n < min || *n > max => {
-                err(&k.dotted(), format!("{n} is out of range {min}..={max}"))
+                err(k.dotted(), format!("{n} is out of range {min}..={max}"))
             }
             (Kind::Duration { min, max }, Some(Value::Duration(d))) if *d < min || *d > max => err(
-                &k.dotted(),
+                k.dotted(),
                 format!(
                     "{} is out of range {}..={}",
                     humantime::format_duration(*d),
@@ -41,58 +54,40 @@ pub(crate) fn build(
             _ => {}
         }
     }
-    let s = |k: &str| match l.get(k) {
-        Some((Value::Str(s), _)) => Some(s.clone()),
-        _ => None,
-    };
-    let d = |k: &str| match l.get(k) {
-        Some((Value::Duration(d), _)) => *d,
-        _ => Duration::ZERO,
-    };
-    let n = |k: &str| match l.get(k) {
-        Some((Value::Int(n), _)) => *n,
-        _ => 0,
-    };
-    let list = |k: &str| match l.get(k) {
-        Some((Value::List(v), _)) => v.clone(),
-        _ => vec![],
-    };
-    let map = |k: &str| match l.get(k) {
-        Some((Value::Map(m), _)) => m.clone(),
-        _ => BTreeMap::new(),
-    };
+    use super::keys::*;
 
     // API URL.
-    let api_url = s("github.api_url")
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
-    let web_url = match s("github.web_url") {
+    let api_url = r.get(&GITHUB_API_URL).trim_end_matches('/').to_string();
+    let web_url = match r.get(&GITHUB_WEB_URL) {
         Some(w) => w.trim_end_matches('/').to_string(),
         None => derive_web_url(&api_url),
     };
-    for (key, u) in [("github.api_url", &api_url), ("github.web_url", &web_url)] {
+    for (key, u) in [
+        (GITHUB_API_URL.name(), &api_url),
+        (GITHUB_WEB_URL.name(), &web_url),
+    ] {
         if let Err(m) = check_url(u) {
             err(key, m);
         }
     }
 
     // Token: the higher layer wins; the same layer twice is ambiguous.
-    let token_src = l.get("github.token").map(|(_, s)| s.clone());
-    let file_src = l.get("github.token_file").map(|(_, s)| s.clone());
+    let token_src = r.source(&GITHUB_TOKEN);
+    let file_src = r.source(&GITHUB_TOKEN_FILE);
+    let (token_value, token_file) = (r.get(&GITHUB_TOKEN), r.get(&GITHUB_TOKEN_FILE));
     let token = match (&token_src, &file_src) {
         (Some(ts), Some(fs)) if ts.rank() == fs.rank() => {
             err(
-                "github.token",
+                GITHUB_TOKEN.name(),
                 format!("set only one of github.token ({ts}) and github.token_file ({fs})"),
             );
             None
         }
         (Some(ts), Some(fs)) if fs.rank() > ts.rank() => {
-            read_token_file(&s("github.token_file").unwrap_or_default(), &mut err)
+            token_file.and_then(|f| read_token_file(&f, &mut err))
         }
-        (Some(_), _) => s("github.token").map(Secret),
-        (None, Some(_)) => read_token_file(&s("github.token_file").unwrap_or_default(), &mut err),
+        (Some(_), _) => token_value,
+        (None, Some(_)) => token_file.and_then(|f| read_token_file(&f, &mut err)),
         (None, None) => None,
     };
     // One rule for every source (env, file, TOML): surrounding whitespace, such as the
@@ -100,42 +95,45 @@ pub(crate) fn build(
     let token = token.map(|t| Secret(t.0.trim().to_string()));
     if let Some(t) = &token {
         if t.0.is_empty() {
-            err("github.token", "is empty".into());
+            err(GITHUB_TOKEN.name(), "is empty".into());
         } else if t.0.chars().any(|c| c.is_whitespace() || c.is_control()) {
             err(
-                "github.token",
+                GITHUB_TOKEN.name(),
                 "contains whitespace or control characters".into(),
             );
         }
     } else if purpose == Purpose::Run && token_src.is_none() && file_src.is_none() {
-        err(
-            "github.token",
+        err(GITHUB_TOKEN.name(),
             "no token: set GITHUB_PAT, SUPERVISOR_GITHUB_TOKEN or github.token_file (or run the simulated demo, see README)".into(),
         );
     }
 
     // Scope.
-    let (owner, repo, org) = (s("github.owner"), s("github.repo"), s("github.org"));
+    let (owner, repo, org) = (
+        r.get(&GITHUB_OWNER),
+        r.get(&GITHUB_REPO),
+        r.get(&GITHUB_ORG),
+    );
     let scope = match (&owner, &repo, &org) {
         (_, _, Some(o)) if owner.is_some() || repo.is_some() => {
             err(
-                "github.org",
+                GITHUB_ORG.name(),
                 format!("set either github.org ({o}) or github.owner and github.repo, not both"),
             );
             None
         }
         (_, _, Some(o)) => {
             if let Err(m) = check_owner(o) {
-                err("github.org", m);
+                err(GITHUB_ORG.name(), m);
             }
             Some(Scope::Org { org: o.clone() })
         }
         (Some(o), Some(r), None) => {
             if let Err(m) = check_owner(o) {
-                err("github.owner", m);
+                err(GITHUB_OWNER.name(), m);
             }
             if let Err(m) = check_repo(r) {
-                err("github.repo", m);
+                err(GITHUB_REPO.name(), m);
             }
             Some(Scope::Repo {
                 owner: o.clone(),
@@ -144,7 +142,7 @@ pub(crate) fn build(
         }
         (Some(_), None, None) => {
             err(
-                "github.repo",
+                GITHUB_REPO.name(),
                 "missing: set REPO_NAME (github.repo), or github.org for an organisation runner"
                     .into(),
             );
@@ -152,15 +150,14 @@ pub(crate) fn build(
         }
         (None, Some(_), None) => {
             err(
-                "github.owner",
+                GITHUB_OWNER.name(),
                 "missing: set REPO_OWNER (github.owner)".into(),
             );
             None
         }
         (None, None, None) if purpose == Purpose::Local => None,
         (None, None, None) => {
-            err(
-                "github.owner",
+            err(GITHUB_OWNER.name(),
                 "missing: set REPO_OWNER and REPO_NAME (github.owner, github.repo) for a repository runner, or github.org for an organisation runner".into(),
             );
             None
@@ -168,13 +165,13 @@ pub(crate) fn build(
     };
 
     // Runner.
-    let dir = PathBuf::from(s("runner.dir").unwrap_or_default());
+    let dir = r.get(&RUNNER_DIR);
     if purpose == Purpose::Run {
         if let Err(m) = check_runner_dir(&dir) {
-            err("runner.dir", m);
+            err(RUNNER_DIR.name(), m);
         }
     }
-    let prefix = s("runner.name_prefix").unwrap_or_default();
+    let prefix = r.get(&RUNNER_NAME_PREFIX);
     if prefix.is_empty()
         || prefix.len() > 40
         || !prefix
@@ -182,31 +179,32 @@ pub(crate) fn build(
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
         err(
-            "runner.name_prefix",
+            RUNNER_NAME_PREFIX.name(),
             format!("{prefix:?} must be 1 to 40 characters of letters, digits, '-', '_' or '.'"),
         );
     }
-    let labels = list("runner.labels");
+    let labels = r.get(&RUNNER_LABELS);
     if let Err(m) = check_labels(&labels) {
-        err("runner.labels", m);
+        err(RUNNER_LABELS.name(), m);
     }
-    let work_folder = s("runner.work_folder").unwrap_or_default();
+    let work_folder = r.get(&RUNNER_WORK_FOLDER);
     if work_folder.is_empty() || work_folder.contains("..") {
         err(
-            "runner.work_folder",
+            RUNNER_WORK_FOLDER.name(),
             format!("{work_folder:?} must be a non-empty path without '..'"),
         );
     }
-    let extra_env = map("runner.env");
+    // Unset tables and lists are empty, said here rather than assumed by the reader.
+    let extra_env = r.get(&RUNNER_ENV).unwrap_or_default();
     for name in extra_env.keys() {
         if let Err(m) = check_env_name(name) {
-            err("runner.env", m);
+            err(RUNNER_ENV.name(), m);
         }
     }
     let mut pass_env = BTreeMap::new();
-    for name in list("runner.pass_env") {
+    for name in r.get(&RUNNER_PASS_ENV).unwrap_or_default() {
         match check_env_name(&name) {
-            Err(m) => err("runner.pass_env", m),
+            Err(m) => err(RUNNER_PASS_ENV.name(), m),
             Ok(()) => {
                 if let Some(v) = env.get(&name) {
                     pass_env.insert(name, v);
@@ -214,12 +212,9 @@ pub(crate) fn build(
             }
         }
     }
-    let registration = match s("runner.registration").as_deref() {
-        Some("jit") => RegistrationMode::Jit,
-        Some("token") => RegistrationMode::Token,
-        _ => RegistrationMode::Auto,
-    };
-    for dep in list("health.dependencies") {
+    let registration = r.get(&RUNNER_REGISTRATION);
+    let dependencies = r.get(&HEALTH_DEPENDENCIES).unwrap_or_default();
+    for dep in &dependencies {
         if dep
             .rsplit_once(':')
             .and_then(|(h, p)| {
@@ -231,52 +226,61 @@ pub(crate) fn build(
             })
             .is_none()
         {
-            err("health.dependencies", format!("{dep:?} is not host:port"));
-        }
-    }
-    if let Some(a) = s("clock.chronyc_address") {
-        if a.rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            err("clock.chronyc_address", format!("{a:?} is not host:port"));
-        }
-    }
-    for r in list("network.fallback_resolvers") {
-        if r.parse::<std::net::IpAddr>().is_err() {
             err(
-                "network.fallback_resolvers",
-                format!("{r:?} is not an IP address"),
+                HEALTH_DEPENDENCIES.name(),
+                format!("{dep:?} is not host:port"),
             );
         }
     }
-    if d("clock.warn_offset") > d("clock.fault_offset") {
+    let chronyc_address = r.get(&CLOCK_CHRONYC_ADDRESS);
+    if chronyc_address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
         err(
-            "clock.warn_offset",
+            CLOCK_CHRONYC_ADDRESS.name(),
+            format!("{chronyc_address:?} is not host:port"),
+        );
+    }
+    let fallback_resolvers = r.get(&NETWORK_FALLBACK_RESOLVERS).unwrap_or_default();
+    for ip in &fallback_resolvers {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            err(
+                NETWORK_FALLBACK_RESOLVERS.name(),
+                format!("{ip:?} is not an IP address"),
+            );
+        }
+    }
+    let (warn_offset, fault_offset) = (r.get(&CLOCK_WARN_OFFSET), r.get(&CLOCK_FAULT_OFFSET));
+    if warn_offset > fault_offset {
+        err(
+            CLOCK_WARN_OFFSET.name(),
             format!(
                 "{} is larger than clock.fault_offset ({}): a warning must come before the fault",
-                humantime::format_duration(d("clock.warn_offset")),
-                humantime::format_duration(d("clock.fault_offset"))
+                humantime::format_duration(warn_offset),
+                humantime::format_duration(fault_offset)
             ),
         );
     }
-    if let Err(m) = check_log_level(&s("log.level").unwrap_or_default()) {
-        err("log.level", m);
+    let log_level = r.get(&LOG_LEVEL);
+    if let Err(m) = check_log_level(&log_level) {
+        err(LOG_LEVEL.name(), m);
     }
-    let state_dir = PathBuf::from(s("state.dir").unwrap_or_default());
+    let state_dir = r.get(&STATE_DIR);
     if state_dir.as_os_str().is_empty() {
-        err("state.dir", "must not be empty".into());
+        err(STATE_DIR.name(), "must not be empty".into());
     }
 
     let entries = KEYS
         .iter()
         .map(|k| {
-            let (value, source) = match l.get(&k.dotted()) {
+            let (value, source) = match l.get(k.dotted()) {
                 Some((v, s)) => (v.display(matches!(k.kind, Kind::Secret)), s.clone()),
                 None => ("(unset)".to_string(), Source::Default),
             };
             Entry {
-                key: k.dotted(),
+                key: k.dotted().to_string(),
                 value,
                 source,
             }
@@ -295,95 +299,91 @@ pub(crate) fn build(
             web_url,
             token,
             scope,
-            connect_timeout: d("github.connect_timeout"),
-            request_timeout: d("github.request_timeout"),
-            max_retries: n("github.max_retries") as u32,
-            backoff_base: d("github.backoff_base"),
-            backoff_cap: d("github.backoff_cap"),
-            max_rate_limit_wait: d("github.max_rate_limit_wait"),
+            connect_timeout: r.get(&GITHUB_CONNECT_TIMEOUT),
+            request_timeout: r.get(&GITHUB_REQUEST_TIMEOUT),
+            max_retries: r.get(&GITHUB_MAX_RETRIES) as u32,
+            backoff_base: r.get(&GITHUB_BACKOFF_BASE),
+            backoff_cap: r.get(&GITHUB_BACKOFF_CAP),
+            max_rate_limit_wait: r.get(&GITHUB_MAX_RATE_LIMIT_WAIT),
         },
         runner: RunnerConfig {
             dir,
             name_prefix: prefix,
             labels,
-            slots: n("runner.slots") as usize,
-            group_id: n("runner.group_id"),
+            slots: r.get(&RUNNER_SLOTS) as usize,
+            group_id: r.get(&RUNNER_GROUP_ID),
             work_folder,
             registration,
-            drain_timeout: d("runner.drain_timeout"),
-            stop_grace: d("runner.stop_grace"),
-            session_conflict_wait: d("runner.session_conflict_wait"),
-            update_wait: d("runner.update_wait"),
-            ready_timeout: d("runner.ready_timeout"),
-            stable_after: d("runner.stable_after"),
+            drain_timeout: r.get(&RUNNER_DRAIN_TIMEOUT),
+            stop_grace: r.get(&RUNNER_STOP_GRACE),
+            session_conflict_wait: r.get(&RUNNER_SESSION_CONFLICT_WAIT),
+            update_wait: r.get(&RUNNER_UPDATE_WAIT),
+            ready_timeout: r.get(&RUNNER_READY_TIMEOUT),
+            stable_after: r.get(&RUNNER_STABLE_AFTER),
             env: extra_env,
             pass_env,
         },
         state_dir,
         network: NetworkConfig {
-            keepalive_idle: d("network.keepalive_idle"),
-            keepalive_interval: d("network.keepalive_interval"),
-            keepalive_probes: n("network.keepalive_probes") as u32,
-            set_sysctls: Toggle::parse(s("network.set_sysctls").as_deref()),
-            dns_interval: d("network.dns_interval"),
-            fallback_resolvers: list("network.fallback_resolvers"),
-            resolv_conf: PathBuf::from(s("network.resolv_conf").unwrap_or_default()),
-            dns_port: n("network.dns_port") as u16,
+            keepalive_idle: r.get(&NETWORK_KEEPALIVE_IDLE),
+            keepalive_interval: r.get(&NETWORK_KEEPALIVE_INTERVAL),
+            keepalive_probes: r.get(&NETWORK_KEEPALIVE_PROBES) as u32,
+            set_sysctls: r.get(&NETWORK_SET_SYSCTLS),
+            dns_interval: r.get(&NETWORK_DNS_INTERVAL),
+            fallback_resolvers,
+            resolv_conf: r.get(&NETWORK_RESOLV_CONF),
+            dns_port: r.get(&NETWORK_DNS_PORT) as u16,
         },
         watchdog: WatchdogConfig {
-            grace: d("watchdog.grace"),
-            job_stall_timeout: d("watchdog.job_stall_timeout"),
-            max_fires: n("watchdog.max_fires") as u32,
-            window: d("watchdog.window"),
-            open_for: d("watchdog.open_for"),
-            retryable_exits: n("watchdog.retryable_exits") as u32,
-            socket_stall: d("watchdog.socket_stall"),
-            socket_check_interval: d("watchdog.socket_check_interval"),
-            offline_after: d("watchdog.offline_after"),
-            offline_check_interval: d("watchdog.offline_check_interval"),
+            grace: r.get(&WATCHDOG_GRACE),
+            job_stall_timeout: r.get(&WATCHDOG_JOB_STALL_TIMEOUT),
+            max_fires: r.get(&WATCHDOG_MAX_FIRES) as u32,
+            window: r.get(&WATCHDOG_WINDOW),
+            open_for: r.get(&WATCHDOG_OPEN_FOR),
+            retryable_exits: r.get(&WATCHDOG_RETRYABLE_EXITS) as u32,
+            socket_stall: r.get(&WATCHDOG_SOCKET_STALL),
+            socket_check_interval: r.get(&WATCHDOG_SOCKET_CHECK_INTERVAL),
+            offline_after: r.get(&WATCHDOG_OFFLINE_AFTER),
+            offline_check_interval: r.get(&WATCHDOG_OFFLINE_CHECK_INTERVAL),
         },
         clock: ClockConfig {
-            ntp_servers: list("clock.ntp_servers"),
-            interval: d("clock.interval"),
-            warn_offset: d("clock.warn_offset"),
-            fault_offset: d("clock.fault_offset"),
-            chronyc: match s("clock.chronyc").as_deref() {
-                Some("required") => ChronycMode::Required,
-                Some("off") => ChronycMode::Off,
-                _ => ChronycMode::Auto,
-            },
-            chronyc_address: s("clock.chronyc_address").unwrap_or_default(),
-            makestep: matches!(l.get("clock.makestep"), Some((Value::Bool(true), _))),
-            lock_file: PathBuf::from(s("clock.lock_file").unwrap_or_default()),
+            ntp_servers: r.get(&CLOCK_NTP_SERVERS),
+            interval: r.get(&CLOCK_INTERVAL),
+            warn_offset,
+            fault_offset,
+            chronyc: r.get(&CLOCK_CHRONYC),
+            chronyc_address,
+            makestep: r.get(&CLOCK_MAKESTEP),
+            lock_file: r.get(&CLOCK_LOCK_FILE),
         },
         token: TokenConfig {
-            check_interval: d("token.check_interval"),
-            expiry_warning: d("token.expiry_warning"),
+            check_interval: r.get(&TOKEN_CHECK_INTERVAL),
+            expiry_warning: r.get(&TOKEN_EXPIRY_WARNING),
         },
         health: HealthConfig {
-            unhealthy_after: d("health.unhealthy_after"),
-            dependencies: list("health.dependencies"),
+            unhealthy_after: r.get(&HEALTH_UNHEALTHY_AFTER),
+            dependencies,
         },
         disk: DiskConfig {
-            prune: Toggle::parse(s("disk.prune").as_deref()),
-            docker_host: s("disk.docker_host").unwrap_or_default(),
-            path: s("disk.path").map(PathBuf::from),
-            threshold_gb: n("disk.threshold_gb"),
-            interval: d("disk.interval"),
-            until: d("disk.until"),
-            keep_images: list("disk.keep_images"),
+            prune: r.get(&DISK_PRUNE),
+            docker_host: r.get(&DISK_DOCKER_HOST),
+            path: r.get(&DISK_PATH),
+            threshold_gb: r.get(&DISK_THRESHOLD_GB),
+            interval: r.get(&DISK_INTERVAL),
+            until: r.get(&DISK_UNTIL),
+            keep_images: r.get(&DISK_KEEP_IMAGES).unwrap_or_default(),
         },
         autoheal: AutohealConfig {
-            label: s("autoheal.label").unwrap_or_default(),
-            interval: d("autoheal.interval"),
-            stop_timeout: d("autoheal.stop_timeout"),
-            max_restarts: n("autoheal.max_restarts") as u32,
-            window: d("autoheal.window"),
+            label: r.get(&AUTOHEAL_LABEL),
+            interval: r.get(&AUTOHEAL_INTERVAL),
+            stop_timeout: r.get(&AUTOHEAL_STOP_TIMEOUT),
+            max_restarts: r.get(&AUTOHEAL_MAX_RESTARTS) as u32,
+            window: r.get(&AUTOHEAL_WINDOW),
         },
-        shared_dir: PathBuf::from(s("state.shared_dir").unwrap_or_default()),
+        shared_dir: r.get(&STATE_SHARED_DIR),
         log: LogConfig {
-            json: s("log.format").as_deref() == Some("json"),
-            level: s("log.level").unwrap_or_else(|| "info".into()),
+            json: r.get(&LOG_FORMAT) == LogFormat::Json,
+            level: log_level,
         },
         entries,
         file,
@@ -391,12 +391,53 @@ pub(crate) fn build(
     })
 }
 
-pub(crate) fn read_token_file(path: &str, err: &mut impl FnMut(&str, String)) -> Option<Secret> {
-    match read_bounded(Path::new(path), MAX_TOKEN_FILE) {
+pub(crate) fn read_token_file(path: &Path, err: &mut impl FnMut(&str, String)) -> Option<Secret> {
+    let path = path.display();
+    match read_bounded(Path::new(&path.to_string()), MAX_TOKEN_FILE) {
         Ok(t) => Some(Secret(t)),
         Err(e) => {
-            err("github.token_file", format!("{path}: {e}"));
+            err(
+                super::keys::GITHUB_TOKEN_FILE.name(),
+                format!("{path}: {e}"),
+            );
             None
         }
+    }
+}
+
+/// Reads layered values through the typed key constants, counting each read, so a test
+/// can check that every declared key is consumed exactly once.
+pub(crate) struct Reader<'a> {
+    l: &'a Layered,
+    reads: std::cell::RefCell<BTreeMap<&'static str, u32>>,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(l: &'a Layered) -> Reader<'a> {
+        Reader {
+            l,
+            reads: Default::default(),
+        }
+    }
+
+    /// The value of `key`. A key without a value is `None` for optional types; for any
+    /// other it cannot happen (every such key has a default, parsed at start): a
+    /// declaration error, which the tests' default configuration would hit at once.
+    pub(crate) fn get<T: FromValue>(&self, key: &Key<T>) -> T {
+        let name = key.name();
+        *self.reads.borrow_mut().entry(name).or_default() += 1;
+        T::from_value(self.l.get(name).map(|(v, _)| v)).unwrap_or_else(|| {
+            panic!("configuration key {name} has no value of its type and no default: fix its declaration in config/keys.rs")
+        })
+    }
+
+    /// Where `key`'s value came from, if it is set (not counted as a read).
+    pub(crate) fn source<T>(&self, key: &Key<T>) -> Option<Source> {
+        self.l.get(key.name()).map(|(_, s)| s.clone())
+    }
+
+    /// How many times each key was read.
+    pub(crate) fn reads(&self) -> BTreeMap<&'static str, u32> {
+        self.reads.borrow().clone()
     }
 }

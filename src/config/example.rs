@@ -20,25 +20,30 @@ pub fn example_toml() -> String {
         let mut envs: Vec<String> = k.aliases.iter().map(|s| s.to_string()).collect();
         envs.push(k.env_name());
         out.push_str(&format!("# {} (env: {})\n", k.doc, envs.join(", ")));
-        let rendered = match (k.kind, k.default) {
-            (_, None) => match k.kind {
-                Kind::Map => format!("# {} = {{ NAME = \"value\" }}", k.key),
-                Kind::List => format!("# {} = []", k.key),
-                _ => format!("# {} = \"\"", k.key),
-            },
-            (Kind::Int { .. } | Kind::Bool, Some(d)) => format!("{} = {d}", k.key),
-            (Kind::List, Some(d)) => format!(
-                "{} = [{}]",
-                k.key,
-                d.split(',')
-                    .map(|x| format!("\"{x}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            (_, Some(d)) => format!("{} = \"{d}\"", k.key),
-        };
+        let rendered = example_line(k);
         out.push_str(&rendered);
         out.push('\n');
     }
     out
+}
+
+/// A key's line in the example: `key = default`, or commented out when it has none.
+pub(crate) fn example_line(k: &KeySpec) -> String {
+    match (k.kind, k.default) {
+        (_, None) => match k.kind {
+            Kind::Map => format!("# {} = {{ NAME = \"value\" }}", k.key),
+            Kind::List => format!("# {} = []", k.key),
+            _ => format!("# {} = \"\"", k.key),
+        },
+        (Kind::Int { .. } | Kind::Bool, Some(d)) => format!("{} = {d}", k.key),
+        (Kind::List, Some(d)) => format!(
+            "{} = [{}]",
+            k.key,
+            d.split(',')
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (_, Some(d)) => format!("{} = \"{d}\"", k.key),
+    }
 }

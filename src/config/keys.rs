@@ -1,376 +1,185 @@
-//! The table of every configuration key: type, default, bounds, environment names and
-//! documentation. Everything else in `config` is driven by it.
+//! Every configuration key, declared once: its Rust type, section and name, kind and
+//! bounds, default, extra environment names and documentation. Each becomes a typed
+//! constant ([`Key`]) that `build` reads through, so a misspelt key does not compile, and
+//! [`KEYS`], which drives the TOML reader, the env reader, `--set`, `supervisor config`
+//! and the example file. A test checks that `build` reads every key exactly once.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{KeySpec, Kind};
+use super::{ChronycMode, Key, KeySpec, Kind, LogFormat, RegistrationMode, Secret, Toggle};
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// Every key. Order is the order of `config/supervisor.toml` and `supervisor config`.
-pub const KEYS: &[KeySpec] = &[
-    KeySpec {
-        section: "github",
-        key: "api_url",
-        kind: Kind::Url,
-        default: Some("https://api.github.com"),
-        aliases: &[],
-        doc: "REST API base; GHES uses https://HOST/api/v3",
-    },
-    KeySpec {
-        section: "github",
-        key: "web_url",
-        kind: Kind::Url,
-        default: None,
-        aliases: &[],
-        doc: "web base for config.sh --url; derived from api_url when unset",
-    },
-    KeySpec {
-        section: "github",
-        key: "token",
-        kind: Kind::Secret,
-        default: None,
-        aliases: &["GITHUB_PAT"],
-        doc: "classic or fine-grained PAT; prefer token_file",
-    },
-    KeySpec {
-        section: "github",
-        key: "token_file",
-        kind: Kind::Path,
-        default: None,
-        aliases: &[],
-        doc: "file holding the token (Docker secret, systemd credential)",
-    },
-    KeySpec {
-        section: "github",
-        key: "owner",
-        kind: Kind::Str,
-        default: None,
-        aliases: &["REPO_OWNER"],
-        doc: "repository owner, for repository runners",
-    },
-    KeySpec {
-        section: "github",
-        key: "repo",
-        kind: Kind::Str,
-        default: None,
-        aliases: &["REPO_NAME"],
-        doc: "repository name, for repository runners",
-    },
-    KeySpec {
-        section: "github",
-        key: "org",
-        kind: Kind::Str,
-        default: None,
-        aliases: &[],
-        doc: "organisation, for organisation runners (instead of owner and repo)",
-    },
-    KeySpec {
-        section: "github",
-        key: "connect_timeout",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(300),
-        },
-        default: Some("10s"),
-        aliases: &[],
-        doc: "TCP and TLS connect timeout",
-    },
-    KeySpec {
-        section: "github",
-        key: "request_timeout",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(600),
-        },
-        default: Some("30s"),
-        aliases: &[],
-        doc: "whole-request timeout",
-    },
-    KeySpec {
-        section: "github",
-        key: "max_retries",
-        kind: Kind::Int { min: 0, max: 20 },
-        default: Some("4"),
-        aliases: &[],
-        doc: "retries of a transient failure or rate limit before giving up",
-    },
-    KeySpec {
-        section: "github",
-        key: "backoff_base",
-        kind: Kind::Duration {
-            min: Duration::from_millis(10),
-            max: secs(60),
-        },
-        default: Some("1s"),
-        aliases: &[],
-        doc: "first back-off step; doubles, with jitter",
-    },
-    KeySpec {
-        section: "github",
-        key: "backoff_cap",
-        kind: Kind::Duration {
-            min: Duration::from_millis(100),
-            max: secs(3600),
-        },
-        default: Some("5m"),
-        aliases: &[],
-        doc: "longest back-off step",
-    },
-    KeySpec {
-        section: "github",
-        key: "max_rate_limit_wait",
-        kind: Kind::Duration {
-            min: secs(60),
-            max: secs(7200),
-        },
-        default: Some("15m"),
-        aliases: &[],
-        doc: "a rate limit longer than this is returned to the caller instead of waited out",
-    },
-    KeySpec {
-        section: "runner",
-        key: "dir",
-        kind: Kind::Path,
-        default: Some("/home/runner/actions-runner"),
-        aliases: &[],
-        doc: "the runner's install directory, holding bin/Runner.Listener",
-    },
-    KeySpec {
-        section: "runner",
-        key: "name_prefix",
-        kind: Kind::Str,
-        default: Some("runner"),
-        aliases: &["RUNNER_NAME"],
-        doc: "runner names are <prefix>-<host>-<slot>-<random>",
-    },
-    KeySpec {
-        section: "runner",
-        key: "labels",
-        kind: Kind::List,
-        default: Some("self-hosted,Linux,X64"),
-        aliases: &["SUPERVISOR_LABELS"],
-        doc: "labels for every runner (at most 100, 256 characters each)",
-    },
-    KeySpec {
-        section: "runner",
-        key: "slots",
-        kind: Kind::Int { min: 1, max: 100 },
-        default: Some("1"),
-        aliases: &["SUPERVISOR_SLOTS"],
-        doc: "runners supervised at once",
-    },
-    KeySpec {
-        section: "runner",
-        key: "group_id",
-        kind: Kind::Int {
-            min: 1,
-            max: u32::MAX as u64,
-        },
-        default: Some("1"),
-        aliases: &[],
-        doc: "runner group id (1 is the default group)",
-    },
-    KeySpec {
-        section: "runner",
-        key: "work_folder",
-        kind: Kind::Str,
-        default: Some("_work"),
-        aliases: &[],
-        doc: "job work folder, relative to the runner root",
-    },
-    KeySpec {
-        section: "runner",
-        key: "registration",
-        kind: Kind::Enum(&["auto", "jit", "token"]),
-        default: Some("auto"),
-        aliases: &[],
-        doc:
-            "jit, token (config.sh fallback), or auto (jit, falling back when the server has none)",
-    },
-    KeySpec {
-        section: "runner",
-        key: "drain_timeout",
-        kind: Kind::Duration {
-            min: secs(0),
-            max: secs(7 * 24 * 3600),
-        },
-        default: Some("15m"),
-        aliases: &[],
-        doc: "on SIGTERM, how long a busy runner may finish its job",
-    },
-    KeySpec {
-        section: "runner",
-        key: "stop_grace",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(600),
-        },
-        default: Some("30s"),
-        aliases: &[],
-        doc: "SIGINT-to-SIGKILL wait when stopping a listener",
-    },
-    KeySpec {
-        section: "runner",
-        key: "session_conflict_wait",
-        kind: Kind::Duration {
-            min: secs(0),
-            max: secs(600),
-        },
-        default: Some("30s"),
-        aliases: &["SESSION_CONFLICT_WAIT"],
-        doc: "wait before re-registering a fixed-name runner after a session conflict",
-    },
-    KeySpec {
-        section: "runner",
-        key: "update_wait",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(600),
-        },
-        default: Some("35s"),
-        aliases: &[],
-        doc: "after exit code 3 or 4, how long to wait for update.finished",
-    },
-    KeySpec {
-        section: "runner",
-        key: "ready_timeout",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(3600),
-        },
-        default: Some("5m"),
-        aliases: &[],
-        doc: "a listener not listening by then is stopped and replaced",
-    },
-    KeySpec {
-        section: "runner",
-        key: "stable_after",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(3600),
-        },
-        default: Some("60s"),
-        aliases: &[],
-        doc: "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially, 2 s doubling to 5 min",
-    },
-    KeySpec {
-        section: "runner",
-        key: "env",
-        kind: Kind::Map,
-        default: None,
-        aliases: &[],
-        doc: "extra environment for the runner and its jobs, NAME = value",
-    },
-    KeySpec {
-        section: "runner",
-        key: "pass_env",
-        kind: Kind::List,
-        default: None,
-        aliases: &[],
-        doc: "names of supervisor environment variables passed on to the runner",
-    },
-    KeySpec {
-        section: "state",
-        key: "dir",
-        kind: Kind::Path,
-        default: Some("/var/lib/runner-supervisor"),
-        aliases: &[],
-        doc: "state directory: per-slot runner roots, status, breaker",
-    },
-    KeySpec {
-        section: "state",
-        key: "shared_dir",
-        kind: Kind::Path,
-        default: Some("/run/runner-supervisor"),
-        aliases: &[],
-        doc: "shared by every supervisor on this host or Docker engine (one volume in compose): each publishes its status in fleet/, and the one pruner holds pruner.lock",
-    },
-    KeySpec {
-        section: "network",
-        key: "keepalive_idle",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(7200),
-        },
-        default: Some("60s"),
-        aliases: &[],
-        doc: "TCP keepalive idle time on every GitHub connection",
-    },
-    KeySpec {
-        section: "network",
-        key: "keepalive_interval",
-        kind: Kind::Duration {
-            min: secs(1),
-            max: secs(600),
-        },
-        default: Some("10s"),
-        aliases: &[],
-        doc: "TCP keepalive probe interval",
-    },
-    KeySpec {
-        section: "network",
-        key: "keepalive_probes",
-        kind: Kind::Int { min: 1, max: 50 },
-        default: Some("6"),
-        aliases: &[],
-        doc: "TCP keepalive probes before the connection is dropped",
-    },
-    KeySpec { section: "network", key: "set_sysctls", kind: Kind::Enum(&["auto", "on", "off"]), default: Some("auto"), aliases: &[], doc: "set net.ipv4.tcp_keepalive_* to the values above: auto = only in a container's own network namespace" },
-    KeySpec { section: "network", key: "dns_interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, default: Some("60s"), aliases: &[], doc: "how often the API host is resolved (and resolvers checked)" },
-    KeySpec { section: "network", key: "fallback_resolvers", kind: Kind::List, default: None, aliases: &[], doc: "container mode: nameservers put first in resolv_conf while the primary ones fail" },
-    KeySpec { section: "network", key: "resolv_conf", kind: Kind::Path, default: Some("/etc/resolv.conf"), aliases: &[], doc: "the resolv.conf managed in container mode" },
-    KeySpec { section: "network", key: "dns_port", kind: Kind::Int { min: 1, max: 65535 }, default: Some("53"), aliases: &[], doc: "port used to query nameservers directly" },
-    KeySpec { section: "watchdog", key: "grace", kind: Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("120s"), aliases: &[], doc: "an idle listener whose connect error is not followed by a recovery within this is replaced" },
-    KeySpec { section: "watchdog", key: "job_stall_timeout", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("30m"), aliases: &[], doc: "the same for a listener busy with a job" },
-    KeySpec { section: "watchdog", key: "max_fires", kind: Kind::Int { min: 1, max: 1000 }, default: Some("5"), aliases: &["WATCHDOG_MAX_FIRES"], doc: "more watchdog fires than this within the window open the circuit breaker" },
-    KeySpec { section: "watchdog", key: "window", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("1h"), aliases: &[], doc: "the circuit breaker's sliding window" },
-    KeySpec { section: "watchdog", key: "open_for", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("10m"), aliases: &[], doc: "how long an open circuit breaker pauses the slot" },
-    KeySpec { section: "watchdog", key: "retryable_exits", kind: Kind::Int { min: 1, max: 100 }, default: Some("3"), aliases: &[], doc: "consecutive exit-2 exits that count as a watchdog fire" },
-    KeySpec { section: "watchdog", key: "socket_stall", kind: Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("60s"), aliases: &[], doc: "a listener connection with retransmissions outstanding this long is stalled" },
-    KeySpec { section: "watchdog", key: "socket_check_interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, default: Some("5s"), aliases: &[], doc: "how often the listener's TCP connections are inspected" },
-    KeySpec { section: "watchdog", key: "offline_after", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("10m"), aliases: &[], doc: "a listening runner that GitHub shows offline this long is replaced" },
-    KeySpec { section: "watchdog", key: "offline_check_interval", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m"), aliases: &[], doc: "how often GitHub's view of listening runners is checked (one API call)" },
-    KeySpec { section: "clock", key: "ntp_servers", kind: Kind::List, default: Some("pool.ntp.org,time.cloudflare.com"), aliases: &[], doc: "SNTP servers (host or host:port) for measuring the clock offset" },
-    KeySpec { section: "clock", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, default: Some("60s"), aliases: &[], doc: "how often the clock offset is measured" },
-    KeySpec { section: "clock", key: "warn_offset", kind: Kind::Duration { min: Duration::from_millis(10), max: secs(3600) }, default: Some("2s"), aliases: &[], doc: "offsets beyond this are warned about" },
-    KeySpec { section: "clock", key: "fault_offset", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m"), aliases: &[], doc: "offsets beyond this are a clock fault (the runner's OAuth fails): registrations pause" },
-    KeySpec { section: "clock", key: "chronyc", kind: Kind::Enum(&["auto", "required", "off"]), default: Some("auto"), aliases: &[], doc: "watch chronyd through chronyc: auto (if installed), required, off" },
-    KeySpec { section: "clock", key: "chronyc_address", kind: Kind::Str, default: Some("127.0.0.1:323"), aliases: &[], doc: "chronyd's command address (read-only, loopback)" },
-    KeySpec { section: "clock", key: "makestep", kind: Kind::Bool, default: Some("false"), aliases: &[], doc: "on a clock fault, ask chronyd to step (chronyc makestep); the supervisor never sets the clock itself" },
-    KeySpec { section: "clock", key: "lock_file", kind: Kind::Path, default: Some("/run/runner-supervisor/clock.lock"), aliases: &[], doc: "only the supervisor holding this lock may ask chronyd to step; others stay monitor-only" },
-    KeySpec { section: "token", key: "check_interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(7 * 24 * 3600) }, default: Some("6h"), aliases: &[], doc: "how often the token is re-validated (also at start and on resume)" },
-    KeySpec { section: "token", key: "expiry_warning", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("14d"), aliases: &[], doc: "warn this long before the token expires" },
-    KeySpec { section: "health", key: "unhealthy_after", kind: Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("3m"), aliases: &[], doc: "a slot failing this long (not during a job) makes health unhealthy" },
-    KeySpec { section: "health", key: "dependencies", kind: Kind::List, default: None, aliases: &[], doc: "host:port services (e.g. mongo:27017) whose loss is reported as degraded" },
-    KeySpec { section: "disk", key: "prune", kind: Kind::Enum(&["auto", "on", "off"]), default: Some("auto"), aliases: &[], doc: "prune Docker when disk runs low: auto = when the Docker socket exists" },
-    KeySpec { section: "disk", key: "docker_host", kind: Kind::Str, default: Some("unix:///var/run/docker.sock"), aliases: &[], doc: "the Docker engine's socket" },
-    KeySpec { section: "disk", key: "path", kind: Kind::Path, default: None, aliases: &[], doc: "file system to watch; Docker's data root when unset" },
-    KeySpec { section: "disk", key: "threshold_gb", kind: Kind::Int { min: 1, max: 1_000_000 }, default: Some("10"), aliases: &["PRUNE_THRESHOLD_GB"], doc: "prune when less than this many GB are free; critical below half of it" },
-    KeySpec { section: "disk", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, default: Some("60s"), aliases: &[], doc: "how often free space is checked" },
-    KeySpec { section: "disk", key: "until", kind: Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, default: Some("6h"), aliases: &[], doc: "only prune containers and images older than this" },
-    KeySpec { section: "disk", key: "keep_images", kind: Kind::List, default: None, aliases: &[], doc: "images never removed (caches such as mongo:7.0); volumes are never pruned" },
-    KeySpec { section: "autoheal", key: "label", kind: Kind::Str, default: Some("io.github.runner-supervisor.autoheal"), aliases: &[], doc: "supervisor autoheal restarts only unhealthy containers whose label of this name is \"true\"" },
-    KeySpec { section: "autoheal", key: "interval", kind: Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, default: Some("30s"), aliases: &[], doc: "how often labelled containers are re-checked (Docker's health events act at once)" },
-    KeySpec { section: "autoheal", key: "stop_timeout", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("16m"), aliases: &[], doc: "SIGTERM-to-SIGKILL wait of a restart, at least a runner's drain_timeout + stop_grace; a container's own longer stop timeout (compose stop_grace_period) wins" },
-    KeySpec { section: "autoheal", key: "max_restarts", kind: Kind::Int { min: 1, max: 1000 }, default: Some("3"), aliases: &[], doc: "restarts of one container within the window; past that it is left alone (no restart storm)" },
-    KeySpec { section: "autoheal", key: "window", kind: Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("1h"), aliases: &[], doc: "the sliding window of max_restarts" },
-    KeySpec {
-        section: "log",
-        key: "format",
-        kind: Kind::Enum(&["text", "json"]),
-        default: Some("text"),
-        aliases: &[],
-        doc: "log format on stderr",
-    },
-    KeySpec {
-        section: "log",
-        key: "level",
-        kind: Kind::Str,
-        default: Some("info"),
-        aliases: &["SUPERVISOR_LOG"],
-        doc: "tracing filter, e.g. info or runner_supervisor=debug",
-    },
-];
+macro_rules! keys {
+    ($( $name:ident : $t:ty = $section:literal . $key:literal, $kind:expr, $default:expr, $aliases:expr, $doc:literal; )*) => {
+        $(
+            #[doc = $doc]
+            pub const $name: Key<$t> = Key::new(KeySpec {
+                section: $section,
+                key: $key,
+                dotted: concat!($section, ".", $key),
+                kind: $kind,
+                default: $default,
+                aliases: $aliases,
+                doc: $doc,
+            });
+        )*
+        /// Every key. Order is the order of `config/supervisor.toml` and `supervisor config`.
+        pub const KEYS: &[&KeySpec] = &[$(&$name.spec),*];
+    };
+}
+
+keys! {
+    GITHUB_API_URL: String = "github" . "api_url", Kind::Url, Some("https://api.github.com"), &[],
+        "REST API base; GHES uses https://HOST/api/v3";
+    GITHUB_WEB_URL: Option<String> = "github" . "web_url", Kind::Url, None, &[],
+        "web base for config.sh --url; derived from api_url when unset";
+    GITHUB_TOKEN: Option<Secret> = "github" . "token", Kind::Secret, None, &["GITHUB_PAT"],
+        "classic or fine-grained PAT; prefer token_file";
+    GITHUB_TOKEN_FILE: Option<PathBuf> = "github" . "token_file", Kind::Path, None, &[],
+        "file holding the token (Docker secret, systemd credential)";
+    GITHUB_OWNER: Option<String> = "github" . "owner", Kind::Str, None, &["REPO_OWNER"],
+        "repository owner, for repository runners";
+    GITHUB_REPO: Option<String> = "github" . "repo", Kind::Str, None, &["REPO_NAME"],
+        "repository name, for repository runners";
+    GITHUB_ORG: Option<String> = "github" . "org", Kind::Str, None, &[],
+        "organisation, for organisation runners (instead of owner and repo)";
+    GITHUB_CONNECT_TIMEOUT: Duration = "github" . "connect_timeout", Kind::Duration { min: secs(1), max: secs(300), }, Some("10s"), &[],
+        "TCP and TLS connect timeout";
+    GITHUB_REQUEST_TIMEOUT: Duration = "github" . "request_timeout", Kind::Duration { min: secs(1), max: secs(600), }, Some("30s"), &[],
+        "whole-request timeout";
+    GITHUB_MAX_RETRIES: u64 = "github" . "max_retries", Kind::Int { min: 0, max: 20 }, Some("4"), &[],
+        "retries of a transient failure or rate limit before giving up";
+    GITHUB_BACKOFF_BASE: Duration = "github" . "backoff_base", Kind::Duration { min: Duration::from_millis(10), max: secs(60), }, Some("1s"), &[],
+        "first back-off step; doubles, with jitter";
+    GITHUB_BACKOFF_CAP: Duration = "github" . "backoff_cap", Kind::Duration { min: Duration::from_millis(100), max: secs(3600), }, Some("5m"), &[],
+        "longest back-off step";
+    GITHUB_MAX_RATE_LIMIT_WAIT: Duration = "github" . "max_rate_limit_wait", Kind::Duration { min: secs(60), max: secs(7200), }, Some("15m"), &[],
+        "a rate limit longer than this is returned to the caller instead of waited out";
+    RUNNER_DIR: PathBuf = "runner" . "dir", Kind::Path, Some("/home/runner/actions-runner"), &[],
+        "the runner's install directory, holding bin/Runner.Listener";
+    RUNNER_NAME_PREFIX: String = "runner" . "name_prefix", Kind::Str, Some("runner"), &["RUNNER_NAME"],
+        "runner names are <prefix>-<host>-<slot>-<random>";
+    RUNNER_LABELS: Vec<String> = "runner" . "labels", Kind::List, Some("self-hosted,Linux,X64"), &["SUPERVISOR_LABELS"],
+        "labels for every runner (at most 100, 256 characters each)";
+    RUNNER_SLOTS: u64 = "runner" . "slots", Kind::Int { min: 1, max: 100 }, Some("1"), &["SUPERVISOR_SLOTS"],
+        "runners supervised at once";
+    RUNNER_GROUP_ID: u64 = "runner" . "group_id", Kind::Int { min: 1, max: u32::MAX as u64, }, Some("1"), &[],
+        "runner group id (1 is the default group)";
+    RUNNER_WORK_FOLDER: String = "runner" . "work_folder", Kind::Str, Some("_work"), &[],
+        "job work folder, relative to the runner root";
+    RUNNER_REGISTRATION: RegistrationMode = "runner" . "registration", Kind::Enum(&["auto", "jit", "token"]), Some("auto"), &[],
+        "jit, token (config.sh fallback), or auto (jit, falling back when the server has none)";
+    RUNNER_DRAIN_TIMEOUT: Duration = "runner" . "drain_timeout", Kind::Duration { min: secs(0), max: secs(7 * 24 * 3600), }, Some("15m"), &[],
+        "on SIGTERM, how long a busy runner may finish its job";
+    RUNNER_STOP_GRACE: Duration = "runner" . "stop_grace", Kind::Duration { min: secs(1), max: secs(600), }, Some("30s"), &[],
+        "SIGINT-to-SIGKILL wait when stopping a listener";
+    RUNNER_SESSION_CONFLICT_WAIT: Duration = "runner" . "session_conflict_wait", Kind::Duration { min: secs(0), max: secs(600), }, Some("30s"), &["SESSION_CONFLICT_WAIT"],
+        "wait before re-registering a fixed-name runner after a session conflict";
+    RUNNER_UPDATE_WAIT: Duration = "runner" . "update_wait", Kind::Duration { min: secs(1), max: secs(600), }, Some("35s"), &[],
+        "after exit code 3 or 4, how long to wait for update.finished";
+    RUNNER_READY_TIMEOUT: Duration = "runner" . "ready_timeout", Kind::Duration { min: secs(1), max: secs(3600), }, Some("5m"), &[],
+        "a listener not listening by then is stopped and replaced";
+    RUNNER_STABLE_AFTER: Duration = "runner" . "stable_after", Kind::Duration { min: secs(1), max: secs(3600), }, Some("60s"), &[],
+        "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially, 2 s doubling to 5 min";
+    RUNNER_ENV: Option<BTreeMap<String, String>> = "runner" . "env", Kind::Map, None, &[],
+        "extra environment for the runner and its jobs, NAME = value";
+    RUNNER_PASS_ENV: Option<Vec<String>> = "runner" . "pass_env", Kind::List, None, &[],
+        "names of supervisor environment variables passed on to the runner";
+    STATE_DIR: PathBuf = "state" . "dir", Kind::Path, Some("/var/lib/runner-supervisor"), &[],
+        "state directory: per-slot runner roots, status, breaker";
+    STATE_SHARED_DIR: PathBuf = "state" . "shared_dir", Kind::Path, Some("/run/runner-supervisor"), &[],
+        "shared by every supervisor on this host or Docker engine (one volume in compose): each publishes its status in fleet/, and the one pruner holds pruner.lock";
+    NETWORK_KEEPALIVE_IDLE: Duration = "network" . "keepalive_idle", Kind::Duration { min: secs(1), max: secs(7200), }, Some("60s"), &[],
+        "TCP keepalive idle time on every GitHub connection";
+    NETWORK_KEEPALIVE_INTERVAL: Duration = "network" . "keepalive_interval", Kind::Duration { min: secs(1), max: secs(600), }, Some("10s"), &[],
+        "TCP keepalive probe interval";
+    NETWORK_KEEPALIVE_PROBES: u64 = "network" . "keepalive_probes", Kind::Int { min: 1, max: 50 }, Some("6"), &[],
+        "TCP keepalive probes before the connection is dropped";
+    NETWORK_SET_SYSCTLS: Toggle = "network" . "set_sysctls", Kind::Enum(&["auto", "on", "off"]), Some("auto"), &[],
+        "set net.ipv4.tcp_keepalive_* to the values above: auto = only in a container's own network namespace";
+    NETWORK_DNS_INTERVAL: Duration = "network" . "dns_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, Some("60s"), &[],
+        "how often the API host is resolved (and resolvers checked)";
+    NETWORK_FALLBACK_RESOLVERS: Option<Vec<String>> = "network" . "fallback_resolvers", Kind::List, None, &[],
+        "container mode: nameservers put first in resolv_conf while the primary ones fail";
+    NETWORK_RESOLV_CONF: PathBuf = "network" . "resolv_conf", Kind::Path, Some("/etc/resolv.conf"), &[],
+        "the resolv.conf managed in container mode";
+    NETWORK_DNS_PORT: u64 = "network" . "dns_port", Kind::Int { min: 1, max: 65535 }, Some("53"), &[],
+        "port used to query nameservers directly";
+    WATCHDOG_GRACE: Duration = "watchdog" . "grace", Kind::Duration { min: secs(1), max: secs(3600) }, Some("120s"), &[],
+        "an idle listener whose connect error is not followed by a recovery within this is replaced";
+    WATCHDOG_JOB_STALL_TIMEOUT: Duration = "watchdog" . "job_stall_timeout", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("30m"), &[],
+        "the same for a listener busy with a job";
+    WATCHDOG_MAX_FIRES: u64 = "watchdog" . "max_fires", Kind::Int { min: 1, max: 1000 }, Some("5"), &["WATCHDOG_MAX_FIRES"],
+        "more watchdog fires than this within the window open the circuit breaker";
+    WATCHDOG_WINDOW: Duration = "watchdog" . "window", Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, Some("1h"), &[],
+        "the circuit breaker's sliding window";
+    WATCHDOG_OPEN_FOR: Duration = "watchdog" . "open_for", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("10m"), &[],
+        "how long an open circuit breaker pauses the slot";
+    WATCHDOG_RETRYABLE_EXITS: u64 = "watchdog" . "retryable_exits", Kind::Int { min: 1, max: 100 }, Some("3"), &[],
+        "consecutive exit-2 exits that count as a watchdog fire";
+    WATCHDOG_SOCKET_STALL: Duration = "watchdog" . "socket_stall", Kind::Duration { min: secs(1), max: secs(3600) }, Some("60s"), &[],
+        "a listener connection with retransmissions outstanding this long is stalled";
+    WATCHDOG_SOCKET_CHECK_INTERVAL: Duration = "watchdog" . "socket_check_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, Some("5s"), &[],
+        "how often the listener's TCP connections are inspected";
+    WATCHDOG_OFFLINE_AFTER: Duration = "watchdog" . "offline_after", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("10m"), &[],
+        "a listening runner that GitHub shows offline this long is replaced";
+    WATCHDOG_OFFLINE_CHECK_INTERVAL: Duration = "watchdog" . "offline_check_interval", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("5m"), &[],
+        "how often GitHub's view of listening runners is checked (one API call)";
+    CLOCK_NTP_SERVERS: Vec<String> = "clock" . "ntp_servers", Kind::List, Some("pool.ntp.org,time.cloudflare.com"), &[],
+        "SNTP servers (host or host:port) for measuring the clock offset";
+    CLOCK_INTERVAL: Duration = "clock" . "interval", Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, Some("60s"), &[],
+        "how often the clock offset is measured";
+    CLOCK_WARN_OFFSET: Duration = "clock" . "warn_offset", Kind::Duration { min: Duration::from_millis(10), max: secs(3600) }, Some("2s"), &[],
+        "offsets beyond this are warned about";
+    CLOCK_FAULT_OFFSET: Duration = "clock" . "fault_offset", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("5m"), &[],
+        "offsets beyond this are a clock fault (the runner's OAuth fails): registrations pause";
+    CLOCK_CHRONYC: ChronycMode = "clock" . "chronyc", Kind::Enum(&["auto", "required", "off"]), Some("auto"), &[],
+        "watch chronyd through chronyc: auto (if installed), required, off";
+    CLOCK_CHRONYC_ADDRESS: String = "clock" . "chronyc_address", Kind::Str, Some("127.0.0.1:323"), &[],
+        "chronyd's command address (read-only, loopback)";
+    CLOCK_MAKESTEP: bool = "clock" . "makestep", Kind::Bool, Some("false"), &[],
+        "on a clock fault, ask chronyd to step (chronyc makestep); the supervisor never sets the clock itself";
+    CLOCK_LOCK_FILE: PathBuf = "clock" . "lock_file", Kind::Path, Some("/run/runner-supervisor/clock.lock"), &[],
+        "only the supervisor holding this lock may ask chronyd to step; others stay monitor-only";
+    TOKEN_CHECK_INTERVAL: Duration = "token" . "check_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(7 * 24 * 3600) }, Some("6h"), &[],
+        "how often the token is re-validated (also at start and on resume)";
+    TOKEN_EXPIRY_WARNING: Duration = "token" . "expiry_warning", Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, Some("14d"), &[],
+        "warn this long before the token expires";
+    HEALTH_UNHEALTHY_AFTER: Duration = "health" . "unhealthy_after", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("3m"), &[],
+        "a slot failing this long (not during a job) makes health unhealthy";
+    HEALTH_DEPENDENCIES: Option<Vec<String>> = "health" . "dependencies", Kind::List, None, &[],
+        "host:port services (e.g. mongo:27017) whose loss is reported as degraded";
+    DISK_PRUNE: Toggle = "disk" . "prune", Kind::Enum(&["auto", "on", "off"]), Some("auto"), &[],
+        "prune Docker when disk runs low: auto = when the Docker socket exists";
+    DISK_DOCKER_HOST: String = "disk" . "docker_host", Kind::Str, Some("unix:///var/run/docker.sock"), &[],
+        "the Docker engine's socket";
+    DISK_PATH: Option<PathBuf> = "disk" . "path", Kind::Path, None, &[],
+        "file system to watch; Docker's data root when unset";
+    DISK_THRESHOLD_GB: u64 = "disk" . "threshold_gb", Kind::Int { min: 1, max: 1_000_000 }, Some("10"), &["PRUNE_THRESHOLD_GB"],
+        "prune when less than this many GB are free; critical below half of it";
+    DISK_INTERVAL: Duration = "disk" . "interval", Kind::Duration { min: Duration::from_millis(100), max: secs(24 * 3600) }, Some("60s"), &[],
+        "how often free space is checked";
+    DISK_UNTIL: Duration = "disk" . "until", Kind::Duration { min: secs(0), max: secs(365 * 24 * 3600) }, Some("6h"), &[],
+        "only prune containers and images older than this";
+    DISK_KEEP_IMAGES: Option<Vec<String>> = "disk" . "keep_images", Kind::List, None, &[],
+        "images never removed (caches such as mongo:7.0); volumes are never pruned";
+    AUTOHEAL_LABEL: String = "autoheal" . "label", Kind::Str, Some("io.github.runner-supervisor.autoheal"), &[],
+        "supervisor autoheal restarts only unhealthy containers whose label of this name is \"true\"";
+    AUTOHEAL_INTERVAL: Duration = "autoheal" . "interval", Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, Some("30s"), &[],
+        "how often labelled containers are re-checked (Docker's health events act at once)";
+    AUTOHEAL_STOP_TIMEOUT: Duration = "autoheal" . "stop_timeout", Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, Some("16m"), &[],
+        "SIGTERM-to-SIGKILL wait of a restart, at least a runner's drain_timeout + stop_grace; a container's own longer stop timeout (compose stop_grace_period) wins";
+    AUTOHEAL_MAX_RESTARTS: u64 = "autoheal" . "max_restarts", Kind::Int { min: 1, max: 1000 }, Some("3"), &[],
+        "restarts of one container within the window; past that it is left alone (no restart storm)";
+    AUTOHEAL_WINDOW: Duration = "autoheal" . "window", Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, Some("1h"), &[],
+        "the sliding window of max_restarts";
+    LOG_FORMAT: LogFormat = "log" . "format", Kind::Enum(&["text", "json"]), Some("text"), &[],
+        "log format on stderr";
+    LOG_LEVEL: String = "log" . "level", Kind::Str, Some("info"), &["SUPERVISOR_LOG"],
+        "tracing filter, e.g. info or runner_supervisor=debug";
+}

@@ -30,13 +30,22 @@ impl Config {
         cli: &CliInput,
         purpose: Purpose,
     ) -> Result<Config, ConfigErrors> {
+        Self::resolve_counting(env, cli, purpose).0
+    }
+
+    /// [`Config::resolve`], and how many times each key was read while building.
+    pub(crate) fn resolve_counting(
+        env: &dyn Env,
+        cli: &CliInput,
+        purpose: Purpose,
+    ) -> (Result<Config, ConfigErrors>, BTreeMap<&'static str, u32>) {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut layered: Layered = BTreeMap::new();
         for k in KEYS {
             if let Some(d) = k.default {
                 let v = parse_str(k.kind, d).expect("defaults parse");
-                layered.insert(k.dotted(), (v, Source::Default));
+                layered.insert(k.dotted().to_string(), (v, Source::Default));
             }
         }
 
@@ -88,10 +97,10 @@ impl Config {
                     }
                     match parse_str(k.kind, &raw) {
                         Ok(v) => {
-                            layered.insert(k.dotted(), (v, Source::Env(name)));
+                            layered.insert(k.dotted().to_string(), (v, Source::Env(name)));
                         }
                         Err(m) => errors.push(ConfigError {
-                            key: k.dotted(),
+                            key: k.dotted().to_string(),
                             source: Some(format!("env {name}")),
                             message: m,
                         }),
@@ -130,8 +139,8 @@ impl Config {
         // The command line.
         for (flag, dotted, raw) in &cli.sets {
             let Some(k) = spec(dotted) else {
-                let all: Vec<String> = KEYS.iter().map(|k| k.dotted()).collect();
-                let hint = did_you_mean(dotted, all.iter().map(String::as_str))
+                let all: Vec<&str> = KEYS.iter().map(|k| k.dotted()).collect();
+                let hint = did_you_mean(dotted, all.iter().copied())
                     .map(|k| format!("did you mean {k}? "))
                     .unwrap_or_default();
                 errors.push(ConfigError {
@@ -153,20 +162,64 @@ impl Config {
             }
         }
 
-        let cfg = build(&layered, env, purpose, file, &mut errors);
-        if errors.is_empty() {
+        let (cfg, reads) = build(&layered, env, purpose, file, &mut errors);
+        let result = if errors.is_empty() {
             let mut cfg = cfg.expect("no errors means a config");
             cfg.warnings = warnings;
             Ok(cfg)
         } else {
             Err(ConfigErrors(errors))
-        }
+        };
+        (result, reads)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every declared key is read exactly once while building (a forgotten key is read
+    /// zero times, a key read in two places could disagree with itself), and appears in
+    /// the shipped example with its default.
+    #[test]
+    fn every_key_is_consumed_exactly_once_and_shipped_with_its_default() {
+        let e = env(&[
+            ("GITHUB_PAT", "ghp_x"),
+            ("REPO_OWNER", "octo"),
+            ("REPO_NAME", "app"),
+        ]);
+        let (cfg, reads) = Config::resolve_counting(&e, &CliInput::default(), Purpose::Inspect);
+        cfg.unwrap();
+        for k in KEYS {
+            assert_eq!(
+                reads.get(k.dotted()).copied(),
+                Some(1),
+                "{} was read {:?} times",
+                k.dotted(),
+                reads.get(k.dotted())
+            );
+        }
+        assert_eq!(reads.len(), KEYS.len(), "{reads:?}");
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/supervisor.toml"
+        ))
+        .unwrap();
+        for k in KEYS {
+            // The key's line, with its default, inside its own section.
+            let block = shipped
+                .split(&format!("\n[{}]\n", k.section))
+                .nth(1)
+                .and_then(|rest| rest.split("\n[").next())
+                .unwrap_or_else(|| panic!("no [{}] in config/supervisor.toml", k.section));
+            let line = example::example_line(k);
+            assert!(
+                block.lines().any(|l| l == line),
+                "config/supervisor.toml [{}] lacks {line:?}",
+                k.section
+            );
+        }
+    }
     use std::path::Path;
     use std::time::Duration;
 

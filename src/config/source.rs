@@ -65,10 +65,133 @@ pub enum Kind {
     Enum(&'static [&'static str]),
 }
 
+/// A key's declaration with the Rust type its value is read as (see `keys.rs`).
+pub struct Key<T> {
+    pub spec: KeySpec,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Key<T> {
+    /// Declare a key.
+    pub const fn new(spec: KeySpec) -> Key<T> {
+        Key {
+            spec,
+            _type: std::marker::PhantomData,
+        }
+    }
+
+    /// `section.key`.
+    pub const fn name(&self) -> &'static str {
+        self.spec.dotted
+    }
+}
+
+/// A type a key's value is read as. `None` means the value is missing or of another type.
+pub trait FromValue: Sized {
+    fn from_value(v: Option<&Value>) -> Option<Self>;
+}
+
+impl FromValue for String {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for PathBuf {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        String::from_value(v).map(PathBuf::from)
+    }
+}
+
+impl FromValue for Secret {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        String::from_value(v).map(Secret)
+    }
+}
+
+impl FromValue for u64 {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Duration {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::Duration(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Vec<String> {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::List(l) => Some(l.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for BTreeMap<String, String> {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v? {
+            Value::Map(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// An optional key: unset is `None`, never a made-up value.
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: Option<&Value>) -> Option<Self> {
+        match v {
+            None => Some(None),
+            Some(_) => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// Enum keys: the declaration's words, parsed into the enum.
+macro_rules! from_words {
+    ($t:ty { $($word:literal => $v:expr),* $(,)? }) => {
+        impl FromValue for $t {
+            fn from_value(v: Option<&Value>) -> Option<Self> {
+                match String::from_value(v)?.as_str() {
+                    $($word => Some($v),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+from_words!(Toggle { "auto" => Toggle::Auto, "on" => Toggle::On, "off" => Toggle::Off });
+from_words!(RegistrationMode { "auto" => RegistrationMode::Auto, "jit" => RegistrationMode::Jit, "token" => RegistrationMode::Token });
+from_words!(ChronycMode { "auto" => ChronycMode::Auto, "required" => ChronycMode::Required, "off" => ChronycMode::Off });
+from_words!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
+
 /// The declaration of one key.
 pub struct KeySpec {
     pub section: &'static str,
     pub key: &'static str,
+    /// `section.key` (made by the `keys!` macro from the two, never written by hand).
+    pub dotted: &'static str,
     pub kind: Kind,
     /// The default in the string form the env would use; `None` means unset.
     pub default: Option<&'static str>,
@@ -79,8 +202,8 @@ pub struct KeySpec {
 
 impl KeySpec {
     /// `section.key`.
-    pub fn dotted(&self) -> String {
-        format!("{}.{}", self.section, self.key)
+    pub fn dotted(&self) -> &'static str {
+        self.dotted
     }
     /// `SUPERVISOR_<SECTION>_<KEY>`.
     pub fn env_name(&self) -> String {
@@ -160,7 +283,7 @@ impl Value {
 pub(crate) type Layered = BTreeMap<String, (Value, Source)>;
 
 pub(crate) fn spec(dotted: &str) -> Option<&'static KeySpec> {
-    KEYS.iter().find(|k| k.dotted() == dotted)
+    KEYS.iter().copied().find(|k| k.dotted() == dotted)
 }
 
 /// Parse a string (from env, flags or defaults) as `kind`.

@@ -166,6 +166,13 @@ pub struct WatchdogConfig {
     pub offline_check_interval: Duration,
 }
 
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// An `auto`/`on`/`off` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Toggle {
@@ -173,16 +180,6 @@ pub enum Toggle {
     Auto,
     On,
     Off,
-}
-
-impl Toggle {
-    pub(crate) fn parse(word: Option<&str>) -> Toggle {
-        match word {
-            Some("on") => Toggle::On,
-            Some("off") => Toggle::Off,
-            _ => Toggle::Auto,
-        }
-    }
 }
 
 /// How chronyd is watched.
