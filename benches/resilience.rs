@@ -7,6 +7,8 @@
 //!   listener replaced, in process, over 10 resumes with 2 slots (target <= 2 s).
 //!
 //! Run: `cargo build --release --workspace && cargo bench --bench resilience`.
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

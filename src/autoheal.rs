@@ -133,7 +133,7 @@ async fn check(
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     let containers = docker::labelled(engine, &cfg.label).await?;
-    let fleet = crate::fleet::read(shared_dir, chrono::Utc::now());
+    let fleet = crate::fleet::read(shared_dir, crate::clocks::wall_now());
     for c in containers {
         if !c.running || c.health != "unhealthy" {
             if c.health == "healthy" {
@@ -185,7 +185,7 @@ async fn check(
                                 "autoheal_last",
                                 format!(
                                     "{}: restarted {}",
-                                    chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ"),
+                                    crate::clocks::wall_now().format("%Y-%m-%d %H:%M:%SZ"),
                                     c.name
                                 ),
                             );

@@ -81,7 +81,7 @@ pub fn spec(
 
 /// Merge the jobs this process runs with the fleet's.
 fn running_jobs(board: &Board, shared_dir: &Path) -> Option<(Vec<String>, DateTime<Utc>)> {
-    let fleet = crate::fleet::read(shared_dir, Utc::now());
+    let fleet = crate::fleet::read(shared_dir, crate::clocks::wall_now());
     let mut busy = crate::fleet::busy(&fleet);
     if let Some(own) = board.earliest_job() {
         busy = Some(match busy {
@@ -231,11 +231,17 @@ async fn round(
         cfg.until,
         &cfg.keep_images,
         false,
-        Utc::now(),
+        crate::clocks::wall_now(),
     );
     let mut result = docker::prune(engine, &light).await.map(|p| pruned += p);
     if result.is_ok() && protect_since.is_none() && free_bytes(path).unwrap_or(free) < threshold {
-        let deep = spec(None, cfg.until, &cfg.keep_images, true, Utc::now());
+        let deep = spec(
+            None,
+            cfg.until,
+            &cfg.keep_images,
+            true,
+            crate::clocks::wall_now(),
+        );
         result = docker::prune(engine, &deep).await.map(|p| pruned += p);
     }
     let now_free = free_bytes(path).unwrap_or(free);
@@ -256,7 +262,7 @@ async fn round(
                 "disk_last_prune",
                 format!(
                     "{}: {:.1} MB freed ({} containers, {} images, {} networks, {} build cache records)",
-                    Utc::now().format("%Y-%m-%d %H:%M:%SZ"),
+                    crate::clocks::wall_now().format("%Y-%m-%d %H:%M:%SZ"),
                     pruned.bytes as f64 / 1e6,
                     pruned.containers,
                     pruned.images,
@@ -312,7 +318,7 @@ mod tests {
 
     #[test]
     fn the_plan_defers_for_jobs_and_protects_them_when_critical() {
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         let job = now - chrono::Duration::seconds(40);
         let busy = || Some((vec!["r1-runner-1".to_string()], job));
         let cases = [
@@ -356,7 +362,7 @@ mod tests {
 
     #[test]
     fn the_spec_never_reaches_into_a_running_job() {
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         let keep = vec!["mongo:7.0".to_string()];
         // No job: the configured age; deep when asked.
         let s = spec(None, Duration::from_secs(6 * 3600), &keep, true, now);

@@ -165,7 +165,7 @@ pub async fn prune(engine: &Engine, spec: &PruneSpec) -> Result<Pruned, String> 
             }))
             .await
             .map_err(|e| format!("listing images: {e}"))?;
-        let cutoff = chrono::Utc::now().timestamp() - spec.min_age.as_secs() as i64;
+        let cutoff = crate::clocks::wall_now().timestamp() - spec.min_age.as_secs() as i64;
         for img in images {
             let kept = img
                 .repo_tags

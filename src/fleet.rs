@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn only_live_members_run_jobs_and_the_earliest_start_wins() {
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         let a = Member::from_status(
             "a".into(),
             &status("run", 1, &[("busy", 30), ("listening", 5)], now),
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn reads_every_published_file_and_skips_foreign_ones() {
         let tmp = tempfile::tempdir().unwrap();
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         std::fs::create_dir_all(dir(tmp.path())).unwrap();
         let p = path(tmp.path(), "r1", "runner-1");
         std::fs::write(

@@ -372,7 +372,7 @@ impl GithubClient {
         {
             *self.last_date.lock().unwrap_or_else(|p| p.into_inner()) = Some(DateSample {
                 server: date.with_timezone(&Utc),
-                local: Utc::now(),
+                local: crate::clocks::wall_now(),
             });
         }
         let body = resp
@@ -603,7 +603,12 @@ fn classify(a: Answer) -> Result<Answer, GithubError> {
         .unwrap_or_else(|| a.status.canonical_reason().unwrap_or(""))
         .to_string();
     let code = a.status.as_u16();
-    if let Some(wait) = rate_limit_wait(code, &a.headers, &message, Utc::now().timestamp()) {
+    if let Some(wait) = rate_limit_wait(
+        code,
+        &a.headers,
+        &message,
+        crate::clocks::wall_now().timestamp(),
+    ) {
         return Err(GithubError::RateLimited {
             status: code,
             retry_after: wait,

@@ -96,7 +96,7 @@ impl Default for SlotStatus {
             state: SlotState::Starting,
             runner: None,
             job: None,
-            since: Utc::now(),
+            since: crate::clocks::wall_now(),
             error: None,
             failures: 0,
             failing_since: None,
@@ -196,7 +196,7 @@ impl Board {
             service: OnceLock::new(),
             changed: Notify::new(),
             stats: Stats::default(),
-            started_at: Utc::now(),
+            started_at: crate::clocks::wall_now(),
             fleet: OnceLock::new(),
         }
     }
@@ -238,7 +238,7 @@ impl Board {
         self.update(i, |s| {
             if s.state != state {
                 s.state = state;
-                s.since = Utc::now();
+                s.since = crate::clocks::wall_now();
             }
         });
     }
@@ -328,7 +328,7 @@ impl Board {
     }
 
     fn snapshot(&self, api_requests: u64) -> StatusFile {
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         let (health, reasons) = self.health(now);
         StatusFile {
             pid: std::process::id(),
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn health_rules() {
-        let now = Utc::now();
+        let now = crate::clocks::wall_now();
         let after = Duration::from_secs(180);
         let failing = |secs: i64, state: SlotState| SlotStatus {
             state,

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TokenConfig;
@@ -33,7 +32,7 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
                 board.set_condition("token scope", None);
             }
             if let Some(exp) = info.expires_at {
-                let left = exp - Utc::now();
+                let left = exp - crate::clocks::wall_now();
                 board.set_fact("token_expires_at", exp.to_rfc3339());
                 if left.to_std().unwrap_or_default() <= cfg.expiry_warning {
                     tracing::warn!(expires_at = %exp, days_left = left.num_days(), "the token expires in {} days: renew it", left.num_days());

@@ -34,7 +34,7 @@ pub fn main(input: CliInput) -> ExitCode {
                         let (c, _) = preflight::check_token(
                             &gh,
                             cfg.token.expiry_warning,
-                            chrono::Utc::now(),
+                            crate::clocks::wall_now(),
                         )
                         .await;
                         checks.extend(c);

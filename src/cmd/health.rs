@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use chrono::Utc;
-
 use crate::config::{CliInput, Purpose};
 use crate::status::{Health, StatusFile, HEARTBEAT};
 
@@ -28,7 +26,7 @@ pub fn main(input: CliInput) -> ExitCode {
         }
     };
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(status.pid as i32), None).is_ok();
-    let age = (Utc::now() - status.updated_at)
+    let age = (crate::clocks::wall_now() - status.updated_at)
         .to_std()
         .unwrap_or_default();
     let verdict = if !alive || status.mode == "stopped" {

@@ -71,7 +71,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     );
     // Preflight: problems are logged; the slots back off rather than crash-loop.
     let (checks, _) =
-        preflight::check_token(&gh, cfg.token.expiry_warning, chrono::Utc::now()).await;
+        preflight::check_token(&gh, cfg.token.expiry_warning, crate::clocks::wall_now()).await;
     for c in checks
         .iter()
         .chain(preflight::check_clock(&gh, &cfg.clock).iter())

@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -434,7 +433,7 @@ fn note_failure(board: &Board, slot: usize, state: SlotState, error: &str, failu
         s.error = Some(error.to_string());
         s.failures = failures;
         if s.failing_since.is_none() {
-            s.failing_since = Some(Utc::now());
+            s.failing_since = Some(crate::clocks::wall_now());
         }
     });
     board.set_state(slot, state);

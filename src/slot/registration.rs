@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::config::{RegistrationMode, Secret};
@@ -36,7 +35,7 @@ impl Registration {
         match &self.secret {
             RegSecret::Jit(_) => young,
             RegSecret::Token(t) => {
-                young && t.expires_at - Utc::now() > chrono::Duration::minutes(5)
+                young && t.expires_at - crate::clocks::wall_now() > chrono::Duration::minutes(5)
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Integration tests: the supervisor against the fake GitHub and the fake runner.
 //! Signal and exit-code behaviour goes through the real binary.
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -3,6 +3,8 @@
 //!
 //! Both doubles follow `src/runner/protocol.md` (the project's account of the runner and the API) to the byte: strings,
 //! streams, exit codes, status codes, headers and JSON shapes.
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 pub mod fixture;
 pub mod github;

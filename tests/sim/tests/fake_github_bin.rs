@@ -1,5 +1,7 @@
 //! The `fake-github` binary: prints its address first, serves the API, and takes jobs and
 //! faults through its admin endpoints.
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The fake runner against the fake GitHub, run directly: exact strings on the right
 //! streams, the `{utc}` format, `_diag/Runner_*.log` entries, and the real exit codes.
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

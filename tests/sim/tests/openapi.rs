@@ -1,6 +1,8 @@
 //! Every response body the fake GitHub can produce on the runner endpoints is validated
 //! against GitHub's own OpenAPI description (`openapi/runners-openapi.json`, a copy of
 //! `../shared/github-api/runners-openapi.json`).
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

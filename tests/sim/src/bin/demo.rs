@@ -3,6 +3,8 @@
 //! call that fails), then SIGTERM and a summary. Needs no token and no network.
 //!
 //! `cargo run --release -p sim --bin demo [-- --jobs N]`
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 use std::process::Stdio;

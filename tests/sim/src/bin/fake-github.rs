@@ -1,6 +1,8 @@
 //! Runs the fake GitHub API on loopback until SIGINT or SIGTERM.
 //!
 //! Prints `fake-github listening on http://ADDR` as its first line (the readiness signal).
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 use std::time::Duration;
 
