@@ -1,0 +1,557 @@
+//! `fake-github`: an HTTP/1.1 server on loopback that plays GitHub's runner REST API
+//! (status codes, headers and JSON shapes of `runners-openapi.json`), the runner-side
+//! service the fake runner talks to (`/_sim`), and admin endpoints (`/_admin`) that
+//! enqueue jobs and inject faults.
+//!
+//! It must not: reach any address but the one it binds, or invent response shapes the
+//! OpenAPI description does not have (a test validates every REST body against it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::protocol::{
+    encode_jit_config, CredentialData, Credentials, JobCompletion, JobMessage, RegisterRequest,
+    RegisterResponse, RunnerSettings, Script, SessionRequest, SessionResponse, RUNNER_VERSION,
+};
+
+mod admin;
+mod broker;
+mod http;
+mod rest;
+
+use admin::*;
+use broker::*;
+use http::*;
+use rest::*;
+
+const DOCS: &str = "https://docs.github.com/rest/actions/self-hosted-runners";
+
+/// What kind of token the fake accepts, which decides the scope and permission headers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A classic PAT: `X-OAuth-Scopes` lists these.
+    Classic { scopes: Vec<String> },
+    /// A fine-grained PAT: no scopes header, permissions instead.
+    FineGrained {
+        /// `administration` on repositories: "none", "read" or "write".
+        administration: String,
+        /// `organization_self_hosted_runners`: "none", "read" or "write".
+        organization_self_hosted_runners: String,
+    },
+}
+
+/// Start-up options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub token: String,
+    pub token_kind: TokenKind,
+    /// Sent as `github-authentication-token-expiration`, e.g. `2027-10-12 09:00:00 UTC`.
+    pub token_expiration: Option<String>,
+    /// Scales the fake runner's own fixed waits (30 s retries and so on).
+    pub time_scale: f64,
+    /// The fake runner's start-up delay.
+    pub runner_startup_ms: u64,
+    /// Whether generate-jitconfig exists (old GHES answers 404).
+    pub jit: bool,
+    /// How long a runner's message long-poll is held open.
+    pub poll_timeout: Duration,
+    /// Primary rate limit per hour.
+    pub rate_limit: u64,
+    /// The base URL runners are told to use (JIT configs, config.sh), when it is not the
+    /// bound address: e.g. `http://github:8080` inside a compose network.
+    pub public_url: Option<String>,
+    /// A job whose lock is not renewed for this long is abandoned (the runner died).
+    pub job_lock_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token: "ghp_simulated_token_0000000000000000000000".into(),
+            token_kind: TokenKind::Classic {
+                scopes: vec!["repo".into(), "admin:org".into()],
+            },
+            token_expiration: None,
+            time_scale: 1.0,
+            runner_startup_ms: 0,
+            jit: true,
+            poll_timeout: Duration::from_secs(50),
+            rate_limit: 5000,
+            public_url: None,
+            job_lock_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// An injected fault, matched against non-admin requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Fault {
+    /// Only requests with this method (any when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only requests whose path contains this (any when absent).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Only requests whose body contains this, e.g. one runner's name prefix (any when absent).
+    #[serde(default)]
+    pub body: Option<String>,
+    pub kind: FaultKind,
+    /// How many matching requests it hits; 0 means for ever.
+    #[serde(default = "one")]
+    pub times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Delay the answer.
+    Latency { ms: u64 },
+    /// Answer with this status (5xx) and a basic-error body.
+    Status { status: u16 },
+    /// A rate limit: primary (`x-ratelimit-remaining: 0` + reset) or secondary.
+    RateLimit {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+        #[serde(default)]
+        primary: bool,
+    },
+    /// Reset the TCP connection (RST) without answering.
+    Reset,
+}
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Milliseconds since the server started.
+    pub at_ms: u64,
+    pub user_agent: Option<String>,
+    pub accept: Option<String>,
+    pub api_version: Option<String>,
+    /// The auth scheme used (`Bearer`, `token`, `RemoteAuth`), never the secret.
+    pub auth_scheme: Option<String>,
+}
+
+/// A runner registration as the fake keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimRunner {
+    pub id: u64,
+    pub name: String,
+    pub scope: String,
+    pub labels: Vec<String>,
+    pub busy: bool,
+    pub ephemeral: bool,
+    pub version: Option<String>,
+    pub group_id: u64,
+    pub session: Option<String>,
+    pub client_id: String,
+    /// Session creations that will still see a conflict (a stale session elsewhere).
+    pub conflicts_left: u32,
+    /// Show it offline in the REST API whatever its session (the service lost it).
+    #[serde(default)]
+    pub force_offline: bool,
+}
+
+impl SimRunner {
+    /// Whether a session is open (GitHub shows the runner online).
+    pub fn status_is_online(&self) -> bool {
+        self.session.is_some()
+    }
+
+    fn status(&self) -> &'static str {
+        if self.session.is_some() && !self.force_offline {
+            "online"
+        } else {
+            "offline"
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let labels: Vec<Value> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let kind = if is_default_label(l) {
+                    "read-only"
+                } else {
+                    "custom"
+                };
+                json!({"id": i as u64 + 1, "name": l, "type": kind})
+            })
+            .collect();
+        let mut v = json!({
+            "id": self.id,
+            "runner_group_id": self.group_id,
+            "name": self.name,
+            "os": "Linux",
+            "status": self.status(),
+            "busy": self.busy,
+            "labels": labels,
+            "ephemeral": self.ephemeral,
+        });
+        v["version"] = match &self.version {
+            Some(s) => json!(s),
+            None => Value::Null,
+        };
+        v
+    }
+}
+
+fn is_default_label(l: &str) -> bool {
+    ["self-hosted", "linux", "x64", "arm64", "arm"].contains(&l.to_ascii_lowercase().as_str())
+}
+
+/// A job waiting for a runner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSpec {
+    #[serde(default = "default_job_name")]
+    pub name: String,
+    #[serde(default = "default_duration")]
+    pub duration_ms: u64,
+    #[serde(default = "default_result")]
+    pub result: String,
+    /// Labels a runner must carry to take it.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn default_job_name() -> String {
+    "build".into()
+}
+fn default_duration() -> u64 {
+    500
+}
+fn default_result() -> String {
+    "Succeeded".into()
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            name: default_job_name(),
+            duration_ms: default_duration(),
+            result: default_result(),
+            labels: vec![],
+        }
+    }
+}
+
+/// A finished job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletedJob {
+    pub job_id: u64,
+    pub name: String,
+    pub runner: String,
+    pub result: String,
+}
+
+/// Everything the fake knows; tests read it through [`FakeGithub::state`].
+#[derive(Debug, Default)]
+pub struct State {
+    pub runners: BTreeMap<u64, SimRunner>,
+    pub queue: VecDeque<(u64, JobSpec)>,
+    /// Job id to (runner id, job) while a runner has it.
+    pub running: BTreeMap<u64, (u64, JobSpec)>,
+    /// Job id to its last lock renewal.
+    locks: HashMap<u64, std::time::Instant>,
+    pub completed: Vec<CompletedJob>,
+    pub calls: Vec<Call>,
+    /// Runners deleted through the REST API or by ephemeral completion, by name.
+    pub deleted: Vec<String>,
+    pub faults: Vec<Fault>,
+    pub scripts: VecDeque<Script>,
+    /// Conflicts given to the next registered runner.
+    pub conflicts_for_next: u32,
+    pub revoked: bool,
+    pub token_kind: Option<TokenKind>,
+    pub token_expiration: Option<String>,
+    pub rate_remaining: u64,
+    pub rate_reset: i64,
+    /// Requests received (before any fault or answer), admin requests excepted.
+    pub arrivals: u64,
+    sessions: HashMap<String, u64>,
+    reg_tokens: HashMap<String, String>,
+    tenant_tokens: HashMap<String, String>,
+    next_runner_id: u64,
+    next_job_id: u64,
+}
+
+struct Shared {
+    opts: Options,
+    state: Mutex<State>,
+    changed: Notify,
+    started: std::time::Instant,
+    base_url: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running fake GitHub. Dropping it stops the server.
+pub struct FakeGithub {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeGithub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeGithub {
+    /// Bind `127.0.0.1:0` and serve.
+    pub async fn start(opts: Options) -> std::io::Result<FakeGithub> {
+        Self::start_on("127.0.0.1:0".parse().expect("literal address"), opts).await
+    }
+
+    /// Bind `addr` (loopback) and serve.
+    pub async fn start_on(addr: SocketAddr, opts: Options) -> std::io::Result<FakeGithub> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = State {
+            next_runner_id: 1000,
+            next_job_id: 1,
+            token_kind: Some(opts.token_kind.clone()),
+            token_expiration: opts.token_expiration.clone(),
+            rate_remaining: opts.rate_limit,
+            rate_reset: Utc::now().timestamp() + 3600,
+            ..State::default()
+        };
+        let base_url = opts
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let shared = Arc::new(Shared {
+            opts,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            started: std::time::Instant::now(),
+            base_url,
+        });
+        let s2 = shared.clone();
+        let task = tokio::spawn(async move { accept_loop(listener, s2).await });
+        Ok(FakeGithub { addr, shared, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the API base URL to configure.
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// Run `f` on the state.
+    pub fn state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut self.shared.lock());
+        self.shared.changed.notify_waiters();
+        r
+    }
+
+    /// Wait until `pred` holds, woken by every change; false on timeout.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&State) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if pred(&self.shared.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(&self.shared.lock());
+            }
+        }
+    }
+
+    /// Queue jobs.
+    pub fn enqueue(&self, job: JobSpec, count: usize) {
+        self.state(|s| enqueue_jobs(s, job, count));
+    }
+
+    /// Add a fault.
+    pub fn fault(&self, fault: Fault) {
+        self.state(|s| s.faults.push(fault));
+    }
+
+    /// The script the next runner session acts out.
+    pub fn script(&self, script: Script) {
+        self.state(|s| s.scripts.push_back(script));
+    }
+
+    /// The call log.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state(|s| s.calls.clone())
+    }
+
+    /// Runners registered now.
+    pub fn runners(&self) -> Vec<SimRunner> {
+        self.state(|s| s.runners.values().cloned().collect())
+    }
+
+    /// Register a JIT runner through the REST API, as the supervisor would: (id, encoded config).
+    pub async fn generate_jit(&self, name: &str) -> (u64, String) {
+        let v: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/repos/octo/app/actions/runners/generate-jitconfig",
+                self.url()
+            ))
+            .header("User-Agent", "sim")
+            .bearer_auth(&self.shared.opts.token)
+            .json(&json!({"name": name, "runner_group_id": 1, "labels": ["self-hosted"]}))
+            .send()
+            .await
+            .expect("the fake answers")
+            .json()
+            .await
+            .expect("a JIT config");
+        (
+            v["runner"]["id"].as_u64().expect("an id"),
+            v["encoded_jit_config"]
+                .as_str()
+                .expect("a config")
+                .to_string(),
+        )
+    }
+
+    /// Delete a runner on the server side (as a user in the web UI would).
+    pub fn delete_runner(&self, id: u64) -> bool {
+        self.state(|s| delete_runner(s, id).is_some())
+    }
+
+    /// Register a runner directly (as if another host had), returning its id.
+    pub fn add_runner(&self, scope: &str, name: &str, online: bool) -> u64 {
+        self.state(|s| {
+            let id = new_runner(s, scope, name, vec!["self-hosted".into()], 1, false);
+            if online {
+                let sid = format!("external-{id}");
+                s.sessions.insert(sid.clone(), id);
+                if let Some(r) = s.runners.get_mut(&id) {
+                    r.session = Some(sid);
+                }
+            }
+            id
+        })
+    }
+}
+
+fn enqueue_jobs(s: &mut State, job: JobSpec, count: usize) {
+    for _ in 0..count {
+        let id = s.next_job_id;
+        s.next_job_id += 1;
+        s.queue.push_back((id, job.clone()));
+    }
+}
+
+fn new_runner(
+    s: &mut State,
+    scope: &str,
+    name: &str,
+    labels: Vec<String>,
+    group_id: u64,
+    ephemeral: bool,
+) -> u64 {
+    let id = s.next_runner_id;
+    s.next_runner_id += 1;
+    let conflicts_left = std::mem::take(&mut s.conflicts_for_next);
+    s.runners.insert(
+        id,
+        SimRunner {
+            id,
+            name: name.to_string(),
+            scope: scope.to_string(),
+            labels,
+            busy: false,
+            ephemeral,
+            version: None,
+            group_id,
+            session: None,
+            client_id: random_token(32).to_lowercase(),
+            conflicts_left,
+            force_offline: false,
+        },
+    );
+    id
+}
+
+/// Abandon jobs whose lock expired: the service gives up on a runner that died mid-job.
+fn expire_locks(s: &mut State, timeout: Duration) {
+    let expired: Vec<u64> = s
+        .locks
+        .iter()
+        .filter(|(_, t)| t.elapsed() > timeout)
+        .map(|(id, _)| *id)
+        .collect();
+    for jid in expired {
+        s.locks.remove(&jid);
+        if let Some((rid, job)) = s.running.remove(&jid) {
+            let name = s
+                .runners
+                .get(&rid)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            if let Some(r) = s.runners.get_mut(&rid) {
+                r.busy = false;
+                if let Some(sid) = r.session.take() {
+                    s.sessions.remove(&sid);
+                }
+            }
+            s.completed.push(CompletedJob {
+                job_id: jid,
+                name: job.name,
+                runner: name,
+                result: "Abandoned".into(),
+            });
+        }
+    }
+}
+
+fn delete_runner(s: &mut State, id: u64) -> Option<SimRunner> {
+    let r = s.runners.remove(&id)?;
+    if let Some(sid) = &r.session {
+        s.sessions.remove(sid);
+    }
+    s.deleted.push(r.name.clone());
+    Some(r)
+}
+
+fn random_token(n: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
