@@ -13,7 +13,9 @@ use runner_supervisor::supervisor::{self, Deps, Summary};
 use sim::github::{FakeGithub, JobSpec};
 use tokio::sync::watch;
 
-use crate::support::{github, Sandbox};
+use nix::sys::signal::Signal;
+
+use crate::support::{apply, faketime_file_env, github, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -156,4 +158,31 @@ async fn scenario_04_repeated_sleep_wake_each_jump_handled_once_without_tripping
         !breaker.contains("open_until\": {"),
         "the breaker stays closed: {breaker}"
     );
+}
+
+/// The real binary's waits.
+const T_BINARY: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_wall_clock_jump_like_a_wsl2_resume_recycles_the_idle_listener_with_one_log_line() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let shift = sb.dir.path().join("faketime");
+    std::fs::write(&shift, "+0\n").unwrap();
+    let mut env = sb.env(&gh);
+    apply(&mut env, &faketime_file_env(&shift));
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T_BINARY).await;
+    let first = gh.runners()[0].name.clone();
+    std::fs::write(&shift, "+2m\n").unwrap();
+    let line = d.wait_log(&["wall clock stepped by"], T_BINARY).await;
+    assert!(
+        line.contains("+120") && line.contains("treating it as a resume"),
+        "{line}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T_BINARY).await;
+    assert!(gh.state(|s| s.deleted.contains(&first)));
+    assert_eq!(d.count(&["wall clock stepped by"]), 1, "one line per jump");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T_BINARY).await.0, Some(0));
 }

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 use sim::protocol::Script;
 
-use crate::support::{github, wait_health, Daemon, Sandbox};
+use crate::support::{apply, faketime_file_env, github, wait_health, Chronyd, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -182,4 +182,91 @@ async fn the_breaker_opens_says_why_and_survives_a_restart() {
             .count(),
         registrations
     );
+}
+
+#[tokio::test]
+async fn scenario_07_the_watchdog_names_the_persisting_cause_clock() {
+    let chrony = Chronyd::start("").await;
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    gh.script(Script::ConnectionLoss {
+        after_ms: 100,
+        recover_after_ms: None,
+        give_up: false,
+        during_job: false,
+    });
+    let shift = sb.dir.path().join("faketime");
+    std::fs::write(&shift, "+0\n").unwrap();
+    let mut env = sb.env(&gh);
+    apply(&mut env, &faketime_file_env(&shift));
+    env.insert("SUPERVISOR_CLOCK_NTP_SERVERS".into(), chrony.ntp_address());
+    env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "500ms".into());
+    env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "3s".into());
+    // A drift too small to look like a resume (30 s), but a fault at this threshold.
+    env.insert("SUPERVISOR_CLOCK_FAULT_OFFSET".into(), "10s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Runner connect error"], T).await;
+    // The clock goes wrong while the listener is stuck: its connect errors are the symptom.
+    std::fs::write(&shift, "+20s\n").unwrap();
+    d.wait_log(&["clock fault"], T).await;
+    let fired = d.wait_log(&["watchdog fired"], T).await;
+    assert!(
+        fired.contains("cause=\"clock\""),
+        "the root cause, not the symptom: {fired}"
+    );
+    wait_health(&env, "clock: local clock is +20", Duration::from_secs(5)).await;
+    // No restart storm while the clock is wrong: the replacement waits for the clock.
+    d.wait_log(&["registrations paused"], T).await;
+    assert_eq!(
+        gh.calls()
+            .iter()
+            .filter(|c| c.path.ends_with("generate-jitconfig"))
+            .count(),
+        1
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn scenario_13_cascade_gives_one_classification_and_no_thrashing() {
+    let chrony = Chronyd::start("").await;
+    let sb = Sandbox::new();
+    let gh = github(|o| o.time_scale = 0.001).await;
+    let shift = sb.dir.path().join("faketime");
+    std::fs::write(&shift, "+10m\n").unwrap();
+    let ft = faketime_file_env(&shift);
+    let mut env = sb.env(&gh);
+    apply(&mut env, &ft);
+    env.insert("SUPERVISOR_RUNNER_ENV".into(), ft.clone());
+    env.insert("SUPERVISOR_CLOCK_NTP_SERVERS".into(), chrony.ntp_address());
+    env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "500ms".into());
+    env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "500ms".into());
+    // Skew, a refused token and a listener retrying, all at once.
+    gh.state(|s| s.revoked = true);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["registrations paused"], T).await;
+    d.wait_log(&["GitHub refused the token"], T).await;
+    let attempts = gh
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .count();
+    // Fix both.
+    gh.state(|s| s.revoked = false);
+    std::fs::write(&shift, "+0\n").unwrap();
+    d.wait_log(&["clock fixed"], T).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    assert_eq!(d.count(&["registrations paused"]), 1, "one classification");
+    assert_eq!(
+        d.count(&["GitHub refused the token"]),
+        1,
+        "logged once, not per attempt"
+    );
+    assert!(
+        attempts <= 1,
+        "no registration attempts while the clock is wrong: {attempts}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

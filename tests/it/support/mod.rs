@@ -483,3 +483,16 @@ pub async fn wait_health(
     assert!(found, "health never said {needle:?}: {last:?}");
     last
 }
+
+/// `LD_PRELOAD=...,FAKETIME_TIMESTAMP_FILE=...`: the supervisor's clock follows the file.
+pub fn faketime_file_env(file: &Path) -> String {
+    format!("LD_PRELOAD={},FAKETIME_TIMESTAMP_FILE={},FAKETIME_NO_CACHE=1,FAKETIME_DONT_FAKE_MONOTONIC=1", libfaketime(), file.display())
+}
+
+/// Insert `K=V,K=V` pairs into `env`.
+pub fn apply(env: &mut BTreeMap<String, String>, kvs: &str) {
+    for kv in kvs.split(',') {
+        let (k, v) = kv.split_once('=').unwrap();
+        env.insert(k.into(), v.into());
+    }
+}
