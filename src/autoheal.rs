@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AutohealConfig;
 use crate::docker::{self, ContainerHealth, Engine};
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 /// What to do with one unhealthy, labelled container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +109,11 @@ pub async fn run(
             }
             match check(&cfg, &engine, &shared_dir, &board, &state, &cancel).await {
                 Ok(()) => {
-                    board.set_condition("docker", None);
+                    board.set_condition(Condition::Docker, None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "autoheal cannot list containers");
-                    board.set_condition("docker", Some((Health::Degraded, e)));
+                    board.set_condition(Condition::Docker, Some((Health::Degraded, e)));
                 }
             }
         }

@@ -18,7 +18,7 @@ use crate::clocks::Clocks;
 use crate::config::{ChronycMode, ClockConfig};
 use crate::github::GithubClient;
 use crate::host::Host;
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 /// Seconds from 1900 (NTP era 0) to 1970.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -299,7 +299,7 @@ impl Monitor {
                         c.fault = true;
                         c.reason = Some(reason.clone());
                     });
-                    board.set_condition("clock", Some((Health::Degraded, reason)));
+                    board.set_condition(Condition::Clock, Some((Health::Degraded, reason)));
                     if self.leader.is_some() && self.watch_chronyd {
                         match chronyc(&cfg.chronyc_address, &["makestep"]).await {
                             Ok(_) => {
@@ -314,17 +314,17 @@ impl Monitor {
                         c.fault = false;
                         c.reason = None;
                     });
-                    board.set_condition("clock", None);
+                    board.set_condition(Condition::Clock, None);
                 } else if level == 1 {
                     board.set_condition(
-                        "clock",
+                        Condition::Clock,
                         Some((
                             Health::Ok,
                             format!("local clock is {:+.1}s off ({source})", s.offset),
                         )),
                     );
                 } else {
-                    board.set_condition("clock", None);
+                    board.set_condition(Condition::Clock, None);
                 }
                 host.clock.send_modify(|c| {
                     c.offset = Some(s.offset);
@@ -361,10 +361,10 @@ impl Monitor {
                     );
                     board.set_fact("chronyd_last_offset_s", format!("{:+.6}", t.last_offset));
                     if t.synchronised() {
-                        board.set_condition("chronyd", None);
+                        board.set_condition(Condition::Chronyd, None);
                     } else {
                         board.set_condition(
-                            "chronyd",
+                            Condition::Chronyd,
                             Some((
                                 Health::Degraded,
                                 format!("chronyd is not synchronised (leap status {})", t.leap),
@@ -380,7 +380,7 @@ impl Monitor {
                     }
                     if self.chrony_failures >= 3 {
                         board.set_condition(
-                            "chronyd",
+                            Condition::Chronyd,
                             Some((
                                 Health::Degraded,
                                 format!(

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DiskConfig, Toggle};
 use crate::docker::{self, Engine, PruneSpec, Pruned};
 use crate::layout::LockError;
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 /// Free bytes on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -176,7 +176,7 @@ pub async fn run(
                     &mut total,
                 )
                 .await;
-                board.set_condition("disk", condition(&cfg, &path, now_free));
+                board.set_condition(Condition::Disk, condition(&cfg, &path, now_free));
             }
         }
         tokio::select! {

@@ -87,7 +87,7 @@ pub async fn connect_until(
                 if logged {
                     tracing::info!(host, "Docker is reachable");
                 }
-                board.set_condition("docker", None);
+                board.set_condition(crate::status::Condition::Docker, None);
                 return Some(e);
             }
             Err(e) => {
@@ -95,7 +95,10 @@ pub async fn connect_until(
                     tracing::warn!(error = %e, "Docker is not reachable; retrying");
                     logged = true;
                 }
-                board.set_condition("docker", Some((crate::status::Health::Degraded, e)));
+                board.set_condition(
+                    crate::status::Condition::Docker,
+                    Some((crate::status::Health::Degraded, e)),
+                );
             }
         }
         tokio::select! {

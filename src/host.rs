@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::clocks::Clocks;
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 /// The clock as last measured.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -179,7 +179,7 @@ impl Host {
             }
         }
         board.set_condition(
-            "token",
+            Condition::Token,
             invalid.then(|| {
                 (
                     Health::Degraded,

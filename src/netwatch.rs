@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NetworkConfig, Toggle};
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 const KEEPALIVE_SYSCTLS: [&str; 3] = [
     "tcp_keepalive_time",
@@ -236,7 +236,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
                 }
             }
             board.set_condition(
-                "dns",
+                Condition::Dns,
                 dns_failing.then(|| (Health::Degraded, format!("cannot resolve {h}"))),
             );
         }
@@ -308,7 +308,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
                 }
             }
             board.set_condition(
-                &format!("dependency {dep}"),
+                Condition::Dependency(dep.clone()),
                 (!up).then(|| (Health::Degraded, "unreachable".to_string())),
             );
         }

@@ -134,6 +134,45 @@ impl Stats {
     }
 }
 
+/// A host-level condition that health reports (each monitor owns its own).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// The token is refused.
+    Token,
+    /// A classic token lacks the scope runners need.
+    TokenScope,
+    /// The token expires soon.
+    TokenExpiry,
+    /// The clock is off.
+    Clock,
+    /// chronyd is not synchronised or not reachable.
+    Chronyd,
+    /// The API host does not resolve.
+    Dns,
+    /// A `[health] dependencies` entry is unreachable.
+    Dependency(String),
+    /// Free space on Docker's file system.
+    Disk,
+    /// The Docker engine.
+    Docker,
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Token => f.write_str("token"),
+            Condition::TokenScope => f.write_str("token scope"),
+            Condition::TokenExpiry => f.write_str("token expiry"),
+            Condition::Clock => f.write_str("clock"),
+            Condition::Chronyd => f.write_str("chronyd"),
+            Condition::Dns => f.write_str("dns"),
+            Condition::Dependency(d) => write!(f, "dependency {d}"),
+            Condition::Disk => f.write_str("disk"),
+            Condition::Docker => f.write_str("docker"),
+        }
+    }
+}
+
 /// Health verdict.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -169,7 +208,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub struct Board {
     slots: Mutex<Vec<SlotStatus>>,
     /// Host-level conditions by name (token, chronyd, dns, a dependency): verdict and reason.
-    conditions: Mutex<BTreeMap<String, (Health, String)>>,
+    conditions: Mutex<BTreeMap<Condition, (Health, String)>>,
     /// Failing this long makes a slot unhealthy rather than degraded.
     unhealthy_after: Duration,
     /// Facts for the status file (clock offset, token expiry, keepalive sysctls...).
@@ -290,11 +329,11 @@ impl Board {
     }
 
     /// Set or clear a host-level condition; returns true when it changed.
-    pub fn set_condition(&self, name: &str, c: Option<(Health, String)>) -> bool {
+    pub fn set_condition(&self, name: Condition, c: Option<(Health, String)>) -> bool {
         let mut all = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
         let changed = match &c {
-            Some(v) => all.insert(name.to_string(), v.clone()).as_ref() != Some(v),
-            None => all.remove(name).is_some(),
+            Some(v) => all.insert(name, v.clone()).as_ref() != Some(v),
+            None => all.remove(&name).is_some(),
         };
         drop(all);
         if changed {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TokenConfig;
 use crate::github::{scope_verdict, GithubClient, GithubError, ScopeVerdict};
 use crate::host::Host;
-use crate::status::{Board, Health};
+use crate::status::{Board, Condition, Health};
 
 /// Check the token once.
 pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Board) {
@@ -22,14 +22,14 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
                     "the token lacks the {need:?} scope; registrations will fail"
                 );
                 board.set_condition(
-                    "token scope",
+                    Condition::TokenScope,
                     Some((
                         Health::Degraded,
                         format!("classic token lacks the {need:?} scope"),
                     )),
                 );
             } else {
-                board.set_condition("token scope", None);
+                board.set_condition(Condition::TokenScope, None);
             }
             if let Some(exp) = info.expires_at {
                 let left = exp - crate::clocks::wall_now();
@@ -37,14 +37,14 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
                 if left.to_std().unwrap_or_default() <= cfg.expiry_warning {
                     tracing::warn!(expires_at = %exp, days_left = left.num_days(), "the token expires in {} days: renew it", left.num_days());
                     board.set_condition(
-                        "token expiry",
+                        Condition::TokenExpiry,
                         Some((
                             Health::Ok,
                             format!("expires in {} days ({exp})", left.num_days()),
                         )),
                     );
                 } else {
-                    board.set_condition("token expiry", None);
+                    board.set_condition(Condition::TokenExpiry, None);
                 }
             }
         }
