@@ -458,19 +458,44 @@ impl Stack {
         self.docker(&["inspect", "-f", format, &id])
     }
 
-    /// Wait until `service`'s log satisfies `f`; panic with the log otherwise.
+    /// Wait until `service`'s log satisfies `f`, following it (`docker logs -f`: each
+    /// new line is the signal to look again); panic with the log otherwise.
     async fn wait_log(&self, service: &str, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + T;
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let deadline = tokio::time::Instant::now() + T;
         loop {
-            let log = self.logs(service);
-            if f(&log) {
-                return log;
+            // The whole log so far, then each new line as it is printed.
+            let mut log = String::new();
+            let mut follow = tokio::process::Command::new("docker")
+                .env("DOCKER_HOST", self.dk.host())
+                .args(["logs", "-f", &self.cid(service)])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("docker logs -f");
+            let mut out = BufReader::new(follow.stdout.take().unwrap()).lines();
+            let mut err = BufReader::new(follow.stderr.take().unwrap()).lines();
+            loop {
+                let line = tokio::select! {
+                    l = out.next_line() => l,
+                    l = err.next_line() => l,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        panic!("{service}: timed out waiting for {what}; log:\n{}", self.logs(service))
+                    }
+                };
+                match line {
+                    Ok(Some(l)) => {
+                        log.push_str(&l);
+                        log.push('\n');
+                        if f(&log) {
+                            return self.logs(service);
+                        }
+                    }
+                    // The container stopped (a restart): take a fresh snapshot and follow again.
+                    _ => break,
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{service}: timed out waiting for {what}; log:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -759,23 +784,32 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     st.wait_log(stuck_in, "a replacement listening", |l| {
-        let fired = l.find("watchdog fired").unwrap();
-        l[fired..].contains("Listening for Jobs")
+        l.find("watchdog fired")
+            .is_some_and(|fired| l[fired..].contains("Listening for Jobs"))
     })
     .await;
 
     // 5. One pruner for the engine: it waits while a job runs on either runner, then
     //    removes what was planted, keeping volumes and keep_images.
+    // Deferral lines from here on (earlier jobs were deferred for too).
+    let deferrals = |l: &str| -> Vec<String> {
+        l.lines()
+            .filter(|x| x.contains("pruning deferred until no job runs"))
+            .map(str::to_string)
+            .collect()
+    };
+    let deferred_before = deferrals(&st.logs("pruner")).len();
     st.jobs("long-a", 6000, 1).await;
     st.jobs("long-b", 12000, 1).await;
     st.wait_log("pruner", "deferral for both runners", |l| {
-        l.lines().any(|x| {
-            x.contains("pruning deferred until no job runs")
-                && x.contains("ci-1-runner-1")
-                && x.contains("ci-2-runner-2")
-        })
+        deferrals(l)
+            .iter()
+            .skip(deferred_before)
+            .any(|x| x.contains("ci-1-runner-1") && x.contains("ci-2-runner-2"))
     })
     .await;
+    // Every deferral from here on comes after both runners were busy.
+    let both_at = deferrals(&st.logs("pruner")).len();
     // What a finished job leaves behind: a stopped container, a dangling image, build
     // cache; and what must stay: a volume, an image in keep_images.
     let junk = st._work.path().join("junk");
@@ -828,9 +862,10 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
     st.wait_state("long-a done", |s| Stack::completed(s, "long-a").len() == 1)
         .await;
     st.wait_log("pruner", "deferral for the one still busy", |l| {
-        l.lines()
-            .rfind(|x| x.contains("pruning deferred until no job runs"))
-            .is_some_and(|x| !(x.contains("ci-1-runner-1") && x.contains("ci-2-runner-2")))
+        deferrals(l)
+            .iter()
+            .skip(both_at)
+            .any(|x| !(x.contains("ci-1-runner-1") && x.contains("ci-2-runner-2")))
     })
     .await;
     assert_eq!(count(&st.logs("pruner"), "Docker pruned"), pruned_before);
