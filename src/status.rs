@@ -344,11 +344,15 @@ impl Board {
 
     /// Record a fact for the status file.
     pub fn set_fact(&self, name: &str, value: String) {
-        self.facts
+        let old = self
+            .facts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), value);
-        self.changed.notify_one();
+            .insert(name.to_string(), value.clone());
+        // An unchanged fact (the runner's version, at every start) is no reason to write.
+        if old.as_ref() != Some(&value) {
+            self.changed.notify_one();
+        }
     }
 
     /// The verdict and its reasons.
@@ -397,7 +401,12 @@ impl Board {
     ) {
         loop {
             let snap = self.snapshot(api_requests());
-            self.write(&path, &snap);
+            // The file system may be slow (a laptop's disk, an overlay): never on the
+            // runtime's workers, which read the listeners' lines.
+            let (bytes, fleet) = self.encode(&snap);
+            let p = path.clone();
+            let _ = tokio::task::spawn_blocking(move || write_files(&p, fleet.as_deref(), &bytes))
+                .await;
             // Coalesce bursts: changes during this pause leave a permit, so the next
             // wait returns at once and the write after it carries them all.
             tokio::select! {
@@ -421,14 +430,27 @@ impl Board {
 
     /// Write `snap` to `path` and to the fleet directory, if published there.
     fn write(&self, path: &Path, snap: &StatusFile) {
-        let bytes = serde_json::to_vec_pretty(snap).unwrap_or_default();
-        if let Err(e) = write_atomic(path, &bytes) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
-        }
-        if let Some((_, fleet)) = self.fleet.get() {
-            if let Err(e) = write_atomic(fleet, &bytes) {
-                tracing::debug!(path = %fleet.display(), error = %e, "cannot publish the status to the fleet");
-            }
+        let (bytes, fleet) = self.encode(snap);
+        write_files(path, fleet.as_deref(), &bytes);
+    }
+
+    /// The bytes of `snap`, and the fleet file it also goes to.
+    fn encode(&self, snap: &StatusFile) -> (Vec<u8>, Option<PathBuf>) {
+        (
+            serde_json::to_vec_pretty(snap).unwrap_or_default(),
+            self.fleet.get().map(|(_, p)| p.clone()),
+        )
+    }
+}
+
+/// Write the status to `path` and, if given, to the fleet file.
+fn write_files(path: &Path, fleet: Option<&Path>, bytes: &[u8]) {
+    if let Err(e) = write_atomic(path, bytes) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
+    }
+    if let Some(fleet) = fleet {
+        if let Err(e) = write_atomic(fleet, bytes) {
+            tracing::debug!(path = %fleet.display(), error = %e, "cannot publish the status to the fleet");
         }
     }
 }
