@@ -4,7 +4,10 @@
 //!   `Listening for Jobs`, minus the configured grace; p50 over 30 stuck listeners on the
 //!   real binary (target p50 <= 200 ms);
 //! - resume: from a simulated suspend (CLOCK_BOOTTIME jumps 90 s, injected) to every idle
-//!   listener replaced, in process, over 10 resumes with 2 slots (target <= 2 s).
+//!   listener replaced, in process, over 10 resumes with 2 slots (target <= 2 s);
+//! - crash loop: listener starts in the first 30 s when every listener crashes 0.3 s after
+//!   `Listening for Jobs`, on the real binary (target <= 8), and in 10 minutes by the same
+//!   back-off policy, worst case over 1,000 draws of its jitter (target <= 20).
 //!
 //! Run: `cargo build --release --workspace && cargo bench --bench resilience`.
 // Tests and benches measure and read real time on purpose (see clippy.toml).
@@ -155,6 +158,77 @@ async fn resume(dir: &Path) -> Vec<f64> {
     out
 }
 
+/// Listener starts within 30 s of the first, on the real binary, each crashing 0.3 s after
+/// it listens.
+async fn crash_loop(dir: &Path) -> usize {
+    const WINDOW: Duration = Duration::from_secs(30);
+    let gh = FakeGithub::start(Options::default()).await.unwrap();
+    for _ in 0..100 {
+        gh.script(Script::Crash {
+            after_ms: 300,
+            during_job: false,
+        });
+    }
+    let install = dir.join("install-cl");
+    sim::fixture::install_runner(&install, &fake_runner()).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_supervisor"))
+        .arg("run")
+        .env_clear()
+        .envs(sim::fixture::supervisor_env(
+            &gh.url(),
+            "bench",
+            &install,
+            &dir.join("state-cl"),
+        ))
+        .env("WATCHDOG_MAX_FIRES", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut starts = 0;
+    let mut first: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = first.map_or(tokio::time::Instant::now() + Duration::from_secs(60), |f| {
+            f + WINDOW
+        });
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) if l.contains("Listening for Jobs") => {
+                first.get_or_insert_with(tokio::time::Instant::now);
+                starts += 1;
+            }
+            Ok(Ok(Some(_))) => {}
+            _ => break,
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    starts
+}
+
+/// The most listener starts in `window` over 1,000 draws of the back-off's jitter, for a
+/// listener crashing `crash` after it starts.
+fn crash_loop_policy(window: Duration, crash: Duration) -> usize {
+    use runner_supervisor::slot::machine::failure_backoff;
+    (0..1000)
+        .map(|_| {
+            let (mut t, mut failures, mut starts) = (Duration::ZERO, 0, 0);
+            while t < window {
+                starts += 1;
+                failures += 1;
+                t += crash + failure_backoff(failures);
+            }
+            starts
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,8 +236,14 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut wd, mut rs) =
-        rt.block_on(async { (watchdog(dir.path()).await, resume(dir.path()).await) });
+    let (mut wd, mut rs, crash_30s) = rt.block_on(async {
+        (
+            watchdog(dir.path()).await,
+            resume(dir.path()).await,
+            crash_loop(dir.path()).await,
+        )
+    });
+    let crash_10min = crash_loop_policy(Duration::from_secs(600), Duration::from_millis(300));
     assert!(!wd.is_empty() && !rs.is_empty());
     let (wd_p50, wd_max) = (pct(&mut wd, 0.5), pct(&mut wd, 1.0));
     let (rs_p50, rs_max) = (pct(&mut rs, 0.5), pct(&mut rs, 1.0));
@@ -184,5 +264,14 @@ fn main() {
     println!(
         "    max {rs_max:8.1} ms   target <= 2000 ms  {}   (p50 {rs_p50:.1} ms)",
         mark(rs_max <= 2000.0)
+    );
+    println!("  crash loop: a listener crashing 0.3 s after it listens");
+    println!(
+        "    starts in 30 s   {crash_30s:4}   target <= 8   {}   (real binary)",
+        mark(crash_30s <= 8)
+    );
+    println!(
+        "    starts in 10 min {crash_10min:4}   target <= 20  {}   (the back-off policy, worst of 1,000 jitter draws)",
+        mark(crash_10min <= 20)
     );
 }
