@@ -212,7 +212,7 @@ async fn prune_build_cache(socket: &str, min_age: Duration) -> Result<(usize, u6
     }
     let query = format!(
         "all=true&filters={}",
-        urlencode(&serde_json::Value::Object(filters).to_string())
+        crate::github::urlencode(&serde_json::Value::Object(filters).to_string())
     );
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -248,17 +248,6 @@ async fn prune_build_cache(socket: &str, min_age: Duration) -> Result<(usize, u6
         r.caches_deleted.map(|v| v.len()).unwrap_or(0),
         r.space_reclaimed.unwrap_or(0).max(0) as u64,
     ))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A container as autoheal sees it.

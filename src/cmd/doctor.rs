@@ -23,10 +23,7 @@ pub fn main(input: CliInput) -> ExitCode {
         Some(token) => {
             let rt = match super::runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("supervisor: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             rt.block_on(async {
                 match GithubClient::new(&cfg, token) {

@@ -61,9 +61,14 @@ pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
 }
 
 /// A runtime for a subcommand: two workers, as the machines have two cores.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// On failure the error is printed and the exit status (1) returned.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .map_err(|e| {
+            eprintln!("supervisor: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }

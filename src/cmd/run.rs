@@ -22,10 +22,7 @@ pub fn main(input: CliInput) -> ExitCode {
     telemetry::init(&cfg.log.level, cfg.log.json);
     let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("supervisor: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(run(cfg)) {
         Ok(summary) => {

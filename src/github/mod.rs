@@ -6,12 +6,11 @@
 //! them back. The token is sent only to the configured API origin, never logged.
 //! It must not: retry in a tight loop, or follow a `Link` to another origin.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use rand::Rng;
+use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -23,211 +22,11 @@ use crate::config::{Config, Scope, Secret};
 /// The `User-Agent` we send (GitHub rejects requests without one).
 pub const USER_AGENT_VALUE: &str = concat!("runner-supervisor/", env!("CARGO_PKG_VERSION"));
 
-/// What went wrong, typed so callers can branch.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-pub enum GithubError {
-    #[error("unauthorized (401): {message}; the token is invalid, expired or revoked")]
-    Unauthorized { message: String },
-    #[error("forbidden (403): {message}{}", accepted.as_ref().map(|a| format!("; needs {a}")).unwrap_or_default())]
-    Forbidden {
-        message: String,
-        accepted: Option<String>,
-    },
-    #[error("not found (404): {message}; check owner/repo/org and that the token can administer runners there")]
-    NotFound { message: String },
-    #[error("rate limited ({status}); retry in {}s", retry_after.as_secs())]
-    RateLimited { status: u16, retry_after: Duration },
-    #[error("conflict (409): {message}")]
-    Conflict { message: String },
-    #[error("validation failed (422): {message} {errors:?}")]
-    Validation {
-        message: String,
-        errors: Vec<String>,
-    },
-    #[error("transient failure: {0}")]
-    Transient(String),
-    #[error("unexpected status {status}: {message}")]
-    Unexpected { status: u16, message: String },
-    #[error("cannot decode GitHub's answer: {0}")]
-    Decode(String),
-}
+mod policy;
+mod types;
 
-/// A runner label.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Label {
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-}
-
-/// A runner as GitHub describes it (`#/components/schemas/runner`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Runner {
-    pub id: u64,
-    pub name: String,
-    pub os: String,
-    pub status: String,
-    pub busy: bool,
-    #[serde(default)]
-    pub labels: Vec<Label>,
-    #[serde(default)]
-    pub ephemeral: bool,
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-/// `generate-jitconfig`'s answer.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JitConfig {
-    pub runner: Runner,
-    /// Secret: the runner's credentials. Passed only in `ACTIONS_RUNNER_INPUT_JITCONFIG`.
-    pub encoded_jit_config: String,
-}
-
-/// A registration or remove token.
-#[derive(Debug, Clone)]
-pub struct AuthToken {
-    pub token: Secret,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// What `GET /user` tells about the token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenInfo {
-    pub login: String,
-    /// `X-OAuth-Scopes`; `None` when absent (fine-grained tokens): unknown, not "none".
-    pub scopes: Option<Vec<String>>,
-    /// `github-authentication-token-expiration`.
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// A runner application download.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunnerApplication {
-    pub os: String,
-    pub architecture: String,
-    pub download_url: String,
-    pub filename: String,
-    #[serde(default)]
-    pub sha256_checksum: Option<String>,
-}
-
-/// Retry and back-off settings.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub base: Duration,
-    pub cap: Duration,
-    pub max_rate_limit_wait: Duration,
-}
-
-impl RetryPolicy {
-    /// The wait before retry number `attempt` (0-based): exponential, capped, with jitter
-    /// in the upper half so it is never near zero.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        backoff(self.base, self.cap, attempt)
-    }
-}
-
-/// Exponential back-off with jitter: a random point in `[d/2, d]`, `d = min(cap, base·2^n)`.
-pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX));
-    let d = exp.min(cap);
-    let half = d / 2;
-    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-}
-
-/// How long GitHub asks us to wait, if this answer is a rate limit (`src/runner/protocol.md` §5).
-///
-/// `retry-after` wins; else `x-ratelimit-remaining: 0` waits until `x-ratelimit-reset`;
-/// else a 429, or a 403 that says "rate limit", waits at least a minute.
-/// A 403 that is none of these is a real permission error: `None`.
-pub fn rate_limit_wait(
-    status: u16,
-    headers: &HeaderMap,
-    message: &str,
-    now_epoch: i64,
-) -> Option<Duration> {
-    if status != 403 && status != 429 {
-        return None;
-    }
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(secs) = h("retry-after").and_then(|v| v.parse::<u64>().ok()) {
-        return Some(Duration::from_secs(secs.max(1)));
-    }
-    if h("x-ratelimit-remaining") == Some("0") {
-        let reset = h("x-ratelimit-reset")
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(now_epoch + 60);
-        return Some(Duration::from_secs((reset - now_epoch).max(1) as u64));
-    }
-    if status == 429 || message.to_ascii_lowercase().contains("rate limit") {
-        return Some(Duration::from_secs(60));
-    }
-    None
-}
-
-/// Parse `2027-10-12 09:00:00 UTC` (and RFC 3339, to be lenient).
-pub fn parse_token_expiration(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Some(naive) = s
-        .strip_suffix(" UTC")
-        .and_then(|t| NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").ok())
-    {
-        return Some(naive.and_utc());
-    }
-    if let Ok(dt) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %z") {
-        return Some(dt.with_timezone(&Utc));
-    }
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
-}
-
-/// Counters shared by all clones of a client.
-#[derive(Debug, Default)]
-pub struct ApiStats {
-    /// HTTP requests sent, retries included.
-    pub requests: AtomicU64,
-}
-
-/// The server's `Date` header and when we saw it, for clock checks.
-#[derive(Debug, Clone, Copy)]
-pub struct DateSample {
-    pub server: DateTime<Utc>,
-    pub local: DateTime<Utc>,
-}
-
-/// What classic scopes say about runner administration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScopeVerdict {
-    Ok,
-    /// The exact scope that is missing.
-    Missing(&'static str),
-    /// No scopes header: a fine-grained token or an app; probe instead.
-    Unknown,
-}
-
-/// Exact scope match: `repo` for repository runners, `admin:org` for organisation runners.
-/// Substrings (`public_repo`, `repo:status`) do not count.
-pub fn scope_verdict(scopes: Option<&[String]>, scope: &Scope) -> ScopeVerdict {
-    let need = match scope {
-        Scope::Repo { .. } => "repo",
-        Scope::Org { .. } => "admin:org",
-    };
-    match scopes {
-        None => ScopeVerdict::Unknown,
-        Some(list) if list.iter().any(|s| s == need) => ScopeVerdict::Ok,
-        Some(_) => ScopeVerdict::Missing(need),
-    }
-}
-
-impl DateSample {
-    /// The local clock's offset from GitHub's, in seconds (positive: local is ahead).
-    pub fn offset_secs(&self) -> f64 {
-        (self.local - self.server).num_milliseconds() as f64 / 1000.0
-    }
-}
+pub use policy::*;
+pub use types::*;
 
 /// A GitHub client for one scope. Cheap to clone.
 #[derive(Clone)]
@@ -671,7 +470,8 @@ fn redact_url(u: &str) -> &str {
     u.split('?').next().unwrap_or(u)
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encode a query value (RFC 3986 unreserved characters stay).
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -1,0 +1,144 @@
+//! What the GitHub API answers, as the client returns it: typed errors callers branch on,
+//! runners, tokens, and what the `Date` header and the scopes say.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::config::{Scope, Secret};
+
+/// What went wrong, typed so callers can branch.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GithubError {
+    #[error("unauthorized (401): {message}; the token is invalid, expired or revoked")]
+    Unauthorized { message: String },
+    #[error("forbidden (403): {message}{}", accepted.as_ref().map(|a| format!("; needs {a}")).unwrap_or_default())]
+    Forbidden {
+        message: String,
+        accepted: Option<String>,
+    },
+    #[error("not found (404): {message}; check owner/repo/org and that the token can administer runners there")]
+    NotFound { message: String },
+    #[error("rate limited ({status}); retry in {}s", retry_after.as_secs())]
+    RateLimited { status: u16, retry_after: Duration },
+    #[error("conflict (409): {message}")]
+    Conflict { message: String },
+    #[error("validation failed (422): {message} {errors:?}")]
+    Validation {
+        message: String,
+        errors: Vec<String>,
+    },
+    #[error("transient failure: {0}")]
+    Transient(String),
+    #[error("unexpected status {status}: {message}")]
+    Unexpected { status: u16, message: String },
+    #[error("cannot decode GitHub's answer: {0}")]
+    Decode(String),
+}
+
+/// A runner label.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Label {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A runner as GitHub describes it (`#/components/schemas/runner`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Runner {
+    pub id: u64,
+    pub name: String,
+    pub os: String,
+    pub status: String,
+    pub busy: bool,
+    #[serde(default)]
+    pub labels: Vec<Label>,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `generate-jitconfig`'s answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JitConfig {
+    pub runner: Runner,
+    /// Secret: the runner's credentials. Passed only in `ACTIONS_RUNNER_INPUT_JITCONFIG`.
+    pub encoded_jit_config: String,
+}
+
+/// A registration or remove token.
+#[derive(Debug, Clone)]
+pub struct AuthToken {
+    pub token: Secret,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What `GET /user` tells about the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub login: String,
+    /// `X-OAuth-Scopes`; `None` when absent (fine-grained tokens): unknown, not "none".
+    pub scopes: Option<Vec<String>>,
+    /// `github-authentication-token-expiration`.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A runner application download.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunnerApplication {
+    pub os: String,
+    pub architecture: String,
+    pub download_url: String,
+    pub filename: String,
+    #[serde(default)]
+    pub sha256_checksum: Option<String>,
+}
+
+/// Counters shared by all clones of a client.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// HTTP requests sent, retries included.
+    pub requests: AtomicU64,
+}
+
+/// The server's `Date` header and when we saw it, for clock checks.
+#[derive(Debug, Clone, Copy)]
+pub struct DateSample {
+    pub server: DateTime<Utc>,
+    pub local: DateTime<Utc>,
+}
+
+/// What classic scopes say about runner administration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeVerdict {
+    Ok,
+    /// The exact scope that is missing.
+    Missing(&'static str),
+    /// No scopes header: a fine-grained token or an app; probe instead.
+    Unknown,
+}
+
+/// Exact scope match: `repo` for repository runners, `admin:org` for organisation runners.
+/// Substrings (`public_repo`, `repo:status`) do not count.
+pub fn scope_verdict(scopes: Option<&[String]>, scope: &Scope) -> ScopeVerdict {
+    let need = match scope {
+        Scope::Repo { .. } => "repo",
+        Scope::Org { .. } => "admin:org",
+    };
+    match scopes {
+        None => ScopeVerdict::Unknown,
+        Some(list) if list.iter().any(|s| s == need) => ScopeVerdict::Ok,
+        Some(_) => ScopeVerdict::Missing(need),
+    }
+}
+
+impl DateSample {
+    /// The local clock's offset from GitHub's, in seconds (positive: local is ahead).
+    pub fn offset_secs(&self) -> f64 {
+        (self.local - self.server).num_milliseconds() as f64 / 1000.0
+    }
+}
