@@ -271,6 +271,26 @@ fn build_with(
     if state_dir.as_os_str().is_empty() {
         err(STATE_DIR.name(), "must not be empty".into());
     }
+    let autoheal_label = r.get(&AUTOHEAL_LABEL);
+    if autoheal_label.is_empty()
+        || autoheal_label
+            .chars()
+            .any(|c| c.is_whitespace() || c == '=' || c == ',')
+    {
+        err(
+            AUTOHEAL_LABEL.name(),
+            format!(
+                "{autoheal_label:?} is not a Docker label key (non-empty, no spaces, '=' or ',')"
+            ),
+        );
+    }
+    let shared_dir = r.get(&STATE_SHARED_DIR);
+    if shared_dir.as_os_str().is_empty() {
+        err(
+            STATE_SHARED_DIR.name(),
+            "must not be empty (it holds the fleet's status files and the pruner lock)".into(),
+        );
+    }
 
     let entries = KEYS
         .iter()
@@ -374,13 +394,13 @@ fn build_with(
             keep_images: r.get(&DISK_KEEP_IMAGES).unwrap_or_default(),
         },
         autoheal: AutohealConfig {
-            label: r.get(&AUTOHEAL_LABEL),
+            label: autoheal_label,
             interval: r.get(&AUTOHEAL_INTERVAL),
             stop_timeout: r.get(&AUTOHEAL_STOP_TIMEOUT),
             max_restarts: r.get(&AUTOHEAL_MAX_RESTARTS) as u32,
             window: r.get(&AUTOHEAL_WINDOW),
         },
-        shared_dir: r.get(&STATE_SHARED_DIR),
+        shared_dir,
         log: LogConfig {
             json: r.get(&LOG_FORMAT) == LogFormat::Json,
             level: log_level,

@@ -271,6 +271,16 @@ fn bad_input_exits_64_and_names_the_key() {
             vec!["did you mean SUPERVISOR_RUNNER_DRAIN_TIMEOUT?"],
         ),
         (
+            "an autoheal label that no container could carry",
+            set("SUPERVISOR_AUTOHEAL_LABEL", "a label=x".into()),
+            vec!["autoheal.label", "not a Docker label key"],
+        ),
+        (
+            "an empty shared directory",
+            set("SUPERVISOR_STATE_SHARED_DIR", String::new()),
+            vec!["state.shared_dir", "must not be empty"],
+        ),
+        (
             "a misspelt key in the file gets a suggestion",
             toml("[runner]\nslot = 2\n"),
             vec!["runner.slot", "did you mean slots?"],
