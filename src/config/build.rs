@@ -284,6 +284,13 @@ fn build_with(
             ),
         );
     }
+    let docker_host = r.get(&DISK_DOCKER_HOST);
+    if !docker_host.starts_with("unix:///") {
+        err(
+            DISK_DOCKER_HOST.name(),
+            format!("{docker_host:?} must be a Unix socket, unix:///path/to/docker.sock (a TCP engine or a socket proxy needs a Unix socket here)"),
+        );
+    }
     let shared_dir = r.get(&STATE_SHARED_DIR);
     if shared_dir.as_os_str().is_empty() {
         err(
@@ -386,7 +393,7 @@ fn build_with(
         },
         disk: DiskConfig {
             prune: r.get(&DISK_PRUNE),
-            docker_host: r.get(&DISK_DOCKER_HOST),
+            docker_host,
             path: r.get(&DISK_PATH),
             threshold_gb: r.get(&DISK_THRESHOLD_GB),
             interval: r.get(&DISK_INTERVAL),

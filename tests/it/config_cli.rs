@@ -276,6 +276,11 @@ fn bad_input_exits_64_and_names_the_key() {
             vec!["autoheal.label", "not a Docker label key"],
         ),
         (
+            "a Docker engine over TCP",
+            set("SUPERVISOR_DISK_DOCKER_HOST", "tcp://127.0.0.1:2375".into()),
+            vec!["disk.docker_host", "must be a Unix socket"],
+        ),
+        (
             "an empty shared directory",
             set("SUPERVISOR_STATE_SHARED_DIR", String::new()),
             vec!["state.shared_dir", "must not be empty"],
