@@ -41,6 +41,41 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// `supervisor run` against `gh`, its log on a pipe; many fires allowed (no breaker).
+fn spawn_supervisor(
+    gh: &FakeGithub,
+    install: &Path,
+    state: &Path,
+    extra: &[(&str, String)],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_supervisor"))
+        .arg("run")
+        .env_clear()
+        .envs(sim::fixture::supervisor_env(
+            &gh.url(),
+            "bench",
+            install,
+            state,
+        ))
+        .env("WATCHDOG_MAX_FIRES", "1000")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn supervisor")
+}
+
+/// SIGTERM, and wait for the exit.
+async fn stop(mut child: tokio::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+}
+
 async fn watchdog(dir: &Path) -> Vec<f64> {
     let gh = FakeGithub::start(Options::default()).await.unwrap();
     for _ in 0..STUCK {
@@ -53,27 +88,18 @@ async fn watchdog(dir: &Path) -> Vec<f64> {
     }
     let install = dir.join("install-wd");
     sim::fixture::install_runner(&install, &fake_runner()).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_supervisor"))
-        .arg("run")
-        .env_clear()
-        .envs(sim::fixture::supervisor_env(
-            &gh.url(),
-            "bench",
-            &install,
-            &dir.join("state-wd"),
-        ))
-        .env("SUPERVISOR_LOG_FORMAT", "json")
-        .env(
-            "SUPERVISOR_WATCHDOG_GRACE",
-            format!("{}ms", GRACE_MS as u64),
-        )
-        .env("WATCHDOG_MAX_FIRES", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_supervisor(
+        &gh,
+        &install,
+        &dir.join("state-wd"),
+        &[
+            ("SUPERVISOR_LOG_FORMAT", "json".to_string()),
+            (
+                "SUPERVISOR_WATCHDOG_GRACE",
+                format!("{}ms", GRACE_MS as u64),
+            ),
+        ],
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // (runner that got stuck, when); paired with the next listening line of another runner.
     let mut stuck: std::collections::VecDeque<(String, DateTime<Utc>)> = Default::default();
@@ -108,11 +134,7 @@ async fn watchdog(dir: &Path) -> Vec<f64> {
             }
         }
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    stop(child).await;
     out
 }
 
@@ -171,22 +193,7 @@ async fn crash_loop(dir: &Path) -> usize {
     }
     let install = dir.join("install-cl");
     sim::fixture::install_runner(&install, &fake_runner()).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_supervisor"))
-        .arg("run")
-        .env_clear()
-        .envs(sim::fixture::supervisor_env(
-            &gh.url(),
-            "bench",
-            &install,
-            &dir.join("state-cl"),
-        ))
-        .env("WATCHDOG_MAX_FIRES", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_supervisor(&gh, &install, &dir.join("state-cl"), &[]);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut starts = 0;
     let mut first: Option<tokio::time::Instant> = None;
@@ -203,28 +210,15 @@ async fn crash_loop(dir: &Path) -> usize {
             _ => break,
         }
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    stop(child).await;
     starts
 }
 
 /// The most listener starts in `window` over 1,000 draws of the back-off's jitter, for a
 /// listener crashing `crash` after it starts.
 fn crash_loop_policy(window: Duration, crash: Duration) -> usize {
-    use runner_supervisor::slot::machine::failure_backoff;
     (0..1000)
-        .map(|_| {
-            let (mut t, mut failures, mut starts) = (Duration::ZERO, 0, 0);
-            while t < window {
-                starts += 1;
-                failures += 1;
-                t += crash + failure_backoff(failures);
-            }
-            starts
-        })
+        .map(|_| runner_supervisor::slot::machine::crash_loop_starts(window, crash))
         .max()
         .unwrap_or(0)
 }

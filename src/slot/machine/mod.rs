@@ -41,6 +41,19 @@ pub fn failure_backoff(failures: u32) -> Duration {
     )
 }
 
+/// Listener starts within `window` for a listener that crashes `crash` after it starts
+/// (start-up included), each failure backed off by [`failure_backoff`]: one draw of its
+/// jitter. The crash-loop figures of the tests and the resilience benchmark.
+pub fn crash_loop_starts(window: Duration, crash: Duration) -> usize {
+    let (mut t, mut failures, mut starts) = (Duration::ZERO, 0, 0);
+    while t < window {
+        starts += 1;
+        failures += 1;
+        t += crash + failure_backoff(failures);
+    }
+    starts
+}
+
 /// How long to wait after a failed registration (the `failures`-th failure, 1-based): the
 /// failure back-off, at least what a rate limit asks, and [`AUTH_RETRY`] when GitHub
 /// refuses the token or the permission.

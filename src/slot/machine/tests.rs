@@ -364,3 +364,24 @@ fn registration_failures_wait_by_kind() {
     };
     assert_eq!(registration_wait(&r, 1), S(900));
 }
+
+#[test]
+fn a_crash_loop_is_backed_off_exponentially() {
+    // The bound: crashing 0.3 s after listening, at most 8 starts in the first
+    // 30 s and at most 20 in 10 minutes, whatever the jitter draws.
+    for _ in 0..1000 {
+        let crash = Duration::from_millis(300);
+        assert!(crash_loop_starts(S(30), crash) <= 8);
+        assert!(crash_loop_starts(S(600), crash) <= 20);
+    }
+    // Doubling from 2 s (jitter in the upper half), capped at 5 minutes.
+    for (n, lo, hi) in [
+        (1, 1000, 2000),
+        (2, 2000, 4000),
+        (4, 8000, 16000),
+        (20, 150_000, 300_000),
+    ] {
+        let w = failure_backoff(n).as_millis();
+        assert!((lo..=hi).contains(&w), "failure {n}: {w} ms");
+    }
+}
