@@ -8,5 +8,6 @@
 
 pub mod fixture;
 pub mod github;
+pub mod longpoll;
 pub mod protocol;
 pub mod runner;

@@ -36,10 +36,18 @@ pub struct RunnerSettings {
     /// The fake runner's start-up delay before it connects, in milliseconds.
     #[serde(default)]
     pub sim_startup_ms: u64,
+    /// The listener's request timeout (connect, send, response headers), in milliseconds:
+    /// 60 s for the message queue, as the real one.
+    #[serde(default = "sixty_seconds")]
+    pub sim_http_timeout_ms: u64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn sixty_seconds() -> u64 {
+    60_000
 }
 
 /// The `.credentials` file.

@@ -227,6 +227,10 @@ struct Runner {
     session: Option<String>,
     /// Set while a connection error is outstanding (printed once per episode).
     connect_error: bool,
+    /// The message long-poll's pooled connection.
+    poll: crate::longpoll::PollConn,
+    /// Consecutive poll errors (the back-off grows after five).
+    poll_errors: u32,
 }
 
 enum Next {
@@ -564,11 +568,8 @@ impl Runner {
             let fault_at =
                 idle_fault.map(|(after, _, _)| listening_since + Duration::from_millis(after));
             let sid = self.session.clone().unwrap_or_default();
-            let poll = self
-                .http
-                .get(self.url(&format!("/_sim/sessions/{sid}/message")))
-                .timeout(Duration::from_secs(120))
-                .send();
+            let path = format!("/_sim/sessions/{sid}/message");
+            let poll = self.poll.get(&path);
             let wake_at = match (fault_at, hang_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -577,6 +578,8 @@ impl Runner {
                 r = poll => r,
                 _ = wait_shutdown(&mut self.shutdown) => return self.exiting().await,
                 _ = async { tokio::time::sleep_until(wake_at.expect("guarded")).await }, if wake_at.is_some() => {
+                    // A scripted fault or hang interrupts the poll: the connection goes.
+                    self.poll.reset();
                     if fault_at.is_some_and(|a| tokio::time::Instant::now() >= a) {
                         let (_, rec, give_up) = idle_fault.take().expect("fault present");
                         if let Some(code) = self.idle_connection_loss(rec, give_up).await {
@@ -587,33 +590,49 @@ impl Runner {
                 }
             };
             match resp {
-                Ok(r) if r.status().as_u16() == 200 => {
+                Ok(r) if r.status == 200 => {
+                    self.poll_errors = 0;
                     self.reconnected();
-                    let Ok(job) = r.json::<JobMessage>().await else {
+                    let Ok(job) = serde_json::from_slice::<JobMessage>(&r.body) else {
                         continue;
                     };
                     return self.run_job(job, &script).await;
                 }
-                Ok(r) if r.status().as_u16() == 404 => {
+                Ok(r) if r.status == 404 => {
                     self.term.error(
                         "The runner no longer exists on the server. Cleaning up local configuration.",
                     );
                     self.remove_config();
                     return 0;
                 }
-                Ok(r) if r.status().is_success() => self.reconnected(),
+                Ok(r) if (200..300).contains(&r.status) => {
+                    self.poll_errors = 0;
+                    self.reconnected();
+                }
                 other => {
                     let msg = match other {
-                        Ok(r) => format!(
-                            "Failed to get job message. Request to {} failed with status: {}. Error message {}",
-                            self.url("/_sim/message"),
-                            r.status().as_u16(),
-                            r.status().canonical_reason().unwrap_or("")
-                        ),
-                        Err(_) => "The HTTP request timed out after 00:01:00.".to_string(),
+                        Ok(r) => {
+                            self.poll.reset();
+                            format!(
+                                "Failed to get job message. Request to {} failed with status: {}. Error message {}",
+                                self.url("/_sim/message"),
+                                r.status,
+                                reqwest::StatusCode::from_u16(r.status)
+                                    .ok()
+                                    .and_then(|s| s.canonical_reason())
+                                    .unwrap_or("")
+                            )
+                        }
+                        Err(e) => e.0,
                     };
                     self.connect_error(&msg);
-                    let wait = rand::thread_rng().gen_range(15.0..30.0);
+                    // 15-30 s for the first five consecutive errors, then 30-60 s.
+                    self.poll_errors += 1;
+                    let wait = if self.poll_errors <= 5 {
+                        rand::thread_rng().gen_range(15.0..30.0)
+                    } else {
+                        rand::thread_rng().gen_range(30.0..60.0)
+                    };
                     if self.sleep_or_shutdown(self.scaled(wait)).await {
                         return self.exiting().await;
                     }
@@ -708,6 +727,11 @@ async fn run(args: &Args, root: &Path) -> i32 {
         shutdown,
         session: None,
         connect_error: false,
+        poll: crate::longpoll::PollConn::new(
+            &settings.server_url,
+            Duration::from_millis(settings.sim_http_timeout_ms),
+        ),
+        poll_errors: 0,
         creds,
         settings,
     };

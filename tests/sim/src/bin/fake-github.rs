@@ -12,7 +12,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: fake-github [--listen 127.0.0.1:0] [--token T] [--scopes repo,admin:org | --fine-grained]\n\
          \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]\n\
-         \x20                  [--public-url http://github:8080]"
+         \x20                  [--poll-timeout-ms N] [--runner-http-timeout-ms N] [--public-url http://github:8080]"
     );
     std::process::exit(64)
 }
@@ -44,6 +44,10 @@ async fn main() {
             "--startup-ms" => opts.runner_startup_ms = val().parse().unwrap_or_else(|_| usage()),
             "--poll-timeout-ms" => {
                 opts.poll_timeout = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
+            }
+            "--runner-http-timeout-ms" => {
+                opts.runner_http_timeout =
+                    Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
             }
             "--no-jit" => opts.jit = false,
             "--public-url" => opts.public_url = Some(val()),

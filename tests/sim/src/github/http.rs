@@ -107,6 +107,16 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
                 ctl.abort.notify_one();
                 std::future::pending::<()>().await;
             }
+            FaultKind::Silent => {
+                // Headers promising a body, then silence on an open connection.
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: 64\r\n\r\n";
+                // SAFETY: the fd belongs to this connection's TcpStream, alive until the
+                // connection ends; hyper writes nothing while this handler is pending.
+                let fd = unsafe { BorrowedFd::borrow_raw(ctl.fd) };
+                let _ = nix::unistd::write(fd, head);
+                log_call(&shared, &ctx, 200);
+                std::future::pending::<()>().await;
+            }
             FaultKind::Status { status } => {
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let resp = basic_error(code, "Server Error");

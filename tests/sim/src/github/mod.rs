@@ -70,8 +70,10 @@ pub struct Options {
     pub runner_startup_ms: u64,
     /// Whether generate-jitconfig exists (old GHES answers 404).
     pub jit: bool,
-    /// How long a runner's message long-poll is held open.
+    /// How long a runner's message long-poll is held open before it is answered empty.
     pub poll_timeout: Duration,
+    /// The fake runner's request timeout (connect, send, response headers): 60 s.
+    pub runner_http_timeout: Duration,
     /// Primary rate limit per hour.
     pub rate_limit: u64,
     /// The base URL runners are told to use (JIT configs, config.sh), when it is not the
@@ -93,6 +95,7 @@ impl Default for Options {
             runner_startup_ms: 0,
             jit: true,
             poll_timeout: Duration::from_secs(50),
+            runner_http_timeout: Duration::from_secs(60),
             rate_limit: 5000,
             public_url: None,
             job_lock_timeout: Duration::from_secs(600),
@@ -140,6 +143,9 @@ pub enum FaultKind {
     },
     /// Reset the TCP connection (RST) without answering.
     Reset,
+    /// Send the response headers (200, with a body length) and then nothing, holding the
+    /// connection open: a peer or middlebox gone silent after the headers.
+    Silent,
 }
 
 /// One request as the fake saw it.

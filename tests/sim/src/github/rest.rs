@@ -337,6 +337,7 @@ pub(super) fn settings_for(
         use_v2_flow: true,
         sim_time_scale: shared.opts.time_scale,
         sim_startup_ms: shared.opts.runner_startup_ms,
+        sim_http_timeout_ms: shared.opts.runner_http_timeout.as_millis() as u64,
     }
 }
 
