@@ -6,6 +6,7 @@
 //!
 //! It must not: do IO itself; monitors write it, slots read it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -41,12 +42,49 @@ pub struct Host {
     /// Woken when a refused token works again (slots waiting out an auth back-off retry).
     pub token_recovered: Notify,
     pub clocks: Arc<dyn Clocks>,
+    /// The running listeners, by slot: written by slots, watched by the connection watch.
+    pub listeners: watch::Sender<BTreeMap<usize, ListenerEntry>>,
+}
+
+/// A running listener, as the connection watch sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerEntry {
+    pub pid: i32,
+    /// Bumped when its connections may have changed (it started listening, reconnected,
+    /// took a job): look for new sockets now.
+    pub rescans: u64,
+}
+
+impl Host {
+    /// A listener runs in `slot`.
+    pub fn listener_started(&self, slot: usize, pid: i32) {
+        self.listeners.send_modify(|m| {
+            m.insert(slot, ListenerEntry { pid, rescans: 0 });
+        });
+    }
+
+    /// Its connections may have changed.
+    pub fn listener_rescan(&self, slot: usize) {
+        self.listeners.send_modify(|m| {
+            if let Some(e) = m.get_mut(&slot) {
+                e.rescans += 1;
+            }
+        });
+    }
+
+    /// The listener of `slot` ended.
+    pub fn listener_ended(&self, slot: usize) {
+        self.listeners.send_modify(|m| {
+            m.remove(&slot);
+        });
+    }
 }
 
 impl Host {
     /// A host with these clocks.
     pub fn new(clocks: Arc<dyn Clocks>) -> Host {
         Host {
+            listeners: watch::channel(BTreeMap::new()).0,
             clock: watch::channel(ClockStatus::default()).0,
             token_invalid: AtomicBool::new(false),
             measure_clock: Notify::new(),
@@ -162,6 +200,12 @@ pub enum SlotCmd {
     Recycle,
     /// GitHub shows the listening runner offline: replace it (a watchdog fire).
     Replace(Cause),
+    /// The connections of listener `pid` show a dead path or a silent hang (a watchdog
+    /// fire; ignored when that listener is gone).
+    Connection {
+        pid: i32,
+        finding: crate::tcpinfo::Finding,
+    },
 }
 
 /// A sender of commands to each slot.

@@ -11,7 +11,9 @@
 //! - [`naming`] and [`layout`] own runner names and the state directory.
 //! - [`preflight`] has the checks `run` logs and `doctor` prints.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
-//!   [`netstall`] finds a listener's stalled connections; [`clocks`] reads the clocks;
+//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`]) and
+//!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
+//!   [`clocks`] reads the clocks;
 //!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
 //!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
@@ -24,6 +26,7 @@ pub mod clock;
 pub mod clocks;
 pub mod cmd;
 pub mod config;
+pub mod connwatch;
 pub mod disk;
 pub mod docker;
 pub mod fleet;
@@ -32,7 +35,6 @@ pub mod host;
 pub mod keepalive;
 pub mod layout;
 pub mod naming;
-pub mod netstall;
 pub mod netwatch;
 pub mod preflight;
 pub mod procs;
@@ -40,8 +42,10 @@ pub mod runner;
 pub mod shutdown;
 pub mod sleepwake;
 pub mod slot;
+pub mod sockets;
 pub mod status;
 pub mod supervisor;
+pub mod tcpinfo;
 pub mod telemetry;
 pub mod tokenwatch;
 pub mod watchdog;

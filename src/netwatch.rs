@@ -398,6 +398,8 @@ mod tests {
             keepalive_interval: Duration::from_secs(10),
             keepalive_probes: 6,
             set_sysctls: Toggle::On,
+            listener_keepalive: crate::config::ListenerKeepalive::Auto,
+            user_timeout: Duration::from_secs(120),
             dns_interval: Duration::from_secs(60),
             fallback_resolvers: vec![],
             resolv_conf: "/etc/resolv.conf".into(),

@@ -199,6 +199,13 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
             writer_cancel.clone(),
         ));
     }
+    tracker.spawn(crate::connwatch::run(
+        cfg.clone(),
+        host.clone(),
+        board.clone(),
+        cmd_tx.clone(),
+        writer_cancel.clone(),
+    ));
     tracker.spawn(crate::netwatch::run(
         cfg.clone(),
         board.clone(),

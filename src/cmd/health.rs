@@ -57,7 +57,7 @@ pub fn main(input: CliInput) -> ExitCode {
             println!("  {r}");
         }
         for (k, v) in &status.facts {
-            if let Some(name) = ["disk_", "autoheal_"]
+            if let Some(name) = ["disk_", "autoheal_", "listener_"]
                 .iter()
                 .find_map(|p| k.strip_prefix(p).map(|n| (p.trim_end_matches('_'), n)))
             {

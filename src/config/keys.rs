@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ChronycMode, Key, KeySpec, Kind, LogFormat, RegistrationMode, Secret, Toggle};
+use super::{
+    ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, RegistrationMode, Secret, Toggle,
+};
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -102,6 +104,10 @@ keys! {
         "TCP keepalive probes before the connection is dropped";
     NETWORK_SET_SYSCTLS: Toggle = "network" . "set_sysctls", Kind::Enum(&["auto", "on", "off"]), Some("auto"), &[],
         "set net.ipv4.tcp_keepalive_* to the values above: auto = only in a container's own network namespace";
+    NETWORK_LISTENER_KEEPALIVE: ListenerKeepalive = "network" . "listener_keepalive", Kind::Enum(&["auto", "off"]), Some("auto"), &[],
+        "set the keepalive above (and user_timeout) on the listener's own connections, which it never enables itself (pidfd_getfd; auto = wherever the kernel permits, off = never touch them)";
+    NETWORK_USER_TIMEOUT: Duration = "network" . "user_timeout", Kind::Duration { min: secs(0), max: secs(3600), }, Some("120s"), &[],
+        "TCP_USER_TIMEOUT on the listener's connections: sent data unacknowledged this long (or keepalive unanswered) fails the connection; 0 for none";
     NETWORK_DNS_INTERVAL: Duration = "network" . "dns_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, Some("60s"), &[],
         "how often the API host is resolved (and resolvers checked)";
     NETWORK_FALLBACK_RESOLVERS: Option<Vec<String>> = "network" . "fallback_resolvers", Kind::List, None, &[],
@@ -123,9 +129,11 @@ keys! {
     WATCHDOG_RETRYABLE_EXITS: u64 = "watchdog" . "retryable_exits", Kind::Int { min: 1, max: 100 }, Some("3"), &[],
         "consecutive exit-2 exits that count as a watchdog fire";
     WATCHDOG_SOCKET_STALL: Duration = "watchdog" . "socket_stall", Kind::Duration { min: secs(1), max: secs(3600) }, Some("60s"), &[],
-        "a listener connection with retransmissions outstanding this long is stalled";
+        "a listener connection with retransmissions or keepalive probes outstanding this long (beyond its own keepalive or user timeout) is a dead path";
     WATCHDOG_SOCKET_CHECK_INTERVAL: Duration = "watchdog" . "socket_check_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, Some("5s"), &[],
         "how often the listener's TCP connections are inspected";
+    WATCHDOG_SILENT_AFTER: Duration = "watchdog" . "silent_after", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("180s"), &[],
+        "an idle listener none of whose connections has received data this long is hung (GitHub answers a poll within ~50 s, the listener's own timeout is 100 s, plus a margin)";
     WATCHDOG_OFFLINE_AFTER: Duration = "watchdog" . "offline_after", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("10m"), &[],
         "a listening runner that GitHub shows offline this long is replaced";
     WATCHDOG_OFFLINE_CHECK_INTERVAL: Duration = "watchdog" . "offline_check_interval", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("5m"), &[],

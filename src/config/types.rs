@@ -145,6 +145,9 @@ pub struct NetworkConfig {
     pub keepalive_interval: Duration,
     pub keepalive_probes: u32,
     pub set_sysctls: Toggle,
+    pub listener_keepalive: ListenerKeepalive,
+    /// `TCP_USER_TIMEOUT`; zero for none.
+    pub user_timeout: Duration,
     pub dns_interval: Duration,
     pub fallback_resolvers: Vec<String>,
     pub resolv_conf: PathBuf,
@@ -162,6 +165,7 @@ pub struct WatchdogConfig {
     pub retryable_exits: u32,
     pub socket_stall: Duration,
     pub socket_check_interval: Duration,
+    pub silent_after: Duration,
     pub offline_after: Duration,
     pub offline_check_interval: Duration,
 }
@@ -171,6 +175,15 @@ pub struct WatchdogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[network] listener_keepalive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKeepalive {
+    /// Set keepalive on the listener's connections wherever the kernel permits.
+    Auto,
+    /// Never touch them (their connections are still watched, read-only).
+    Off,
 }
 
 /// An `auto`/`on`/`off` setting.

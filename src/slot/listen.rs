@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::github::{AuthToken, GithubError};
 use crate::layout;
+use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{Ended, Seen};
 use crate::runner::process::{Listener, Output};
 use crate::shutdown::Mode;
@@ -161,9 +162,8 @@ pub(super) async fn watch_listener(
         prep.is_some(),
         *mode.borrow(),
     );
-    let mut stall = crate::netstall::StallTracker::default();
-    let mut sock_tick = tokio::time::interval(wcfg.socket_check_interval);
-    sock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The connection watch inspects its sockets from now until it ends.
+    let registered = Registered::new(&sh.hoststate, slot, l.pid());
     let mut cmds_open = true;
     let mut mode_open = true;
     let host = || HostFacts {
@@ -184,7 +184,13 @@ pub(super) async fn watch_listener(
         let deadline = m.deadline();
         tokio::select! {
             o = l.next() => match o {
-                Some(Output::Line { event: Some(ev), .. }) => pending.push(Input::Event(ev)),
+                Some(Output::Line { event: Some(ev), .. }) => {
+                    if matches!(ev, RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }) {
+                        // It opens connections now: inject and watch them at once.
+                        sh.hoststate.listener_rescan(slot);
+                    }
+                    pending.push(Input::Event(ev))
+                }
                 Some(Output::Line { .. }) => {}
                 Some(Output::Exited(ended)) => {
                     return Watched { ended, seen: m.seen, cause: None, fatal: m.fatal }
@@ -196,12 +202,9 @@ pub(super) async fn watch_listener(
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 pending.push(Input::Tick);
             }
-            _ = sock_tick.tick() => {
-                if let Some(d) = stall.update(&crate::netstall::sockets(l.pid()), Instant::now(), wcfg.socket_stall) {
-                    pending.push(Input::SocketStalled(d));
-                }
-            }
             c = cmds.recv(), if cmds_open => match c {
+                // A finding about an earlier listener of this slot.
+                Some(SlotCmd::Connection { pid, .. }) if pid != l.pid() => {}
                 Some(c) => pending.push(Input::Cmd(c)),
                 None => cmds_open = false,
             },
@@ -230,6 +233,7 @@ pub(super) async fn watch_listener(
             }
         }
     }
+    drop(registered);
     let cause = m.stop_cause().cloned();
     sh.board.set_state(slot, SlotState::Stopping);
     let mut seen = m.seen.clone();
@@ -239,6 +243,25 @@ pub(super) async fn watch_listener(
         seen,
         cause,
         fatal: m.fatal,
+    }
+}
+
+/// A listener known to the connection watch while this lives.
+struct Registered<'a> {
+    host: &'a crate::host::Host,
+    slot: usize,
+}
+
+impl<'a> Registered<'a> {
+    fn new(host: &'a crate::host::Host, slot: usize, pid: i32) -> Registered<'a> {
+        host.listener_started(slot, pid);
+        Registered { host, slot }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.host.listener_ended(self.slot);
     }
 }
 

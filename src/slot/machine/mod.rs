@@ -17,6 +17,7 @@ use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{classify, Ended, ExitReason, Seen};
 use crate::shutdown::Mode;
 use crate::status::SlotState;
+use crate::tcpinfo::Finding;
 use crate::watchdog::Watchdog;
 
 /// The crash-loop back-off: the first wait, and the longest.
@@ -118,10 +119,8 @@ pub enum Input {
     Event(RunnerEvent),
     /// The supervisor's mode changed (drain, force, kill).
     Mode(Mode),
-    /// A slot command (resume recycle, offline replacement).
+    /// A slot command (resume recycle, offline replacement, a connection finding).
     Cmd(SlotCmd),
-    /// One of its connections has had retransmissions outstanding this long.
-    SocketStalled(Duration),
     /// Time passed: a deadline may be due.
     Tick,
 }
@@ -254,11 +253,22 @@ impl Listen {
                     out,
                 )
             }
-            Input::SocketStalled(d) => {
+            Input::Cmd(SlotCmd::Connection { finding: Finding::DeadPath(d), .. }) => {
                 return self.decide(
                     StopCause::Watchdog(
                         host.cause(true),
-                        format!("a listener connection has had retransmissions outstanding for {}s (blackholed)", d.as_secs()),
+                        format!("a listener connection has had retransmissions or keepalive probes outstanding for {}s (dead path)", d.as_secs()),
+                    ),
+                    out,
+                )
+            }
+            // A quiet job is not a hang.
+            Input::Cmd(SlotCmd::Connection { finding: Finding::Silent(_), .. }) if self.busy => {}
+            Input::Cmd(SlotCmd::Connection { finding: Finding::Silent(d), .. }) => {
+                return self.decide(
+                    StopCause::Watchdog(
+                        host.cause(true),
+                        format!("no data on any listener connection for {}s (silent hang)", d.as_secs()),
                     ),
                     out,
                 )

@@ -1,0 +1,366 @@
+//! The listeners' own connections: keepalive injected into them, and their health read
+//! from `TCP_INFO`.
+//!
+//! One task for every slot, awake only while a listener runs: every
+//! `[watchdog] socket_check_interval` it reads `TCP_INFO` of each listener's known TCP
+//! connections (the cost grows with the listening slots and their few sockets, never with
+//! the host's socket count), and looks for new sockets when a slot says its listener
+//! started listening, reconnected or took a job, a few checks after that, and every
+//! [`RESCAN`] while it listens. New sockets get `[network] keepalive_*` and
+//! `user_timeout` (unless `listener_keepalive = off`), through a duplicate taken with
+//! `pidfd_getfd` and closed at once. Findings (`tcpinfo`) go to the slot as
+//! `SlotCmd::Connection`.
+//!
+//! Where the kernel refuses the duplicate, it says why once, with the fix, in the log, in
+//! health and in `doctor`, and watches read-only through socket diagnostics instead.
+//!
+//! It must not: keep a duplicate open, touch a socket that is not a TCP connection, or
+//! touch any process but the listeners the slots registered.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ListenerKeepalive};
+use crate::host::{Host, ListenerEntry, SlotCmd, SlotCmds};
+use crate::sockets::{self, Keepalive};
+use crate::status::{Board, SlotState};
+use crate::tcpinfo::{Assessor, Conn, Limits};
+
+/// How often a listening listener's descriptors are listed for new sockets.
+pub const RESCAN: Duration = Duration::from_secs(30);
+/// Checks after a rescan request that list its descriptors again (its new connection
+/// may open just after the line that announced it).
+const FOLLOW_UP_SCANS: u32 = 3;
+
+/// How a listener's sockets are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Duplicates: keepalive set on new sockets, `TCP_INFO` read through them.
+    Inject,
+    /// Socket diagnostics, read-only: nothing of the listener's is touched.
+    Diag,
+}
+
+struct Watched {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    access: Access,
+    /// Descriptor → inode of its TCP connections.
+    conns: HashMap<RawFd, u64>,
+    /// Sockets already given keepalive.
+    ours: HashSet<u64>,
+    /// Descriptors that are not TCP connections (checked once).
+    other: HashSet<u64>,
+    assessor: Assessor,
+    rescans_seen: u64,
+    scans_due: u32,
+    next_scan: Instant,
+}
+
+/// What the connection watch says about injection, for health and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Keepalive is set on the listeners' connections.
+    Injecting,
+    /// `listener_keepalive = off`: read-only.
+    Off,
+    /// The kernel refused: reason and fix; read-only.
+    Refused(String, String),
+}
+
+/// The connection watch.
+pub struct ConnWatch {
+    keepalive: Keepalive,
+    limits: Limits,
+    mode: ListenerKeepalive,
+    refused: Option<(String, String)>,
+    injected_total: u64,
+    watched: BTreeMap<usize, Watched>,
+}
+
+impl ConnWatch {
+    pub fn new(cfg: &Config) -> ConnWatch {
+        let net = &cfg.network;
+        let keepalive = Keepalive {
+            idle: net.keepalive_idle,
+            interval: net.keepalive_interval,
+            probes: net.keepalive_probes,
+            user_timeout: net.user_timeout,
+        };
+        let probe_giveup = if net.user_timeout.is_zero() {
+            net.keepalive_interval * net.keepalive_probes
+        } else {
+            net.user_timeout
+        };
+        ConnWatch {
+            keepalive,
+            limits: Limits {
+                socket_stall: cfg.watchdog.socket_stall,
+                silent_after: cfg.watchdog.silent_after,
+                probe_giveup,
+                data_giveup: net.user_timeout,
+            },
+            mode: net.listener_keepalive,
+            refused: None,
+            injected_total: 0,
+            watched: BTreeMap::new(),
+        }
+    }
+
+    /// The state for health.
+    pub fn state(&self) -> State {
+        match (&self.refused, self.mode) {
+            (_, ListenerKeepalive::Off) => State::Off,
+            (Some((why, fix)), _) => State::Refused(why.clone(), fix.clone()),
+            (None, ListenerKeepalive::Auto) => State::Injecting,
+        }
+    }
+
+    /// Follow the registry: forget ended listeners, take on new ones.
+    fn sync(&mut self, listeners: &BTreeMap<usize, ListenerEntry>, now: Instant) {
+        self.watched
+            .retain(|slot, w| listeners.get(slot).is_some_and(|e| e.pid == w.pid));
+        for (slot, e) in listeners {
+            let w = self.watched.entry(*slot).or_insert_with(|| {
+                let (pidfd, access) = match self.mode {
+                    ListenerKeepalive::Off => (None, Access::Diag),
+                    ListenerKeepalive::Auto => match sockets::pidfd_open(e.pid) {
+                        Ok(fd) if self.refused.is_none() => (Some(fd), Access::Inject),
+                        _ => (None, Access::Diag),
+                    },
+                };
+                Watched {
+                    pid: e.pid,
+                    pidfd,
+                    access,
+                    conns: HashMap::new(),
+                    ours: HashSet::new(),
+                    other: HashSet::new(),
+                    assessor: Assessor::default(),
+                    rescans_seen: u64::MAX,
+                    scans_due: 0,
+                    next_scan: now,
+                }
+            });
+            if w.rescans_seen != e.rescans {
+                w.rescans_seen = e.rescans;
+                w.scans_due = FOLLOW_UP_SCANS + 1;
+            }
+        }
+    }
+
+    /// One check of every listener; findings to send.
+    fn check(&mut self, board: &Board, now: Instant) -> Vec<(usize, SlotCmd)> {
+        let mut out = vec![];
+        let slots: Vec<usize> = self.watched.keys().copied().collect();
+        for slot in slots {
+            let idle = board.state(slot) == Some(SlotState::Listening);
+            let scan = {
+                let w = self.watched.get_mut(&slot).expect("listed");
+                let due = w.scans_due > 0 || now >= w.next_scan;
+                if due {
+                    w.scans_due = w.scans_due.saturating_sub(1);
+                    w.next_scan = now + RESCAN;
+                }
+                due
+            };
+            if scan {
+                self.scan(slot);
+            }
+            let w = self.watched.get_mut(&slot).expect("listed");
+            let conns = read(w);
+            if conns.len() < w.conns.len() {
+                // A socket went (closed, or its number reused): look again next check.
+                w.conns.retain(|_, ino| conns.iter().any(|c| c.inode == *ino));
+                w.scans_due = w.scans_due.max(1);
+            }
+            if let Some(finding) = w.assessor.assess(&conns, idle, now, &self.limits) {
+                out.push((slot, SlotCmd::Connection { pid: w.pid, finding }));
+            }
+        }
+        out
+    }
+
+    /// List a listener's descriptors; take on its new TCP connections.
+    fn scan(&mut self, slot: usize) {
+        let w = self.watched.get_mut(&slot).expect("listed");
+        let fds = match sockets::socket_fds(w.pid) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(slot, pid = w.pid, error = %e, "cannot list the listener's descriptors");
+                return;
+            }
+        };
+        w.conns.retain(|fd, ino| fds.get(fd) == Some(ino));
+        let known: HashSet<u64> = w.conns.values().copied().collect();
+        let mut refusal: Option<std::io::Error> = None;
+        for (fd, ino) in fds {
+            if known.contains(&ino) || w.other.contains(&ino) {
+                continue;
+            }
+            match (w.access, w.pidfd.as_ref()) {
+                (Access::Inject, Some(pidfd)) => {
+                    let dup = match sockets::pidfd_getfd(pidfd.as_fd(), fd) {
+                        Ok(d) => d,
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES | libc::ENOSYS)) => {
+                            refusal = Some(e);
+                            break;
+                        }
+                        // Closed meanwhile.
+                        Err(_) => continue,
+                    };
+                    if sockets::inode(dup.as_fd()).ok() != Some(ino) || !sockets::is_tcp_connection(dup.as_fd()) {
+                        w.other.insert(ino);
+                        continue;
+                    }
+                    w.conns.insert(fd, ino);
+                    if w.ours.insert(ino) {
+                        let k = &self.keepalive;
+                        match sockets::set_keepalive(dup.as_fd(), k) {
+                            Ok(()) => {
+                                self.injected_total += 1;
+                                tracing::info!(
+                                    slot,
+                                    pid = w.pid,
+                                    fd,
+                                    peer = %sockets::peer(dup.as_fd()).map(|p| p.to_string()).unwrap_or_default(),
+                                    idle_s = k.idle.as_secs(),
+                                    interval_s = k.interval.as_secs(),
+                                    probes = k.probes,
+                                    user_timeout_s = k.user_timeout.as_secs(),
+                                    "keepalive set on a listener connection"
+                                );
+                            }
+                            Err(e) => {
+                                w.ours.remove(&ino);
+                                tracing::debug!(slot, fd, error = %e, "cannot set keepalive on a listener connection");
+                            }
+                        }
+                    }
+                    // `dup` closes here: the options stay on the listener's socket.
+                }
+                _ => {
+                    // Read-only: which of these are TCP connections shows in the
+                    // diagnostics; the rest are skipped there.
+                    w.conns.insert(fd, ino);
+                }
+            }
+        }
+        if let Some(e) = refusal {
+            let first = self.refused.is_none();
+            let (why, fix) = sockets::refusal(&e, true);
+            if first {
+                tracing::warn!(
+                    reason = %why,
+                    fix = %fix,
+                    "cannot set keepalive on the listener's connections ({why}); watching them read-only (dead paths and silent hangs are still found). Fix: {fix}"
+                );
+                self.refused = Some((why, fix));
+            }
+            for w in self.watched.values_mut() {
+                w.access = Access::Diag;
+                w.pidfd = None;
+                w.scans_due = w.scans_due.max(1);
+            }
+        }
+    }
+}
+
+/// `TCP_INFO` of a listener's known connections.
+fn read(w: &mut Watched) -> Vec<Conn> {
+    let mut out = Vec::with_capacity(w.conns.len());
+    match (w.access, w.pidfd.as_ref()) {
+        (Access::Inject, Some(pidfd)) => {
+            for (fd, ino) in &w.conns {
+                let Ok(dup) = sockets::pidfd_getfd(pidfd.as_fd(), *fd) else {
+                    continue;
+                };
+                if sockets::inode(dup.as_fd()).ok() != Some(*ino) {
+                    continue;
+                }
+                if let Ok(info) = sockets::tcp_info(dup.as_fd()) {
+                    out.push(Conn {
+                        inode: *ino,
+                        info,
+                        ours: w.ours.contains(ino),
+                    });
+                }
+            }
+        }
+        _ => {
+            let inodes: HashSet<u64> = w.conns.values().copied().collect();
+            match sockets::diag_tcp_info(&inodes) {
+                Ok(v) => out.extend(v.into_iter().map(|(inode, info)| Conn {
+                    inode,
+                    info,
+                    ours: false,
+                })),
+                Err(e) => tracing::debug!(pid = w.pid, error = %e, "socket diagnostics failed"),
+            }
+            // Inodes the diagnostics do not list are not TCP connections (or closed).
+            let seen: HashSet<u64> = out.iter().map(|c| c.inode).collect();
+            w.conns.retain(|_, ino| seen.contains(ino));
+        }
+    }
+    out
+}
+
+fn publish(board: &Board, cw: &ConnWatch) {
+    let text = match cw.state() {
+        State::Injecting => format!(
+            "on ({} connection{} so far)",
+            cw.injected_total,
+            if cw.injected_total == 1 { "" } else { "s" }
+        ),
+        State::Off => "off (listener_keepalive = off); watched read-only".into(),
+        State::Refused(why, fix) => {
+            format!("refused: {why}; watched read-only. Fix: {fix}")
+        }
+    };
+    board.set_fact("listener_keepalive", text);
+}
+
+/// Watch the listeners' connections until cancelled.
+pub async fn run(
+    cfg: Arc<Config>,
+    host: Arc<Host>,
+    board: Arc<Board>,
+    cmds: SlotCmds,
+    cancel: CancellationToken,
+) {
+    let mut cw = ConnWatch::new(&cfg);
+    let mut listeners = host.listeners.subscribe();
+    let interval = cfg.watchdog.socket_check_interval;
+    publish(&board, &cw);
+    let mut next_check = Instant::now();
+    loop {
+        let now = Instant::now();
+        let snapshot = listeners.borrow_and_update().clone();
+        let before = (cw.injected_total, cw.refused.is_some());
+        cw.sync(&snapshot, now);
+        let rescan_now = cw.watched.values().any(|w| w.scans_due > FOLLOW_UP_SCANS);
+        if !cw.watched.is_empty() && (now >= next_check || rescan_now) {
+            for (slot, cmd) in cw.check(&board, now) {
+                if let Some(tx) = cmds.get(slot) {
+                    let _ = tx.send(cmd);
+                }
+            }
+            next_check = now + interval;
+        }
+        if (cw.injected_total, cw.refused.is_some()) != before {
+            publish(&board, &cw);
+        }
+        // Asleep while no listener runs; otherwise one timer for every slot.
+        let idle = cw.watched.is_empty();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listeners.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(next_check), if !idle => {}
+        }
+    }
+}
