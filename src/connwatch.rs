@@ -176,11 +176,18 @@ impl ConnWatch {
             let conns = read(w);
             if conns.len() < w.conns.len() {
                 // A socket went (closed, or its number reused): look again next check.
-                w.conns.retain(|_, ino| conns.iter().any(|c| c.inode == *ino));
+                w.conns
+                    .retain(|_, ino| conns.iter().any(|c| c.inode == *ino));
                 w.scans_due = w.scans_due.max(1);
             }
             if let Some(finding) = w.assessor.assess(&conns, idle, now, &self.limits) {
-                out.push((slot, SlotCmd::Connection { pid: w.pid, finding }));
+                out.push((
+                    slot,
+                    SlotCmd::Connection {
+                        pid: w.pid,
+                        finding,
+                    },
+                ));
             }
         }
         out
@@ -207,14 +214,21 @@ impl ConnWatch {
                 (Access::Inject, Some(pidfd)) => {
                     let dup = match sockets::pidfd_getfd(pidfd.as_fd(), fd) {
                         Ok(d) => d,
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES | libc::ENOSYS)) => {
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EPERM | libc::EACCES | libc::ENOSYS)
+                            ) =>
+                        {
                             refusal = Some(e);
                             break;
                         }
                         // Closed meanwhile.
                         Err(_) => continue,
                     };
-                    if sockets::inode(dup.as_fd()).ok() != Some(ino) || !sockets::is_tcp_connection(dup.as_fd()) {
+                    if sockets::inode(dup.as_fd()).ok() != Some(ino)
+                        || !sockets::is_tcp_connection(dup.as_fd())
+                    {
                         w.other.insert(ino);
                         continue;
                     }

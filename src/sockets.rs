@@ -73,7 +73,8 @@ pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// Whether `fd` is a TCP connection (IPv4 or IPv6, not a listening socket).
 pub fn is_tcp_connection(fd: BorrowedFd<'_>) -> bool {
     let s = socket2::SockRef::from(&fd);
-    let inet = matches!(s.domain(), Ok(d) if d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6);
+    let inet =
+        matches!(s.domain(), Ok(d) if d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6);
     inet && matches!(s.r#type(), Ok(socket2::Type::STREAM))
         && matches!(s.protocol(), Ok(Some(socket2::Protocol::TCP)) | Ok(None))
         && !matches!(s.is_listener(), Ok(true))
@@ -191,7 +192,8 @@ pub fn diag_tcp_info(inodes: &HashSet<u64>) -> io::Result<Vec<(u64, TcpInfo)>> {
                 match kind {
                     NLMSG_DONE => break 'recv,
                     NLMSG_ERROR => {
-                        let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
+                        let errno =
+                            i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
                         return Err(io::Error::from_raw_os_error(-errno));
                     }
                     _ => {}
@@ -203,8 +205,10 @@ pub fn diag_tcp_info(inodes: &HashSet<u64>) -> io::Result<Vec<(u64, TcpInfo)>> {
                     if inodes.contains(&inode) {
                         let mut a = 72;
                         while a + 4 <= msg.len() {
-                            let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().expect("2")) as usize;
-                            let atype = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().expect("2"));
+                            let alen =
+                                u16::from_ne_bytes(msg[a..a + 2].try_into().expect("2")) as usize;
+                            let atype =
+                                u16::from_ne_bytes(msg[a + 2..a + 4].try_into().expect("2"));
                             if alen < 4 || a + alen > msg.len() {
                                 break;
                             }
@@ -256,10 +260,10 @@ pub fn refusal(err: &io::Error, listener_is_child: bool) -> (String, String) {
                     "Yama ptrace_scope is 2 and the supervisor lacks CAP_SYS_PTRACE".into(),
                     "grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE; compose: cap_add: [SYS_PTRACE])".into(),
                 )
-            } else if seccomp && !cap_ptrace {
+            } else if seccomp {
                 (
                     "a seccomp filter refuses pidfd_getfd (Docker's default profile allows it only with CAP_SYS_PTRACE)".into(),
-                    "add `cap_add: [SYS_PTRACE]` to the runner service (see compose/README.md for the trade-off)".into(),
+                    "add `cap_add: [SYS_PTRACE]` to the runner service (see compose/README.md for the trade-off), or use a seccomp profile that allows pidfd_getfd".into(),
                 )
             } else if yama == Some(1) && !listener_is_child {
                 (
@@ -273,7 +277,10 @@ pub fn refusal(err: &io::Error, listener_is_child: bool) -> (String, String) {
                 )
             }
         }
-        _ => (format!("pidfd_getfd failed: {err}"), "see `supervisor doctor`".into()),
+        _ => (
+            format!("pidfd_getfd failed: {err}"),
+            "see `supervisor doctor`".into(),
+        ),
     }
 }
 
@@ -289,8 +296,7 @@ pub fn probe_getfd() -> Result<(), (String, String)> {
             unsafe { libc::pause() };
         },
         Ok(ForkResult::Parent { child }) => {
-            let r = pidfd_open(child.as_raw())
-                .and_then(|p| pidfd_getfd(p.as_fd(), 0).map(drop));
+            let r = pidfd_open(child.as_raw()).and_then(|p| pidfd_getfd(p.as_fd(), 0).map(drop));
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(child, None);
             r.map_err(|e| refusal(&e, true))
@@ -316,7 +322,10 @@ mod tests {
         let dup = pidfd_getfd(me.as_fd(), c.as_raw_fd()).unwrap();
         assert_eq!(inode(dup.as_fd()).unwrap(), ino);
         assert!(is_tcp_connection(dup.as_fd()));
-        assert!(!is_tcp_connection(l.as_fd()), "a listening socket is not a connection");
+        assert!(
+            !is_tcp_connection(l.as_fd()),
+            "a listening socket is not a connection"
+        );
         let k = Keepalive {
             idle: Duration::from_secs(7),
             interval: Duration::from_secs(3),
@@ -343,7 +352,10 @@ mod tests {
     #[test]
     fn refusals_name_the_reason_and_the_fix() {
         let (why, fix) = refusal(&io::Error::from_raw_os_error(libc::ENOSYS), true);
-        assert!(why.contains("5.6") && fix.contains("upgrade"), "{why} / {fix}");
+        assert!(
+            why.contains("5.6") && fix.contains("upgrade"),
+            "{why} / {fix}"
+        );
         let (why, fix) = refusal(&io::Error::from_raw_os_error(libc::EPERM), true);
         assert!(!why.is_empty() && !fix.is_empty());
         // This machine lets a process take its own child's descriptors.

@@ -119,8 +119,11 @@ impl Assessor {
         now: Instant,
         limits: &Limits,
     ) -> Option<Finding> {
-        self.since
-            .retain(|inode, _| conns.iter().any(|c| c.inode == *inode && c.info.unanswered()));
+        self.since.retain(|inode, _| {
+            conns
+                .iter()
+                .any(|c| c.inode == *inode && c.info.unanswered())
+        });
         let mut dead: Option<Duration> = None;
         for c in conns.iter().filter(|c| c.info.unanswered()) {
             let since = *self.since.entry(c.inode).or_insert(now);

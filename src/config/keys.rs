@@ -106,8 +106,8 @@ keys! {
         "set net.ipv4.tcp_keepalive_* to the values above: auto = only in a container's own network namespace";
     NETWORK_LISTENER_KEEPALIVE: ListenerKeepalive = "network" . "listener_keepalive", Kind::Enum(&["auto", "off"]), Some("auto"), &[],
         "set the keepalive above (and user_timeout) on the listener's own connections, which it never enables itself (pidfd_getfd; auto = wherever the kernel permits, off = never touch them)";
-    NETWORK_USER_TIMEOUT: Duration = "network" . "user_timeout", Kind::Duration { min: secs(0), max: secs(3600), }, Some("120s"), &[],
-        "TCP_USER_TIMEOUT on the listener's connections: sent data unacknowledged this long (or keepalive unanswered) fails the connection; 0 for none";
+    NETWORK_USER_TIMEOUT: Duration = "network" . "user_timeout", Kind::Duration { min: secs(0), max: secs(3600), }, Some("0s"), &[],
+        "TCP_USER_TIMEOUT on the listener's connections: sent data unacknowledged this long (or keepalive unanswered) fails the connection by itself, and the watchdog waits that long beyond socket_stall; 0 for none (keepalive fails a silent path after interval x probes)";
     NETWORK_DNS_INTERVAL: Duration = "network" . "dns_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, Some("60s"), &[],
         "how often the API host is resolved (and resolvers checked)";
     NETWORK_FALLBACK_RESOLVERS: Option<Vec<String>> = "network" . "fallback_resolvers", Kind::List, None, &[],

@@ -76,7 +76,7 @@ async fn scenario_26_a_listener_on_a_blackholed_connection_is_replaced() {
         d.wait_log(&["watchdog fired"], T).await
     };
     assert!(
-        fired.contains("retransmissions outstanding") && fired.contains("cause=\"network\""),
+        fired.contains("dead path") && fired.contains("cause=\"network\""),
         "{fired}"
     );
     // The path is back: a fresh runner listens.

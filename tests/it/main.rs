@@ -9,6 +9,7 @@ mod blackhole;
 mod clock;
 mod compose;
 mod config_cli;
+mod connections;
 mod disk;
 mod github_client;
 mod health;

@@ -133,7 +133,14 @@ fn a_session_conflict_stops_an_idle_listener_at_once() {
 fn a_dead_path_is_a_network_fire() {
     let (mut m, t) = machine(false);
     m.step(ev(LISTENING), t, H);
-    match stops(&m.step(Input::Cmd(SlotCmd::Connection { pid: 1, finding: Finding::DeadPath(S(61)) }), t, H)) {
+    match stops(&m.step(
+        Input::Cmd(SlotCmd::Connection {
+            pid: 1,
+            finding: Finding::DeadPath(S(61)),
+        }),
+        t,
+        H,
+    )) {
         Some(StopCause::Watchdog(Cause::Network, d)) => {
             assert!(d.contains("61s") && d.contains("dead path"), "{d}")
         }
@@ -146,7 +153,10 @@ fn a_silent_hang_replaces_an_idle_listener_and_never_a_busy_one() {
     let (mut m, t) = machine(false);
     m.step(ev(LISTENING), t, H);
     m.step(ev(JOB), t, H);
-    let silent = Input::Cmd(SlotCmd::Connection { pid: 1, finding: Finding::Silent(S(200)) });
+    let silent = Input::Cmd(SlotCmd::Connection {
+        pid: 1,
+        finding: Finding::Silent(S(200)),
+    });
     assert_eq!(stops(&m.step(silent.clone(), t, H)), None, "a quiet job");
     let (mut m, t) = machine(false);
     m.step(ev(LISTENING), t, H);

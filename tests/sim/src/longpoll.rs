@@ -154,7 +154,9 @@ impl PollConn {
                 break i + 4;
             }
             if buf.len() > 64 * 1024 {
-                return Err(Failure::Protocol("The response headers are too long.".into()));
+                return Err(Failure::Protocol(
+                    "The response headers are too long.".into(),
+                ));
             }
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
@@ -265,14 +267,19 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn serve(answers: Vec<&'static [u8]>, close_after_first: bool) -> (String, tokio::task::JoinHandle<u32>) {
+    async fn serve(
+        answers: Vec<&'static [u8]>,
+        close_after_first: bool,
+    ) -> (String, tokio::task::JoinHandle<u32>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let h = tokio::spawn(async move {
             let mut accepted = 0;
             let mut answers = answers.into_iter();
             loop {
-                let Ok((mut s, _)) = l.accept().await else { break };
+                let Ok((mut s, _)) = l.accept().await else {
+                    break;
+                };
                 accepted += 1;
                 loop {
                     let mut buf = vec![0u8; 4096];
@@ -287,7 +294,9 @@ mod tests {
                     if got.is_empty() {
                         break;
                     }
-                    let Some(a) = answers.next() else { return accepted };
+                    let Some(a) = answers.next() else {
+                        return accepted;
+                    };
                     s.write_all(a).await.unwrap();
                     if answers.len() == 0 {
                         return accepted;
@@ -336,7 +345,11 @@ mod tests {
         let (url, _srv) = serve(vec![chunked], false).await;
         let mut c = PollConn::new(&url, Duration::from_secs(5));
         assert_eq!(c.get("/m").await.unwrap().body, b"{\"}");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut c = PollConn::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5));
         let e = c.get("/m").await.unwrap_err();
         assert_eq!(e.0, format!("Connection refused (127.0.0.1:{port})"));
@@ -363,7 +376,9 @@ mod tests {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{").await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{")
+                .await
+                .unwrap();
             std::future::pending::<()>().await;
         });
         let mut c = PollConn::new(&url, Duration::from_millis(300));

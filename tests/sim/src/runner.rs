@@ -723,7 +723,7 @@ async fn run(args: &Args, root: &Path) -> i32 {
         term,
         root: root.to_path_buf(),
         scale,
-        http: reqwest::Client::new(),
+        http: runner_http_client(),
         shutdown,
         session: None,
         connect_error: false,
@@ -789,6 +789,17 @@ async fn run(args: &Args, root: &Path) -> i32 {
     }
 }
 
+/// An HTTP client like the runner's: no TCP keepalive (its `SetTcpKeepAlive` does nothing
+/// for `HttpClient`; facts A7), unlike reqwest's default of 15 s.
+fn runner_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_keepalive(None)
+        .tcp_keepalive_interval(None)
+        .tcp_keepalive_retries(None)
+        .build()
+        .expect("a plain HTTP client")
+}
+
 /// How the runner turns `--url` into its API base (`UrlUtil.IsHostedServer`).
 fn api_base(url: &str) -> Option<String> {
     let u = url::Url::parse(url).ok()?;
@@ -850,7 +861,7 @@ async fn configure(args: &Args, root: &Path) -> i32 {
         term.error("Invalid configuration provided for url. Terminating unattended configuration.");
         return 1;
     };
-    let http = reqwest::Client::new();
+    let http = runner_http_client();
     let reg_url = format!("{api}/actions/runner-registration");
     let resp = http
         .post(&reg_url)

@@ -1,0 +1,333 @@
+//! The listener's own connections (issue 8), on the real kernel: keepalive injected into
+//! the fake runner's long-poll socket lets it recover from a blackhole by itself; without
+//! injection (refused by a seccomp filter like Docker's default profile) the read-only
+//! watch replaces it; a peer gone silent after the headers is found; realistic polling and
+//! a quiet job never fire.
+//!
+//! The only network change is an iptables DROP on the test's own loopback port, removed
+//! afterwards (`Blackhole`).
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use runner_supervisor::sockets;
+use sim::github::{FakeGithub, Fault, FaultKind, JobSpec};
+
+use crate::support::{
+    eventually, github, listeners, sim_bin, wait_health, Blackhole, Daemon, Sandbox,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+/// The keepalive on the listener's TCP connections to `port`: (keepalive on, idle) each.
+fn listener_keepalive(pid: i32, port: u16) -> Vec<(bool, Duration)> {
+    let Ok(pidfd) = sockets::pidfd_open(pid) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for (fd, _) in sockets::socket_fds(pid).unwrap_or_default() {
+        let Ok(dup) = sockets::pidfd_getfd(pidfd.as_fd(), fd) else {
+            continue;
+        };
+        if !sockets::is_tcp_connection(dup.as_fd())
+            || sockets::peer(dup.as_fd()).map(|p| p.port()) != Some(port)
+        {
+            continue;
+        }
+        if let Ok((on, idle, ..)) = sockets::keepalive_of(dup.as_fd()) {
+            out.push((on, idle));
+        }
+    }
+    out
+}
+
+/// Polls the fake GitHub has answered empty (202) on the message long-poll.
+fn empty_polls(gh: &FakeGithub) -> usize {
+    gh.calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/message") && c.status == 202)
+        .count()
+}
+
+fn env_for(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut env = sb.env(gh);
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+#[tokio::test]
+async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
+    let sb = Sandbox::new();
+    // Polls held 2 s; the runner's back-off scaled to 0.15-0.3 s.
+    let gh = github(|o| {
+        o.poll_timeout = Duration::from_secs(2);
+        o.time_scale = 0.01;
+    })
+    .await;
+    let (idle, interval, probes) = (1u64, 1u64, 2u64);
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_NETWORK_KEEPALIVE_IDLE", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_INTERVAL", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_PROBES", "2"),
+            // Bounds a request sent into the dark just as well (no keepalive while
+            // data is in flight).
+            ("SUPERVISOR_NETWORK_USER_TIMEOUT", "3s"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_STALL", "20s"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "30s"),
+            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+        ],
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_log(&["keepalive set on a listener connection"], T)
+        .await;
+    let pid = listeners(&sb, 1)[0];
+    let port = gh.addr().port();
+    // The listener's own long-poll socket carries our keepalive (read back from it).
+    assert!(
+        eventually(T, || {
+            let k = listener_keepalive(pid, port);
+            !k.is_empty() && k.iter().all(|(on, i)| *on && i.as_secs() == idle)
+        })
+        .await,
+        "{:?}",
+        listener_keepalive(pid, port)
+    );
+    // Mid-poll (the request sent and acknowledged), the path goes dark.
+    let polls = empty_polls(&gh);
+    let bh = Blackhole::port(port);
+    let dropped = Instant::now();
+    let err = d.wait_log(&["Runner connect error"], T).await;
+    let to_error = dropped.elapsed();
+    assert!(
+        err.contains("Connection timed out") && err.contains("Retrying until reconnected."),
+        "the listener's own socket failed with ETIMEDOUT: {err}"
+    );
+    // Within idle + interval x probes (3 s), plus scheduling.
+    let window = Duration::from_secs(idle + interval * probes);
+    assert!(to_error <= window + Duration::from_secs(2), "{to_error:?}");
+    drop(bh);
+    d.wait_log(&["Runner reconnected."], T).await;
+    let to_reconnect = dropped.elapsed();
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            > polls + 1)
+            .await
+    );
+    eprintln!(
+        "figures: DROP -> the listener's own ETIMEDOUT {:.2}s (window {}s); -> Runner reconnected. {:.2}s (rule removed at the error)",
+        to_error.as_secs_f64(),
+        window.as_secs(),
+        to_reconnect.as_secs_f64()
+    );
+    // The supervisor restarted nothing: the same listener, one registration.
+    assert_eq!(d.count(&["watchdog fired"]), 0, "{:#?}", d.log());
+    assert_eq!(listeners(&sb, 1), vec![pid]);
+    assert_eq!(gh.runners().len(), 1);
+    wait_health(&env, "listener keepalive: on", T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_watch() {
+    let sb = Sandbox::new();
+    let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
+            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
+            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
+            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
+        ],
+    );
+    // Docker's default seccomp profile without CAP_SYS_PTRACE: pidfd_getfd is EPERM.
+    let wrapper = sim_bin("deny-getfd");
+    let mut d = Daemon::start_wrapped(&env, &[wrapper.to_str().unwrap()], &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    let refused = d
+        .wait_log(&["cannot set keepalive on the listener's connections"], T)
+        .await;
+    assert!(
+        refused.contains("seccomp") && refused.contains("SYS_PTRACE"),
+        "the reason and the fix: {refused}"
+    );
+    let (_, h) = wait_health(&env, "listener keepalive: refused", T).await;
+    assert!(h.contains("SYS_PTRACE"), "{h}");
+    let pid = listeners(&sb, 1)[0];
+    let port = gh.addr().port();
+    assert!(
+        listener_keepalive(pid, port).iter().all(|(on, _)| !on),
+        "nothing was set on the listener's sockets"
+    );
+    let polls = empty_polls(&gh);
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            > polls)
+            .await
+    );
+    let fired = {
+        let _bh = Blackhole::port(port);
+        let dropped = Instant::now();
+        let fired = d.wait_log(&["watchdog fired"], T).await;
+        eprintln!(
+            "figures: without injection, DROP -> replacement decided {:.2}s (silent_after 3s)",
+            dropped.elapsed().as_secs_f64()
+        );
+        fired
+    };
+    assert!(
+        fired.contains("silent hang") && fired.contains("cause=\"network\""),
+        "{fired}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    assert_ne!(listeners(&sb, 1), vec![pid], "replaced");
+    assert_eq!(
+        d.count(&["cannot set keepalive on the listener's connections"]),
+        1,
+        "said once"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn a_peer_silent_after_the_headers_is_found_even_though_keepalive_answers() {
+    let sb = Sandbox::new();
+    let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_NETWORK_KEEPALIVE_IDLE", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_INTERVAL", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_PROBES", "2"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_STALL", "2s"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
+            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
+        ],
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_log(&["keepalive set on a listener connection"], T)
+        .await;
+    // The next poll gets its headers and then nothing; the connection stays up and
+    // acknowledges keepalive probes (a live peer, not a dead path).
+    gh.fault(Fault {
+        body: None,
+        method: Some("GET".into()),
+        path: Some("/message".into()),
+        kind: FaultKind::Silent,
+        times: 1,
+    });
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .any(|c| c.path.ends_with("/message") && c.status == 200))
+            .await
+    );
+    let silent_since = Instant::now();
+    let fired = d.wait_log(&["watchdog fired"], T).await;
+    let took = silent_since.elapsed();
+    assert!(
+        fired.contains("silent hang") && fired.contains("cause=\"network\""),
+        "{fired}"
+    );
+    assert!(!fired.contains("dead path"));
+    eprintln!(
+        "figures: silent hang found {:.2}s after the peer went silent (silent_after 3s, check 200ms)",
+        took.as_secs_f64()
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn realistic_polling_and_a_quiet_job_never_fire() {
+    let sb = Sandbox::new();
+    // Periods scaled down: GitHub holds each poll 500 ms; silence counts after 2 s.
+    let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_NETWORK_KEEPALIVE_IDLE", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_INTERVAL", "1s"),
+            ("SUPERVISOR_NETWORK_KEEPALIVE_PROBES", "2"),
+            ("SUPERVISOR_NETWORK_USER_TIMEOUT", "3s"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "100ms"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_STALL", "1s"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "2s"),
+        ],
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_log(&["keepalive set on a listener connection"], T)
+        .await;
+    // Twelve poll periods of an idle listener.
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            >= 12)
+            .await
+    );
+    // A job that is quiet for twice silent_after (its long-poll socket says nothing).
+    gh.enqueue(
+        JobSpec {
+            name: "quiet".into(),
+            duration_ms: 4_000,
+            result: "Succeeded".into(),
+            labels: vec![],
+        },
+        1,
+    );
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    // And twelve more periods on the next listener.
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    let before = empty_polls(&gh);
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            >= before + 12)
+            .await
+    );
+    let fires = d.count(&["watchdog fired"]);
+    eprintln!(
+        "figures: {} empty polls, one quiet 4 s job, {} false fires",
+        empty_polls(&gh),
+        fires
+    );
+    assert_eq!(fires, 0, "{:#?}", d.log());
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
