@@ -24,6 +24,10 @@ pub trait Clocks: Send + Sync {
     fn boottime(&self) -> Duration;
     /// CLOCK_REALTIME, since the Unix epoch (may step; may be before the epoch: then zero).
     fn realtime(&self) -> Duration;
+    /// Woken when simulated clocks jump (the real ones wake `sleepwake` from the kernel).
+    fn jumped(&self) -> Option<&tokio::sync::Notify> {
+        None
+    }
 }
 
 fn read(id: ClockId) -> Duration {
@@ -52,6 +56,7 @@ impl Clocks for SystemClocks {
 pub struct ShiftedClocks {
     boot_ms: AtomicI64,
     real_ms: AtomicI64,
+    jumped: tokio::sync::Notify,
 }
 
 impl ShiftedClocks {
@@ -61,10 +66,12 @@ impl ShiftedClocks {
             .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
         self.real_ms
             .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+        self.jumped.notify_one();
     }
     /// Pretend the wall clock was stepped by `ms` (negative: backwards).
     pub fn step(&self, ms: i64) {
         self.real_ms.fetch_add(ms, Ordering::SeqCst);
+        self.jumped.notify_one();
     }
 }
 
@@ -85,5 +92,8 @@ impl Clocks for ShiftedClocks {
     }
     fn realtime(&self) -> Duration {
         shift(SystemClocks.realtime(), self.real_ms.load(Ordering::SeqCst))
+    }
+    fn jumped(&self) -> Option<&tokio::sync::Notify> {
+        Some(&self.jumped)
     }
 }

@@ -5,8 +5,8 @@
 //! `[watchdog] socket_check_interval` it reads `TCP_INFO` of each listener's known TCP
 //! connections (the cost grows with the listening slots and their few sockets, never with
 //! the host's socket count), and looks for new sockets when a slot says its listener
-//! started listening, reconnected or took a job, a few checks after that, and every
-//! [`RESCAN`] while it listens. New sockets get `[network] keepalive_*` and
+//! started listening, reconnected or took a job, a few checks after that, at every check
+//! while it has no established connection (it is reconnecting), and every [`RESCAN`]. New sockets get `[network] keepalive_*` and
 //! `user_timeout` (unless `listener_keepalive = off`), through a duplicate taken with
 //! `pidfd_getfd` and closed at once. Findings (`tcpinfo`) go to the slot as
 //! `SlotCmd::Connection`.

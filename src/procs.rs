@@ -66,17 +66,7 @@ pub fn become_subreaper() -> io::Result<()> {
 pub fn reap_orphans() -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut reaped = vec![];
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return reaped;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in children().unwrap_or_else(every_pid) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -102,19 +92,48 @@ pub fn reap_orphans() -> Vec<i32> {
     reaped
 }
 
-/// Reap orphans on every SIGCHLD (and every 30 s, in case one was coalesced) until cancelled.
+/// Our children, from `/proc/self/task/*/children` (only they can be our zombies); `None`
+/// when the kernel does not list them.
+fn children() -> Option<Vec<i32>> {
+    let mut out = vec![];
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).ok()?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Every PID (the fallback: a scan of /proc).
+fn every_pid() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reap orphans on every SIGCHLD until cancelled (each pass reaps every zombie child, so
+/// coalesced signals lose nothing).
 pub async fn run_reaper(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut sigchld) = signal(SignalKind::child()) else {
         tracing::warn!("cannot watch SIGCHLD; orphaned processes will not be reaped");
         return;
     };
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    // Once at start (orphans adopted before we watched), then on every SIGCHLD: the
+    // kernel tells us when there is something to reap; no timer, no scan of /proc.
+    for pid in reap_orphans() {
+        tracing::debug!(pid, "reaped an orphaned process");
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = sigchld.recv() => {}
-            _ = tick.tick() => {}
         }
         for pid in reap_orphans() {
             tracing::debug!(pid, "reaped an orphaned process");

@@ -2,8 +2,14 @@
 //!
 //! A suspend shows as CLOCK_BOOTTIME − CLOCK_MONOTONIC growing; a wall-clock step as
 //! CLOCK_REALTIME − CLOCK_MONOTONIC changing by more than a suspend explains. The detector
-//! is pure; [`run`] ticks it every second and, on a resume, measures the clock, checks the
-//! token and recycles idle listeners (their long-polls are dead); busy ones stay, watched.
+//! is pure. [`run`] compares the clocks when the kernel says they jumped: a `timerfd` on
+//! CLOCK_REALTIME armed with `TFD_TIMER_CANCEL_ON_SET` is cancelled when the wall clock is
+//! set (settimeofday, chronyd's step, a WSL2 VM's time sync after Windows sleep) and on
+//! every resume from suspend (`timekeeping_resume` notifies timerfds), so both are seen at
+//! once, with no timer running. A [`BACKSTOP`] check catches what the kernel cannot tell
+//! (a clock shifted by libfaketime in tests, a hypervisor pause without a clock set).
+//! On a resume it measures the clock, checks the token and recycles idle listeners (their
+//! long-polls are dead); busy ones stay, watched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +21,8 @@ use crate::clocks::Clocks;
 use crate::host::Host;
 use crate::host::SlotCmd;
 
-/// The tick: a jump is seen within one tick.
-pub const TICK: Duration = Duration::from_secs(1);
+/// The check when the kernel says nothing: a jump it cannot tell is seen within this.
+pub const BACKSTOP: Duration = Duration::from_secs(2);
 /// Jumps smaller than this are noise (scheduling, slewing).
 const THRESHOLD_MS: i128 = 1000;
 /// A wall-clock step this large is treated like a resume (a WSL2 VM after Windows sleep).
@@ -71,19 +77,113 @@ impl Detector {
     }
 }
 
-/// Tick until cancelled; on a resume, trigger the resume actions.
+/// A `timerfd` that becomes readable when CLOCK_REALTIME is set or the system resumes.
+struct WallWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl WallWatch {
+    fn new() -> std::io::Result<WallWatch> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a plain syscall; on success it returns a new descriptor we own.
+        let raw = unsafe {
+            libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: we own the descriptor and it stays open for as long as it is registered
+        // (both live in the AsyncFd).
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let w = WallWatch { fd };
+        w.arm()?;
+        Ok(w)
+    }
+
+    /// Expire far in the future, cancelled by any clock set.
+    fn arm(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            // Year 2096: a set past it expires the timer, which wakes us too.
+            it_value: libc::timespec {
+                tv_sec: 4_000_000_000,
+                tv_nsec: 0,
+            },
+        };
+        // SAFETY: valid descriptor and itimerspec; the old value is not wanted.
+        let r = unsafe {
+            libc::timerfd_settime(
+                self.fd.get_ref().as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait for the next set or resume, then re-arm.
+    async fn wait(&self) {
+        use std::os::fd::AsRawFd;
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `buf`.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+                continue;
+            }
+            // ECANCELED (the clock was set) or an expiry: re-arm and report.
+            guard.clear_ready();
+            let _ = self.arm();
+            return;
+        }
+    }
+}
+
+/// Watch until cancelled; on a resume, trigger the resume actions.
 pub async fn run(
     host: Arc<Host>,
     cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
     cancel: CancellationToken,
 ) {
     let mut det = Detector::new(&*host.clocks);
-    let mut tick = tokio::time::interval(TICK);
+    let wall = match WallWatch::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, backstop_s = BACKSTOP.as_secs(), "cannot watch clock sets (timerfd); jumps are seen by the periodic check only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(BACKSTOP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let simulated = host.clocks.jumped();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = async { wall.as_ref().expect("guarded").wait().await }, if wall.is_some() => {}
+            _ = async { simulated.expect("guarded").notified().await }, if simulated.is_some() => {}
         }
         for jump in det.tick(&*host.clocks) {
             let recycle = match jump {

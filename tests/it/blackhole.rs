@@ -57,9 +57,18 @@ async fn the_supervisors_own_request_fails_within_the_keepalive_window() {
 #[tokio::test]
 async fn scenario_26_a_listener_on_a_blackholed_connection_is_replaced() {
     let sb = Sandbox::new();
-    // Short long-polls, so the listener sends a new request soon after the path goes dark.
-    let gh = github(|o| o.poll_timeout = Duration::from_millis(300)).await;
+    // The runner's back-off scaled to 0.15-0.3 s.
+    let gh = github(|o| {
+        o.poll_timeout = Duration::from_millis(300);
+        o.time_scale = 0.01;
+    })
+    .await;
     let mut env = sb.env(&gh);
+    // Its long-poll fails by itself within 3 s (the keepalive we give it); its next
+    // connection is a SYN into the dark: a dead path past socket_stall.
+    env.insert("SUPERVISOR_NETWORK_KEEPALIVE_IDLE".into(), "1s".into());
+    env.insert("SUPERVISOR_NETWORK_KEEPALIVE_INTERVAL".into(), "1s".into());
+    env.insert("SUPERVISOR_NETWORK_KEEPALIVE_PROBES".into(), "2".into());
     env.insert("SUPERVISOR_WATCHDOG_SOCKET_STALL".into(), "2s".into());
     env.insert(
         "SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL".into(),

@@ -89,6 +89,12 @@ async fn a_resume_recycles_idle_listeners_and_keeps_busy_ones() {
         1,
     );
     assert!(gh.wait_for(T, |s| s.running.len() == 1).await);
+    // The job is under way on the runner (it renews its lock after printing
+    // `Running job`), not just handed out: the resume is seen at once now.
+    assert!(
+        gh.wait_for(T, |s| s.calls.iter().any(|c| c.path.ends_with("/renew")))
+            .await
+    );
     let busy = gh.state(|s| {
         s.running
             .values()
