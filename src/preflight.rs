@@ -155,6 +155,7 @@ pub fn check_local(cfg: &Config) -> Vec<Check> {
             "download actions/runner, unpack it there, or set SUPERVISOR_RUNNER_DIR",
         ));
     }
+    out.push(check_listener_keepalive(cfg));
     let probe = cfg.state_dir.join(".doctor-probe");
     match std::fs::create_dir_all(&cfg.state_dir).and_then(|_| std::fs::write(&probe, b"")) {
         Ok(()) => {
@@ -172,6 +173,39 @@ pub fn check_local(cfg: &Config) -> Vec<Check> {
         )),
     }
     out
+}
+
+/// Whether keepalive can be set on the listener's own connections (`pidfd_getfd` on a
+/// child of ours, as the listener will be).
+pub fn check_listener_keepalive(cfg: &Config) -> Check {
+    if cfg.network.listener_keepalive == crate::config::ListenerKeepalive::Off {
+        return Check::ok(
+            "keepalive",
+            "listener_keepalive = off: the listener's connections are watched read-only",
+        );
+    }
+    match crate::sockets::probe_getfd() {
+        Ok(()) => Check::ok(
+            "keepalive",
+            format!(
+                "can be set on the listener's connections (pidfd_getfd): idle {}s, interval {}s, {} probes, user timeout {}",
+                cfg.network.keepalive_idle.as_secs(),
+                cfg.network.keepalive_interval.as_secs(),
+                cfg.network.keepalive_probes,
+                if cfg.network.user_timeout.is_zero() {
+                    "none".to_string()
+                } else {
+                    format!("{}s", cfg.network.user_timeout.as_secs())
+                }
+            ),
+        ),
+        Err((why, fix)) => Check::bad(
+            "keepalive",
+            Level::Warn,
+            format!("cannot be set on the listener's connections: {why}; they are watched read-only (dead paths and silent hangs are still found)"),
+            fix,
+        ),
+    }
 }
 
 /// The time sources: chronyd through chronyc, and an SNTP measurement.

@@ -407,15 +407,17 @@ impl Board {
             let p = path.clone();
             let _ = tokio::task::spawn_blocking(move || write_files(&p, fleet.as_deref(), &bytes))
                 .await;
-            // Coalesce bursts: changes during this pause leave a permit, so the next
-            // wait returns at once and the write after it carries them all.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.changed.notified() => {}
+                _ = self.changed.notified() => {
+                    // Coalesce a burst: changes during this pause leave a permit, and the
+                    // write after it carries them all.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                // Idle: one wake-up per heartbeat, nothing else.
                 _ = tokio::time::sleep(HEARTBEAT) => {}
             }
         }

@@ -60,11 +60,13 @@ pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
     Ok(cfg)
 }
 
-/// A runtime for a subcommand: two workers, as the machines have two cores.
+/// A runtime for a subcommand: one thread. The supervisor waits on IO and timers; one
+/// thread serves it with fewer wake-ups and less memory than a pool of workers handing
+/// work to each other (`cargo bench --bench idle`, README "Footprint"). File writes and
+/// blocking lookups go to the blocking pool.
 /// On failure the error is printed and the exit status (1) returned.
 pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {

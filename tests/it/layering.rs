@@ -66,6 +66,7 @@ const MONITORS: &[&str] = &[
     "tokenwatch",
     "sleepwake",
     "netwatch",
+    "connwatch",
     "disk",
     "autoheal",
 ];
