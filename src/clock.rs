@@ -251,7 +251,7 @@ impl Monitor {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.interval) => {}
+                _ = crate::clocks::tick(self.cfg.interval) => {}
                 _ = self.host.measure_clock.notified() => {}
             }
             self.round().await;

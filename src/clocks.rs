@@ -16,6 +16,64 @@ pub fn wall_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
+/// Sleep until the next multiple of `period` on CLOCK_MONOTONIC (at least `period` / 2
+/// from now, so a task that just ran does not run again at once).
+///
+/// Every periodic task of the process ticks on this one grid, through a kernel timer of
+/// its own (a `timerfd` with an absolute expiry): timers that coincide expire together and
+/// wake the process once. A 2 s check, a 4 s check and a 10 s heartbeat cost one wake-up
+/// every 2 s instead of one each, and none of the early wake-ups of a timer wheel's coarse
+/// slots. Falls back to `tokio::time` where a `timerfd` cannot be made.
+pub async fn tick(period: Duration) {
+    match grid_timer(period) {
+        Ok(fd) => match fd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => tokio::time::sleep(period).await,
+        },
+        Err(_) => tokio::time::sleep(period).await,
+    }
+}
+
+fn grid_timer(period: Duration) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let now = read(ClockId::CLOCK_MONOTONIC).as_nanos();
+    let p = period.as_nanos().max(1_000_000);
+    let mut at = (now / p + 1) * p;
+    if at - now < p / 2 {
+        at += p;
+    }
+    // SAFETY: a plain syscall; on success it returns a new descriptor we own.
+    let raw = unsafe {
+        libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: (at / 1_000_000_000) as libc::time_t,
+            tv_nsec: (at % 1_000_000_000) as libc::c_long,
+        },
+    };
+    // SAFETY: valid descriptor and itimerspec; the old value is not wanted.
+    if unsafe {
+        libc::timerfd_settime(fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: we own the descriptor; it stays open for as long as it is registered (both
+    // live in the AsyncFd).
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Reads the clocks.
 pub trait Clocks: Send + Sync {
     /// CLOCK_MONOTONIC.

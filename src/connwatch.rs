@@ -351,30 +351,31 @@ pub async fn run(
     let mut listeners = host.listeners.subscribe();
     let interval = cfg.watchdog.socket_check_interval;
     publish(&board, &cw);
-    let mut next_check = Instant::now();
+    // The first look at a listener is at once; then one tick of the grid for every slot.
+    let mut ticked = true;
     loop {
         let now = Instant::now();
         let snapshot = listeners.borrow_and_update().clone();
         let before = (cw.injected_total, cw.refused.is_some());
         cw.sync(&snapshot, now);
         let rescan_now = cw.watched.values().any(|w| w.scans_due > FOLLOW_UP_SCANS);
-        if !cw.watched.is_empty() && (now >= next_check || rescan_now) {
+        if !cw.watched.is_empty() && (ticked || rescan_now) {
             for (slot, cmd) in cw.check(&board, now) {
                 if let Some(tx) = cmds.get(slot) {
                     let _ = tx.send(cmd);
                 }
             }
-            next_check = now + interval;
         }
         if (cw.injected_total, cw.refused.is_some()) != before {
             publish(&board, &cw);
         }
-        // Asleep while no listener runs; otherwise one timer for every slot.
+        // Asleep while no listener runs.
         let idle = cw.watched.is_empty();
+        ticked = false;
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = listeners.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep_until(next_check), if !idle => {}
+            _ = crate::clocks::tick(interval), if !idle => ticked = true,
         }
     }
 }

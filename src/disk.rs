@@ -181,7 +181,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = crate::clocks::tick(cfg.interval) => {}
         }
     }
 }

@@ -314,7 +314,7 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(net.dns_interval) => {}
+            _ = crate::clocks::tick(net.dns_interval) => {}
         }
     }
     // Leave resolv.conf as we found it.

@@ -175,13 +175,11 @@ pub async fn run(
             None
         }
     };
-    let mut tick = tokio::time::interval(BACKSTOP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let simulated = host.clocks.jumped();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = crate::clocks::tick(BACKSTOP) => {}
             _ = async { wall.as_ref().expect("guarded").wait().await }, if wall.is_some() => {}
             _ = async { simulated.expect("guarded").notified().await }, if simulated.is_some() => {}
         }

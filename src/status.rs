@@ -418,7 +418,7 @@ impl Board {
                     }
                 }
                 // Idle: one wake-up per heartbeat, nothing else.
-                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = crate::clocks::tick(HEARTBEAT) => {}
             }
         }
     }

@@ -64,7 +64,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(cfg.check_interval) => {}
+            _ = crate::clocks::tick(cfg.check_interval) => {}
             _ = host.check_token.notified() => {}
         }
         check(&cfg, &gh, &host, &board).await;

@@ -67,6 +67,9 @@ pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
 /// On failure the error is printed and the exit status (1) returned.
 pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
+        // A blocking thread outlives the gaps between status writes (10 s heartbeat)
+        // instead of being made and ended for each.
+        .thread_keep_alive(std::time::Duration::from_secs(60))
         .enable_all()
         .build()
         .map_err(|e| {

@@ -130,7 +130,7 @@ keys! {
         "consecutive exit-2 exits that count as a watchdog fire";
     WATCHDOG_SOCKET_STALL: Duration = "watchdog" . "socket_stall", Kind::Duration { min: secs(1), max: secs(3600) }, Some("60s"), &[],
         "a listener connection with retransmissions or keepalive probes outstanding this long (beyond its own keepalive or user timeout) is a dead path";
-    WATCHDOG_SOCKET_CHECK_INTERVAL: Duration = "watchdog" . "socket_check_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, Some("5s"), &[],
+    WATCHDOG_SOCKET_CHECK_INTERVAL: Duration = "watchdog" . "socket_check_interval", Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, Some("4s"), &[],
         "how often the listener's TCP connections are inspected";
     WATCHDOG_SILENT_AFTER: Duration = "watchdog" . "silent_after", Kind::Duration { min: secs(1), max: secs(24 * 3600) }, Some("180s"), &[],
         "an idle listener none of whose connections has received data this long is hung (GitHub answers a poll within ~50 s, the listener's own timeout is 100 s, plus a margin)";
