@@ -44,7 +44,10 @@ fn grid_timer(period: Duration) -> std::io::Result<tokio::io::unix::AsyncFd<std:
     }
     // SAFETY: a plain syscall; on success it returns a new descriptor we own.
     let raw = unsafe {
-        libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
     };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
@@ -63,7 +66,12 @@ fn grid_timer(period: Duration) -> std::io::Result<tokio::io::unix::AsyncFd<std:
     };
     // SAFETY: valid descriptor and itimerspec; the old value is not wanted.
     if unsafe {
-        libc::timerfd_settime(fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+        libc::timerfd_settime(
+            fd.as_raw_fd(),
+            libc::TFD_TIMER_ABSTIME,
+            &spec,
+            std::ptr::null_mut(),
+        )
     } < 0
     {
         return Err(std::io::Error::last_os_error());
