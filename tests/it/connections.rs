@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -330,4 +331,95 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
     assert_eq!(fires, 0, "{:#?}", d.log());
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_still_found() {
+    let sb = Sandbox::new();
+    let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_NETWORK_LISTENER_KEEPALIVE", "off"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
+            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
+            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
+            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
+        ],
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    wait_health(&env, "listener keepalive: off", T).await;
+    // Several poll periods in, the listener's sockets are as it made them.
+    let polls = empty_polls(&gh);
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            >= polls + 4)
+            .await
+    );
+    let pid = listeners(&sb, 1)[0];
+    let k = listener_keepalive(pid, gh.addr().port());
+    assert!(!k.is_empty() && k.iter().all(|(on, _)| !on), "{k:?}");
+    assert_eq!(d.count(&["keepalive set on a listener connection"]), 0);
+    let fired = {
+        let _bh = Blackhole::port(gh.addr().port());
+        d.wait_log(&["watchdog fired"], T).await
+    };
+    assert!(
+        fired.contains("silent hang") && fired.contains("cause=\"network\""),
+        "{fired}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut env = sb.env(&gh);
+    env.insert("PATH".into(), std::env::var("PATH").unwrap());
+    let doctor = |wrapper: Option<PathBuf>| {
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let mut c = tokio::process::Command::new(w);
+                c.arg(crate::support::supervisor_bin());
+                c
+            }
+            None => tokio::process::Command::new(crate::support::supervisor_bin()),
+        };
+        cmd.arg("doctor").env_clear().envs(&env);
+        cmd
+    };
+    // Async: the fake GitHub runs on this test's runtime and must keep answering.
+    let out = doctor(None).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("keepalive"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("[ok  ]") && line.contains("can be set on the listener's connections"),
+        "{text}"
+    );
+    let out = doctor(Some(sim_bin("deny-getfd"))).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines().skip_while(|l| !l.contains("keepalive"));
+    let (line, fix) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    assert!(
+        line.starts_with("[warn]") && line.contains("seccomp") && line.contains("read-only"),
+        "{text}"
+    );
+    assert!(fix.contains("fix:") && fix.contains("SYS_PTRACE"), "{text}");
 }
