@@ -42,6 +42,11 @@ const FOLLOW_UP_SCANS: u32 = 3;
 enum Access {
     /// Duplicates: keepalive set on new sockets, `TCP_INFO` read through them.
     Inject,
+    /// Its descriptors cannot even be listed (a non-dumpable listener, without
+    /// CAP_SYS_PTRACE): every TCP connection of its user but ours, from the diagnostics,
+    /// judged for silence only (a job's or another process's stalled connection must
+    /// never replace it; a connection of theirs that talks only delays the finding).
+    ByUid(u32),
     /// Socket diagnostics, read-only: nothing of the listener's is touched.
     Diag,
 }
@@ -79,6 +84,8 @@ pub struct ConnWatch {
     limits: Limits,
     mode: ListenerKeepalive,
     refused: Option<(String, String)>,
+    /// The listeners' descriptors could not be listed (said once).
+    blind_said: bool,
     injected_total: u64,
     watched: BTreeMap<usize, Watched>,
 }
@@ -107,6 +114,7 @@ impl ConnWatch {
             },
             mode: net.listener_keepalive,
             refused: None,
+            blind_said: false,
             injected_total: 0,
             watched: BTreeMap::new(),
         }
@@ -198,6 +206,22 @@ impl ConnWatch {
         let w = self.watched.get_mut(&slot).expect("listed");
         let fds = match sockets::socket_fds(w.pid) {
             Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                if let (false, Some(uid)) =
+                    (matches!(w.access, Access::ByUid(_)), sockets::uid_of(w.pid))
+                {
+                    if !self.blind_said {
+                        self.blind_said = true;
+                        tracing::warn!(slot, pid = w.pid, uid, error = %e, "cannot list the listener's descriptors (it is not dumpable, and the supervisor lacks CAP_SYS_PTRACE): watching every TCP connection of uid {uid} for silence instead");
+                    }
+                    w.access = Access::ByUid(uid);
+                    w.pidfd = None;
+                    if self.refused.is_none() {
+                        self.refused = Some(sockets::refusal(&e, true));
+                    }
+                }
+                return;
+            }
             Err(e) => {
                 tracing::debug!(slot, pid = w.pid, error = %e, "cannot list the listener's descriptors");
                 return;
@@ -277,9 +301,11 @@ impl ConnWatch {
                 self.refused = Some((why, fix));
             }
             for w in self.watched.values_mut() {
-                w.access = Access::Diag;
-                w.pidfd = None;
-                w.scans_due = w.scans_due.max(1);
+                if w.access == Access::Inject {
+                    w.access = Access::Diag;
+                    w.pidfd = None;
+                    w.scans_due = w.scans_due.max(1);
+                }
             }
         }
     }
@@ -304,6 +330,24 @@ fn read(w: &mut Watched) -> Vec<Conn> {
                         ours: w.ours.contains(ino),
                     });
                 }
+            }
+        }
+        (Access::ByUid(uid), _) => {
+            let ours: HashSet<u64> = sockets::socket_fds(std::process::id() as i32)
+                .map(|f| f.into_values().collect())
+                .unwrap_or_default();
+            match sockets::diag(sockets::Select::Uid(uid, &ours)) {
+                Ok(v) => out.extend(
+                    v.into_iter()
+                        // Silence only: a stalled socket here may be anyone's.
+                        .filter(|(_, info)| !info.unanswered())
+                        .map(|(inode, info)| Conn {
+                            inode,
+                            info,
+                            ours: false,
+                        }),
+                ),
+                Err(e) => tracing::debug!(pid = w.pid, error = %e, "socket diagnostics failed"),
             }
         }
         _ => {

@@ -148,13 +148,39 @@ const NLMSG_ERROR: u16 = 2;
 /// Every TCP state but LISTEN (10) and TIME_WAIT (6), which hold no live connection.
 const STATES: u32 = 0xfff & !(1 << 10) & !(1 << 6);
 
+/// Which sockets the diagnostics return.
+#[derive(Debug, Clone, Copy)]
+pub enum Select<'a> {
+    /// These inodes.
+    Inodes(&'a HashSet<u64>),
+    /// Every TCP connection owned by this user, except these inodes (our own).
+    Uid(u32, &'a HashSet<u64>),
+}
+
 /// `TCP_INFO` of the sockets in `inodes`, read-only, from the kernel's socket
 /// diagnostics (the network namespace of the caller: the listener's, as it is our child).
 pub fn diag_tcp_info(inodes: &HashSet<u64>) -> io::Result<Vec<(u64, TcpInfo)>> {
-    let mut out = vec![];
     if inodes.is_empty() {
-        return Ok(out);
+        return Ok(vec![]);
     }
+    diag(Select::Inodes(inodes))
+}
+
+/// The user a process runs as (its real uid; `/proc/<pid>/status` is readable by all).
+pub fn uid_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `TCP_INFO` of the sockets `sel` picks, from the kernel's socket diagnostics.
+pub fn diag(sel: Select<'_>) -> io::Result<Vec<(u64, TcpInfo)>> {
+    let mut out = vec![];
     // SAFETY: a plain socket(2); the descriptor is owned below.
     let raw = unsafe {
         libc::socket(
@@ -198,11 +224,17 @@ pub fn diag_tcp_info(inodes: &HashSet<u64>) -> io::Result<Vec<(u64, TcpInfo)>> {
                     }
                     _ => {}
                 }
-                // inet_diag_msg: 72 bytes; idiag_inode at 68. Then attributes.
+                // inet_diag_msg: 72 bytes; idiag_uid at 64, idiag_inode at 68. Then
+                // attributes.
                 let msg = &buf[off + 16..off + len];
                 if msg.len() >= 72 {
+                    let uid = u32::from_ne_bytes(msg[64..68].try_into().expect("4"));
                     let inode = u32::from_ne_bytes(msg[68..72].try_into().expect("4")) as u64;
-                    if inodes.contains(&inode) {
+                    let picked = match sel {
+                        Select::Inodes(set) => set.contains(&inode),
+                        Select::Uid(u, ours) => uid == u && inode != 0 && !ours.contains(&inode),
+                    };
+                    if picked {
                         let mut a = 72;
                         while a + 4 <= msg.len() {
                             let alen =

@@ -423,3 +423,69 @@ async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
     );
     assert!(fix.contains("fix:") && fix.contains("SYS_PTRACE"), "{text}");
 }
+
+#[tokio::test]
+async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its_users_sockets() {
+    let sb = Sandbox::new();
+    // The supervisor runs as nobody, without CAP_SYS_PTRACE; the listener, its child, makes
+    // itself undumpable (PR_SET_DUMPABLE 0): pidfd_getfd and /proc/<pid>/fd both refuse.
+    let listener = sb.install.join("bin/Runner.Listener");
+    std::fs::remove_file(&listener).unwrap();
+    std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(sb.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_RUNNER_ENV", "SIM_RUNNER_UNDUMPABLE=1"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
+            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
+            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
+            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
+        ],
+    );
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let mut d = Daemon::start_wrapped(&env, &as_nobody, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    let blind = d
+        .wait_log(&["cannot list the listener's descriptors"], T)
+        .await;
+    assert!(blind.contains("not dumpable"), "{blind}");
+    wait_health(&env, "listener keepalive: refused", T).await;
+    let polls = empty_polls(&gh);
+    assert!(
+        gh.wait_for(T, |s| s
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/message") && c.status == 202)
+            .count()
+            >= polls + 4)
+            .await
+    );
+    assert_eq!(d.count(&["watchdog fired"]), 0, "polling is not silence");
+    let fired = {
+        let _bh = Blackhole::port(gh.addr().port());
+        d.wait_log(&["watchdog fired"], T).await
+    };
+    assert!(
+        fired.contains("silent hang") && fired.contains("cause=\"network\""),
+        "{fired}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

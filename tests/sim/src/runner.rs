@@ -171,6 +171,12 @@ fn runner_root() -> PathBuf {
 /// Entry point for the `fake-runner` binary; returns the exit code.
 pub fn main() -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // A listener that refuses to have its descriptors taken (`pidfd_getfd` and
+    // `/proc/<pid>/fd` need a dumpable target, or CAP_SYS_PTRACE).
+    if std::env::var("SIM_RUNNER_UNDUMPABLE").as_deref() == Ok("1") {
+        // SAFETY: a plain prctl on this process.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
