@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use runner_supervisor::sockets;
-use sim::github::{FakeGithub, Fault, FaultKind, JobSpec};
+use sim::github::{FakeGithub, Fault, FaultKind, JobSpec, State};
 
 use crate::support::{
     eventually, github, listeners, sim_bin, wait_health, Blackhole, Daemon, Sandbox,
@@ -45,11 +45,15 @@ fn listener_keepalive(pid: i32, port: u16) -> Vec<(bool, Duration)> {
 }
 
 /// Polls the fake GitHub has answered empty (202) on the message long-poll.
-fn empty_polls(gh: &FakeGithub) -> usize {
-    gh.calls()
+fn polls_answered(s: &State) -> usize {
+    s.calls
         .iter()
         .filter(|c| c.path.ends_with("/message") && c.status == 202)
         .count()
+}
+
+fn empty_polls(gh: &FakeGithub) -> usize {
+    gh.state(|s| polls_answered(s))
 }
 
 fn env_for(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -118,15 +122,7 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
     drop(bh);
     d.wait_log(&["Runner reconnected."], T).await;
     let to_reconnect = dropped.elapsed();
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            > polls + 1)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) > polls + 1).await);
     eprintln!(
         "figures: DROP -> the listener's own ETIMEDOUT {:.2}s (window {}s); -> Runner reconnected. {:.2}s (rule removed at the error)",
         to_error.as_secs_f64(),
@@ -178,15 +174,7 @@ async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_wa
         "nothing was set on the listener's sockets"
     );
     let polls = empty_polls(&gh);
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            > polls)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) > polls).await);
     let fired = {
         let _bh = Blackhole::port(port);
         let dropped = Instant::now();
@@ -290,15 +278,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
     d.wait_log(&["keepalive set on a listener connection"], T)
         .await;
     // Twelve poll periods of an idle listener.
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            >= 12)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) >= 12).await);
     // A job that is quiet for twice silent_after (its long-poll socket says nothing).
     gh.enqueue(
         JobSpec {
@@ -313,15 +293,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
     // And twelve more periods on the next listener.
     d.wait_lines(&["Listening for Jobs"], 2, T).await;
     let before = empty_polls(&gh);
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            >= before + 12)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) >= before + 12).await);
     let fires = d.count(&["watchdog fired"]);
     eprintln!(
         "figures: {} empty polls, one quiet 4 s job, {} false fires",
@@ -355,15 +327,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
     wait_health(&env, "listener keepalive: off", T).await;
     // Several poll periods in, the listener's sockets are as it made them.
     let polls = empty_polls(&gh);
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            >= polls + 4)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) >= polls + 4).await);
     let pid = listeners(&sb, 1)[0];
     let k = listener_keepalive(pid, gh.addr().port());
     assert!(!k.is_empty() && k.iter().all(|(on, _)| !on), "{k:?}");
@@ -467,15 +431,7 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
     assert!(blind.contains("not dumpable"), "{blind}");
     wait_health(&env, "listener keepalive: refused", T).await;
     let polls = empty_polls(&gh);
-    assert!(
-        gh.wait_for(T, |s| s
-            .calls
-            .iter()
-            .filter(|c| c.path.ends_with("/message") && c.status == 202)
-            .count()
-            >= polls + 4)
-            .await
-    );
+    assert!(gh.wait_for(T, |s| polls_answered(s) >= polls + 4).await);
     assert_eq!(d.count(&["watchdog fired"]), 0, "polling is not silence");
     let fired = {
         let _bh = Blackhole::port(gh.addr().port());
