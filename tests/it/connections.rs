@@ -56,6 +56,34 @@ fn empty_polls(gh: &FakeGithub) -> usize {
     gh.state(|s| polls_answered(s))
 }
 
+/// The watch of a listener whose keepalive is not ours: silence counts after 3 s, checked
+/// every 200 ms; nothing else fires; a stop and GitHub calls are quick.
+const SILENCE_WATCH: &[(&str, &str)] = &[
+    ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
+    ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
+    ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
+    ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
+    ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
+    ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
+];
+
+/// Blackhole `port` until the watchdog fires, which must be a silent hang (cause network),
+/// then wait for the replacement to listen; how long the fire took.
+async fn a_blackhole_is_a_silent_hang(d: &Daemon, port: u16) -> Duration {
+    let (fired, took) = {
+        let _bh = Blackhole::port(port);
+        let dropped = Instant::now();
+        let fired = d.wait_log(&["watchdog fired"], T).await;
+        (fired, dropped.elapsed())
+    };
+    assert!(
+        fired.contains("silent hang") && fired.contains("cause=\"network\""),
+        "{fired}"
+    );
+    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    took
+}
+
 fn env_for(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut env = sb.env(gh);
     for (k, v) in extra {
@@ -142,18 +170,7 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
 async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_watch() {
     let sb = Sandbox::new();
     let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
-    let env = env_for(
-        &sb,
-        &gh,
-        &[
-            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
-            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
-            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
-            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
-            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
-            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
-        ],
-    );
+    let env = env_for(&sb, &gh, SILENCE_WATCH);
     // Docker's default seccomp profile without CAP_SYS_PTRACE: pidfd_getfd is EPERM.
     let wrapper = sim_bin("deny-getfd");
     let mut d = Daemon::start_wrapped(&env, &[wrapper.to_str().unwrap()], &["run"]).await;
@@ -175,21 +192,11 @@ async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_wa
     );
     let polls = empty_polls(&gh);
     assert!(gh.wait_for(T, |s| polls_answered(s) > polls).await);
-    let fired = {
-        let _bh = Blackhole::port(port);
-        let dropped = Instant::now();
-        let fired = d.wait_log(&["watchdog fired"], T).await;
-        eprintln!(
-            "figures: without injection, DROP -> replacement decided {:.2}s (silent_after 3s)",
-            dropped.elapsed().as_secs_f64()
-        );
-        fired
-    };
-    assert!(
-        fired.contains("silent hang") && fired.contains("cause=\"network\""),
-        "{fired}"
+    let took = a_blackhole_is_a_silent_hang(&d, port).await;
+    eprintln!(
+        "figures: without injection, DROP -> replacement decided {:.2}s (silent_after 3s)",
+        took.as_secs_f64()
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
     assert_ne!(listeners(&sb, 1), vec![pid], "replaced");
     assert_eq!(
         d.count(&["cannot set keepalive on the listener's connections"]),
@@ -313,14 +320,10 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
         &sb,
         &gh,
         &[
-            ("SUPERVISOR_NETWORK_LISTENER_KEEPALIVE", "off"),
-            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
-            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
-            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
-            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
-            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
-            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
-        ],
+            &[("SUPERVISOR_NETWORK_LISTENER_KEEPALIVE", "off")],
+            SILENCE_WATCH,
+        ]
+        .concat(),
     );
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_log(&["Listening for Jobs"], T).await;
@@ -332,15 +335,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
     let k = listener_keepalive(pid, gh.addr().port());
     assert!(!k.is_empty() && k.iter().all(|(on, _)| !on), "{k:?}");
     assert_eq!(d.count(&["keepalive set on a listener connection"]), 0);
-    let fired = {
-        let _bh = Blackhole::port(gh.addr().port());
-        d.wait_log(&["watchdog fired"], T).await
-    };
-    assert!(
-        fired.contains("silent hang") && fired.contains("cause=\"network\""),
-        "{fired}"
-    );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    a_blackhole_is_a_silent_hang(&d, gh.addr().port()).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -407,14 +402,10 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
         &sb,
         &gh,
         &[
-            ("SUPERVISOR_RUNNER_ENV", "SIM_RUNNER_UNDUMPABLE=1"),
-            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "200ms"),
-            ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "3s"),
-            ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
-            ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
-            ("SUPERVISOR_GITHUB_REQUEST_TIMEOUT", "2s"),
-            ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
-        ],
+            &[("SUPERVISOR_RUNNER_ENV", "SIM_RUNNER_UNDUMPABLE=1")],
+            SILENCE_WATCH,
+        ]
+        .concat(),
     );
     let as_nobody = [
         "setpriv",
@@ -433,15 +424,7 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
     let polls = empty_polls(&gh);
     assert!(gh.wait_for(T, |s| polls_answered(s) >= polls + 4).await);
     assert_eq!(d.count(&["watchdog fired"]), 0, "polling is not silence");
-    let fired = {
-        let _bh = Blackhole::port(gh.addr().port());
-        d.wait_log(&["watchdog fired"], T).await
-    };
-    assert!(
-        fired.contains("silent hang") && fired.contains("cause=\"network\""),
-        "{fired}"
-    );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    a_blackhole_is_a_silent_hang(&d, gh.addr().port()).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
