@@ -156,9 +156,10 @@ async fn resume(dir: &Path) -> Vec<f64> {
         host: "bench".into(),
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
+        token: None,
     };
-    let (mode, rx) = tokio::sync::watch::channel(Mode::Run);
-    let task = tokio::spawn(supervisor::run(deps, rx));
+    let mode = Arc::new(tokio::sync::watch::channel(Mode::Run).0);
+    let task = tokio::spawn(supervisor::run(deps, mode.clone()));
     let online =
         |s: &sim::github::State| s.runners.values().filter(|r| r.session.is_some()).count() == 2;
     let mut out = vec![];

@@ -71,6 +71,17 @@ impl Overrides {
     }
 }
 
+/// `supervisor breaker ...`.
+#[derive(Debug, Subcommand)]
+pub enum BreakerAction {
+    /// Close the circuit breaker (of one slot, or all) and let the slots go on now.
+    Reset {
+        /// Only this slot.
+        #[arg(long, value_name = "N")]
+        slot: Option<usize>,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -82,8 +93,37 @@ pub enum Command {
         #[arg(long)]
         example: bool,
     },
-    /// Diagnose the host and the token, and say how to fix each problem.
-    Doctor,
+    /// Diagnose the host and the token, and say how to fix each problem (exit 0 all pass,
+    /// 1 warnings, 2 failures).
+    Doctor {
+        /// Print the checks as JSON (README "doctor --json").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running supervisor's slots, runners, jobs, breakers and host state
+    /// (through its control socket; exit 1 when none runs).
+    Status {
+        /// Print the status as JSON (schema runner-supervisor.status.v1, README "Status").
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second (the breaker countdowns run).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// The circuit breaker of the running supervisor.
+    Breaker {
+        #[command(subcommand)]
+        action: BreakerAction,
+    },
+    /// Ask the running supervisor to drain: no new jobs, idle runners stop now, busy ones
+    /// finish their job, then it exits (as the first SIGTERM does).
+    Drain,
+    /// Ask the running supervisor to replace its idle listeners (fresh connections).
+    Recycle {
+        /// Only this slot.
+        #[arg(long, value_name = "N")]
+        slot: Option<usize>,
+    },
     /// Exit 0 if the running supervisor is healthy (for container health checks).
     Health,
     /// Be this Docker engine's one pruner: prune when disk runs low and no runner of the

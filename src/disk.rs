@@ -200,6 +200,7 @@ async fn round(
 ) -> u64 {
     let threshold = cfg.threshold_gb * 1_000_000_000;
     board.set_fact("disk_free_gb", format!("{:.1}", gb(free)));
+    board.set_fact("disk_free_bytes", free.to_string());
     let protect_since = match plan(free, threshold, running_jobs(board, shared_dir)) {
         Plan::Nothing => {
             *deferred = None;
@@ -275,6 +276,7 @@ async fn round(
         Err(e) => tracing::error!(error = %e, "Docker prune failed"),
     }
     board.set_fact("disk_free_gb", format!("{:.1}", gb(now_free)));
+    board.set_fact("disk_free_bytes", now_free.to_string());
     now_free
 }
 

@@ -122,6 +122,10 @@ mod tests {
             jobs_completed: 0,
             api_requests: 0,
             facts: Default::default(),
+            schema: crate::status::SCHEMA.into(),
+            version: String::new(),
+            system: Default::default(),
+            counts: Default::default(),
         }
     }
 

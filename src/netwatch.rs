@@ -307,6 +307,10 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
                     tracing::warn!(dependency = %dep, "dependency unreachable; runners stay up");
                 }
             }
+            board.set_fact(
+                &format!("dependency {dep}"),
+                if up { "reachable" } else { "unreachable" }.into(),
+            );
             board.set_condition(
                 Condition::Dependency(dep.clone()),
                 (!up).then(|| (Health::Degraded, "unreachable".to_string())),

@@ -56,7 +56,7 @@ pub async fn first_signal() -> &'static str {
     }
 }
 
-pub async fn run_signals(tx: watch::Sender<Mode>) {
+pub async fn run_signals(tx: std::sync::Arc<watch::Sender<Mode>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

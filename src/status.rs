@@ -88,6 +88,27 @@ pub struct SlotStatus {
     pub last_exit: Option<String>,
     /// The last watchdog fire: cause and detail.
     pub last_fire: Option<String>,
+    /// When the current job started.
+    #[serde(default)]
+    pub job_started_at: Option<DateTime<Utc>>,
+    /// When the last listener exited.
+    #[serde(default)]
+    pub last_exit_at: Option<DateTime<Utc>>,
+    /// The slot's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerStatus,
+}
+
+/// A slot's circuit breaker as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BreakerStatus {
+    /// Watchdog fires within the sliding window, by cause (`clock`, `token`, `network`,
+    /// `unknown`).
+    pub fires: BTreeMap<String, u32>,
+    /// Open until then (wall clock), if open.
+    pub open_until: Option<DateTime<Utc>>,
+    /// The fires that opened it (`6 fires (clock:6)`), if open.
+    pub opened_by: Option<String>,
 }
 
 impl Default for SlotStatus {
@@ -102,35 +123,96 @@ impl Default for SlotStatus {
             failing_since: None,
             last_exit: None,
             last_fire: None,
+            job_started_at: None,
+            last_exit_at: None,
+            breaker: BreakerStatus::default(),
         }
     }
 }
 
-/// Counters for the summary and the benchmark.
+/// Counts by a word (exit reason, job result, fire cause).
 #[derive(Debug, Default)]
+pub struct Tally(Mutex<BTreeMap<String, u64>>);
+
+impl Tally {
+    /// Count one `key`.
+    pub fn add(&self, key: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default() += 1;
+    }
+    /// Every count.
+    pub fn get(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Job durations: 10 s to 6 h.
+pub const JOB_BUCKETS: [f64; 12] = [
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
+];
+/// Turnaround (a job's end to the slot's next listener listening): 50 ms to 10 min.
+pub const TURNAROUND_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0,
+];
+
+/// Counters for the summary, the status and the metrics.
+#[derive(Debug)]
 pub struct Stats {
     pub jobs_completed: AtomicU64,
+    /// Jobs whose listener ended before it reported them completed.
+    pub jobs_lost: AtomicU64,
     pub registrations: AtomicU64,
     pub deregistrations: AtomicU64,
     pub ghosts_reaped: AtomicU64,
     pub strays_stopped: AtomicU64,
     pub listeners_started: AtomicU64,
-    exits: Mutex<BTreeMap<String, u64>>,
+    /// "A session for this runner already exists." seen.
+    pub session_conflicts: AtomicU64,
+    /// Listener exits by reason (`job_done`, `crashed`, ...).
+    pub exits: Tally,
+    /// Completed jobs by the result the runner printed (`Succeeded`, `Failed`, ...).
+    pub job_results: Tally,
+    /// Watchdog fires by cause.
+    pub fires: Tally,
+    /// Seconds from "Running job" to its completion.
+    pub job_duration: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds from a job's completion to the slot's next listener listening.
+    pub turnaround: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::Histogram;
+        Stats {
+            jobs_completed: AtomicU64::new(0),
+            jobs_lost: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
+            deregistrations: AtomicU64::new(0),
+            ghosts_reaped: AtomicU64::new(0),
+            strays_stopped: AtomicU64::new(0),
+            listeners_started: AtomicU64::new(0),
+            session_conflicts: AtomicU64::new(0),
+            exits: Tally::default(),
+            job_results: Tally::default(),
+            fires: Tally::default(),
+            job_duration: Histogram::new(JOB_BUCKETS),
+            turnaround: Histogram::new(TURNAROUND_BUCKETS),
+        }
+    }
 }
 
 impl Stats {
     /// Count an exit by reason.
     pub fn exit(&self, reason: &str) {
-        *self
-            .exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason.to_string())
-            .or_default() += 1;
+        self.exits.add(reason);
     }
     /// Exits by reason.
     pub fn exits(&self) -> BTreeMap<String, u64> {
-        self.exits.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.exits.get()
     }
 }
 
@@ -182,9 +264,20 @@ pub enum Health {
     Unhealthy,
 }
 
-/// The file `supervisor health` reads.
+/// The schema of `status.json` and of `supervisor status --json` (README "Status").
+/// Fields are only ever added within a version; a removal or a change of meaning makes v2.
+pub const SCHEMA: &str = "runner-supervisor.status.v1";
+
+/// The status: `status.json` (which `supervisor health` reads), the control socket's
+/// `GET /v1/status` and `supervisor status --json` are this, in this schema.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusFile {
+    /// [`SCHEMA`].
+    #[serde(default)]
+    pub schema: String,
+    /// The supervisor's version.
+    #[serde(default)]
+    pub version: String,
     pub pid: u32,
     /// The host part of this supervisor's runner names (a container's hostname).
     #[serde(default)]
@@ -199,6 +292,102 @@ pub struct StatusFile {
     pub api_requests: u64,
     #[serde(default)]
     pub facts: BTreeMap<String, String>,
+    /// Host-wide state: token, clock, disk, dependencies, keepalive, rate limit.
+    #[serde(default)]
+    pub system: SystemStatus,
+    /// The counters of the exit summary, so far.
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// Host-wide state in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SystemStatus {
+    pub token: TokenStatus,
+    pub clock: ClockInfo,
+    pub disk: DiskInfo,
+    /// `[health] dependencies`, each as last probed.
+    pub dependencies: Vec<Dependency>,
+    pub keepalive: KeepaliveInfo,
+    /// GitHub's rate limit as its last answer said; null before any answer carried it.
+    pub rate_limit: Option<crate::github::RateLimit>,
+    /// The runner's version, as its listener printed it.
+    pub runner_version: Option<String>,
+}
+
+/// The token as last checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenStatus {
+    /// true: GitHub accepts it; false: refused (401); null: not checked yet.
+    pub valid: Option<bool>,
+    /// Why it is not valid.
+    pub error: Option<String>,
+    /// Its expiry (fine-grained tokens and classic tokens with one).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whole days to expiry.
+    pub days_left: Option<i64>,
+}
+
+/// The clock as last measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClockInfo {
+    /// Seconds; positive when the local clock is ahead.
+    pub offset_s: Option<f64>,
+    /// The NTP server or `GitHub Date header`.
+    pub source: Option<String>,
+    /// Why registrations are paused, while the clock is at fault.
+    pub fault: Option<String>,
+    /// `synchronised`, `not synchronised`, `down`; null when chronyd is not watched.
+    pub chronyd: Option<String>,
+}
+
+/// Docker's disk, as the pruner sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DiskInfo {
+    pub free_bytes: Option<u64>,
+    /// Who prunes this engine (`this supervisor`, `another supervisor (...)`).
+    pub pruner: Option<String>,
+    /// The last prune: when, and what it freed.
+    pub last_prune: Option<String>,
+    /// Bytes pruned by this supervisor since it started.
+    pub pruned_bytes: u64,
+}
+
+/// One dependency.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Dependency {
+    pub address: String,
+    pub reachable: bool,
+}
+
+/// TCP keepalive on the supervisor's and the listeners' connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeepaliveInfo {
+    /// Whether keepalive is injected into the listeners' own connections, and if not why
+    /// (`on (...)`, `refused: ...`, `off`); null before the first listener.
+    pub listener: Option<String>,
+    /// The host's keepalive sysctls, when this supervisor set them.
+    pub sysctls: Option<String>,
+}
+
+/// What the exit summary counts, so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub jobs_completed: u64,
+    /// Jobs whose listener ended before it reported them completed.
+    pub jobs_lost: u64,
+    pub job_results: BTreeMap<String, u64>,
+    pub listeners_started: u64,
+    pub listener_exits: BTreeMap<String, u64>,
+    pub registrations: u64,
+    pub deregistrations: u64,
+    pub ghosts_reaped: u64,
+    pub strays_stopped: u64,
+    pub session_conflicts: u64,
+    pub watchdog_fires: BTreeMap<String, u64>,
+    /// Registrations still queued for deletion (finished by the next start).
+    pub deletions_pending: u64,
+    pub api_requests: u64,
 }
 
 /// How often the status file is rewritten even when nothing changes.
@@ -217,10 +406,30 @@ pub struct Board {
     /// The word a service (pruner, autoheal) shows instead of a mode.
     service: OnceLock<&'static str>,
     changed: Notify,
+    /// Bumped on every change, for watchers other than the writer (systemd's STATUS=).
+    version: tokio::sync::watch::Sender<u64>,
     pub stats: Stats,
     started_at: DateTime<Utc>,
     /// Where the status is also published for the fleet, and this supervisor's host part.
     fleet: OnceLock<(String, PathBuf)>,
+    /// Where the counts the board does not keep come from.
+    sources: OnceLock<Sources>,
+    /// Per slot: when its job started, and when its last job ended (for the histograms).
+    marks: Mutex<Vec<Marks>>,
+}
+
+/// Counters kept elsewhere: the GitHub client's, and the deletion queue's length.
+pub struct Sources {
+    pub api: std::sync::Arc<crate::github::ApiStats>,
+    pub deletions_pending: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Registrations left by an earlier run for this one to delete.
+    pub deletions_inherited: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    job_started: Option<tokio::time::Instant>,
+    job_ended: Option<tokio::time::Instant>,
 }
 
 impl Board {
@@ -234,10 +443,86 @@ impl Board {
             mode: Mutex::new(Mode::Run),
             service: OnceLock::new(),
             changed: Notify::new(),
+            version: tokio::sync::watch::channel(0).0,
             stats: Stats::default(),
             started_at: crate::clocks::wall_now(),
             fleet: OnceLock::new(),
+            sources: OnceLock::new(),
+            marks: Mutex::new(vec![Marks::default(); n]),
         }
+    }
+
+    fn touch(&self) {
+        self.changed.notify_one();
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Woken on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Where the API counters and the deletion queue's length come from.
+    pub fn attach(&self, sources: Sources) {
+        let _ = self.sources.set(sources);
+    }
+
+    /// The GitHub client's request counters, once attached.
+    pub fn api_stats(&self) -> Option<&crate::github::ApiStats> {
+        self.sources.get().map(|s| &*s.api)
+    }
+
+    /// Registrations left by an earlier run (0 until attached).
+    pub fn deletions_inherited(&self) -> u64 {
+        self.sources.get().map_or(0, |s| s.deletions_inherited)
+    }
+
+    fn marks(&self, slot: usize, f: impl FnOnce(&mut Marks)) {
+        if let Some(m) = self
+            .marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(slot)
+        {
+            f(m)
+        }
+    }
+
+    /// Slot `slot` started job `name`.
+    pub fn job_started(&self, slot: usize, name: String) {
+        self.marks(slot, |m| m.job_started = Some(tokio::time::Instant::now()));
+        self.update(slot, |s| {
+            s.job = Some(name);
+            s.job_started_at = Some(crate::clocks::wall_now());
+        });
+    }
+
+    /// Slot `slot`'s job completed with `result`: counted, and timed.
+    pub fn job_completed(&self, slot: usize, result: &str) {
+        let now = tokio::time::Instant::now();
+        let mut took = None;
+        self.marks(slot, |m| {
+            took = m.job_started.take().map(|t| now - t);
+            m.job_ended = Some(now);
+        });
+        self.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
+        self.stats.job_results.add(result);
+        if let Some(d) = took {
+            self.stats.job_duration.observe(d.as_secs_f64());
+        }
+        self.touch();
+    }
+
+    /// Slot `slot`'s listener ended while running `job`, before reporting it completed.
+    pub fn job_lost(&self, slot: usize) {
+        self.marks(slot, |m| m.job_started = None);
+        self.stats.jobs_lost.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Record slot `slot`'s circuit breaker.
+    pub fn set_breaker(&self, slot: usize, b: BreakerStatus) {
+        self.update(slot, |s| s.breaker = b);
     }
 
     /// Also publish every status write at `path` (the fleet directory), as `host`.
@@ -269,11 +554,20 @@ impl Board {
         {
             f(s);
         }
-        self.changed.notify_one();
+        self.touch();
     }
 
     /// Set slot `i`'s state word.
     pub fn set_state(&self, i: usize, state: SlotState) {
+        if state == SlotState::Listening {
+            // The slot is ready again: the time since its last job ended is its turnaround.
+            let now = tokio::time::Instant::now();
+            let mut ended = None;
+            self.marks(i, |m| ended = m.job_ended.take());
+            if let Some(t) = ended {
+                self.stats.turnaround.observe((now - t).as_secs_f64());
+            }
+        }
         self.update(i, |s| {
             if s.state != state {
                 s.state = state;
@@ -285,7 +579,7 @@ impl Board {
     /// Record the supervisor mode.
     pub fn set_mode(&self, mode: Mode) {
         *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
-        self.changed.notify_one();
+        self.touch();
     }
 
     /// The supervisor mode as last recorded.
@@ -301,7 +595,7 @@ impl Board {
     /// Show `word` as the mode: this board is a service's (`prune`, `autoheal`).
     pub fn set_service(&self, word: &'static str) {
         let _ = self.service.set(word);
-        self.changed.notify_one();
+        self.touch();
     }
 
     /// One slot's state.
@@ -337,7 +631,7 @@ impl Board {
         };
         drop(all);
         if changed {
-            self.changed.notify_one();
+            self.touch();
         }
         changed
     }
@@ -351,7 +645,7 @@ impl Board {
             .insert(name.to_string(), value.clone());
         // An unchanged fact (the runner's version, at every start) is no reason to write.
         if old.as_ref() != Some(&value) {
-            self.changed.notify_one();
+            self.touch();
         }
     }
 
@@ -370,10 +664,37 @@ impl Board {
         (h, reasons)
     }
 
-    fn snapshot(&self, api_requests: u64) -> StatusFile {
+    /// The status now, in [`SCHEMA`].
+    pub fn snapshot(&self) -> StatusFile {
         let now = crate::clocks::wall_now();
         let (health, reasons) = self.health(now);
+        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let conditions = self
+            .conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let api = self.sources.get().map(|s| &s.api);
+        let api_requests = api.map_or(0, |a| a.requests.load(Ordering::Relaxed));
+        let st = &self.stats;
+        let counts = Counts {
+            jobs_completed: st.jobs_completed.load(Ordering::Relaxed),
+            jobs_lost: st.jobs_lost.load(Ordering::Relaxed),
+            job_results: st.job_results.get(),
+            listeners_started: st.listeners_started.load(Ordering::Relaxed),
+            listener_exits: st.exits(),
+            registrations: st.registrations.load(Ordering::Relaxed),
+            deregistrations: st.deregistrations.load(Ordering::Relaxed),
+            ghosts_reaped: st.ghosts_reaped.load(Ordering::Relaxed),
+            strays_stopped: st.strays_stopped.load(Ordering::Relaxed),
+            session_conflicts: st.session_conflicts.load(Ordering::Relaxed),
+            watchdog_fires: st.fires.get(),
+            deletions_pending: self.sources.get().map_or(0, |s| (s.deletions_pending)()),
+            api_requests,
+        };
         StatusFile {
+            schema: SCHEMA.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             host: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
             started_at: self.started_at,
@@ -386,21 +707,18 @@ impl Board {
                 .map(|w| w.to_string())
                 .unwrap_or_else(|| self.mode().as_str().to_string()),
             slots: self.slots(),
-            jobs_completed: self.stats.jobs_completed.load(Ordering::Relaxed),
+            jobs_completed: counts.jobs_completed,
             api_requests,
-            facts: self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            system: system(&facts, &conditions, api.and_then(|a| a.rate_limit()), now),
+            facts,
+            counts,
         }
     }
 
     /// Write `status.json` on every change (at most every 100 ms) and every heartbeat.
-    pub async fn run_writer(
-        &self,
-        path: PathBuf,
-        api_requests: impl Fn() -> u64,
-        cancel: CancellationToken,
-    ) {
+    pub async fn run_writer(&self, path: PathBuf, cancel: CancellationToken) {
         loop {
-            let snap = self.snapshot(api_requests());
+            let snap = self.snapshot();
             // The file system may be slow (a laptop's disk, an overlay): never on the
             // runtime's workers, which read the listeners' lines.
             let (bytes, fleet) = self.encode(&snap);
@@ -424,8 +742,8 @@ impl Board {
     }
 
     /// Write the final status (called once the slots have stopped).
-    pub fn write_final(&self, path: &Path, api_requests: u64) {
-        let mut snap = self.snapshot(api_requests);
+    pub fn write_final(&self, path: &Path) {
+        let mut snap = self.snapshot();
         snap.mode = "stopped".into();
         self.write(path, &snap);
     }
@@ -442,6 +760,66 @@ impl Board {
             serde_json::to_vec_pretty(snap).unwrap_or_default(),
             self.fleet.get().map(|(_, p)| p.clone()),
         )
+    }
+}
+
+/// The host-wide part of the status, from the monitors' facts and conditions.
+fn system(
+    facts: &BTreeMap<String, String>,
+    conditions: &BTreeMap<Condition, (Health, String)>,
+    rate_limit: Option<crate::github::RateLimit>,
+    now: DateTime<Utc>,
+) -> SystemStatus {
+    let fact = |k: &str| facts.get(k).cloned();
+    let expires_at = facts
+        .get("token_expires_at")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let refused = conditions.get(&Condition::Token).map(|c| c.1.clone());
+    SystemStatus {
+        token: TokenStatus {
+            valid: match (&refused, facts.get("token")) {
+                (Some(_), _) => Some(false),
+                (None, Some(_)) => Some(true),
+                (None, None) => None,
+            },
+            error: refused,
+            expires_at,
+            days_left: expires_at.map(|e| (e - now).num_days()),
+        },
+        clock: ClockInfo {
+            offset_s: facts.get("clock_offset_s").and_then(|v| v.parse().ok()),
+            source: fact("clock_source"),
+            fault: conditions
+                .get(&Condition::Clock)
+                .filter(|c| c.0 > Health::Ok)
+                .map(|c| c.1.clone()),
+            chronyd: fact("chronyd"),
+        },
+        disk: DiskInfo {
+            free_bytes: facts.get("disk_free_bytes").and_then(|v| v.parse().ok()),
+            pruner: fact("disk_pruner"),
+            last_prune: fact("disk_last_prune"),
+            pruned_bytes: facts
+                .get("disk_pruned_bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        },
+        dependencies: facts
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("dependency ").map(|a| Dependency {
+                    address: a.to_string(),
+                    reachable: v == "reachable",
+                })
+            })
+            .collect(),
+        keepalive: KeepaliveInfo {
+            listener: fact("listener_keepalive"),
+            sysctls: fact("tcp_keepalive_sysctls"),
+        },
+        rate_limit,
+        runner_version: fact("runner_version"),
     }
 }
 

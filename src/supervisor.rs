@@ -23,39 +23,101 @@ use crate::shutdown::Mode;
 use crate::slot::{self, Shared};
 use crate::status::Board;
 
-/// What happened during a run.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What happened during a run: the exit summary, printed as text or as JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
     pub jobs_completed: u64,
+    /// Jobs whose listener ended mid-job.
+    pub jobs_lost: u64,
+    pub job_results: BTreeMap<String, u64>,
     pub registrations: u64,
     pub deregistrations: u64,
+    /// Registrations an earlier run left in `deletions.json` for this one.
+    pub deletions_inherited: u64,
+    /// Registrations still to delete, left in `deletions.json` for the next start.
+    pub deletions_pending: u64,
     pub ghosts_reaped: u64,
     pub strays_stopped: u64,
     pub listeners_started: u64,
+    pub session_conflicts: u64,
+    pub watchdog_fires: BTreeMap<String, u64>,
     pub api_requests: u64,
     pub exits: BTreeMap<String, u64>,
 }
 
+impl Summary {
+    /// Registrations GitHub removed by itself: the ephemeral ones whose listener exited
+    /// after its job (`job_done`).
+    pub fn removed_by_github(&self) -> u64 {
+        self.exits.get("job_done").copied().unwrap_or(0)
+    }
+
+    /// Registrations not accounted for: made (or inherited) but neither removed by GitHub,
+    /// deleted, nor left for the next start. 0 unless something was lost track of.
+    pub fn unaccounted(&self) -> i64 {
+        (self.registrations + self.deletions_inherited) as i64
+            - (self.removed_by_github() + self.deregistrations + self.deletions_pending) as i64
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let job_done = self.removed_by_github();
         writeln!(f, "summary:")?;
-        writeln!(f, "  jobs completed      {}", self.jobs_completed)?;
-        writeln!(f, "  listeners started   {}", self.listeners_started)?;
-        writeln!(f, "  registrations       {}", self.registrations)?;
-        writeln!(f, "  deregistrations     {}", self.deregistrations)?;
-        writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
-        writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
-        writeln!(f, "  GitHub API requests {}", self.api_requests)?;
-        let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(
             f,
-            "  listener exits      {}",
-            if exits.is_empty() {
-                "none".into()
-            } else {
-                exits.join(" ")
-            }
-        )
+            "  jobs completed      {} ({})",
+            self.jobs_completed,
+            list(&self.job_results)
+        )?;
+        writeln!(f, "  jobs lost           {}", self.jobs_lost)?;
+        writeln!(f, "  listeners started   {}", self.listeners_started)?;
+        writeln!(f, "  listener exits      {}", list(&self.exits))?;
+        if self.jobs_completed != job_done {
+            writeln!(
+                f,
+                "    note: {} jobs completed but {job_done} listeners exited job_done: {}",
+                self.jobs_completed,
+                if self.jobs_completed > job_done {
+                    "a listener that completed its job was stopped or failed before exiting by itself"
+                } else {
+                    "a listener exited job_done without printing its job's completion"
+                }
+            )?;
+        }
+        writeln!(f, "  registrations       {}", self.registrations)?;
+        writeln!(f, "    removed by GitHub after their job  {job_done}")?;
+        writeln!(f, "    deleted by the supervisor          {}", self.deregistrations)?;
+        if self.deletions_inherited > 0 {
+            writeln!(
+                f,
+                "    (of which left by an earlier run    {})",
+                self.deletions_inherited
+            )?;
+        }
+        writeln!(
+            f,
+            "    left for the next start            {}",
+            self.deletions_pending
+        )?;
+        if self.unaccounted() != 0 {
+            writeln!(f, "    unaccounted                        {}", self.unaccounted())?;
+        }
+        writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
+        writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
+        writeln!(f, "  session conflicts   {}", self.session_conflicts)?;
+        writeln!(f, "  watchdog fires      {}", list(&self.watchdog_fires))?;
+        writeln!(f, "  GitHub API requests {}", self.api_requests)
     }
 }
 
@@ -72,6 +134,8 @@ pub struct Deps {
     pub outer_env: EnvReader,
     /// The clocks (tests simulate suspends and steps).
     pub clocks: Arc<dyn Clocks>,
+    /// What preflight learnt of the token (shown in the status from the start).
+    pub token: Option<crate::github::TokenInfo>,
 }
 
 /// Delete offline runners whose names say they are this host's. Returns how many.
@@ -94,7 +158,8 @@ pub async fn reap_ghosts(gh: &GithubClient, prefix: &str, host: &str) -> Result<
 }
 
 /// Run until every slot has stopped (after `mode` leaves `Run`).
-pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summary> {
+pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Result<Summary> {
+    let mode = mode_tx.subscribe();
     let cfg = deps.cfg.clone();
     let state = &cfg.state_dir;
     std::fs::create_dir_all(state).map_err(|e| {
@@ -112,7 +177,21 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
     })?;
 
+    // The control socket first: a second supervisor (or a stale socket) is found now.
+    let control_listener = crate::control::bind(&cfg.control.socket)?;
+    let metrics_listener = match cfg.control.metrics_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            anyhow::anyhow!("cannot serve metrics on {a} (metrics.listen): {e}")
+        })?),
+        None => None,
+    };
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
+    if let Some(t) = &deps.token {
+        board.set_fact("token", "valid".into());
+        if let Some(exp) = t.expires_at {
+            board.set_fact("token_expires_at", exp.to_rfc3339());
+        }
+    }
     // Host-wide work (the one pruner, autoheal) sees this supervisor's jobs in the fleet.
     board.publish_to(
         &deps.host,
@@ -126,13 +205,8 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         let path = status_path.clone();
         let cancel = writer_cancel.clone();
         tracker.spawn(async move {
-            board
-                .run_writer(
-                    path,
-                    move || gh.stats().requests.load(Ordering::Relaxed),
-                    cancel,
-                )
-                .await
+            let _ = gh;
+            board.run_writer(path, cancel).await
         });
     }
     {
@@ -172,9 +246,41 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         &*deps.outer_env,
         host.clone(),
     ));
+    {
+        let d = shared.deletions.clone();
+        board.attach(crate::status::Sources {
+            api: deps.gh.stats_handle(),
+            deletions_pending: Box::new(move || d.len() as u64),
+            deletions_inherited: shared.deletions.len() as u64,
+        });
+    }
     let (cmd_tx, cmd_rx): (Vec<_>, Vec<_>) = (0..cfg.runner.slots)
         .map(|_| mpsc::unbounded_channel::<SlotCmd>())
         .unzip();
+    {
+        let api = Arc::new(Control {
+            shared: shared.clone(),
+            mode: mode_tx.clone(),
+            cmds: cmd_tx.clone(),
+        });
+        tracing::info!(socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
+        tracker.spawn(crate::control::serve_unix(
+            control_listener,
+            cfg.control.socket.clone(),
+            crate::control::routes(api),
+            writer_cancel.clone(),
+        ));
+    }
+    if let Some(l) = metrics_listener {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(address = %a, "serving Prometheus metrics at /metrics");
+        }
+        tracker.spawn(crate::control::serve_tcp(
+            l,
+            crate::metrics::handler(board.clone()),
+            writer_cancel.clone(),
+        ));
+    }
     {
         let (shared, cmd_tx, cancel) = (shared.clone(), cmd_tx.clone(), writer_cancel.clone());
         tracker.spawn(async move { run_offline_check(shared, cmd_tx, cancel).await });
@@ -235,6 +341,12 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
         slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
     }
     slots.close();
+    tracker.spawn(crate::sdnotify::run(
+        board.clone(),
+        mode.clone(),
+        cfg.runner.drain_timeout + cfg.runner.stop_grace,
+        writer_cancel.clone(),
+    ));
     slots.wait().await;
     // What could not be deleted gets the rest of the stop budget; the rest waits in
     // deletions.json for the next start.
@@ -243,19 +355,74 @@ pub async fn run(deps: Deps, mode: watch::Receiver<Mode>) -> anyhow::Result<Summ
     writer_cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    let api_requests = deps.gh.stats().requests.load(Ordering::Relaxed);
-    board.write_final(&status_path, api_requests);
-    let st = &board.stats;
+    board.write_final(&status_path);
+    let c = board.snapshot().counts;
     Ok(Summary {
-        jobs_completed: st.jobs_completed.load(Ordering::Relaxed),
-        registrations: st.registrations.load(Ordering::Relaxed),
-        deregistrations: st.deregistrations.load(Ordering::Relaxed),
-        ghosts_reaped: st.ghosts_reaped.load(Ordering::Relaxed),
-        strays_stopped: st.strays_stopped.load(Ordering::Relaxed),
-        listeners_started: st.listeners_started.load(Ordering::Relaxed),
-        api_requests,
-        exits: st.exits(),
+        jobs_completed: c.jobs_completed,
+        jobs_lost: c.jobs_lost,
+        job_results: c.job_results,
+        registrations: c.registrations,
+        deregistrations: c.deregistrations,
+        deletions_inherited: board.deletions_inherited(),
+        deletions_pending: c.deletions_pending,
+        ghosts_reaped: c.ghosts_reaped,
+        strays_stopped: c.strays_stopped,
+        listeners_started: c.listeners_started,
+        session_conflicts: c.session_conflicts,
+        watchdog_fires: c.watchdog_fires,
+        api_requests: c.api_requests,
+        exits: c.listener_exits,
     })
+}
+
+/// What the control socket may do, over the slots' shared state.
+struct Control {
+    shared: Arc<Shared>,
+    mode: Arc<watch::Sender<Mode>>,
+    cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
+}
+
+impl crate::control::Api for Control {
+    fn status(&self) -> crate::status::StatusFile {
+        self.shared.board.snapshot()
+    }
+
+    fn reset_breaker(&self, slot: Option<usize>) -> Result<Vec<usize>, String> {
+        self.shared.reset_breakers(slot)
+    }
+
+    fn drain(&self) -> bool {
+        let started = self.mode.send_if_modified(|m| {
+            if *m == Mode::Run {
+                *m = Mode::Drain;
+                true
+            } else {
+                false
+            }
+        });
+        if started {
+            tracing::info!("draining (asked through the control socket): no new jobs; idle runners stop now, busy ones may finish their job");
+        }
+        started
+    }
+
+    fn recycle(&self, slot: Option<usize>) -> Result<Vec<usize>, String> {
+        let n = self.cmds.len();
+        if let Some(i) = slot.filter(|i| *i >= n) {
+            return Err(format!(
+                "no slot {i}: this supervisor has slots 0..{}",
+                n.saturating_sub(1)
+            ));
+        }
+        let mut done = vec![];
+        for (i, _) in self.shared.board.listening() {
+            if slot.is_none_or(|s| s == i) && self.cmds[i].send(SlotCmd::Recycle).is_ok() {
+                tracing::info!(slot = i, "recycling the idle listener (asked through the control socket)");
+                done.push(i);
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// Hold the state directory for this process's life: a second `supervisor run` on it

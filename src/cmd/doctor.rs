@@ -7,7 +7,8 @@ use crate::github::GithubClient;
 use crate::preflight::{self, Check, Level};
 
 /// Run every check and print the results.
-pub fn main(input: CliInput) -> ExitCode {
+pub fn main(input: CliInput, json: bool) -> ExitCode {
+    let _ = json;
     let cfg = match super::resolve(&input, Purpose::Inspect) {
         Ok(c) => c,
         Err(code) => return code,

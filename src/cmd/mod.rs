@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BreakerAction, Cli, Command};
 use crate::config::{CliInput, Config, ConfigErrors, OsEnv, Purpose};
 
 pub mod config;
@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod health;
 pub mod run;
 pub mod service;
+pub mod status;
 
 /// Exit status for bad configuration or usage.
 pub const EXIT_CONFIG: u8 = 64;
@@ -41,7 +42,13 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
     match cmd {
         Command::Run => run::main(input),
         Command::Config { example } => config::main(input, example),
-        Command::Doctor => doctor::main(input),
+        Command::Doctor { json } => doctor::main(input, json),
+        Command::Status { json, watch } => status::main(input, status::Ask::Status { json, watch }),
+        Command::Breaker {
+            action: BreakerAction::Reset { slot },
+        } => status::main(input, status::Ask::BreakerReset { slot }),
+        Command::Drain => status::main(input, status::Ask::Drain),
+        Command::Recycle { slot } => status::main(input, status::Ask::Recycle { slot }),
         Command::Health => health::main(input),
         Command::Pruner => service::main(input, service::Service::Pruner),
         Command::Autoheal => service::main(input, service::Service::Autoheal),

@@ -20,13 +20,19 @@ pub fn main(input: CliInput) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(&cfg.log.level, cfg.log.json);
+    // With JSON logs, the exit summary is JSON too (one line on stdout).
+    let json = cfg.log.json;
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     match rt.block_on(run(cfg)) {
         Ok(summary) => {
-            print!("{summary}");
+            if json {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            } else {
+                print!("{summary}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -48,8 +54,8 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     let reaper = CancellationToken::new();
     tokio::spawn(procs::run_reaper(reaper.clone()));
 
-    let (tx, rx) = watch::channel(Mode::Run);
-    tokio::spawn(shutdown::run_signals(tx));
+    let tx = Arc::new(watch::channel(Mode::Run).0);
+    tokio::spawn(shutdown::run_signals(tx.clone()));
 
     let token = cfg
         .github
@@ -67,7 +73,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         "runner-supervisor starting"
     );
     // Preflight: problems are logged; the slots back off rather than crash-loop.
-    let (checks, _) =
+    let (checks, token) =
         preflight::check_token(&gh, cfg.token.expiry_warning, crate::clocks::wall_now()).await;
     for c in checks
         .iter()
@@ -95,8 +101,9 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         host,
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: Arc::new(crate::clocks::SystemClocks),
+        token,
     };
-    let summary = supervisor::run(deps, rx).await;
+    let summary = supervisor::run(deps, tx).await;
     reaper.cancel();
     tracing::info!("runner-supervisor stopped");
     summary

@@ -71,7 +71,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let writer = {
         let (board, path, cancel) = (board.clone(), status_path.clone(), cancel.clone());
-        tokio::spawn(async move { board.run_writer(path, || 0, cancel).await })
+        tokio::spawn(async move { board.run_writer(path, cancel).await })
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -98,7 +98,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = work.await;
     let _ = writer.await;
-    board.write_final(&status_path, 0);
+    board.write_final(&status_path);
     reaper.cancel();
     tracing::info!("runner-supervisor stopped");
     Ok(())

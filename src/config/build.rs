@@ -155,7 +155,8 @@ fn build_with(
             );
             None
         }
-        (None, None, None) if purpose == Purpose::Local => None,
+        // `config` and `doctor` work before a repository is chosen: they say it is missing.
+        (None, None, None) if purpose != Purpose::Run => None,
         (None, None, None) => {
             err(GITHUB_OWNER.name(),
                 "missing: set REPO_OWNER and REPO_NAME (github.owner, github.repo) for a repository runner, or github.org for an organisation runner".into(),
@@ -268,6 +269,20 @@ fn build_with(
         err(LOG_LEVEL.name(), m);
     }
     let state_dir = r.get(&STATE_DIR);
+    let control_socket = r
+        .get(&CONTROL_SOCKET)
+        .unwrap_or_else(|| state_dir.join("control.sock"));
+    // sockaddr_un holds 107 bytes and a NUL.
+    if control_socket.as_os_str().len() > 107 {
+        err(
+            CONTROL_SOCKET.name(),
+            format!(
+                "{} is {} bytes long; a Unix socket path has at most 107: set control.socket to a shorter path",
+                control_socket.display(),
+                control_socket.as_os_str().len()
+            ),
+        );
+    }
     if state_dir.as_os_str().is_empty() {
         err(STATE_DIR.name(), "must not be empty".into());
     }
@@ -314,7 +329,21 @@ fn build_with(
         })
         .collect();
 
-    if scope.is_none() && purpose != Purpose::Local {
+    let metrics_listen = match r.get(&METRICS_LISTEN).filter(|v| !v.trim().is_empty()) {
+        None => None,
+        Some(v) => match v.trim().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(
+                    METRICS_LISTEN.name(),
+                    format!("{v:?} is not address:port (e.g. 127.0.0.1:9464 or [::1]:9464)"),
+                );
+                None
+            }
+        },
+    };
+
+    if scope.is_none() && purpose == Purpose::Run {
         return None;
     }
     if !errors.is_empty() {
@@ -411,6 +440,10 @@ fn build_with(
             window: r.get(&AUTOHEAL_WINDOW),
         },
         shared_dir,
+        control: ControlConfig {
+            socket: control_socket,
+            metrics_listen,
+        },
         log: LogConfig {
             json: r.get(&LOG_FORMAT) == LogFormat::Json,
             level: log_level,

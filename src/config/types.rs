@@ -253,6 +253,15 @@ pub struct HealthConfig {
     pub dependencies: Vec<String>,
 }
 
+/// `[control]` and `[metrics]`: how the running supervisor is watched and controlled.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -285,6 +294,7 @@ pub struct Config {
     /// and the pruner lock.
     pub shared_dir: PathBuf,
     pub log: LogConfig,
+    pub control: ControlConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
     /// The config file read, if any.

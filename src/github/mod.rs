@@ -112,6 +112,11 @@ impl GithubClient {
         &self.stats
     }
 
+    /// The request counters, shared (for the status and the metrics).
+    pub fn stats_handle(&self) -> Arc<ApiStats> {
+        self.stats.clone()
+    }
+
     /// The latest `Date` header seen.
     pub fn last_date(&self) -> Option<DateSample> {
         *self.last_date.lock().unwrap_or_else(|p| p.into_inner())
@@ -158,12 +163,20 @@ impl GithubClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| GithubError::Transient(describe_reqwest(&e)))?;
+        let endpoint = format!("{method} {}", self.endpoint(url));
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.count(endpoint, "error".into());
+                return Err(GithubError::Transient(describe_reqwest(&e)));
+            }
+        };
         let status = resp.status();
+        self.stats.count(endpoint, status.as_u16().to_string());
         let headers = resp.headers().clone();
+        if let Some(r) = rate_limit_of(&headers) {
+            self.stats.set_rate_limit(r);
+        }
         if let Some(date) = headers
             .get("date")
             .and_then(|v| v.to_str().ok())
@@ -238,6 +251,34 @@ impl GithubClient {
             }
             attempt += 1;
         }
+    }
+
+    /// The endpoint a URL names, as a metrics label: the base and query dropped, the
+    /// scope's path as `{scope}`, numeric ids as `{id}`.
+    fn endpoint(&self, url: &str) -> String {
+        let path = redact_url(url.strip_prefix(&self.base).unwrap_or(url));
+        let scope = self.scope.api_path();
+        let (head, path) = match path.strip_prefix(&scope) {
+            Some(rest) => (
+                match self.scope {
+                    Scope::Repo { .. } => "/repos/{owner}/{repo}",
+                    Scope::Org { .. } => "/orgs/{org}",
+                },
+                rest,
+            ),
+            None => ("", path),
+        };
+        let tail: Vec<&str> = path
+            .split('/')
+            .map(|seg| {
+                if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                    "{id}"
+                } else {
+                    seg
+                }
+            })
+            .collect();
+        format!("{head}{}", tail.join("/"))
     }
 
     fn url(&self, tail: &str) -> String {
@@ -464,6 +505,21 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+/// The `x-ratelimit-*` headers, when an answer carries them.
+fn rate_limit_of(h: &HeaderMap) -> Option<RateLimit> {
+    let num = |k: &str| h.get(k)?.to_str().ok()?.trim().parse::<i64>().ok();
+    Some(RateLimit {
+        limit: num("x-ratelimit-limit")? as u64,
+        remaining: num("x-ratelimit-remaining")? as u64,
+        used: num("x-ratelimit-used").map(|v| v as u64),
+        reset: num("x-ratelimit-reset")?,
+        resource: h
+            .get("x-ratelimit-resource")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    })
 }
 
 fn redact_url(u: &str) -> &str {

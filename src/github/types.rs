@@ -1,7 +1,9 @@
 //! What the GitHub API answers, as the client returns it: typed errors callers branch on,
 //! runners, tokens, and what the `Date` header and the scopes say.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -103,6 +105,53 @@ pub struct RunnerApplication {
 pub struct ApiStats {
     /// HTTP requests sent, retries included.
     pub requests: AtomicU64,
+    /// Requests by endpoint (`GET /repos/{scope}/actions/runners`) and outcome (the
+    /// status code, or `error` when no answer came).
+    by_endpoint: Mutex<BTreeMap<(String, String), u64>>,
+    /// The last `x-ratelimit-*` headers seen.
+    rate_limit: Mutex<Option<RateLimit>>,
+}
+
+impl ApiStats {
+    /// Count one request.
+    pub fn count(&self, endpoint: String, outcome: String) {
+        *self
+            .by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((endpoint, outcome))
+            .or_default() += 1;
+    }
+    /// Requests by (endpoint, outcome).
+    pub fn by_endpoint(&self) -> BTreeMap<(String, String), u64> {
+        self.by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Record the rate-limit headers of an answer.
+    pub fn set_rate_limit(&self, r: RateLimit) {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+    /// The rate limit as last seen.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// GitHub's rate limit as its `x-ratelimit-*` headers last said.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    pub used: Option<u64>,
+    /// When the window resets (Unix seconds).
+    pub reset: i64,
+    /// The bucket (`core`).
+    pub resource: Option<String>,
 }
 
 /// The server's `Date` header and when we saw it, for clock checks.

@@ -185,6 +185,9 @@ pub(super) async fn watch_listener(
         tokio::select! {
             o = l.next() => match o {
                 Some(Output::Line { event: Some(ev), .. }) => {
+                    if ev == RunnerEvent::SessionConflict {
+                        sh.board.stats.session_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
                     if matches!(ev, RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }) {
                         // It opens connections now: inject and watch them at once.
                         sh.hoststate.listener_rescan(slot);
@@ -278,9 +281,9 @@ fn act(
     let board = &sh.board;
     match a {
         Action::Show(state) => board.set_state(slot, state),
-        Action::JobStarted(name) => board.update(slot, |s| s.job = Some(name)),
+        Action::JobStarted(name) => board.job_started(slot, name),
         Action::JobCompleted { name, result } => {
-            board.stats.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            board.job_completed(slot, &result);
             tracing::info!(slot, runner = %l.name(), job = %name, result = %result, "job completed");
         }
         Action::PrepareNext => {

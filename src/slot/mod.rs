@@ -61,6 +61,8 @@ pub struct Shared {
     pub deletions: Arc<Deletions>,
     /// The latest stop-budget deadline handed out (the queue drains until it).
     stop_deadline: Mutex<Option<tokio::time::Instant>>,
+    /// Woken when an operator resets a slot's breaker (a slot waiting it out goes on).
+    breaker_reset: Vec<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -92,7 +94,8 @@ impl Shared {
         let boot_id = watchdog::boot_id();
         let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
         let deletions = Arc::new(Deletions::load(cfg.state_dir.join("deletions.json")));
-        Shared {
+        let breaker_reset = (0..cfg.runner.slots).map(|_| tokio::sync::Notify::new()).collect();
+        let sh = Shared {
             cfg,
             gh,
             host,
@@ -106,7 +109,73 @@ impl Shared {
             boot_id,
             deletions,
             stop_deadline: Mutex::new(None),
+            breaker_reset,
+        };
+        let all = sh.breakers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, b) in all.iter().enumerate() {
+            sh.publish_breaker(i, b);
         }
+        sh
+    }
+
+    /// Show slot `slot`'s breaker in the status: fires in the window by cause, and until
+    /// when it is open (as wall-clock time).
+    fn publish_breaker(&self, slot: usize, b: &Breaker) {
+        let now = self.hoststate.clocks.boottime();
+        let mut b = b.clone();
+        b.prune(now, self.cfg.watchdog.window);
+        let mut fires = std::collections::BTreeMap::new();
+        for f in &b.fires {
+            *fires.entry(f.cause.as_str().to_string()).or_insert(0u32) += 1;
+        }
+        let open = b.open_for(now);
+        self.board.set_breaker(
+            slot,
+            crate::status::BreakerStatus {
+                fires,
+                open_until: open.map(|d| {
+                    crate::clocks::wall_now()
+                        + chrono::Duration::from_std(d).unwrap_or_default()
+                }),
+                opened_by: open.and(b.opened_by.clone()),
+            },
+        );
+    }
+
+    /// Close the breaker of `slot`, or of every slot (an operator's `breaker reset`):
+    /// its window starts empty, and a slot waiting it out goes on at once.
+    pub fn reset_breakers(&self, slot: Option<usize>) -> Result<Vec<usize>, String> {
+        let n = self.cfg.runner.slots;
+        let which: Vec<usize> = match slot {
+            Some(i) if i >= n => {
+                return Err(format!(
+                    "no slot {i}: this supervisor has slots 0..{}",
+                    n.saturating_sub(1)
+                ))
+            }
+            Some(i) => vec![i],
+            None => (0..n).collect(),
+        };
+        let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        for &i in &which {
+            let was = all[i].open_for(self.hoststate.clocks.boottime());
+            all[i] = Breaker::default();
+            tracing::info!(
+                slot = i,
+                was_open_s = was.map(|d| d.as_secs()),
+                "circuit breaker reset by the operator"
+            );
+        }
+        if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
+            tracing::warn!(error = %e, "cannot persist the circuit breaker");
+        }
+        let snapshot = all.clone();
+        drop(all);
+        for &i in &which {
+            self.publish_breaker(i, &snapshot[i]);
+            self.breaker_reset[i].notify_one();
+        }
+        Ok(which)
     }
 
     /// A deadline for one deletion while stopping, [`registration::SHUTDOWN_DEREGISTER_BUDGET`]
@@ -161,7 +230,10 @@ impl Shared {
         if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
             tracing::warn!(error = %e, "cannot persist the circuit breaker");
         }
+        let b = all[slot].clone();
         drop(all);
+        self.board.stats.fires.add(cause.as_str());
+        self.publish_breaker(slot, &b);
         self.board.update(slot, |s| {
             s.last_fire = Some(format!("{}: {detail}", cause.as_str()))
         });
@@ -227,9 +299,15 @@ pub async fn run(
         if let Some((wait, why)) = sh.breaker_open(slot) {
             board.update(slot, |s| s.error = Some(why.clone()));
             board.set_state(slot, SlotState::BreakerOpen);
-            if sleep_or_stop(wait, &mut mode).await {
-                break;
+            tokio::select! {
+                stop = sleep_or_stop(wait, &mut mode) => if stop { break },
+                _ = sh.breaker_reset[slot].notified() => {
+                    board.update(slot, |s| s.error = None);
+                }
             }
+            // Open no longer: the fires that opened it leave the status too.
+            let b = sh.breakers.lock().unwrap_or_else(|p| p.into_inner())[slot].clone();
+            sh.publish_breaker(slot, &b);
             continue;
         }
         if sh.hoststate.clock_fault() {
@@ -367,9 +445,17 @@ pub async fn run(
         }
         retryable_streak = plan.retryable_streak;
         board.stats.exit(reason.as_str());
+        // A job that started and never completed is lost with its listener.
+        let running = board.slots().get(slot).and_then(|s| s.job.clone());
+        if let (Some(job), false) = (&running, w.seen.job_completed) {
+            tracing::warn!(slot, runner = %reg.name, job = %job, reason = reason.as_str(), ended = ?w.ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
+            board.job_lost(slot);
+        }
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
+            s.last_exit_at = Some(crate::clocks::wall_now());
             s.job = None;
+            s.job_started_at = None;
         });
         tracing::info!(slot, runner = %reg.name, ended = ?w.ended, reason = reason.as_str(), "listener exited");
         if plan.deregister {

@@ -20,7 +20,7 @@ use crate::support::{apply, faketime_file_env, github, Daemon, Sandbox};
 const T: Duration = Duration::from_secs(30);
 
 pub struct InProcess {
-    pub mode: watch::Sender<Mode>,
+    pub mode: Arc<watch::Sender<Mode>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<Summary>>,
     pub clocks: Arc<ShiftedClocks>,
 }
@@ -41,9 +41,10 @@ pub fn start(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> InProcess
         host: "vm".into(),
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
+        token: None,
     };
-    let (mode, rx) = watch::channel(Mode::Run);
-    let task = tokio::spawn(supervisor::run(deps, rx));
+    let mode = Arc::new(watch::channel(Mode::Run).0);
+    let task = tokio::spawn(supervisor::run(deps, mode.clone()));
     InProcess { mode, task, clocks }
 }
 

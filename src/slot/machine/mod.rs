@@ -112,6 +112,10 @@ impl HostFacts {
     }
 }
 
+fn is_clock_skew(input: &Input) -> bool {
+    matches!(input, Input::Event(RunnerEvent::ClockSkew))
+}
+
 /// Something that happened to a running listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -221,6 +225,12 @@ impl Listen {
 
     /// Feed one input at `now`.
     pub fn step(&mut self, input: Input, now: Instant, host: HostFacts) -> Vec<Action> {
+        // The runner's own clock-skew line is evidence of a clock fault, whatever the
+        // host's measurement says yet.
+        let host = HostFacts {
+            clock_fault: host.clock_fault || self.seen.clock_skew || is_clock_skew(&input),
+            ..host
+        };
         if self.stop.is_some() {
             // Decided: only what it says is still recorded, for classifying its exit.
             if let Input::Event(ev) = &input {
@@ -426,6 +436,7 @@ pub struct ExitPlan {
 pub fn after_exit(e: &Exit) -> ExitPlan {
     use ExitReason as R;
     let mut fires: Vec<(Cause, String)> = e.watchdog.iter().cloned().collect();
+    let host = e.host;
     let mut streak = match e.reason {
         R::Retryable => e.retryable_streak + 1,
         // A stop of ours between two crashes does not end the run.
@@ -436,7 +447,7 @@ pub fn after_exit(e: &Exit) -> ExitPlan {
     if streak >= e.retryable_exits {
         streak = 0;
         fires.push((
-            e.host.cause(e.network_evidence),
+            host.cause(e.network_evidence),
             format!("{} consecutive retryable exits (code 2)", e.retryable_exits),
         ));
     }

@@ -113,6 +113,20 @@ fn a_busy_listener_gets_the_job_stall_timeout_and_the_cause_is_attributed() {
 }
 
 #[test]
+fn the_runners_own_clock_skew_line_makes_the_cause_clock_before_the_host_knows() {
+    let skew = "The local machine's clock may be out of sync with the server time by more than five minutes. Please sync your clock with your domain or internet time and try again.";
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    m.step(ev(skew), t, H);
+    m.step(ev(ERR), t, H);
+    // The host has measured nothing wrong (H), and the error text says "timed out".
+    match stops(&m.step(Input::Tick, t + S(120), H)) {
+        Some(StopCause::Watchdog(Cause::Clock, _)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn not_listening_in_time_is_replaced() {
     let (mut m, t) = machine(false);
     assert_eq!(m.deadline(), Some(t + S(300)));

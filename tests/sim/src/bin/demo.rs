@@ -77,6 +77,20 @@ fn short(line: &str) -> Option<String> {
     }
 }
 
+/// One HTTP GET on loopback; the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let supervisor = find_or_build("supervisor");
@@ -135,15 +149,16 @@ async fn main() {
     println!("== {n} jobs queued; one registration call will fail with 502, one runner will crash mid-job");
     println!("== starting: supervisor run (2 slots)\n");
 
+    let env = sim::fixture::supervisor_env(&gh.url(), "demo", &install, &tmp.join("state"));
+    // Metrics on a free loopback port, for one scrape at the end.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let mut child = tokio::process::Command::new(&supervisor)
         .arg("run")
         .env_clear()
-        .envs(sim::fixture::supervisor_env(
-            &gh.url(),
-            "demo",
-            &install,
-            &tmp.join("state"),
-        ))
+        .envs(env.clone())
+        .env("SUPERVISOR_METRICS_LISTEN", metrics.to_string())
         .env("SUPERVISOR_SLOTS", "2")
         .env("SUPERVISOR_GITHUB_BACKOFF_BASE", "200ms")
         .stdin(Stdio::null())
@@ -170,17 +185,40 @@ async fn main() {
         _ = child.wait() => false,
     };
     println!(
-        "\n== {} — sending SIGTERM (drain and deregister)\n",
+        "\n== {}",
         if all_done {
             "all jobs finished"
         } else {
             "timed out waiting for the jobs"
         }
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    // What an operator sees: `supervisor status`, and a metrics scrape.
+    let ask = |args: &[&str]| {
+        std::process::Command::new(&supervisor)
+            .args(args)
+            .env_clear()
+            .envs(env.clone())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .unwrap_or_default()
+    };
+    println!("\n== supervisor status\n");
+    for l in ask(&["status"]).lines() {
+        println!("  {l}");
+    }
+    let scrape = http_get(metrics, "/metrics").await;
+    println!("\n== a metrics scrape (http://{metrics}/metrics), some of it\n");
+    for l in scrape.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.contains("_jobs_total") || l.contains("_slots{") || l.contains("listener_exits") || l.contains("_turnaround_seconds_count"))
+    }) {
+        println!("  {l}");
+    }
+    println!("\n== supervisor drain (through the control socket; SIGTERM does the same)\n");
+    for l in ask(&["drain"]).lines() {
+        println!("  {l}");
+    }
+    let _ = pid;
     let mut out = String::new();
     if let Some(mut so) = child.stdout.take() {
         use tokio::io::AsyncReadExt;

@@ -1,0 +1,297 @@
+//! `supervisor status`, `supervisor breaker reset`, `supervisor drain` and
+//! `supervisor recycle`: clients of the running supervisor's control socket.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{CliInput, Purpose};
+use crate::control::{self, ClientError};
+use crate::status::{SlotStatus, StatusFile};
+
+/// What to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Status { json: bool, watch: bool },
+    BreakerReset { slot: Option<usize> },
+    Drain,
+    Recycle { slot: Option<usize> },
+}
+
+/// Ask the running supervisor; exit 1 when none answers.
+pub fn main(input: CliInput, ask: Ask) -> ExitCode {
+    let cfg = match super::resolve(&input, Purpose::Local) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sock = &cfg.control.socket;
+    let slot_q = |slot: Option<usize>| slot.map(|s| format!("?slot={s}")).unwrap_or_default();
+    let (method, target) = match ask {
+        Ask::Status { .. } => ("GET", "/v1/status".to_string()),
+        Ask::BreakerReset { slot } => ("POST", format!("/v1/breaker/reset{}", slot_q(slot))),
+        Ask::Drain => ("POST", "/v1/drain".to_string()),
+        Ask::Recycle { slot } => ("POST", format!("/v1/recycle{}", slot_q(slot))),
+    };
+    loop {
+        let (code, body) = match control::request(sock, method, &target) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("supervisor: {e}");
+                if matches!(e, ClientError::NotRunning { .. }) {
+                    eprintln!(
+                        "  (is `supervisor run` running with this configuration? its socket is control.socket, by default <state dir>/control.sock)"
+                    );
+                }
+                return ExitCode::from(1);
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if !(200..300).contains(&code) {
+            eprintln!(
+                "supervisor: {}",
+                v["error"].as_str().unwrap_or(body.trim())
+            );
+            return ExitCode::from(1);
+        }
+        match ask {
+            Ask::Status { json: true, .. } => print!("{body}"),
+            Ask::Status { watch, .. } => {
+                let s: StatusFile = match serde_json::from_str(&body) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("supervisor: the status does not parse: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let text = render(&s, crate::clocks::wall_now());
+                if watch {
+                    // Clear the screen and home the cursor: a live view, the countdowns running.
+                    print!("\x1b[2J\x1b[H{text}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
+                print!("{text}");
+            }
+            Ask::BreakerReset { .. } => {
+                let slots = list(&v["reset"]);
+                println!("circuit breaker reset: slot {slots}");
+            }
+            Ask::Drain => {
+                if v["started"].as_bool() == Some(true) {
+                    println!("draining: no new jobs; idle runners stop now, busy ones may finish their job; the supervisor exits when all have stopped");
+                } else {
+                    println!("already stopping");
+                }
+            }
+            Ask::Recycle { .. } => {
+                let slots = list(&v["recycled"]);
+                if slots.is_empty() {
+                    println!("no idle listener to recycle");
+                } else {
+                    println!("recycling the idle listener of slot {slots}");
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+}
+
+fn list(v: &serde_json::Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// `3h02m`, `4m05s`, `12s`.
+pub fn human(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!("{} ago", human(now - t))
+}
+
+fn slot_block(i: usize, s: &SlotStatus, now: DateTime<Utc>) -> String {
+    let mut out = format!(
+        "slot {i}  {:<12} {} (for {})\n",
+        s.state.as_str(),
+        s.runner.as_deref().unwrap_or("-"),
+        human(now - s.since)
+    );
+    let job = match (&s.job, s.job_started_at) {
+        (Some(j), Some(t)) => format!("{j}, running {}", human(now - t)),
+        (Some(j), None) => j.clone(),
+        _ => "-".into(),
+    };
+    out += &format!("  job        {job}\n");
+    let exit = match (&s.last_exit, s.last_exit_at) {
+        (Some(e), Some(t)) => format!("{e}, {}", ago(t, now)),
+        (Some(e), None) => e.clone(),
+        _ => "-".into(),
+    };
+    out += &format!("  last exit  {exit}\n");
+    out += &format!(
+        "  failures   {}{}\n",
+        s.failures,
+        s.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    let fires: Vec<String> = s
+        .breaker
+        .fires
+        .iter()
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect();
+    let fires = if fires.is_empty() {
+        "no fires in the window".to_string()
+    } else {
+        format!("fires in the window {}", fires.join(" "))
+    };
+    let breaker = match s.breaker.open_until.filter(|u| *u > now) {
+        Some(u) => format!(
+            "OPEN for {} more (until {}), after {}; {fires}; `supervisor breaker reset --slot {i}` closes it",
+            human(u - now),
+            u.format("%H:%M:%SZ"),
+            s.breaker.opened_by.as_deref().unwrap_or("fires")
+        ),
+        None => format!("closed; {fires}"),
+    };
+    out += &format!("  breaker    {breaker}\n");
+    if let Some(f) = &s.last_fire {
+        out += &format!("  last fire  {f}\n");
+    }
+    out
+}
+
+/// The status as text.
+pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
+    let mut out = format!(
+        "supervisor {} (pid {}) on {}: mode {}, health {:?}, up {}\n",
+        s.version,
+        s.pid,
+        if s.host.is_empty() { "-" } else { &s.host },
+        s.mode,
+        s.health,
+        human(now - s.started_at)
+    );
+    for r in &s.reasons {
+        out += &format!("  ! {r}\n");
+    }
+    out += "\n";
+    for (i, slot) in s.slots.iter().enumerate() {
+        out += &slot_block(i, slot, now);
+    }
+    let sys = &s.system;
+    out += "\nhost\n";
+    let token = match (sys.token.valid, sys.token.expires_at) {
+        (Some(false), _) => format!(
+            "REFUSED: {}",
+            sys.token.error.as_deref().unwrap_or("401")
+        ),
+        (Some(true), Some(e)) => format!(
+            "valid, expires {} ({} days)",
+            e.format("%Y-%m-%d"),
+            (e - now).num_days()
+        ),
+        (Some(true), None) => "valid, no expiry".into(),
+        (None, _) => "not checked yet".into(),
+    };
+    out += &format!("  token         {token}\n");
+    let c = &sys.clock;
+    let clock = match c.offset_s {
+        Some(o) => format!(
+            "{o:+.3}s from {}",
+            c.source.as_deref().unwrap_or("?")
+        ),
+        None => "not measured yet".into(),
+    };
+    out += &format!(
+        "  clock         {clock}; chronyd {}{}\n",
+        c.chronyd.as_deref().unwrap_or("not watched"),
+        c.fault
+            .as_deref()
+            .map(|f| format!("; FAULT: {f}"))
+            .unwrap_or_default()
+    );
+    let d = &sys.disk;
+    let disk = match d.free_bytes {
+        Some(b) => format!("{:.1} GB free", b as f64 / 1e9),
+        None => "not watched (no Docker engine, or [disk] prune = off)".into(),
+    };
+    out += &format!(
+        "  disk          {disk}{}{}\n",
+        d.pruner
+            .as_deref()
+            .map(|p| format!("; pruner {p}"))
+            .unwrap_or_default(),
+        d.last_prune
+            .as_deref()
+            .map(|p| format!("; last prune {p}"))
+            .unwrap_or_else(|| "; no prune yet".into())
+    );
+    let deps: Vec<String> = sys
+        .dependencies
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d.address,
+                if d.reachable { "reachable" } else { "UNREACHABLE" }
+            )
+        })
+        .collect();
+    out += &format!(
+        "  dependencies  {}\n",
+        if deps.is_empty() {
+            "none configured".into()
+        } else {
+            deps.join(", ")
+        }
+    );
+    out += &format!(
+        "  keepalive     listener: {}{}\n",
+        sys.keepalive
+            .listener
+            .as_deref()
+            .unwrap_or("no listener yet"),
+        sys.keepalive
+            .sysctls
+            .as_deref()
+            .map(|k| format!("; sysctls {k}"))
+            .unwrap_or_default()
+    );
+    let rl = match &sys.rate_limit {
+        Some(r) => format!(
+            "{}/{} requests left, resets in {}",
+            r.remaining,
+            r.limit,
+            human(
+                DateTime::from_timestamp(r.reset, 0).unwrap_or(now) - now
+            )
+        ),
+        None => "not known yet".into(),
+    };
+    out += &format!("  rate limit    {rl}\n");
+    let k = &s.counts;
+    out += &format!(
+        "  jobs          {} completed, {} lost; {} listeners started; {} API requests\n",
+        k.jobs_completed, k.jobs_lost, k.listeners_started, k.api_requests
+    );
+    out
+}

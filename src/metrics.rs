@@ -1,0 +1,267 @@
+//! Prometheus metrics, opt-in (`[metrics] listen`): rendered at each scrape from the
+//! board's counters and histograms and the GitHub client's request counts, in the
+//! Prometheus text format (0.0.4) by `prometheus-client`.
+//!
+//! Every name starts with `runner_supervisor_`; README "Metrics" lists them.
+//! It must not: keep state of its own; counters live where they are counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::{Board, Health, SlotState};
+
+/// The `Content-Type` of a scrape.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+fn fgauge(v: f64) -> FGauge {
+    let g = FGauge::default();
+    g.set(v);
+    g
+}
+
+fn counters<'a>(name: &str, pairs: impl IntoIterator<Item = (&'a str, u64)>) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    for (v, n) in pairs {
+        f.get_or_create(&vec![(name.to_string(), v.to_string())])
+            .inc_by(n);
+    }
+    f
+}
+
+/// The word a slot state is counted under (`listening` is ARC's `idle`).
+pub fn state_label(s: SlotState) -> &'static str {
+    match s {
+        SlotState::Listening => "idle",
+        SlotState::Busy => "busy",
+        SlotState::Backoff => "backoff",
+        SlotState::Paused => "paused",
+        SlotState::BreakerOpen => "breaker_open",
+        SlotState::ClockFault => "clock_fault",
+        SlotState::Registering => "registering",
+        SlotState::Starting => "starting",
+        SlotState::Finishing => "finishing",
+        SlotState::Stopping => "stopping",
+        SlotState::Stopped => "stopped",
+    }
+}
+
+const STATES: [SlotState; 11] = [
+    SlotState::Listening,
+    SlotState::Busy,
+    SlotState::Backoff,
+    SlotState::Paused,
+    SlotState::BreakerOpen,
+    SlotState::ClockFault,
+    SlotState::Registering,
+    SlotState::Starting,
+    SlotState::Finishing,
+    SlotState::Stopping,
+    SlotState::Stopped,
+];
+
+/// One scrape.
+pub fn render(board: &Board) -> String {
+    let snap = board.snapshot();
+    let c = &snap.counts;
+    let st = &board.stats;
+    let mut r = Registry::with_prefix("runner_supervisor");
+
+    let info = Family::<Labels, Gauge>::default();
+    info.get_or_create(&vec![
+        ("version".into(), snap.version.clone()),
+        (
+            "runner_version".into(),
+            snap.system.runner_version.clone().unwrap_or_default(),
+        ),
+    ])
+    .set(1);
+    r.register("build_info", "The supervisor's version and the runner's, as labels", info);
+
+    let mut results: Vec<(&str, u64)> = c.job_results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    results.push(("lost", c.jobs_lost));
+    r.register(
+        "jobs",
+        "Jobs by the result the runner printed (Succeeded, Failed, Canceled...); lost: the listener ended mid-job",
+        counters("result", results),
+    );
+    r.register_with_unit(
+        "job_duration",
+        "From \"Running job\" to its completion",
+        Unit::Seconds,
+        st.job_duration.clone(),
+    );
+    r.register_with_unit(
+        "turnaround",
+        "From a job's completion to the slot's next listener listening",
+        Unit::Seconds,
+        st.turnaround.clone(),
+    );
+    r.register(
+        "listeners_started",
+        "Runner.Listener processes started",
+        counter(c.listeners_started),
+    );
+    r.register(
+        "listener_exits",
+        "Listener exits by reason (job_done, crashed, watchdog, session_conflict...)",
+        counters(
+            "reason",
+            c.listener_exits.iter().map(|(k, v)| (k.as_str(), *v)),
+        ),
+    );
+    r.register(
+        "watchdog_fires",
+        "Watchdog fires by root cause (clock, token, network, unknown)",
+        counters(
+            "cause",
+            c.watchdog_fires.iter().map(|(k, v)| (k.as_str(), *v)),
+        ),
+    );
+    let breaker = Family::<Labels, Gauge>::default();
+    let now = snap.updated_at;
+    for (i, s) in snap.slots.iter().enumerate() {
+        let open = s.breaker.open_until.is_some_and(|u| u > now);
+        breaker
+            .get_or_create(&vec![("slot".into(), i.to_string())])
+            .set(open as i64);
+    }
+    r.register("breaker_open", "1 while the slot's circuit breaker is open", breaker);
+    r.register(
+        "session_conflicts",
+        "\"A session for this runner already exists.\" seen",
+        counter(c.session_conflicts),
+    );
+    let slots = Family::<Labels, Gauge>::default();
+    for state in STATES {
+        let n = snap.slots.iter().filter(|s| s.state == state).count();
+        slots
+            .get_or_create(&vec![("state".into(), state_label(state).into())])
+            .set(n as i64);
+    }
+    r.register(
+        "slots",
+        "Slots by state: idle (listening), busy, backoff, paused, breaker_open, clock_fault...",
+        slots,
+    );
+    r.register(
+        "registrations",
+        "Runner registrations made (JIT or token)",
+        counter(c.registrations),
+    );
+    r.register(
+        "deregistrations",
+        "Registrations deleted by the supervisor (the rest GitHub removed after their job)",
+        counter(c.deregistrations),
+    );
+    r.register(
+        "ghosts_reaped",
+        "Offline runners of this host left by an earlier run, deleted at start",
+        counter(c.ghosts_reaped),
+    );
+    let health = Gauge::<i64>::default();
+    health.set(match snap.health {
+        Health::Ok => 0,
+        Health::Degraded => 1,
+        Health::Unhealthy => 2,
+    });
+    r.register("health", "0 ok, 1 degraded, 2 unhealthy", health);
+    if let Some(o) = snap.system.clock.offset_s {
+        r.register_with_unit(
+            "clock_offset",
+            "The local clock's offset as last measured (positive: ahead)",
+            Unit::Seconds,
+            fgauge(o),
+        );
+    }
+    if let Some(e) = snap.system.token.expires_at {
+        r.register(
+            "token_expiry_timestamp_seconds",
+            "When the token expires (Unix time)",
+            fgauge(e.timestamp() as f64),
+        );
+    }
+    let api = Family::<Labels, Counter>::default();
+    if let Some(a) = board.api_stats() {
+        for ((endpoint, status), n) in a.by_endpoint() {
+            api.get_or_create(&vec![("endpoint".into(), endpoint), ("status".into(), status)])
+                .inc_by(n);
+        }
+    }
+    r.register(
+        "api_requests",
+        "GitHub API requests by endpoint and status code (error: no answer)",
+        api,
+    );
+    if let Some(rl) = &snap.system.rate_limit {
+        r.register(
+            "rate_limit_remaining",
+            "GitHub API requests left in the window (x-ratelimit-remaining)",
+            fgauge(rl.remaining as f64),
+        );
+        r.register(
+            "rate_limit_limit",
+            "GitHub API requests allowed per window (x-ratelimit-limit)",
+            fgauge(rl.limit as f64),
+        );
+        r.register(
+            "rate_limit_reset_timestamp_seconds",
+            "When the window resets (x-ratelimit-reset, Unix time)",
+            fgauge(rl.reset as f64),
+        );
+    }
+    if let Some(f) = snap.system.disk.free_bytes {
+        r.register_with_unit(
+            "disk_free",
+            "Free space on Docker's file system",
+            Unit::Bytes,
+            fgauge(f as f64),
+        );
+    }
+    r.register_with_unit(
+        "pruned",
+        "Bytes reclaimed by Docker prunes of this supervisor",
+        Unit::Bytes,
+        counter(snap.system.disk.pruned_bytes),
+    );
+    let mut out = String::new();
+    let _ = prometheus_text::encode(&mut out, &r);
+    out
+}
+
+/// Count scrapes (for the log line at the first one).
+pub static SCRAPES: AtomicU64 = AtomicU64::new(0);
+
+/// The `/metrics` handler.
+pub fn handler(board: std::sync::Arc<Board>) -> crate::control::Handler {
+    std::sync::Arc::new(move |method, path, _query| {
+        use hyper::{Method, StatusCode};
+        match (method, path) {
+            (&Method::GET, "/metrics") => {
+                if SCRAPES.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::info!("first metrics scrape");
+                }
+                (StatusCode::OK, render(&board), CONTENT_TYPE)
+            }
+            (_, "/metrics") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET\n".into(),
+                "text/plain",
+            ),
+            _ => (StatusCode::NOT_FOUND, "see /metrics\n".into(), "text/plain"),
+        }
+    })
+}

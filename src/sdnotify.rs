@@ -1,0 +1,146 @@
+//! systemd's notify protocol (`Type=notify`), through the `sd-notify` crate:
+//! `READY=1` once the slots are started, `STATUS=` with a one-line summary on every
+//! change, `WATCHDOG=1` at half of `WATCHDOG_USEC` from the runtime's own loop (a hung
+//! supervisor stops pinging and systemd restarts it), `STOPPING=1` when the supervisor
+//! starts to stop, and `EXTEND_TIMEOUT_USEC` while a job drains.
+//!
+//! Without `NOTIFY_SOCKET` every call is a no-op. The runner never sees the variable (its
+//! environment is an allow-list).
+//!
+//! It must not: block the runtime (a datagram send to a local socket does not).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Mode;
+use crate::status::{Board, SlotState, StatusFile};
+
+/// Debug builds only: `SUPERVISOR_TEST_STALL_AFTER=<ms>` blocks the runtime's thread for
+/// good that long after start, as a hung supervisor would (the watchdog test).
+pub const TEST_STALL_ENV: &str = "SUPERVISOR_TEST_STALL_AFTER";
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Whether systemd (or a test) listens.
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// The one-line summary systemd shows in `systemctl status`.
+pub fn summary(s: &StatusFile) -> String {
+    let count = |st: SlotState| s.slots.iter().filter(|x| x.state == st).count();
+    let mut line = format!(
+        "{}: {} busy, {} idle",
+        s.mode,
+        count(SlotState::Busy),
+        count(SlotState::Listening)
+    );
+    let other = s.slots.len() - count(SlotState::Busy) - count(SlotState::Listening);
+    if other > 0 {
+        line.push_str(&format!(", {other} other"));
+    }
+    line.push_str(&format!(
+        "; {} jobs done; health {:?}",
+        s.counts.jobs_completed, s.health
+    ));
+    if s.counts.jobs_lost > 0 {
+        line.push_str(&format!("; {} jobs lost", s.counts.jobs_lost));
+    }
+    if let Some(r) = s.reasons.first() {
+        line.push_str(&format!(" ({r})"));
+    }
+    line
+}
+
+/// Tell systemd the slots are started, then keep it informed until cancelled.
+pub async fn run(
+    board: Arc<Board>,
+    mut mode: watch::Receiver<Mode>,
+    drain_budget: Duration,
+    cancel: CancellationToken,
+) {
+    if !enabled() {
+        return;
+    }
+    let mut changes = board.subscribe();
+    let mut last = summary(&board.snapshot());
+    send(&[NotifyState::Ready, NotifyState::Status(&last)]);
+    tracing::info!("told systemd: READY=1");
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(w) = watchdog {
+        tracing::info!(
+            watchdog_ms = w.as_millis() as u64,
+            "systemd watchdog on: pinging at half the interval"
+        );
+    }
+    let mut stopping_sent = false;
+    let mut drain_ends: Option<tokio::time::Instant> = None;
+    let ping = watchdog.map(|w| (w / 2).max(Duration::from_millis(10)));
+    let mut next_ping = tokio::time::Instant::now();
+    #[cfg(debug_assertions)]
+    let stall_at = std::env::var(TEST_STALL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    loop {
+        #[cfg(debug_assertions)]
+        if stall_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            tracing::warn!("{TEST_STALL_ENV}: blocking the runtime's thread (test build)");
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_secs(24 * 3600));
+        }
+        if let Some(p) = ping {
+            if tokio::time::Instant::now() >= next_ping {
+                send(&[NotifyState::Watchdog]);
+                next_ping = tokio::time::Instant::now() + p;
+            }
+        }
+        let m = *mode.borrow();
+        if m != Mode::Run && !stopping_sent {
+            stopping_sent = true;
+            send(&[NotifyState::Stopping, NotifyState::Status(&summary(&board.snapshot()))]);
+            tracing::info!("told systemd: STOPPING=1");
+            drain_ends = Some(tokio::time::Instant::now() + drain_budget);
+        }
+        // While a job drains, the stop takes as long as it may: say so.
+        if let Some(end) = drain_ends {
+            if board.earliest_job().is_some() && m == Mode::Drain {
+                let left = end.saturating_duration_since(tokio::time::Instant::now())
+                    + Duration::from_secs(30);
+                send(&[NotifyState::ExtendTimeoutUsec(
+                    left.as_micros().min(u32::MAX as u128) as u32,
+                )]);
+            }
+        }
+        let now = summary(&board.snapshot());
+        if now != last {
+            send(&[NotifyState::Status(&now)]);
+            last = now;
+        }
+        let wake = match ping {
+            Some(_) => next_ping,
+            None => tokio::time::Instant::now() + Duration::from_secs(3600),
+        };
+        #[cfg(debug_assertions)]
+        let wake = stall_at.map_or(wake, |t| wake.min(t));
+        let wake = if drain_ends.is_some() {
+            wake.min(tokio::time::Instant::now() + Duration::from_secs(20))
+        } else {
+            wake
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+            r = changes.changed() => if r.is_err() { return },
+            r = mode.changed() => if r.is_err() { return },
+        }
+    }
+}
