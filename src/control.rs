@@ -45,7 +45,8 @@ pub trait Api: Send + Sync + 'static {
 }
 
 /// A request handler: method, path, query → status and JSON body.
-pub type Handler = Arc<dyn Fn(&Method, &str, &str) -> (StatusCode, String, &'static str) + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(&Method, &str, &str) -> (StatusCode, String, &'static str) + Send + Sync>;
 
 /// The control API's routes over `api`.
 pub fn routes(api: Arc<dyn Api>) -> Handler {
@@ -96,7 +97,10 @@ pub fn routes(api: Arc<dyn Api>) -> Handler {
                 ),
                 Err(e) => (StatusCode::BAD_REQUEST, error(&e), json),
             },
-            (_, "/v1/status" | "/v1/runners" | "/v1/breaker/reset" | "/v1/drain" | "/v1/recycle") => (
+            (
+                _,
+                "/v1/status" | "/v1/runners" | "/v1/breaker/reset" | "/v1/drain" | "/v1/recycle",
+            ) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 error(&format!("{method} is not allowed on {path}")),
                 json,
@@ -135,7 +139,10 @@ fn query_slot(query: &str) -> Result<Option<usize>, String> {
 pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the directory of the control socket {}: {e}", path.display())
+            anyhow::anyhow!(
+                "cannot create the directory of the control socket {}: {e}",
+                path.display()
+            )
         })?;
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -152,7 +159,10 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            anyhow::anyhow!("cannot put the control socket in place at {}: {e}", path.display())
+            anyhow::anyhow!(
+                "cannot put the control socket in place at {}: {e}",
+                path.display()
+            )
         })?;
     l.set_nonblocking(true)?;
     Ok(tokio::net::UnixListener::from_std(l)?)
@@ -189,7 +199,11 @@ pub async fn serve_unix(
 }
 
 /// Serve `handler` on a TCP listener until cancelled (the metrics endpoint).
-pub async fn serve_tcp(listener: tokio::net::TcpListener, handler: Handler, cancel: CancellationToken) {
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,

@@ -33,7 +33,10 @@ fn fgauge(v: f64) -> FGauge {
     g
 }
 
-fn counters<'a>(name: &str, pairs: impl IntoIterator<Item = (&'a str, u64)>) -> Family<Labels, Counter> {
+fn counters<'a>(
+    name: &str,
+    pairs: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
     for (v, n) in pairs {
         f.get_or_create(&vec![(name.to_string(), v.to_string())])
@@ -89,9 +92,17 @@ pub fn render(board: &Board) -> String {
         ),
     ])
     .set(1);
-    r.register("build_info", "The supervisor's version and the runner's, as labels", info);
+    r.register(
+        "build_info",
+        "The supervisor's version and the runner's, as labels",
+        info,
+    );
 
-    let mut results: Vec<(&str, u64)> = c.job_results.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let mut results: Vec<(&str, u64)> = c
+        .job_results
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     results.push(("lost", c.jobs_lost));
     r.register(
         "jobs",
@@ -139,7 +150,11 @@ pub fn render(board: &Board) -> String {
             .get_or_create(&vec![("slot".into(), i.to_string())])
             .set(open as i64);
     }
-    r.register("breaker_open", "1 while the slot's circuit breaker is open", breaker);
+    r.register(
+        "breaker_open",
+        "1 while the slot's circuit breaker is open",
+        breaker,
+    );
     r.register(
         "session_conflicts",
         "\"A session for this runner already exists.\" seen",
@@ -197,8 +212,11 @@ pub fn render(board: &Board) -> String {
     let api = Family::<Labels, Counter>::default();
     if let Some(a) = board.api_stats() {
         for ((endpoint, status), n) in a.by_endpoint() {
-            api.get_or_create(&vec![("endpoint".into(), endpoint), ("status".into(), status)])
-                .inc_by(n);
+            api.get_or_create(&vec![
+                ("endpoint".into(), endpoint),
+                ("status".into(), status),
+            ])
+            .inc_by(n);
         }
     }
     r.register(

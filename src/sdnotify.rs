@@ -106,7 +106,10 @@ pub async fn run(
         let m = *mode.borrow();
         if m != Mode::Run && !stopping_sent {
             stopping_sent = true;
-            send(&[NotifyState::Stopping, NotifyState::Status(&summary(&board.snapshot()))]);
+            send(&[
+                NotifyState::Stopping,
+                NotifyState::Status(&summary(&board.snapshot())),
+            ]);
             tracing::info!("told systemd: STOPPING=1");
             drain_ends = Some(tokio::time::Instant::now() + drain_budget);
         }

@@ -97,7 +97,11 @@ impl std::fmt::Display for Summary {
         }
         writeln!(f, "  registrations       {}", self.registrations)?;
         writeln!(f, "    removed by GitHub after their job  {job_done}")?;
-        writeln!(f, "    deleted by the supervisor          {}", self.deregistrations)?;
+        writeln!(
+            f,
+            "    deleted by the supervisor          {}",
+            self.deregistrations
+        )?;
         if self.deletions_inherited > 0 {
             writeln!(
                 f,
@@ -111,7 +115,11 @@ impl std::fmt::Display for Summary {
             self.deletions_pending
         )?;
         if self.unaccounted() != 0 {
-            writeln!(f, "    unaccounted                        {}", self.unaccounted())?;
+            writeln!(
+                f,
+                "    unaccounted                        {}",
+                self.unaccounted()
+            )?;
         }
         writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
         writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
@@ -179,12 +187,13 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
 
     // The control socket first: a second supervisor (or a stale socket) is found now.
     let control_listener = crate::control::bind(&cfg.control.socket)?;
-    let metrics_listener = match cfg.control.metrics_listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-            anyhow::anyhow!("cannot serve metrics on {a} (metrics.listen): {e}")
-        })?),
-        None => None,
-    };
+    let metrics_listener =
+        match cfg.control.metrics_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                anyhow::anyhow!("cannot serve metrics on {a} (metrics.listen): {e}")
+            })?),
+            None => None,
+        };
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
     if let Some(t) = &deps.token {
         board.set_fact("token", "valid".into());
@@ -417,7 +426,10 @@ impl crate::control::Api for Control {
         let mut done = vec![];
         for (i, _) in self.shared.board.listening() {
             if slot.is_none_or(|s| s == i) && self.cmds[i].send(SlotCmd::Recycle).is_ok() {
-                tracing::info!(slot = i, "recycling the idle listener (asked through the control socket)");
+                tracing::info!(
+                    slot = i,
+                    "recycling the idle listener (asked through the control socket)"
+                );
                 done.push(i);
             }
         }

@@ -47,10 +47,7 @@ pub fn main(input: CliInput, ask: Ask) -> ExitCode {
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         if !(200..300).contains(&code) {
-            eprintln!(
-                "supervisor: {}",
-                v["error"].as_str().unwrap_or(body.trim())
-            );
+            eprintln!("supervisor: {}", v["error"].as_str().unwrap_or(body.trim()));
             return ExitCode::from(1);
         }
         match ask {
@@ -200,10 +197,7 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
     let sys = &s.system;
     out += "\nhost\n";
     let token = match (sys.token.valid, sys.token.expires_at) {
-        (Some(false), _) => format!(
-            "REFUSED: {}",
-            sys.token.error.as_deref().unwrap_or("401")
-        ),
+        (Some(false), _) => format!("REFUSED: {}", sys.token.error.as_deref().unwrap_or("401")),
         (Some(true), Some(e)) => format!(
             "valid, expires {} ({} days)",
             e.format("%Y-%m-%d"),
@@ -215,10 +209,7 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
     out += &format!("  token         {token}\n");
     let c = &sys.clock;
     let clock = match c.offset_s {
-        Some(o) => format!(
-            "{o:+.3}s from {}",
-            c.source.as_deref().unwrap_or("?")
-        ),
+        Some(o) => format!("{o:+.3}s from {}", c.source.as_deref().unwrap_or("?")),
         None => "not measured yet".into(),
     };
     out += &format!(
@@ -252,7 +243,11 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
             format!(
                 "{} {}",
                 d.address,
-                if d.reachable { "reachable" } else { "UNREACHABLE" }
+                if d.reachable {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                }
             )
         })
         .collect();
@@ -281,9 +276,7 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
             "{}/{} requests left, resets in {}",
             r.remaining,
             r.limit,
-            human(
-                DateTime::from_timestamp(r.reset, 0).unwrap_or(now) - now
-            )
+            human(DateTime::from_timestamp(r.reset, 0).unwrap_or(now) - now)
         ),
         None => "not known yet".into(),
     };

@@ -94,7 +94,9 @@ impl Shared {
         let boot_id = watchdog::boot_id();
         let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
         let deletions = Arc::new(Deletions::load(cfg.state_dir.join("deletions.json")));
-        let breaker_reset = (0..cfg.runner.slots).map(|_| tokio::sync::Notify::new()).collect();
+        let breaker_reset = (0..cfg.runner.slots)
+            .map(|_| tokio::sync::Notify::new())
+            .collect();
         let sh = Shared {
             cfg,
             gh,
@@ -111,7 +113,11 @@ impl Shared {
             stop_deadline: Mutex::new(None),
             breaker_reset,
         };
-        let all = sh.breakers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let all = sh
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for (i, b) in all.iter().enumerate() {
             sh.publish_breaker(i, b);
         }
@@ -134,8 +140,7 @@ impl Shared {
             crate::status::BreakerStatus {
                 fires,
                 open_until: open.map(|d| {
-                    crate::clocks::wall_now()
-                        + chrono::Duration::from_std(d).unwrap_or_default()
+                    crate::clocks::wall_now() + chrono::Duration::from_std(d).unwrap_or_default()
                 }),
                 opened_by: open.and(b.opened_by.clone()),
             },

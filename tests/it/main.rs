@@ -10,6 +10,7 @@ mod clock;
 mod compose;
 mod config_cli;
 mod connections;
+mod control;
 mod disk;
 mod github_client;
 mod health;

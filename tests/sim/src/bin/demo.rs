@@ -84,11 +84,15 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         return String::new();
     };
     let _ = s
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await;
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf).await;
-    buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+    buf.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +203,10 @@ async fn main() {
             .env_clear()
             .envs(env.clone())
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            })
             .unwrap_or_default()
     };
     println!("\n== supervisor status\n");
@@ -210,7 +217,10 @@ async fn main() {
     println!("\n== a metrics scrape (http://{metrics}/metrics), some of it\n");
     for l in scrape.lines().filter(|l| {
         !l.starts_with('#')
-            && (l.contains("_jobs_total") || l.contains("_slots{") || l.contains("listener_exits") || l.contains("_turnaround_seconds_count"))
+            && (l.contains("_jobs_total")
+                || l.contains("_slots{")
+                || l.contains("listener_exits")
+                || l.contains("_turnaround_seconds_count"))
     }) {
         println!("  {l}");
     }
