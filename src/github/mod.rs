@@ -261,8 +261,8 @@ impl GithubClient {
         let (head, path) = match path.strip_prefix(&scope) {
             Some(rest) => (
                 match self.scope {
-                    Scope::Repo { .. } => "/repos/{owner}/{repo}",
-                    Scope::Org { .. } => "/orgs/{org}",
+                    Scope::Repo { .. } => "/repos/:owner/:repo",
+                    Scope::Org { .. } => "/orgs/:org",
                 },
                 rest,
             ),
@@ -272,7 +272,7 @@ impl GithubClient {
             .split('/')
             .map(|seg| {
                 if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-                    "{id}"
+                    ":id"
                 } else {
                     seg
                 }

@@ -105,7 +105,7 @@ pub struct RunnerApplication {
 pub struct ApiStats {
     /// HTTP requests sent, retries included.
     pub requests: AtomicU64,
-    /// Requests by endpoint (`GET /repos/{scope}/actions/runners`) and outcome (the
+    /// Requests by endpoint (`GET /repos/:owner/:repo/actions/runners`) and outcome (the
     /// status code, or `error` when no answer came).
     by_endpoint: Mutex<BTreeMap<(String, String), u64>>,
     /// The last `x-ratelimit-*` headers seen.

@@ -17,6 +17,7 @@ mod health;
 mod jobs;
 mod layering;
 mod listener;
+mod metrics;
 mod network;
 mod packaging;
 mod registration;
