@@ -99,6 +99,10 @@ pub enum Command {
         /// Print the checks as JSON (README "doctor --json").
         #[arg(long)]
         json: bool,
+        /// Read the token from standard input, e.g. a root-only credential:
+        /// `sudo cat /etc/runner-supervisor/github_pat | supervisor doctor --token-stdin`.
+        #[arg(long)]
+        token_stdin: bool,
     },
     /// Show the running supervisor's slots, runners, jobs, breakers and host state
     /// (through its control socket; exit 1 when none runs).

@@ -62,6 +62,17 @@ pub struct PruneSpec {
     pub keep: Vec<String>,
 }
 
+impl Engine {
+    /// The engine's version, if it answers.
+    pub async fn ping(&self) -> Result<String, String> {
+        self.docker
+            .version()
+            .await
+            .map(|v| v.version.unwrap_or_else(|| "?".into()))
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The engine at `host` (`unix:///var/run/docker.sock`).
 pub fn connect(host: &str) -> Result<Engine, String> {
     let docker = Docker::connect_with_unix(host, 30, bollard::API_DEFAULT_VERSION)

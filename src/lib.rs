@@ -28,6 +28,7 @@ pub mod cmd;
 pub mod config;
 pub mod connwatch;
 pub mod control;
+pub mod diagnose;
 pub mod disk;
 pub mod docker;
 pub mod fleet;

@@ -1,70 +1,227 @@
-//! `supervisor doctor`: diagnose the host and the token; say how to fix each problem.
+//! `supervisor doctor`: diagnose the host, the configuration and the token; say how to fix
+//! each problem. A table (coloured on a terminal) or `--json`; exit 0 when every check
+//! passes, 1 on warnings, 2 on failures.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::config::{CliInput, Purpose};
+use serde::Serialize;
+
+use crate::config::{CliInput, Config, Purpose, Secret};
+use crate::diagnose::{self, HostRoot};
 use crate::github::GithubClient;
 use crate::preflight::{self, Check, Level};
 
+/// The schema of `doctor --json` (README "doctor").
+pub const SCHEMA: &str = "runner-supervisor.doctor.v1";
+
+/// One check as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct JsonCheck {
+    pub name: &'static str,
+    /// `pass`, `warn` or `fail`.
+    pub status: &'static str,
+    pub reason: String,
+    pub fix: Option<String>,
+}
+
+/// `doctor --json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub version: &'static str,
+    /// The worst status: `pass`, `warn` or `fail`.
+    pub result: &'static str,
+    /// 0, 1 or 2, as the process exits.
+    pub exit_code: u8,
+    pub checks: Vec<JsonCheck>,
+}
+
+fn word(l: Level) -> &'static str {
+    match l {
+        Level::Ok => "pass",
+        Level::Warn => "warn",
+        Level::Fail => "fail",
+    }
+}
+
 /// Run every check and print the results.
-pub fn main(input: CliInput, json: bool) -> ExitCode {
-    let _ = json;
-    let cfg = match super::resolve(&input, Purpose::Inspect) {
+pub fn main(input: CliInput, json: bool, token_stdin: bool) -> ExitCode {
+    let mut cfg = match super::resolve(&input, Purpose::Inspect) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut checks: Vec<Check> = preflight::check_local(&cfg);
-    match cfg.github.token.clone() {
-        None => checks.push(Check {
-            name: "token",
-            level: Level::Fail,
-            detail: "no token configured".into(),
-            fix: Some("set GITHUB_PAT or github.token_file".into()),
-        }),
-        Some(token) => {
-            let rt = match super::runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
+    if token_stdin {
+        match read_stdin_token() {
+            Ok(t) => {
+                cfg.github.token = Some(t);
+                cfg.github.token_error = None;
+            }
+            Err(e) => {
+                eprintln!("supervisor: --token-stdin: {e}");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        }
+    }
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let checks = rt.block_on(run_checks(&cfg));
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    let code = match worst {
+        Level::Ok => 0,
+        Level::Warn => 1,
+        Level::Fail => 2,
+    };
+    if json {
+        let r = Report {
+            schema: SCHEMA,
+            version: env!("CARGO_PKG_VERSION"),
+            result: word(worst),
+            exit_code: code,
+            checks: checks
+                .iter()
+                .map(|c| JsonCheck {
+                    name: c.name,
+                    status: word(c.level),
+                    reason: c.detail.clone(),
+                    fix: c.fix.clone(),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", table(&checks, colour));
+    }
+    ExitCode::from(code)
+}
+
+/// The token from standard input (a root-only credential piped in by `sudo cat`).
+fn read_stdin_token() -> Result<Secret, String> {
+    use std::io::Read;
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut buf)
+        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    let t = buf.trim();
+    if t.is_empty() {
+        return Err("standard input is empty (pipe the token in: `sudo cat FILE | supervisor doctor --token-stdin`)".into());
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the token contains whitespace or control characters".into());
+    }
+    Ok(Secret(t.to_string()))
+}
+
+/// The checks as a table: status, name, reason, and the fix under it.
+pub fn table(checks: &[Check], colour: bool) -> String {
+    let mut out = format!("{:<7}{:<16}{}\n", "STATUS", "CHECK", "REASON");
+    for c in checks {
+        let w = word(c.level);
+        let shown = if colour {
+            let code = match c.level {
+                Level::Ok => "32",
+                Level::Warn => "33",
+                Level::Fail => "31;1",
             };
-            rt.block_on(async {
-                match GithubClient::new(&cfg, token) {
-                    Ok(gh) => {
-                        let (c, _) = preflight::check_token(
-                            &gh,
-                            cfg.token.expiry_warning,
-                            crate::clocks::wall_now(),
-                        )
-                        .await;
-                        checks.extend(c);
-                        checks.extend(preflight::check_clock(&gh, &cfg.clock));
-                        checks.extend(preflight::check_time(&cfg).await);
-                    }
-                    Err(e) => checks.push(Check {
-                        name: "http client",
-                        level: Level::Fail,
-                        detail: e.to_string(),
-                        fix: None,
-                    }),
+            format!("\x1b[{code}m{w:<7}\x1b[0m")
+        } else {
+            format!("{w:<7}")
+        };
+        out += &format!("{shown}{:<16}{}\n", c.name, c.detail);
+        if let Some(f) = &c.fix {
+            out += &format!("{:<23}fix: {f}\n", "");
+        }
+    }
+    let n = |l: Level| checks.iter().filter(|c| c.level == l).count();
+    out += &format!(
+        "\n{} passed, {} warnings, {} failed\n",
+        n(Level::Ok),
+        n(Level::Warn),
+        n(Level::Fail)
+    );
+    out
+}
+
+async fn run_checks(cfg: &Config) -> Vec<Check> {
+    let root = HostRoot::from_env();
+    let mut checks = diagnose::check_config(cfg);
+    checks.push(diagnose::check_dns(cfg).await);
+    let runner = diagnose::check_runner(cfg);
+    let runner_ok = runner.level == Level::Ok;
+    checks.push(runner);
+    let installed = if runner_ok {
+        diagnose::runner_version(cfg).await
+    } else {
+        None
+    };
+    checks.push(diagnose::check_leftovers(cfg));
+    checks.extend(
+        preflight::check_local(cfg)
+            .into_iter()
+            .filter(|c| c.name != "runner"),
+    );
+    checks.push(diagnose::check_lock(cfg));
+    let gh = match (&cfg.github.token, &cfg.github.scope) {
+        (Some(t), Some(_)) => GithubClient::new(cfg, t.clone()).ok(),
+        _ => None,
+    };
+    match &gh {
+        Some(gh) => {
+            let (c, info) =
+                preflight::check_token(gh, cfg.token.expiry_warning, crate::clocks::wall_now())
+                    .await;
+            // An unreachable GitHub is a failure here: nothing works without it.
+            let reachable = info.is_some()
+                || c.iter()
+                    .any(|x| x.name == "token" && x.level == Level::Fail);
+            checks.push(if reachable {
+                Check {
+                    name: "github",
+                    level: Level::Ok,
+                    detail: format!("{} answers", cfg.github.api_url),
+                    fix: None,
+                }
+            } else {
+                Check {
+                    name: "github",
+                    level: Level::Fail,
+                    detail: format!(
+                        "{} is unreachable: {}",
+                        cfg.github.api_url,
+                        c.first().map(|x| x.detail.as_str()).unwrap_or("")
+                    ),
+                    fix: Some(
+                        "check network access to the GitHub API (DNS, proxy, firewall)".into(),
+                    ),
                 }
             });
+            checks.extend(c.into_iter().filter(|x| reachable || x.name != "token"));
+            if reachable {
+                let latest = gh
+                    .runner_downloads()
+                    .await
+                    .map(|a| diagnose::latest_release(&a))
+                    .map_err(|e| e.to_string());
+                if runner_ok {
+                    checks.push(diagnose::check_runner_version(installed.as_deref(), latest));
+                }
+                checks.push(diagnose::check_ghosts(gh, cfg, &crate::naming::this_host()).await);
+            }
+            checks.extend(preflight::check_clock(gh, &cfg.clock));
         }
+        None => checks.push(diagnose::check_reachable(cfg).await),
     }
-    let mut worst = Level::Ok;
-    for c in &checks {
-        let mark = match c.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
-        };
-        println!("[{mark}] {:<14} {}", c.name, c.detail);
-        if let Some(f) = &c.fix {
-            println!("       fix: {f}");
-        }
-        worst = worst.max(c.level);
-    }
-    if worst == Level::Fail {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    checks.extend(preflight::check_time(cfg).await);
+    let (docker, data_root) = diagnose::check_docker(cfg).await;
+    checks.push(docker);
+    checks.push(diagnose::check_disk(cfg, data_root.as_deref()));
+    checks.push(diagnose::check_sysctls(&root, cfg));
+    checks.push(diagnose::check_host());
+    checks.extend(diagnose::check_wsl(&root));
+    checks.extend(diagnose::check_dependencies(cfg).await);
+    checks
 }

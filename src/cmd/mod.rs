@@ -39,10 +39,16 @@ pub fn main() -> ExitCode {
 
 /// Run a subcommand.
 pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
+    if !matches!(cmd, Command::Run | Command::Pruner | Command::Autoheal) {
+        // A client printing into `| head` ends quietly when the reader goes, as Unix tools
+        // do, instead of panicking on EPIPE. (Daemons keep SIGPIPE ignored.)
+        // SAFETY: setting a signal disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cmd {
         Command::Run => run::main(input),
         Command::Config { example } => config::main(input, example),
-        Command::Doctor { json } => doctor::main(input, json),
+        Command::Doctor { json, token_stdin } => doctor::main(input, json, token_stdin),
         Command::Status { json, watch } => status::main(input, status::Ask::Status { json, watch }),
         Command::Breaker {
             action: BreakerAction::Reset { slot },

@@ -72,24 +72,28 @@ fn build_with(
     }
 
     // Token: the higher layer wins; the same layer twice is ambiguous.
+    // `doctor` and `config` report an unreadable token file (a root-only credential)
+    // instead of refusing to run.
+    let mut token_error: Option<String> = None;
     let token_src = r.source(&GITHUB_TOKEN);
     let file_src = r.source(&GITHUB_TOKEN_FILE);
     let (token_value, token_file) = (r.get(&GITHUB_TOKEN), r.get(&GITHUB_TOKEN_FILE));
-    let token = match (&token_src, &file_src) {
-        (Some(ts), Some(fs)) if ts.rank() == fs.rank() => {
-            err(
-                GITHUB_TOKEN.name(),
-                format!("set only one of github.token ({ts}) and github.token_file ({fs})"),
-            );
-            None
-        }
-        (Some(ts), Some(fs)) if fs.rank() > ts.rank() => {
-            token_file.and_then(|f| read_token_file(&f, &mut err))
-        }
-        (Some(_), _) => token_value,
-        (None, Some(_)) => token_file.and_then(|f| read_token_file(&f, &mut err)),
-        (None, None) => None,
-    };
+    let token =
+        match (&token_src, &file_src) {
+            (Some(ts), Some(fs)) if ts.rank() == fs.rank() => {
+                err(
+                    GITHUB_TOKEN.name(),
+                    format!("set only one of github.token ({ts}) and github.token_file ({fs})"),
+                );
+                None
+            }
+            (Some(ts), Some(fs)) if fs.rank() > ts.rank() => token_file
+                .and_then(|f| read_token_file_for(purpose, &f, &mut token_error, &mut err)),
+            (Some(_), _) => token_value,
+            (None, Some(_)) => token_file
+                .and_then(|f| read_token_file_for(purpose, &f, &mut token_error, &mut err)),
+            (None, None) => None,
+        };
     // One rule for every source (env, file, TOML): surrounding whitespace, such as the
     // newline an editor or `echo` leaves, is not part of a token.
     let token = token.map(|t| Secret(t.0.trim().to_string()));
@@ -354,6 +358,7 @@ fn build_with(
             api_url,
             web_url,
             token,
+            token_error,
             scope,
             connect_timeout: r.get(&GITHUB_CONNECT_TIMEOUT),
             request_timeout: r.get(&GITHUB_REQUEST_TIMEOUT),
@@ -452,6 +457,18 @@ fn build_with(
         file,
         warnings: vec![],
     })
+}
+
+fn read_token_file_for(
+    purpose: Purpose,
+    path: &Path,
+    token_error: &mut Option<String>,
+    err: &mut impl FnMut(&str, String),
+) -> Option<Secret> {
+    if purpose == Purpose::Run {
+        return read_token_file(path, err);
+    }
+    read_token_file(path, &mut |_: &str, m: String| *token_error = Some(m))
 }
 
 pub(crate) fn read_token_file(path: &Path, err: &mut impl FnMut(&str, String)) -> Option<Secret> {

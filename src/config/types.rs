@@ -106,6 +106,8 @@ pub struct GithubConfig {
     pub api_url: String,
     pub web_url: String,
     pub token: Option<Secret>,
+    /// Why the token file could not be read (`doctor` and `config` only; `run` refuses).
+    pub token_error: Option<String>,
     /// Absent only for [`Purpose::Local`] commands, which never talk to GitHub.
     pub scope: Option<Scope>,
     pub connect_timeout: Duration,

@@ -184,6 +184,11 @@ pub fn main() -> i32 {
     rt.block_on(async move {
         let args = Args::parse(&argv);
         let root = runner_root();
+        // `Runner.Listener --version` prints the version and exits 0, as the real one does.
+        if args.command.is_empty() && args.flags.iter().any(|(f, _)| f == "version") {
+            println!("{RUNNER_VERSION}");
+            return 0;
+        }
         match args.command.as_str() {
             "run" => run(&args, &root).await,
             "configure" => configure(&args, &root).await,

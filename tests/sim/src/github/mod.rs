@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::{
     encode_jit_config, CredentialData, Credentials, JobCompletion, JobMessage, RegisterRequest,
-    RegisterResponse, RunnerSettings, Script, SessionRequest, SessionResponse, RUNNER_VERSION,
+    RegisterResponse, RunnerSettings, Script, SessionRequest, SessionResponse,
 };
 
 mod admin;
@@ -81,6 +81,8 @@ pub struct Options {
     pub public_url: Option<String>,
     /// A job whose lock is not renewed for this long is abandoned (the runner died).
     pub job_lock_timeout: Duration,
+    /// The newest runner release the downloads endpoint lists.
+    pub latest_runner_version: String,
 }
 
 impl Default for Options {
@@ -99,6 +101,7 @@ impl Default for Options {
             rate_limit: 5000,
             public_url: None,
             job_lock_timeout: Duration::from_secs(600),
+            latest_runner_version: crate::protocol::RUNNER_VERSION.to_string(),
         }
     }
 }

@@ -103,7 +103,7 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
     let m = &ctx.method;
     match (m.as_str(), rest) {
         ("GET", []) => list_runners(shared, ctx, &scope),
-        ("GET", ["downloads"]) => downloads(),
+        ("GET", ["downloads"]) => downloads(&shared.opts.latest_runner_version),
         ("POST", ["generate-jitconfig"]) => generate_jitconfig(shared, ctx, &scope),
         ("POST", ["registration-token"]) | ("POST", ["remove-token"]) => {
             let token = random_token(29);
@@ -216,8 +216,7 @@ pub(super) fn list_runners(shared: &Shared, ctx: &Ctx, scope: &str) -> Resp {
     resp
 }
 
-pub(super) fn downloads() -> Resp {
-    let v = RUNNER_VERSION;
+pub(super) fn downloads(v: &str) -> Resp {
     let items: Vec<Value> = [("linux", "x64"), ("linux", "arm64"), ("osx", "x64")]
         .iter()
         .map(|(os, arch)| {
