@@ -422,15 +422,17 @@ pub async fn check_docker(cfg: &Config) -> (Check, Option<String>) {
                 None,
             )
         }
-        Err(_) => return (
-            ok(
-                "docker",
-                format!(
+        Err(_) => {
+            return (
+                ok(
+                    "docker",
+                    format!(
                     "no Docker engine at {sock}: pruning is off (jobs that need Docker will fail)"
                 ),
-            ),
-            None,
-        ),
+                ),
+                None,
+            )
+        }
     };
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
@@ -446,6 +448,20 @@ pub async fn check_docker(cfg: &Config) -> (Check, Option<String>) {
         .flatten()
         .map(|g| g.name)
         .unwrap_or_else(|| group.to_string());
+    // Permission first: bollard's error does not say it.
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&sock) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return (
+                bad(
+                    "docker",
+                    Level::Fail,
+                    format!("{user} may not use {sock} (not in its group {group_name})"),
+                    format!("sudo usermod -aG {group_name} {user}, then log in again (or restart the service)"),
+                ),
+                None,
+            );
+        }
+    }
     let engine = match crate::docker::connect(&cfg.disk.docker_host) {
         Ok(e) => e,
         Err(e) => {
@@ -466,15 +482,6 @@ pub async fn check_docker(cfg: &Config) -> (Check, Option<String>) {
                 root,
             )
         }
-        Ok(Err(e)) if e.contains("ermission denied") => (
-            bad(
-                "docker",
-                Level::Fail,
-                format!("{user} may not use {sock} (not in its group {group_name})"),
-                format!("sudo usermod -aG {group_name} {user}, then log in again (or restart the service)"),
-            ),
-            None,
-        ),
         Ok(Err(e)) => (
             bad(
                 "docker",

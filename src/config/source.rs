@@ -217,7 +217,12 @@ impl KeySpec {
 }
 
 /// Environment names that are not keys but are ours.
-pub(crate) const OTHER_ENV: &[&str] = &["SUPERVISOR_CONFIG"];
+pub(crate) const OTHER_ENV: &[&str] = &[
+    "SUPERVISOR_CONFIG",
+    // Test hooks, read by debug builds only (see `sdnotify` and `diagnose`).
+    "SUPERVISOR_TEST_STALL_AFTER",
+    "SUPERVISOR_DOCTOR_HOST_ROOT",
+];
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

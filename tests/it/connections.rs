@@ -366,7 +366,7 @@ async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
         .find(|l| l.contains("keepalive"))
         .unwrap_or_default();
     assert!(
-        line.starts_with("[ok  ]") && line.contains("can be set on the listener's connections"),
+        line.starts_with("pass ") && line.contains("can be set on the listener's connections"),
         "{text}"
     );
     let out = doctor(Some(sim_bin("deny-getfd"))).output().await.unwrap();
@@ -377,7 +377,7 @@ async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
         lines.next().unwrap_or_default(),
     );
     assert!(
-        line.starts_with("[warn]") && line.contains("seccomp") && line.contains("read-only"),
+        line.starts_with("warn ") && line.contains("seccomp") && line.contains("read-only"),
         "{text}"
     );
     assert!(fix.contains("fix:") && fix.contains("SYS_PTRACE"), "{text}");

@@ -12,6 +12,7 @@ mod config_cli;
 mod connections;
 mod control;
 mod disk;
+mod doctor;
 mod github_client;
 mod health;
 mod jobs;

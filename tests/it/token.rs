@@ -72,11 +72,11 @@ async fn scenario_21_a_fine_grained_token_passes_preflight_by_a_capability_probe
             .unwrap_or_else(|| panic!("{text}"));
         if ok {
             assert!(
-                line.starts_with("[ok  ]") && line.contains("can create registration tokens"),
+                line.starts_with("pass ") && line.contains("can create registration tokens"),
                 "{text}"
             );
         } else {
-            assert!(line.starts_with("[FAIL]"), "{text}");
+            assert!(line.starts_with("fail "), "{text}");
             assert!(
                 text.contains("Administration: Read and write"),
                 "the fix is named: {text}"
