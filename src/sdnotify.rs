@@ -83,6 +83,7 @@ pub async fn run(
     }
     let mut stopping_sent = false;
     let mut drain_ends: Option<tokio::time::Instant> = None;
+    let mut next_extend: Option<tokio::time::Instant> = None;
     let ping = watchdog.map(|w| (w / 2).max(Duration::from_millis(10)));
     let mut next_ping = tokio::time::Instant::now();
     #[cfg(debug_assertions)]
@@ -104,26 +105,35 @@ pub async fn run(
             }
         }
         let m = *mode.borrow();
+        // The mode as it is now (the board learns it a moment later).
+        let snapshot = || {
+            let mut s = board.snapshot();
+            s.mode = m.as_str().to_string();
+            s
+        };
         if m != Mode::Run && !stopping_sent {
             stopping_sent = true;
-            send(&[
-                NotifyState::Stopping,
-                NotifyState::Status(&summary(&board.snapshot())),
-            ]);
+            last = summary(&snapshot());
+            send(&[NotifyState::Stopping, NotifyState::Status(&last)]);
             tracing::info!("told systemd: STOPPING=1");
             drain_ends = Some(tokio::time::Instant::now() + drain_budget);
         }
-        // While a job drains, the stop takes as long as it may: say so.
+        // While a job drains, the stop may take the whole drain budget: say so, at the
+        // start and every 15 s.
         if let Some(end) = drain_ends {
-            if board.earliest_job().is_some() && m == Mode::Drain {
-                let left = end.saturating_duration_since(tokio::time::Instant::now())
-                    + Duration::from_secs(30);
+            let now = tokio::time::Instant::now();
+            if board.earliest_job().is_some()
+                && m == Mode::Drain
+                && next_extend.is_none_or(|t| now >= t)
+            {
+                let left = end.saturating_duration_since(now) + Duration::from_secs(30);
                 send(&[NotifyState::ExtendTimeoutUsec(
                     left.as_micros().min(u32::MAX as u128) as u32,
                 )]);
+                next_extend = Some(now + Duration::from_secs(15));
             }
         }
-        let now = summary(&board.snapshot());
+        let now = summary(&snapshot());
         if now != last {
             send(&[NotifyState::Status(&now)]);
             last = now;

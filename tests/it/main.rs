@@ -24,5 +24,6 @@ mod packaging;
 mod registration;
 mod resume;
 mod shutdown;
+mod systemd;
 mod token;
 mod watchdog;
