@@ -313,6 +313,11 @@ fn act(
         Action::DrainTimedOut => {
             tracing::warn!(slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)")
         }
+        Action::ClockSkew => {
+            tracing::warn!(slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
+            sh.hoststate
+                .set_clock_fault("the runner reported clock skew (more than five minutes)");
+        }
         Action::Stop(_) => {}
     }
 }

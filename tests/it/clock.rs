@@ -266,3 +266,36 @@ async fn scenario_27_only_one_supervisor_disciplines_the_clock() {
         assert_eq!(d.wait_exit(T).await.0, Some(0));
     }
 }
+
+#[tokio::test]
+async fn the_runners_own_clock_skew_line_is_the_clocks_fault_not_unknown() {
+    // The host's clock measures fine; only the runner's OAuth says it is off.
+    let sb = Sandbox::new();
+    let gh = github(|o| o.time_scale = 0.001).await;
+    gh.script(sim::protocol::Script::ClockSkew);
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "1s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let warned = d
+        .wait_log(
+            &["the runner says the clock is more than five minutes off"],
+            T,
+        )
+        .await;
+    assert!(warned.contains("WARN"), "{warned}");
+    let exited = d
+        .wait_log(&["listener exited", "reason=\"clock_skew\""], T)
+        .await;
+    assert!(exited.contains("Code(1)"), "{exited}");
+    // The measurement finds the clock fine: the next listener listens.
+    d.wait_log(&["Listening for Jobs"], T).await;
+    assert_eq!(d.count(&["reason=\"unknown\""]), 0);
+    assert_eq!(d.count(&["cause=\"unknown\""]), 0);
+    let v = crate::control::status_json(&env);
+    let last = v["slots"][0]["last_exit"].as_str().unwrap_or_default();
+    assert!(last.starts_with("clock_skew"), "{v}");
+    d.signal(Signal::SIGTERM);
+    let (code, summary) = d.wait_exit(T).await;
+    assert_eq!(code, Some(0));
+    assert!(summary.contains("clock_skew=1"), "{summary}");
+}

@@ -154,6 +154,8 @@ pub enum Action {
     RecycleIdle,
     /// Draining, the job did not finish within `drain_timeout`: it is cancelled.
     DrainTimedOut,
+    /// The runner printed the clock-skew line (first time): the clock is at fault now.
+    ClockSkew,
 }
 
 /// One listener's life as the slot sees it, from spawn to the decision to stop it (or its
@@ -289,6 +291,9 @@ impl Listen {
     }
 
     fn event(&mut self, ev: RunnerEvent, now: Instant, out: &mut Vec<Action>) {
+        if ev == RunnerEvent::ClockSkew && !self.seen.clock_skew {
+            out.push(Action::ClockSkew);
+        }
         self.seen.record(&ev);
         self.wd.on_event(&ev, now);
         match ev {
@@ -373,6 +378,8 @@ impl Listen {
 pub fn reason(cause: Option<&StopCause>, ended: Ended, seen: &Seen) -> ExitReason {
     match cause {
         Some(StopCause::SessionConflict) => ExitReason::SessionConflict,
+        // Not listening because its OAuth fails on the clock: the clock's fault.
+        Some(StopCause::NotReady) if seen.clock_skew => ExitReason::ClockSkew,
         Some(StopCause::NotReady) => ExitReason::Unknown,
         Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
         Some(StopCause::Recycle) => ExitReason::Recycled,

@@ -117,13 +117,33 @@ fn the_runners_own_clock_skew_line_makes_the_cause_clock_before_the_host_knows()
     let skew = "The local machine's clock may be out of sync with the server time by more than five minutes. Please sync your clock with your domain or internet time and try again.";
     let (mut m, t) = machine(false);
     m.step(ev(LISTENING), t, H);
-    m.step(ev(skew), t, H);
+    assert_eq!(m.step(ev(skew), t, H), vec![Action::ClockSkew]);
     m.step(ev(ERR), t, H);
+    assert!(m.step(ev(skew), t, H).is_empty(), "reported once");
     // The host has measured nothing wrong (H), and the error text says "timed out".
     match stops(&m.step(Input::Tick, t + S(120), H)) {
         Some(StopCause::Watchdog(Cause::Clock, _)) => {}
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_listener_that_never_listens_for_clock_skew_exits_for_the_clock() {
+    let skew = "The local machine's clock may be out of sync with the server time by more than five minutes. Please sync your clock with your domain or internet time and try again.";
+    let (mut m, t) = machine(false);
+    assert_eq!(m.step(ev(skew), t, H), vec![Action::ClockSkew]);
+    assert_eq!(
+        stops(&m.step(Input::Tick, t + S(300), H)),
+        Some(&StopCause::NotReady)
+    );
+    assert_eq!(
+        reason(
+            m.stop_cause(),
+            crate::runner::exit::Ended::Signal(2),
+            &m.seen
+        ),
+        ExitReason::ClockSkew
+    );
 }
 
 #[test]
