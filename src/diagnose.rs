@@ -601,11 +601,9 @@ pub fn check_host() -> Check {
 
 /// WSL2: detected or not, and its hazards.
 pub fn check_wsl(root: &HostRoot) -> Vec<Check> {
-    let release = root
-        .read("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let wsl = release.contains("microsoft") || release.contains("wsl");
+    let release = root.read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let lower = release.to_ascii_lowercase();
+    let wsl = lower.contains("microsoft") || lower.contains("wsl");
     if !wsl {
         return vec![ok("wsl2", format!("not WSL2 (kernel {})", release.trim()))];
     }

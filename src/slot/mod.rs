@@ -459,6 +459,8 @@ pub async fn run(
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
             s.last_exit_at = Some(crate::clocks::wall_now());
+            // Its registration is gone (GitHub's after a job, or deleted below).
+            s.runner = None;
             s.job = None;
             s.job_started_at = None;
         });
