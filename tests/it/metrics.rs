@@ -234,6 +234,35 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
     );
     assert_eq!(m.must(&n("health"), &[]), 0.0);
     assert_eq!(m.must(&n("pruned_bytes_total"), &[]), 0.0);
+    // Every metric the shipped Grafana dashboard queries is in the scrape (disk_free_bytes
+    // only while pruning is on, which this test leaves off).
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/compose/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let mut queried: Vec<String> = dash
+        .match_indices("runner_supervisor_")
+        .map(|(i, _)| {
+            dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in queried {
+        if name == "runner_supervisor_disk_free_bytes" {
+            continue;
+        }
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "the dashboard queries {name}, which the scrape lacks"
+        );
+    }
     // Anything but GET /metrics is refused.
     assert!(http_get(addr, "/").0.contains("404"));
 

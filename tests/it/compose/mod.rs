@@ -185,3 +185,72 @@ fn the_shipped_compose_file_validates_and_keeps_its_invariants() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_metrics_override_adds_prometheus_and_grafana_and_turns_metrics_on() {
+    let out = Command::new("docker-compose")
+        .args([
+            "-f",
+            "compose/compose.yaml",
+            "-f",
+            "compose/compose.metrics.yaml",
+            "config",
+        ])
+        .current_dir(repo())
+        .env("DOCKER_GID", "999")
+        .env("REPO_OWNER", "octo")
+        .env("REPO_NAME", "app")
+        .output()
+        .expect("docker-compose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let cfg = serde_json::to_value(yaml).unwrap();
+    let svcs = &cfg["services"];
+    for r in ["runner-1", "runner-2"] {
+        assert_eq!(
+            env_of(&svcs[r])["SUPERVISOR_METRICS_LISTEN"],
+            "0.0.0.0:9464"
+        );
+        assert!(
+            svcs[r]["ports"].is_null(),
+            "metrics stay on the compose network"
+        );
+    }
+    assert!(svcs["prometheus"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("prom/prometheus"));
+    assert!(svcs["grafana"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("grafana/grafana"));
+    // Prometheus scrapes the runners by their service names and the port they listen on.
+    let prom = std::fs::read_to_string(repo().join("compose/prometheus.yml")).unwrap();
+    assert!(
+        prom.contains("\"runner-1:9464\", \"runner-2:9464\""),
+        "{prom}"
+    );
+    // The shipped compose.yaml alone leaves metrics off.
+    let plain = compose_config(&[
+        ("DOCKER_GID", "999"),
+        ("REPO_OWNER", "o"),
+        ("REPO_NAME", "r"),
+    ]);
+    assert!(!env_of(&plain["services"]["runner-1"]).contains_key("SUPERVISOR_METRICS_LISTEN"));
+    // The dashboard is valid JSON that Grafana provisions from this path.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("compose/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dash["uid"], "runner-supervisor");
+    assert!(dash["panels"].as_array().unwrap().len() >= 12);
+    let provider = std::fs::read_to_string(
+        repo().join("compose/grafana/provisioning/dashboards/runner-supervisor.yaml"),
+    )
+    .unwrap();
+    assert!(provider.contains("/var/lib/grafana/dashboards"));
+}
