@@ -9,7 +9,11 @@
 //! - [`status`] is the shared status and the file `supervisor health` reads.
 //! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
 //! - [`naming`] and [`layout`] own runner names and the state directory.
-//! - [`preflight`] has the checks `run` logs and `doctor` prints.
+//! - [`preflight`] has the checks `run` logs and `doctor` prints; [`diagnose`] the host
+//!   checks only `doctor` runs.
+//! - [`control`] serves the control socket (`status`, `breaker reset`, `drain`,
+//!   `recycle`); [`metrics`] renders Prometheus metrics; [`sdnotify`] speaks systemd's
+//!   notify protocol.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
 //!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`]) and
 //!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
