@@ -96,36 +96,27 @@ impl std::fmt::Display for Summary {
             )?;
         }
         writeln!(f, "  registrations       {}", self.registrations)?;
-        writeln!(f, "    removed by GitHub after their job  {job_done}")?;
-        writeln!(
-            f,
-            "    deleted by the supervisor          {}",
-            self.deregistrations
-        )?;
-        if self.deletions_inherited > 0 {
-            writeln!(
-                f,
-                "    (of which left by an earlier run    {})",
-                self.deletions_inherited
-            )?;
-        }
-        writeln!(
-            f,
-            "    left for the next start            {}",
-            self.deletions_pending
-        )?;
-        if self.unaccounted() != 0 {
-            writeln!(
-                f,
-                "    unaccounted                        {}",
-                self.unaccounted()
-            )?;
-        }
+        writeln!(f, "  deregistrations     {}", self.deregistrations)?;
         writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
         writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
         writeln!(f, "  session conflicts   {}", self.session_conflicts)?;
         writeln!(f, "  watchdog fires      {}", list(&self.watchdog_fires))?;
-        writeln!(f, "  GitHub API requests {}", self.api_requests)
+        writeln!(f, "  GitHub API requests {}", self.api_requests)?;
+        // Every registration is accounted for.
+        let inherited = if self.deletions_inherited > 0 {
+            format!(" (+ {} left by an earlier run)", self.deletions_inherited)
+        } else {
+            String::new()
+        };
+        write!(
+            f,
+            "  accounting          {} registrations{inherited} = {job_done} removed by GitHub after their job + {} deleted by the supervisor + {} left for the next start",
+            self.registrations, self.deregistrations, self.deletions_pending
+        )?;
+        if self.unaccounted() != 0 {
+            write!(f, " ({} unaccounted)", self.unaccounted())?;
+        }
+        writeln!(f)
     }
 }
 
