@@ -79,7 +79,12 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
     // Below the threshold, above half of it: not critical, so nothing is pruned while a
     // job runs.
     let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
-    let env = disk_env(&sb, &gh, &dk, free_gb + 2);
+    let mut env = disk_env(&sb, &gh, &dk, free_gb + 2);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_log(&["Running job: build"], T).await;
     // The job leaves a stopped container and an image behind.
@@ -119,6 +124,28 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
     let (_, out) = wait_health(&env, "disk last prune", Duration::from_secs(5)).await;
     assert!(out.contains("below the"), "{out}");
     assert!(out.contains("MB freed (1 containers"), "{out}");
+    // Status and metrics say the same: free bytes, the last prune, bytes pruned.
+    let v = crate::control::status_json(&env);
+    let disk = &v["system"]["disk"];
+    let pruned = disk["pruned_bytes"].as_u64().unwrap();
+    assert!(pruned > 0, "{disk}");
+    assert!(disk["free_bytes"].as_u64().unwrap() > 0, "{disk}");
+    assert!(
+        disk["last_prune"].as_str().unwrap().contains("MB freed"),
+        "{disk}"
+    );
+    assert_eq!(disk["pruner"], "this supervisor");
+    let (_, _, body) = crate::metrics::http_get(metrics, "/metrics");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("runner_supervisor_pruned_bytes_total"), pruned as f64);
+    assert!(value("runner_supervisor_disk_free_bytes") > 0.0);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

@@ -548,3 +548,36 @@ async fn wsl2_is_detected_and_its_hazards_are_named() {
     }
     assert_eq!(d.code, Some(0), "{:#}", d.json);
 }
+
+#[tokio::test]
+async fn a_state_directory_the_user_cannot_write_fails_with_a_fix() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let mut env = healthy(&sb, &gh);
+    // Root's directory, and doctor runs as nobody.
+    let state = sb.dir.path().join("root-state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let d = doctor_as(&env, &nobody, &[], None).await;
+    assert_eq!(d.code, Some(2));
+    assert_eq!(d.status("state dir"), "fail");
+    assert!(
+        d.reason("state dir").contains("Permission denied"),
+        "{}",
+        d.reason("state dir")
+    );
+    assert!(
+        d.fix("state dir").contains("write access"),
+        "{}",
+        d.fix("state dir")
+    );
+}
