@@ -56,6 +56,20 @@ pub fn main(input: CliInput) -> ExitCode {
         for r in &status.reasons {
             println!("  {r}");
         }
+        // Which runner each slot has, and its job.
+        let now = crate::clocks::wall_now();
+        for (i, s) in status.slots.iter().enumerate() {
+            if let Some(runner) = &s.runner {
+                let job = match (&s.job, s.job_started_at) {
+                    (Some(j), Some(t)) => {
+                        format!(", job {j:?} for {}", super::status::human(now - t))
+                    }
+                    (Some(j), None) => format!(", job {j:?}"),
+                    _ => String::new(),
+                };
+                println!("  slot {i} {}: {runner}{job}", s.state);
+            }
+        }
         for (k, v) in &status.facts {
             if let Some(name) = ["disk_", "autoheal_", "listener_"]
                 .iter()

@@ -133,6 +133,13 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
         .await,
         "{v}"
     );
+    // health names the runners and the job too.
+    let (code, health, _) = cli(&env, &["health"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        health.contains(&format!("busy: {runner}, job \"e2e mongo\" for ")),
+        "{health}"
+    );
     // status.json, which health reads, is the same schema.
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sb.state.join("status.json")).unwrap()).unwrap();
