@@ -267,6 +267,8 @@ impl Monitor {
         match &sample {
             Some((s, source)) => {
                 board.set_fact("clock_offset_s", format!("{:+.3}", s.offset));
+                // A GitHub App signs its JWTs on true time.
+                self.gh.set_clock_offset(s.offset);
                 board.set_fact("clock_source", source.clone());
                 let abs = s.offset.abs();
                 let level = if abs > cfg.fault_offset.as_secs_f64() {

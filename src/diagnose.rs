@@ -70,6 +70,7 @@ pub fn check_config(cfg: &Config) -> Vec<Check> {
     }
     match (&cfg.github.token, &cfg.github.token_error) {
         (Some(_), _) => {}
+        (None, _) if cfg.github.app.is_some() => {}
         (None, Some(e)) => out.push(bad(
             "token",
             Level::Fail,

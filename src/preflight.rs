@@ -57,6 +57,9 @@ pub async fn check_token(
     now: DateTime<Utc>,
 ) -> (Vec<Check>, Option<TokenInfo>) {
     let mut out = vec![];
+    if let Some(app) = gh.app() {
+        return check_app(gh, app).await;
+    }
     let info = match gh.get_user().await {
         Ok(i) => i,
         Err(e @ GithubError::Unauthorized { .. }) => {
@@ -114,6 +117,66 @@ pub async fn check_token(
         } else {
             out.push(Check::ok("token expiry", format!("expires {exp}")));
         }
+    }
+    (out, Some(info))
+}
+
+/// A GitHub App: the installation covers the scope, grants what runners need, and
+/// gives a token.
+async fn check_app(
+    gh: &GithubClient,
+    app: &crate::github::app::AppAuth,
+) -> (Vec<Check>, Option<TokenInfo>) {
+    let mut out = vec![];
+    let info = match gh.get_user().await {
+        Ok(i) => i,
+        Err(e @ (GithubError::Unauthorized { .. } | GithubError::Forbidden { .. })) => {
+            out.push(Check::bad(
+                "token",
+                Level::Fail,
+                format!("GitHub App: {e}"),
+                "check github.app_id and the private key (a new one: the App's page > Private keys), and that the App is installed on the repository or organisation",
+            ));
+            return (out, None);
+        }
+        Err(e) => {
+            out.push(Check::bad(
+                "token",
+                Level::Warn,
+                format!("cannot reach GitHub to check the App now: {e}"),
+                "check network access to the GitHub API (DNS, proxy, firewall)",
+            ));
+            return (out, None);
+        }
+    };
+    let inst = app.installation().unwrap_or_default();
+    out.push(Check::ok(
+        "token",
+        format!(
+            "GitHub App {} (installation {}, {} repositories) gives installation tokens",
+            info.login,
+            inst.id,
+            inst.repository_selection.as_deref().unwrap_or("?")
+        ),
+    ));
+    let need = crate::github::app::needed_permission(gh.scope());
+    match inst.permissions.get(need).map(String::as_str) {
+        Some("write") => out.push(Check::ok(
+            "permissions",
+            format!("the installation grants {need}: write"),
+        )),
+        have => out.push(Check::bad(
+            "permissions",
+            Level::Fail,
+            format!(
+                "the installation grants {need}: {} (runners need write)",
+                have.unwrap_or("none")
+            ),
+            match gh.scope() {
+                Scope::Repo { .. } => "on the App's page > Permissions & events > Repository permissions, set Administration to Read and write; then accept the new permissions on the installation (the repository's or owner's Settings > GitHub Apps > Configure)",
+                Scope::Org { .. } => "on the App's page > Permissions & events > Organization permissions, set Self-hosted runners to Read and write; then accept the new permissions on the installation (the organisation's Settings > GitHub Apps > Configure)",
+            },
+        )),
     }
     (out, Some(info))
 }

@@ -165,8 +165,8 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
             .filter(|c| c.name != "runner"),
     );
     checks.push(diagnose::check_lock(cfg));
-    let gh = match (&cfg.github.token, &cfg.github.scope) {
-        (Some(t), Some(_)) => GithubClient::new(cfg, t.clone()).ok(),
+    let gh = match (&cfg.github.token, &cfg.github.app, &cfg.github.scope) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => GithubClient::from_config(cfg).ok(),
         _ => None,
     };
     match &gh {

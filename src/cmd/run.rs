@@ -57,12 +57,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     let tx = Arc::new(watch::channel(Mode::Run).0);
     tokio::spawn(shutdown::run_signals(tx.clone()));
 
-    let token = cfg
-        .github
-        .token
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no token"))?;
-    let gh = GithubClient::new(&cfg, token)?;
+    let gh = GithubClient::from_config(&cfg)?;
     let host = naming::this_host();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

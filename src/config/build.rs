@@ -106,11 +106,82 @@ fn build_with(
                 "contains whitespace or control characters".into(),
             );
         }
-    } else if purpose == Purpose::Run && token_src.is_none() && file_src.is_none() {
+    } else if purpose == Purpose::Run
+        && token_src.is_none()
+        && file_src.is_none()
+        && r.source(&GITHUB_APP_ID).is_none()
+    {
         err(GITHUB_TOKEN.name(),
             "no token: set GITHUB_PAT, SUPERVISOR_GITHUB_TOKEN or github.token_file (or run the simulated demo, see README)".into(),
         );
     }
+
+    // A GitHub App instead of a token.
+    let app = {
+        let id = r.get(&GITHUB_APP_ID);
+        let key_file = r.get(&GITHUB_APP_PRIVATE_KEY_FILE);
+        let installation_id = r.get(&GITHUB_INSTALLATION_ID);
+        match (id, key_file) {
+            (None, None) => {
+                if installation_id.is_some() {
+                    err(
+                        GITHUB_INSTALLATION_ID.name(),
+                        "is set without github.app_id and github.app_private_key_file".into(),
+                    );
+                }
+                None
+            }
+            (Some(_), None) => {
+                err(
+                    GITHUB_APP_PRIVATE_KEY_FILE.name(),
+                    "missing: github.app_id is set; the App's private key file is needed too"
+                        .into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                err(
+                    GITHUB_APP_ID.name(),
+                    "missing: github.app_private_key_file is set; the App's ID is needed too"
+                        .into(),
+                );
+                None
+            }
+            (Some(app_id), Some(file)) => {
+                if token_src.is_some() || file_src.is_some() {
+                    let which = token_src
+                        .as_ref()
+                        .map(|s| format!("github.token ({s})"))
+                        .or_else(|| {
+                            file_src
+                                .as_ref()
+                                .map(|s| format!("github.token_file ({s})"))
+                        })
+                        .unwrap_or_default();
+                    err(
+                        GITHUB_APP_ID.name(),
+                        format!("a token and a GitHub App are both configured ({which}); use one of them"),
+                    );
+                }
+                match read_app_key(&file) {
+                    Ok(pem) => Some(AppConfig {
+                        app_id,
+                        private_key: pem,
+                        key_file: file,
+                        installation_id,
+                    }),
+                    Err(m) if purpose == Purpose::Run => {
+                        err(GITHUB_APP_PRIVATE_KEY_FILE.name(), m);
+                        None
+                    }
+                    Err(m) => {
+                        token_error = Some(m);
+                        None
+                    }
+                }
+            }
+        }
+    };
 
     // Scope.
     let (owner, repo, org) = (
@@ -359,6 +430,7 @@ fn build_with(
             web_url,
             token,
             token_error,
+            app,
             scope,
             connect_timeout: r.get(&GITHUB_CONNECT_TIMEOUT),
             request_timeout: r.get(&GITHUB_REQUEST_TIMEOUT),
@@ -457,6 +529,28 @@ fn build_with(
         file,
         warnings: vec![],
     })
+}
+
+/// The App's private key: owner-only, a PEM RSA private key.
+fn read_app_key(path: &Path) -> Result<Secret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable or writable by group or others (mode {mode:04o}); a private key must not be: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let pem = read_bounded(path, MAX_TOKEN_FILE).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Err(e) = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()) {
+        return Err(format!(
+            "{} is not a PEM RSA private key (the .pem file GitHub generates for the App): {e}",
+            path.display()
+        ));
+    }
+    Ok(Secret(pem))
 }
 
 fn read_token_file_for(

@@ -44,6 +44,12 @@ keys! {
         "classic or fine-grained PAT; prefer token_file";
     GITHUB_TOKEN_FILE: Option<PathBuf> = "github" . "token_file", Kind::Path, None, &[],
         "file holding the token (Docker secret, systemd credential)";
+    GITHUB_APP_ID: Option<u64> = "github" . "app_id", Kind::Int { min: 1, max: 1 << 53 }, None, &[],
+        "GitHub App authentication instead of a token: the App's ID (Settings > Developer settings > GitHub Apps > the App > App ID)";
+    GITHUB_APP_PRIVATE_KEY_FILE: Option<PathBuf> = "github" . "app_private_key_file", Kind::Path, None, &[],
+        "the App's private key (the .pem GitHub generates), mode 0600 or stricter (a systemd credential, a Docker secret)";
+    GITHUB_INSTALLATION_ID: Option<u64> = "github" . "installation_id", Kind::Int { min: 1, max: 1 << 53 }, None, &[],
+        "the App's installation to use; found from the repository or organisation when unset";
     GITHUB_OWNER: Option<String> = "github" . "owner", Kind::Str, None, &["REPO_OWNER"],
         "repository owner, for repository runners";
     GITHUB_REPO: Option<String> = "github" . "repo", Kind::Str, None, &["REPO_NAME"],

@@ -108,6 +108,8 @@ pub struct GithubConfig {
     pub token: Option<Secret>,
     /// Why the token file could not be read (`doctor` and `config` only; `run` refuses).
     pub token_error: Option<String>,
+    /// GitHub App authentication, instead of a token.
+    pub app: Option<AppConfig>,
     /// Absent only for [`Purpose::Local`] commands, which never talk to GitHub.
     pub scope: Option<Scope>,
     pub connect_timeout: Duration,
@@ -116,6 +118,16 @@ pub struct GithubConfig {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub max_rate_limit_wait: Duration,
+}
+
+/// A GitHub App: its ID, private key, and installation (found when not given).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub app_id: u64,
+    /// The PEM, checked to be an RSA private key.
+    pub private_key: Secret,
+    pub key_file: PathBuf,
+    pub installation_id: Option<u64>,
 }
 
 /// `[runner]`.

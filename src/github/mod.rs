@@ -22,6 +22,7 @@ use crate::config::{Config, Scope, Secret};
 /// The `User-Agent` we send (GitHub rejects requests without one).
 pub const USER_AGENT_VALUE: &str = concat!("runner-supervisor/", env!("CARGO_PKG_VERSION"));
 
+pub mod app;
 mod policy;
 mod types;
 
@@ -34,12 +35,21 @@ pub struct GithubClient {
     http: reqwest::Client,
     base: String,
     scope: Scope,
-    token: Secret,
+    auth: Auth,
     retry: RetryPolicy,
     /// No request is sent before this instant (set by rate limits, shared by all slots).
     gate: Arc<Mutex<Option<Instant>>>,
     stats: Arc<ApiStats>,
     last_date: Arc<Mutex<Option<DateSample>>>,
+}
+
+/// How requests authenticate.
+#[derive(Clone)]
+enum Auth {
+    /// A personal access token.
+    Token(Secret),
+    /// A GitHub App's installation tokens.
+    App(Arc<app::AppAuth>),
 }
 
 struct Answer {
@@ -83,7 +93,7 @@ impl GithubClient {
             scope: cfg.github.scope.clone().ok_or_else(|| {
                 GithubError::Transient("no repository or organisation is configured".into())
             })?,
-            token,
+            auth: Auth::Token(token),
             retry: RetryPolicy {
                 max_retries: cfg.github.max_retries,
                 base: cfg.github.backoff_base,
@@ -94,6 +104,80 @@ impl GithubClient {
             stats: Arc::new(ApiStats::default()),
             last_date: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// A client authenticating as configured: the token, or the GitHub App.
+    pub fn from_config(cfg: &Config) -> Result<GithubClient, GithubError> {
+        match (&cfg.github.app, &cfg.github.token) {
+            (Some(app), _) => {
+                let mut c = GithubClient::new(cfg, Secret::new(""))?;
+                c.auth = Auth::App(Arc::new(app::AppAuth::new(app)?));
+                Ok(c)
+            }
+            (None, Some(t)) => GithubClient::new(cfg, t.clone()),
+            (None, None) => Err(GithubError::Unauthorized {
+                message: "no token and no GitHub App configured".into(),
+            }),
+        }
+    }
+
+    /// The GitHub App, when authenticating as one.
+    pub fn app(&self) -> Option<&app::AppAuth> {
+        match &self.auth {
+            Auth::App(a) => Some(a),
+            Auth::Token(_) => None,
+        }
+    }
+
+    /// The clock offset as measured (seconds, positive: the local clock is ahead): the
+    /// App signs its JWTs on GitHub's time with it.
+    pub fn set_clock_offset(&self, secs: f64) {
+        if let Some(a) = self.app() {
+            a.set_offset(secs);
+        }
+    }
+
+    /// A request authenticated with the App's JWT (the App's own endpoints). A JWT
+    /// refused for its times is signed again once with the offset GitHub's `Date` shows.
+    async fn jwt_request(
+        &self,
+        app: &app::AppAuth,
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, GithubError> {
+        let mut relearned = false;
+        let mut attempt = 0u32;
+        loop {
+            self.wait_gate().await;
+            let jwt = app.bearer(self)?;
+            let result = match self.send_with(&method, url, body.as_ref(), &jwt).await {
+                Ok(a) => {
+                    if a.status == StatusCode::UNAUTHORIZED && !relearned {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&a.body).unwrap_or_default();
+                        if app::is_clock_rejection(v["message"].as_str().unwrap_or(""))
+                            && app.learn_offset(&a)
+                        {
+                            relearned = true;
+                            continue;
+                        }
+                    }
+                    classify(a)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(a) => return Ok(a),
+                Err(GithubError::Transient(msg)) if attempt < self.retry.max_retries => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub App request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Replace the retry policy (tests use short limits).
@@ -148,9 +232,23 @@ impl GithubClient {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Answer, GithubError> {
+        let bearer = match &self.auth {
+            Auth::Token(t) => t.clone(),
+            Auth::App(a) => a.token(self).await?,
+        };
+        self.send_with(method, url, body, &bearer).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        bearer: &Secret,
+    ) -> Result<Answer, GithubError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
+            HeaderValue::from_str(&format!("Bearer {}", bearer.expose())).map_err(|_| {
                 GithubError::Unauthorized {
                     message: "the token has characters a header cannot carry".into(),
                 }
@@ -206,6 +304,7 @@ impl GithubClient {
         body: Option<serde_json::Value>,
     ) -> Result<Answer, GithubError> {
         let mut attempt = 0u32;
+        let mut reauthed = false;
         loop {
             self.wait_gate().await;
             let result = match self.send_once(&method, url, body.as_ref()).await {
@@ -216,6 +315,15 @@ impl GithubClient {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
+            // An installation token GitHub no longer takes (revoked, expired early): get a
+            // new one and try once more.
+            if let (GithubError::Unauthorized { .. }, Auth::App(app), false) =
+                (&err, &self.auth, reauthed)
+            {
+                app.invalidate().await;
+                reauthed = true;
+                continue;
+            }
             if attempt >= self.retry.max_retries {
                 return Err(err);
             }
@@ -285,8 +393,18 @@ impl GithubClient {
         format!("{}{}{}", self.base, self.scope.api_path(), tail)
     }
 
-    /// `GET /user`: is the token valid, what scopes, when does it expire.
+    /// `GET /user`: is the token valid, what scopes, when does it expire. As a GitHub
+    /// App: the installation (JWT), and an installation token.
     pub async fn get_user(&self) -> Result<TokenInfo, GithubError> {
+        if let Auth::App(app) = &self.auth {
+            let inst = app.lookup(self).await?;
+            app.token(self).await?;
+            return Ok(TokenInfo {
+                login: format!("{}[bot]", inst.app_slug.unwrap_or_else(|| "app".into())),
+                scopes: None,
+                expires_at: None,
+            });
+        }
         let a = self
             .request(Method::GET, &format!("{}/user", self.base), None)
             .await?;
@@ -428,7 +546,7 @@ impl GithubClient {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GithubError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GithubError> {
     serde_json::from_slice(body).map_err(|e| GithubError::Decode(e.to_string()))
 }
 

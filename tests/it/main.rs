@@ -5,6 +5,7 @@
 
 mod support;
 
+mod app;
 mod blackhole;
 mod clock;
 mod compose;

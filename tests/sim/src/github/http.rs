@@ -150,6 +150,8 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
         sim(&shared, &ctx, &segs[1..]).await
     } else if segs == ["actions", "runner-registration"] && ctx.method == Method::POST {
         runner_registration(&shared, &ctx)
+    } else if let Some(resp) = super::app::route(&shared, &ctx, &segs) {
+        resp
     } else {
         match rest_gate(&shared, &ctx, &segs) {
             Err(resp) => resp,

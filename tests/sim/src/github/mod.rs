@@ -31,6 +31,7 @@ use crate::protocol::{
 };
 
 mod admin;
+pub mod app;
 mod broker;
 mod http;
 mod rest;
@@ -83,6 +84,8 @@ pub struct Options {
     pub job_lock_timeout: Duration,
     /// The newest runner release the downloads endpoint lists.
     pub latest_runner_version: String,
+    /// A GitHub App whose installation tokens the runner endpoints also accept.
+    pub app: Option<app::AppOptions>,
 }
 
 impl Default for Options {
@@ -102,6 +105,7 @@ impl Default for Options {
             public_url: None,
             job_lock_timeout: Duration::from_secs(600),
             latest_runner_version: crate::protocol::RUNNER_VERSION.to_string(),
+            app: None,
         }
     }
 }
@@ -302,6 +306,12 @@ pub struct State {
     pub token_expiration: Option<String>,
     pub rate_remaining: u64,
     pub rate_reset: i64,
+    /// Installation tokens issued, with their expiry.
+    pub installation_tokens: BTreeMap<String, chrono::DateTime<Utc>>,
+    /// How many installation tokens were issued.
+    pub installation_tokens_issued: u64,
+    /// The App's installation is suspended: no tokens, and issued ones are refused.
+    pub installation_suspended: bool,
     /// Requests received (before any fault or answer), admin requests excepted.
     pub arrivals: u64,
     sessions: HashMap<String, u64>,

@@ -18,12 +18,20 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
             .map(str::trim)
     });
     let mut s = shared.lock();
+    let mut installation = false;
     match token {
         None => {
             return Err(basic_error(
                 StatusCode::UNAUTHORIZED,
                 "Requires authentication",
             ))
+        }
+        Some(t) if t.starts_with("ghs_") => {
+            match super::app::check_installation_token(shared, &s, t, ctx, segs) {
+                Some(Ok(())) => installation = true,
+                Some(Err(r)) => return Err(r),
+                None => return Err(basic_error(StatusCode::UNAUTHORIZED, "Bad credentials")),
+            }
         }
         Some(t) if t != shared.opts.token || s.revoked => {
             return Err(basic_error(StatusCode::UNAUTHORIZED, "Bad credentials"))
@@ -37,9 +45,9 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
         ));
     }
     s.rate_remaining = s.rate_remaining.saturating_sub(1);
-    // Scopes and permissions for the runner endpoints.
+    // Scopes and permissions for the runner endpoints (an installation's were checked).
     let org = segs.first() == Some(&"orgs");
-    if segs.first() == Some(&"repos") || org {
+    if !installation && (segs.first() == Some(&"repos") || org) {
         let write = ctx.method != Method::GET;
         match s.token_kind.clone() {
             Some(TokenKind::Classic { scopes }) => {
