@@ -107,7 +107,7 @@ fn verify(app: &AppOptions, ctx: &Ctx) -> Result<(), Resp> {
     Ok(())
 }
 
-fn user(shared: &Shared, login: &str, id: u64, kind: &str) -> Value {
+pub(super) fn user(shared: &Shared, login: &str, id: u64, kind: &str) -> Value {
     let u = format!("{}/users/{login}", shared.base_url);
     json!({
         "login": login, "id": id, "node_id": format!("MDQ6VXNlcj{id}"),

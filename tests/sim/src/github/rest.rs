@@ -91,11 +91,26 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
 
 pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
     if segs == ["user"] && ctx.method == Method::GET {
-        return json_resp(
-            StatusCode::OK,
-            &json!({"login": "octocat", "id": 1, "type": "User", "site_admin": false,
-                    "html_url": "https://github.com/octocat", "url": format!("{}/users/octocat", shared.base_url)}),
-        );
+        // A public user, as GitHub's `public-user` schema has it.
+        let mut u = super::app::user(shared, "octocat", 1, "User");
+        for (k, v) in [
+            ("name", json!("The Octocat")),
+            ("company", Value::Null),
+            ("blog", json!("")),
+            ("location", Value::Null),
+            ("email", Value::Null),
+            ("hireable", Value::Null),
+            ("bio", Value::Null),
+            ("public_repos", json!(8)),
+            ("public_gists", json!(8)),
+            ("followers", json!(0)),
+            ("following", json!(0)),
+            ("created_at", json!("2011-01-25T18:44:36Z")),
+            ("updated_at", json!("2026-11-01T00:00:00Z")),
+        ] {
+            u[k] = v;
+        }
+        return json_resp(StatusCode::OK, &u);
     }
     let (scope, rest) = match segs {
         ["repos", o, r, "actions", "runners", rest @ ..] => (
