@@ -75,7 +75,14 @@ impl Config {
                 .chain([k.env_name()]);
             let mut first: Option<(String, String)> = None;
             for name in names {
-                if let Some(raw) = env.get(&name) {
+                // An empty variable for a file or a number without a default means unset
+                // (compose's `VAR: ""`, an `Environment=VAR=` in a unit).
+                let unset_if_empty =
+                    k.default.is_none() && matches!(k.kind, Kind::Path | Kind::Int { .. });
+                if let Some(raw) = env
+                    .get(&name)
+                    .filter(|v| !(unset_if_empty && v.trim().is_empty()))
+                {
                     if let Some((other, value)) = &first {
                         if value.trim() != raw.trim() {
                             let shown = |v: &str| {

@@ -254,3 +254,85 @@ fn the_metrics_override_adds_prometheus_and_grafana_and_turns_metrics_on() {
     .unwrap();
     assert!(provider.contains("/var/lib/grafana/dashboards"));
 }
+
+#[test]
+fn the_app_override_swaps_the_token_for_the_apps_key() {
+    let out = Command::new("docker-compose")
+        .args([
+            "-f",
+            "compose/compose.yaml",
+            "-f",
+            "compose/compose.app.yaml",
+            "config",
+        ])
+        .current_dir(repo())
+        .env("DOCKER_GID", "999")
+        .env("REPO_OWNER", "octo")
+        .env("REPO_NAME", "app")
+        .env("GITHUB_APP_ID", "123456")
+        .env_remove("GITHUB_INSTALLATION_ID")
+        .output()
+        .expect("docker-compose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let cfg = serde_json::to_value(yaml).unwrap();
+    for r in ["runner-1", "runner-2"] {
+        let env = env_of(&cfg["services"][r]);
+        assert_eq!(env["SUPERVISOR_GITHUB_APP_ID"], "123456");
+        assert_eq!(
+            env["SUPERVISOR_GITHUB_APP_PRIVATE_KEY_FILE"],
+            "/run/secrets/github_app_key"
+        );
+        assert_eq!(env["SUPERVISOR_GITHUB_TOKEN_FILE"], "");
+        // The supervisor reads those empty values as unset: an App, no token.
+        let out = Command::new(crate::support::supervisor_bin())
+            .arg("config")
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("github.token_file")
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("github.token_file") && l.contains("(unset)")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("github.app_id") && l.contains("123456")),
+            "{text}"
+        );
+    }
+    assert_eq!(cfg["secrets"]["github_token"]["file"], "/dev/null");
+    // Without GITHUB_APP_ID the tool refuses, naming it.
+    let out = Command::new("docker-compose")
+        .args([
+            "-f",
+            "compose/compose.yaml",
+            "-f",
+            "compose/compose.app.yaml",
+            "config",
+            "-q",
+        ])
+        .current_dir(repo())
+        .env("DOCKER_GID", "999")
+        .env("REPO_OWNER", "octo")
+        .env("REPO_NAME", "app")
+        .env_remove("GITHUB_APP_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GITHUB_APP_ID"));
+}
