@@ -103,6 +103,10 @@ pub enum Command {
         /// `sudo cat /etc/runner-supervisor/github_pat | supervisor doctor --token-stdin`.
         #[arg(long)]
         token_stdin: bool,
+        /// Read the GitHub App's private key (PEM) from standard input, e.g. a root-only
+        /// credential: `sudo cat /etc/runner-supervisor/github_app_key | supervisor doctor --app-key-stdin`.
+        #[arg(long, conflicts_with = "token_stdin")]
+        app_key_stdin: bool,
     },
     /// Show the running supervisor's slots, runners, jobs, breakers and host state
     /// (through its control socket; exit 1 when none runs).

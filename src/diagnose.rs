@@ -71,6 +71,12 @@ pub fn check_config(cfg: &Config) -> Vec<Check> {
     match (&cfg.github.token, &cfg.github.token_error) {
         (Some(_), _) => {}
         (None, _) if cfg.github.app.is_some() => {}
+        (None, Some(e)) if e.starts_with("the GitHub App") => out.push(bad(
+            "token",
+            Level::Fail,
+            e.clone(),
+            "a root-only key: run `sudo cat KEY | supervisor doctor --app-key-stdin` (README \"doctor\")",
+        )),
         (None, Some(e)) => out.push(bad(
             "token",
             Level::Fail,

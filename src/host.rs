@@ -216,6 +216,9 @@ impl Host {
     pub fn set_token_state(&self, board: &Board, invalid: bool, why: &str) {
         if self.set_token_invalid(invalid) {
             if invalid {
+                // The token watch re-checks every 30 s from now on, not at its next
+                // 6-hourly check.
+                self.check_token.notify_one();
                 tracing::error!("GitHub refused the token (401): {why}; registrations retry at most once per 5 minutes per slot until it works again; replace GITHUB_PAT or the token file");
             } else {
                 tracing::info!("the token works again");

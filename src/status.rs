@@ -318,6 +318,9 @@ pub struct SystemStatus {
 /// The token as last checked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TokenStatus {
+    /// `pat` or `app` (a GitHub App's installation tokens).
+    #[serde(default)]
+    pub kind: Option<String>,
     /// true: GitHub accepts it; false: refused (401); null: not checked yet.
     pub valid: Option<bool>,
     /// Why it is not valid.
@@ -778,6 +781,7 @@ fn system(
     let refused = conditions.get(&Condition::Token).map(|c| c.1.clone());
     SystemStatus {
         token: TokenStatus {
+            kind: fact("token_kind"),
             valid: match (&refused, facts.get("token")) {
                 (Some(_), _) => Some(false),
                 (None, Some(_)) => Some(true),

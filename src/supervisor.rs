@@ -186,6 +186,15 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             None => None,
         };
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
+    board.set_fact(
+        "token_kind",
+        if deps.gh.app().is_some() {
+            "app"
+        } else {
+            "pat"
+        }
+        .into(),
+    );
     if let Some(t) = &deps.token {
         board.set_fact("token", "valid".into());
         if let Some(exp) = t.expires_at {

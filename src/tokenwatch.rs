@@ -53,7 +53,10 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
     }
 }
 
-/// Check every `check_interval` and on request, until cancelled.
+/// How often a refused token is checked again.
+pub const REFUSED_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Check every `check_interval` (every 30 s while refused) and on request, until cancelled.
 pub async fn run(
     cfg: TokenConfig,
     gh: GithubClient,
@@ -62,9 +65,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     loop {
+        // While GitHub refuses the token (or the App's installation), look again every
+        // 30 s, so that a restored one is seen soon rather than at the next 6-hourly check.
+        let every = if host.token_invalid() {
+            cfg.check_interval.min(REFUSED_RECHECK)
+        } else {
+            cfg.check_interval
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = crate::clocks::tick(cfg.check_interval) => {}
+            _ = crate::clocks::tick(every) => {}
             _ = host.check_token.notified() => {}
         }
         check(&cfg, &gh, &host, &board).await;

@@ -46,7 +46,7 @@ fn word(l: Level) -> &'static str {
 }
 
 /// Run every check and print the results.
-pub fn main(input: CliInput, json: bool, token_stdin: bool) -> ExitCode {
+pub fn main(input: CliInput, json: bool, token_stdin: bool, app_key_stdin: bool) -> ExitCode {
     let mut cfg = match super::resolve(&input, Purpose::Inspect) {
         Ok(c) => c,
         Err(code) => return code,
@@ -59,6 +59,18 @@ pub fn main(input: CliInput, json: bool, token_stdin: bool) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("supervisor: --token-stdin: {e}");
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
+        }
+    }
+    if app_key_stdin {
+        match read_stdin_app_key(&cfg) {
+            Ok(app) => {
+                cfg.github.app = Some(app);
+                cfg.github.token_error = None;
+            }
+            Err(e) => {
+                eprintln!("supervisor: --app-key-stdin: {e}");
                 return ExitCode::from(super::EXIT_CONFIG);
             }
         }
@@ -114,6 +126,34 @@ fn read_stdin_token() -> Result<Secret, String> {
         return Err("the token contains whitespace or control characters".into());
     }
     Ok(Secret(t.to_string()))
+}
+
+/// The App's key from standard input, with the configured `github.app_id`.
+fn read_stdin_app_key(cfg: &Config) -> Result<crate::config::AppConfig, String> {
+    use std::io::Read;
+    let entry = |k: &str| {
+        cfg.entries
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.trim().to_string())
+            .filter(|v| !v.is_empty() && v != "(unset)")
+    };
+    let app_id = entry("github.app_id")
+        .and_then(|v| v.parse().ok())
+        .ok_or("github.app_id is not set (SUPERVISOR_GITHUB_APP_ID)")?;
+    let mut pem = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut pem)
+        .map_err(|e| format!("cannot read standard input: {e}"))?;
+    jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|e| format!("standard input is not a PEM RSA private key: {e}"))?;
+    Ok(crate::config::AppConfig {
+        app_id,
+        private_key: Secret(pem),
+        key_file: "-".into(),
+        installation_id: entry("github.installation_id").and_then(|v| v.parse().ok()),
+    })
 }
 
 /// The checks as a table: status, name, reason, and the fix under it.

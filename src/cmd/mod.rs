@@ -48,7 +48,11 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
     match cmd {
         Command::Run => run::main(input),
         Command::Config { example } => config::main(input, example),
-        Command::Doctor { json, token_stdin } => doctor::main(input, json, token_stdin),
+        Command::Doctor {
+            json,
+            token_stdin,
+            app_key_stdin,
+        } => doctor::main(input, json, token_stdin, app_key_stdin),
         Command::Status { json, watch } => status::main(input, status::Ask::Status { json, watch }),
         Command::Breaker {
             action: BreakerAction::Reset { slot },

@@ -175,7 +175,7 @@ fn build_with(
                         None
                     }
                     Err(m) => {
-                        token_error = Some(m);
+                        token_error = Some(format!("the GitHub App's private key: {m}"));
                         None
                     }
                 }

@@ -294,6 +294,8 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut retryable_streak: u32 = 0;
     let mut last_fatal: Option<String> = None;
+    // The current run of failures is GitHub refusing the token (not the listener's doing).
+    let mut refused_only = false;
     let mut prep: Option<JoinHandle<Result<Registration, GithubError>>> = None;
     let board = &sh.board;
     loop {
@@ -355,10 +357,17 @@ pub async fn run(
                 match r {
                     Ok(r) => {
                         sh.hoststate.set_token_state(board, false, "");
+                        // The token works again: refusals were no failure of this slot's.
+                        if refused_only {
+                            refused_only = false;
+                            failures = 0;
+                            clear_failure(board, slot);
+                        }
                         r
                     }
                     Err(e) => {
                         let unauthorized = matches!(e, GithubError::Unauthorized { .. });
+                        refused_only = unauthorized && (refused_only || failures == 0);
                         if let GithubError::Unauthorized { message } = &e {
                             sh.hoststate.set_token_state(board, true, message);
                         }

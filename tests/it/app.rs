@@ -161,6 +161,7 @@ async fn jobs_run_end_to_end_with_an_app_one_token_and_no_secret_anywhere() {
     assert_no_secret("status.json", &status, &tokens);
     let v = crate::control::status_json(&env);
     assert_eq!(v["system"]["token"]["valid"], true, "{}", v["system"]);
+    assert_eq!(v["system"]["token"]["kind"], "app");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_no_secret("the log", &d.log().join("\n"), &tokens);
@@ -407,4 +408,41 @@ async fn doctor_checks_the_installations_permissions_and_coverage() {
         d.reason("token")
     );
     let _ = Path::new("");
+}
+
+#[tokio::test]
+async fn doctor_takes_a_root_only_app_key_from_standard_input() {
+    let sb = Sandbox::new();
+    let gh = app_github(|_| {}).await;
+    let mut env = app_env(&sb, &gh);
+    // As the systemd README installs it: root's, 0600; doctor runs as the service's user.
+    let state = sb.dir.path().join("nobody-state");
+    std::fs::create_dir_all(&state).unwrap();
+    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let d = crate::doctor::doctor_as(&env, &nobody, &[], None).await;
+    assert_eq!(d.status("token"), "fail");
+    assert!(
+        d.reason("token").contains("the GitHub App's private key")
+            && d.reason("token").contains("Permission denied"),
+        "{}",
+        d.reason("token")
+    );
+    assert!(
+        d.fix("token").contains("--app-key-stdin"),
+        "{}",
+        d.fix("token")
+    );
+    let d = crate::doctor::doctor_as(&env, &nobody, &["--app-key-stdin"], Some(&keypair().0)).await;
+    assert_eq!(d.status("token"), "pass", "{:#}", d.json);
+    assert_eq!(d.status("permissions"), "pass");
+    assert_eq!(d.code, Some(0), "{:#}", d.json);
 }
