@@ -58,6 +58,25 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     tokio::spawn(shutdown::run_signals(tx.clone()));
 
     let gh = GithubClient::from_config(&cfg)?;
+    // A GitHub App signs JWTs on GitHub's time: measure the clock before the first one.
+    if gh.app().is_some() {
+        for server in &cfg.clock.ntp_servers {
+            match crate::clock::sntp(
+                server,
+                &crate::clocks::SystemClocks,
+                std::time::Duration::from_secs(3),
+            )
+            .await
+            {
+                Ok(s) => {
+                    tracing::info!(offset_s = format!("{:+.3}", s.offset), server = %server, "clock offset measured for the GitHub App's JWTs");
+                    gh.set_clock_offset(s.offset);
+                    break;
+                }
+                Err(e) => tracing::debug!(server = %server, error = %e, "SNTP query failed"),
+            }
+        }
+    }
     let host = naming::this_host();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

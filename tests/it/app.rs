@@ -446,3 +446,38 @@ async fn doctor_takes_a_root_only_app_key_from_standard_input() {
     assert_eq!(d.status("permissions"), "pass");
     assert_eq!(d.code, Some(0), "{:#}", d.json);
 }
+
+#[tokio::test]
+async fn with_an_ntp_server_even_the_first_jwt_is_on_githubs_time() {
+    let chrony = crate::support::Chronyd::start("").await;
+    let sb = Sandbox::new();
+    let gh = app_github(|_| {}).await;
+    let mut env = app_env(&sb, &gh);
+    env.insert("SUPERVISOR_CLOCK_NTP_SERVERS".into(), chrony.ntp_address());
+    for (k, v) in crate::support::faketime_env("+3m") {
+        env.insert(k, v);
+    }
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let line = d
+        .wait_log(&["clock offset measured for the GitHub App's JWTs"], T)
+        .await;
+    assert!(
+        line.contains("offset_s=\"+17") || line.contains("offset_s=\"+18"),
+        "{line}"
+    );
+    d.wait_log(&["Listening for Jobs"], T).await;
+    gh.enqueue(job("skewed"), 1);
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    assert_eq!(
+        gh.calls().iter().filter(|c| c.status == 401).count(),
+        0,
+        "no JWT was refused: {:?}",
+        gh.calls()
+            .iter()
+            .filter(|c| c.status == 401)
+            .map(|c| &c.path)
+            .collect::<Vec<_>>()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
