@@ -60,7 +60,8 @@ pub struct AppAuth {
 struct Claims {
     iat: i64,
     exp: i64,
-    iss: String,
+    /// The App's ID, as an integer (GitHub also takes the client ID as a string).
+    iss: u64,
 }
 
 impl AppAuth {
@@ -99,7 +100,7 @@ impl AppAuth {
         let claims = Claims {
             iat: now - JWT_BACKDATE,
             exp: now + JWT_LIFETIME,
-            iss: self.app_id.to_string(),
+            iss: self.app_id,
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
@@ -261,4 +262,27 @@ pub fn needed_permission(scope: &Scope) -> &'static str {
 /// Whether GitHub's message says the JWT's `iat` or `exp` is off.
 pub(super) fn is_clock_rejection(message: &str) -> bool {
     message.contains("'Issued at' claim") || message.contains("'Expiration time' claim")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn githubs_clock_rejections_are_recognised_and_permissions_named() {
+        assert!(is_clock_rejection("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"));
+        assert!(is_clock_rejection(
+            "'Expiration time' claim ('exp') is too far in the future"
+        ));
+        assert!(!is_clock_rejection("Bad credentials"));
+        let repo = Scope::Repo {
+            owner: "o".into(),
+            repo: "r".into(),
+        };
+        assert_eq!(needed_permission(&repo), "administration");
+        assert_eq!(
+            needed_permission(&Scope::Org { org: "o".into() }),
+            "organization_self_hosted_runners"
+        );
+    }
 }
