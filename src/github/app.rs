@@ -135,11 +135,7 @@ impl AppAuth {
                 return Ok(c.token.clone());
             }
         }
-        let (token, expires_at) = self.fetch(gh).await?;
-        let left = (expires_at - crate::clocks::wall_now()
-            + chrono::Duration::milliseconds((self.offset(gh) * 1000.0) as i64))
-        .to_std()
-        .unwrap_or(Duration::from_secs(60));
+        let (token, left) = self.fetch(gh).await?;
         tracing::info!(
             expires_in_s = left.as_secs(),
             "GitHub App: new installation token"
@@ -189,7 +185,9 @@ impl AppAuth {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn fetch(&self, gh: &GithubClient) -> Result<(Secret, DateTime<Utc>), GithubError> {
+    /// A new installation token, and how long it lives: its `expires_at` against the
+    /// answer's own `Date`, both GitHub's clock (ours may be off, or jump).
+    async fn fetch(&self, gh: &GithubClient) -> Result<(Secret, Duration), GithubError> {
         let id = match self.configured_id() {
             Some(id) => id,
             None => {
@@ -221,7 +219,20 @@ impl AppAuth {
             expires_at: DateTime<Utc>,
         }
         let t: Tok = super::decode(&a.body)?;
-        Ok((Secret::new(t.token), t.expires_at))
+        let now = a
+            .headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_else(|| {
+                crate::clocks::wall_now()
+                    - chrono::Duration::milliseconds((self.offset(gh) * 1000.0) as i64)
+            });
+        let left = (t.expires_at - now)
+            .to_std()
+            .unwrap_or(Duration::from_secs(60));
+        Ok((Secret::new(t.token), left))
     }
 
     /// A JWT, fresh for each request.

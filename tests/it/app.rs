@@ -481,3 +481,50 @@ async fn with_an_ntp_server_even_the_first_jwt_is_on_githubs_time() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn a_clock_that_jumps_from_three_minutes_fast_to_three_slow_keeps_registering() {
+    let sb = Sandbox::new();
+    let gh = app_github(|a| a.token_ttl = Duration::from_secs(4)).await;
+    let mut env = app_env(&sb, &gh);
+    let shift = sb.dir.path().join("faketime");
+    std::fs::write(&shift, "+3m\n").unwrap();
+    for kv in crate::support::faketime_file_env(&shift).split(',') {
+        let (k, v) = kv.split_once('=').unwrap();
+        env.insert(k.into(), v.into());
+    }
+    env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "1s".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_log(&["Listening for Jobs"], T).await;
+    gh.enqueue(job("fast"), 1);
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    // The laptop's clock now runs 3 minutes slow, as after a bad resume.
+    std::fs::write(&shift, "-3m\n").unwrap();
+    let tokens = issued(&gh);
+    // Jobs across at least two more token lifetimes (4 s each).
+    let t0 = Instant::now();
+    let mut n = 1;
+    while t0.elapsed() < Duration::from_secs(10) {
+        gh.enqueue(job(&format!("slow {n}")), 1);
+        n += 1;
+        assert!(gh.wait_for(T, |s| s.completed.len() == n).await, "job {n}");
+    }
+    assert!(
+        issued(&gh) >= tokens + 2,
+        "tokens refreshed on the slow clock too"
+    );
+    assert!(
+        jit_calls(&gh).iter().all(|s| *s == 201),
+        "{:?}",
+        jit_calls(&gh)
+    );
+    // No request was refused after the jump: JWTs stay valid (iat further back), and
+    // each token's life is read from GitHub's own Date, not from the jumping clock.
+    assert_eq!(
+        gh.calls().iter().filter(|c| c.status == 401).count(),
+        1,
+        "only the very first JWT, before any Date was seen"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
