@@ -183,18 +183,7 @@ pub async fn serve_unix(
     handler: Handler,
     cancel: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => { tokio::spawn(serve_conn(s, handler.clone())); }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    serve(|| listener.accept(), handler, cancel, "control socket").await;
     let _ = std::fs::remove_file(&path);
 }
 
@@ -204,13 +193,23 @@ pub async fn serve_tcp(
     handler: Handler,
     cancel: CancellationToken,
 ) {
+    serve(|| listener.accept(), handler, cancel, "metrics").await;
+}
+
+/// Accept connections with `accept` and serve each, until cancelled.
+async fn serve<S, P, A, F>(accept: F, handler: Handler, cancel: CancellationToken, what: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> A,
+    A: std::future::Future<Output = std::io::Result<(S, P)>>,
+{
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
+            r = accept() => match r {
                 Ok((s, _)) => { tokio::spawn(serve_conn(s, handler.clone())); }
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Answer, GithubClient, GithubError};
+use super::{classify, redact_url, Answer, GithubClient, GithubError};
 use crate::config::{AppConfig, Scope, Secret};
 
 /// A JWT is valid this long (GitHub allows at most 10 minutes).
@@ -235,11 +235,6 @@ impl AppAuth {
         Ok((Secret::new(t.token), left))
     }
 
-    /// A JWT, fresh for each request.
-    pub(super) fn bearer(&self, gh: &GithubClient) -> Result<Secret, GithubError> {
-        self.jwt(gh)
-    }
-
     /// GitHub rejected the JWT's times: learn the offset from its `Date` and sign again.
     pub(super) fn learn_offset(&self, a: &Answer) -> bool {
         let Some(server) = a
@@ -259,6 +254,51 @@ impl AppAuth {
         );
         self.set_offset(off);
         true
+    }
+}
+
+impl GithubClient {
+    /// A request authenticated with the App's JWT (the App's own endpoints). A JWT
+    /// refused for its times is signed again once with the offset GitHub's `Date` shows.
+    pub(super) async fn jwt_request(
+        &self,
+        app: &AppAuth,
+        method: Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, GithubError> {
+        let mut relearned = false;
+        let mut attempt = 0u32;
+        loop {
+            self.wait_gate().await;
+            let jwt = app.jwt(self)?;
+            let result = match self.send_with(&method, url, body.as_ref(), &jwt).await {
+                Ok(a) => {
+                    if a.status == StatusCode::UNAUTHORIZED && !relearned {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&a.body).unwrap_or_default();
+                        if is_clock_rejection(v["message"].as_str().unwrap_or(""))
+                            && app.learn_offset(&a)
+                        {
+                            relearned = true;
+                            continue;
+                        }
+                    }
+                    classify(a)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(a) => return Ok(a),
+                Err(GithubError::Transient(msg)) if attempt < self.retry.max_retries => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub App request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

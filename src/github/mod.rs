@@ -137,49 +137,6 @@ impl GithubClient {
         }
     }
 
-    /// A request authenticated with the App's JWT (the App's own endpoints). A JWT
-    /// refused for its times is signed again once with the offset GitHub's `Date` shows.
-    async fn jwt_request(
-        &self,
-        app: &app::AppAuth,
-        method: Method,
-        url: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Answer, GithubError> {
-        let mut relearned = false;
-        let mut attempt = 0u32;
-        loop {
-            self.wait_gate().await;
-            let jwt = app.bearer(self)?;
-            let result = match self.send_with(&method, url, body.as_ref(), &jwt).await {
-                Ok(a) => {
-                    if a.status == StatusCode::UNAUTHORIZED && !relearned {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&a.body).unwrap_or_default();
-                        if app::is_clock_rejection(v["message"].as_str().unwrap_or(""))
-                            && app.learn_offset(&a)
-                        {
-                            relearned = true;
-                            continue;
-                        }
-                    }
-                    classify(a)
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(a) => return Ok(a),
-                Err(GithubError::Transient(msg)) if attempt < self.retry.max_retries => {
-                    let wait = self.retry.backoff(attempt);
-                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub App request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Replace the retry policy (tests use short limits).
     pub fn with_retry(mut self, retry: RetryPolicy) -> GithubClient {
         self.retry = retry;

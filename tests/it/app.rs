@@ -416,19 +416,8 @@ async fn doctor_takes_a_root_only_app_key_from_standard_input() {
     let gh = app_github(|_| {}).await;
     let mut env = app_env(&sb, &gh);
     // As the systemd README installs it: root's, 0600; doctor runs as the service's user.
-    let state = sb.dir.path().join("nobody-state");
-    std::fs::create_dir_all(&state).unwrap();
-    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
-    let d = crate::doctor::doctor_as(&env, &nobody, &[], None).await;
+    crate::support::as_nobody(&sb, &mut env);
+    let d = crate::doctor::doctor_as(&env, &crate::support::NOBODY, &[], None).await;
     assert_eq!(d.status("token"), "fail");
     assert!(
         d.reason("token").contains("the GitHub App's private key")
@@ -441,7 +430,13 @@ async fn doctor_takes_a_root_only_app_key_from_standard_input() {
         "{}",
         d.fix("token")
     );
-    let d = crate::doctor::doctor_as(&env, &nobody, &["--app-key-stdin"], Some(&keypair().0)).await;
+    let d = crate::doctor::doctor_as(
+        &env,
+        &crate::support::NOBODY,
+        &["--app-key-stdin"],
+        Some(&keypair().0),
+    )
+    .await;
     assert_eq!(d.status("token"), "pass", "{:#}", d.json);
     assert_eq!(d.status("permissions"), "pass");
     assert_eq!(d.code, Some(0), "{:#}", d.json);

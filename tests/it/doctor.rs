@@ -326,19 +326,8 @@ async fn a_root_only_token_file_is_reported_and_can_be_piped_in() {
         cred.display().to_string(),
     );
     // The supervisor's user (nobody here) cannot read it; the state dir is its own.
-    let state = sb.dir.path().join("nobody-state");
-    std::fs::create_dir_all(&state).unwrap();
-    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
-    let d = doctor_as(&env, &nobody, &[], None).await;
+    crate::support::as_nobody(&sb, &mut env);
+    let d = doctor_as(&env, &crate::support::NOBODY, &[], None).await;
     assert_eq!(d.status("token"), "fail");
     assert!(
         d.reason("token").contains("Permission denied"),
@@ -352,7 +341,13 @@ async fn a_root_only_token_file_is_reported_and_can_be_piped_in() {
     );
     // `sudo cat FILE | sudo -u runner supervisor doctor --token-stdin`.
     let piped = std::fs::read_to_string(&cred).unwrap();
-    let d = doctor_as(&env, &nobody, &["--token-stdin"], Some(&piped)).await;
+    let d = doctor_as(
+        &env,
+        &crate::support::NOBODY,
+        &["--token-stdin"],
+        Some(&piped),
+    )
+    .await;
     assert_eq!(d.status("token"), "pass", "{:#}", d.json);
     assert_eq!(d.status("state dir"), "pass");
     assert_eq!(d.code, Some(0), "{:#}", d.json);
@@ -429,18 +424,8 @@ async fn docker_disk_sysctls_and_dependencies_each_fail_with_a_fix() {
         "SUPERVISOR_HEALTH_DEPENDENCIES".into(),
         format!("{},{down}", up.local_addr().unwrap()),
     );
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
-    let state = sb.dir.path().join("nobody-state");
-    std::fs::create_dir_all(&state).unwrap();
-    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
-    let d = doctor_as(&env, &nobody, &[], None).await;
+    crate::support::as_nobody(&sb, &mut env);
+    let d = doctor_as(&env, &crate::support::NOBODY, &[], None).await;
     assert_eq!(d.code, Some(2));
     assert_eq!(d.status("docker"), "fail");
     assert!(
@@ -560,14 +545,7 @@ async fn a_state_directory_the_user_cannot_write_fails_with_a_fix() {
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
-    let d = doctor_as(&env, &nobody, &[], None).await;
+    let d = doctor_as(&env, &crate::support::NOBODY, &[], None).await;
     assert_eq!(d.code, Some(2));
     assert_eq!(d.status("state dir"), "fail");
     assert!(

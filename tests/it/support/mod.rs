@@ -496,3 +496,22 @@ pub fn apply(env: &mut BTreeMap<String, String>, kvs: &str) {
         env.insert(k.into(), v.into());
     }
 }
+
+/// Run a command as nobody: `setpriv` with uid and gid 65534 and no groups.
+pub const NOBODY: [&str; 5] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--",
+];
+
+/// Give `env` a state directory nobody owns, in a sandbox nobody can enter.
+pub fn as_nobody(sb: &Sandbox, env: &mut BTreeMap<String, String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let state = sb.dir.path().join("nobody-state");
+    std::fs::create_dir_all(&state).unwrap();
+    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
+}

@@ -29,36 +29,8 @@ fn the_copy_matches_the_shared_contract() {
     }
 }
 
-/// OpenAPI 3.0 `nullable: true` becomes a JSON Schema type union.
-fn to_json_schema(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = serde_json::Map::new();
-            for (k, x) in m {
-                if k != "nullable" && k != "example" && k != "examples" {
-                    out.insert(k.clone(), to_json_schema(x));
-                }
-            }
-            if m.get("nullable") == Some(&Value::Bool(true)) {
-                if let Some(Value::String(t)) = m.get("type") {
-                    out.insert("type".into(), json!([t, "null"]));
-                }
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(to_json_schema).collect()),
-        other => other.clone(),
-    }
-}
-
-fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => spec
-            .pointer(r.trim_start_matches('#'))
-            .unwrap_or_else(|| panic!("bad ref {r}")),
-        None => v,
-    }
-}
+mod common;
+use common::{resolve, to_json_schema};
 
 /// The schema for (path template, method, status), or None for a body-less answer.
 fn response_schema(spec: &Value, template: &str, method: &str, status: u16) -> Option<Value> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +16,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::write_atomic;
+
+mod schema;
+mod stats;
 use crate::shutdown::Mode;
+pub use schema::*;
+pub use stats::*;
 
 /// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -130,92 +135,6 @@ impl Default for SlotStatus {
     }
 }
 
-/// Counts by a word (exit reason, job result, fire cause).
-#[derive(Debug, Default)]
-pub struct Tally(Mutex<BTreeMap<String, u64>>);
-
-impl Tally {
-    /// Count one `key`.
-    pub fn add(&self, key: &str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_string())
-            .or_default() += 1;
-    }
-    /// Every count.
-    pub fn get(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Job durations: 10 s to 6 h.
-pub const JOB_BUCKETS: [f64; 12] = [
-    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
-];
-/// Turnaround (a job's end to the slot's next listener listening): 50 ms to 10 min.
-pub const TURNAROUND_BUCKETS: [f64; 12] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0,
-];
-
-/// Counters for the summary, the status and the metrics.
-#[derive(Debug)]
-pub struct Stats {
-    pub jobs_completed: AtomicU64,
-    /// Jobs whose listener ended before it reported them completed.
-    pub jobs_lost: AtomicU64,
-    pub registrations: AtomicU64,
-    pub deregistrations: AtomicU64,
-    pub ghosts_reaped: AtomicU64,
-    pub strays_stopped: AtomicU64,
-    pub listeners_started: AtomicU64,
-    /// "A session for this runner already exists." seen.
-    pub session_conflicts: AtomicU64,
-    /// Listener exits by reason (`job_done`, `crashed`, ...).
-    pub exits: Tally,
-    /// Completed jobs by the result the runner printed (`Succeeded`, `Failed`, ...).
-    pub job_results: Tally,
-    /// Watchdog fires by cause.
-    pub fires: Tally,
-    /// Seconds from "Running job" to its completion.
-    pub job_duration: prometheus_client::metrics::histogram::Histogram,
-    /// Seconds from a job's completion to the slot's next listener listening.
-    pub turnaround: prometheus_client::metrics::histogram::Histogram,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        use prometheus_client::metrics::histogram::Histogram;
-        Stats {
-            jobs_completed: AtomicU64::new(0),
-            jobs_lost: AtomicU64::new(0),
-            registrations: AtomicU64::new(0),
-            deregistrations: AtomicU64::new(0),
-            ghosts_reaped: AtomicU64::new(0),
-            strays_stopped: AtomicU64::new(0),
-            listeners_started: AtomicU64::new(0),
-            session_conflicts: AtomicU64::new(0),
-            exits: Tally::default(),
-            job_results: Tally::default(),
-            fires: Tally::default(),
-            job_duration: Histogram::new(JOB_BUCKETS),
-            turnaround: Histogram::new(TURNAROUND_BUCKETS),
-        }
-    }
-}
-
-impl Stats {
-    /// Count an exit by reason.
-    pub fn exit(&self, reason: &str) {
-        self.exits.add(reason);
-    }
-    /// Exits by reason.
-    pub fn exits(&self) -> BTreeMap<String, u64> {
-        self.exits.get()
-    }
-}
-
 /// A host-level condition that health reports (each monitor owns its own).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Condition {
@@ -262,135 +181,6 @@ pub enum Health {
     Ok,
     Degraded,
     Unhealthy,
-}
-
-/// The schema of `status.json` and of `supervisor status --json` (README "Status").
-/// Fields are only ever added within a version; a removal or a change of meaning makes v2.
-pub const SCHEMA: &str = "runner-supervisor.status.v1";
-
-/// The status: `status.json` (which `supervisor health` reads), the control socket's
-/// `GET /v1/status` and `supervisor status --json` are this, in this schema.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusFile {
-    /// [`SCHEMA`].
-    #[serde(default)]
-    pub schema: String,
-    /// The supervisor's version.
-    #[serde(default)]
-    pub version: String,
-    pub pid: u32,
-    /// The host part of this supervisor's runner names (a container's hostname).
-    #[serde(default)]
-    pub host: String,
-    pub started_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub health: Health,
-    pub reasons: Vec<String>,
-    pub mode: String,
-    pub slots: Vec<SlotStatus>,
-    pub jobs_completed: u64,
-    pub api_requests: u64,
-    #[serde(default)]
-    pub facts: BTreeMap<String, String>,
-    /// Host-wide state: token, clock, disk, dependencies, keepalive, rate limit.
-    #[serde(default)]
-    pub system: SystemStatus,
-    /// The counters of the exit summary, so far.
-    #[serde(default)]
-    pub counts: Counts,
-}
-
-/// Host-wide state in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SystemStatus {
-    pub token: TokenStatus,
-    pub clock: ClockInfo,
-    pub disk: DiskInfo,
-    /// `[health] dependencies`, each as last probed.
-    pub dependencies: Vec<Dependency>,
-    pub keepalive: KeepaliveInfo,
-    /// GitHub's rate limit as its last answer said; null before any answer carried it.
-    pub rate_limit: Option<crate::github::RateLimit>,
-    /// The runner's version, as its listener printed it.
-    pub runner_version: Option<String>,
-}
-
-/// The token as last checked.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TokenStatus {
-    /// `pat` or `app` (a GitHub App's installation tokens).
-    #[serde(default)]
-    pub kind: Option<String>,
-    /// true: GitHub accepts it; false: refused (401); null: not checked yet.
-    pub valid: Option<bool>,
-    /// Why it is not valid.
-    pub error: Option<String>,
-    /// Its expiry (fine-grained tokens and classic tokens with one).
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Whole days to expiry.
-    pub days_left: Option<i64>,
-}
-
-/// The clock as last measured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ClockInfo {
-    /// Seconds; positive when the local clock is ahead.
-    pub offset_s: Option<f64>,
-    /// The NTP server or `GitHub Date header`.
-    pub source: Option<String>,
-    /// Why registrations are paused, while the clock is at fault.
-    pub fault: Option<String>,
-    /// `synchronised`, `not synchronised`, `down`; null when chronyd is not watched.
-    pub chronyd: Option<String>,
-}
-
-/// Docker's disk, as the pruner sees it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct DiskInfo {
-    pub free_bytes: Option<u64>,
-    /// Who prunes this engine (`this supervisor`, `another supervisor (...)`).
-    pub pruner: Option<String>,
-    /// The last prune: when, and what it freed.
-    pub last_prune: Option<String>,
-    /// Bytes pruned by this supervisor since it started.
-    pub pruned_bytes: u64,
-}
-
-/// One dependency.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Dependency {
-    pub address: String,
-    pub reachable: bool,
-}
-
-/// TCP keepalive on the supervisor's and the listeners' connections.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct KeepaliveInfo {
-    /// Whether keepalive is injected into the listeners' own connections, and if not why
-    /// (`on (...)`, `refused: ...`, `off`); null before the first listener.
-    pub listener: Option<String>,
-    /// The host's keepalive sysctls, when this supervisor set them.
-    pub sysctls: Option<String>,
-}
-
-/// What the exit summary counts, so far.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Counts {
-    pub jobs_completed: u64,
-    /// Jobs whose listener ended before it reported them completed.
-    pub jobs_lost: u64,
-    pub job_results: BTreeMap<String, u64>,
-    pub listeners_started: u64,
-    pub listener_exits: BTreeMap<String, u64>,
-    pub registrations: u64,
-    pub deregistrations: u64,
-    pub ghosts_reaped: u64,
-    pub strays_stopped: u64,
-    pub session_conflicts: u64,
-    pub watchdog_fires: BTreeMap<String, u64>,
-    /// Registrations still queued for deletion (finished by the next start).
-    pub deletions_pending: u64,
-    pub api_requests: u64,
 }
 
 /// How often the status file is rewritten even when nothing changes.
@@ -763,67 +553,6 @@ impl Board {
             serde_json::to_vec_pretty(snap).unwrap_or_default(),
             self.fleet.get().map(|(_, p)| p.clone()),
         )
-    }
-}
-
-/// The host-wide part of the status, from the monitors' facts and conditions.
-fn system(
-    facts: &BTreeMap<String, String>,
-    conditions: &BTreeMap<Condition, (Health, String)>,
-    rate_limit: Option<crate::github::RateLimit>,
-    now: DateTime<Utc>,
-) -> SystemStatus {
-    let fact = |k: &str| facts.get(k).cloned();
-    let expires_at = facts
-        .get("token_expires_at")
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let refused = conditions.get(&Condition::Token).map(|c| c.1.clone());
-    SystemStatus {
-        token: TokenStatus {
-            kind: fact("token_kind"),
-            valid: match (&refused, facts.get("token")) {
-                (Some(_), _) => Some(false),
-                (None, Some(_)) => Some(true),
-                (None, None) => None,
-            },
-            error: refused,
-            expires_at,
-            days_left: expires_at.map(|e| (e - now).num_days()),
-        },
-        clock: ClockInfo {
-            offset_s: facts.get("clock_offset_s").and_then(|v| v.parse().ok()),
-            source: fact("clock_source"),
-            fault: conditions
-                .get(&Condition::Clock)
-                .filter(|c| c.0 > Health::Ok)
-                .map(|c| c.1.clone()),
-            chronyd: fact("chronyd"),
-        },
-        disk: DiskInfo {
-            free_bytes: facts.get("disk_free_bytes").and_then(|v| v.parse().ok()),
-            pruner: fact("disk_pruner"),
-            last_prune: fact("disk_last_prune"),
-            pruned_bytes: facts
-                .get("disk_pruned_bytes")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        },
-        dependencies: facts
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("dependency ").map(|a| Dependency {
-                    address: a.to_string(),
-                    reachable: v == "reachable",
-                })
-            })
-            .collect(),
-        keepalive: KeepaliveInfo {
-            listener: fact("listener_keepalive"),
-            sysctls: fact("tcp_keepalive_sysctls"),
-        },
-        rate_limit,
-        runner_version: fact("runner_version"),
     }
 }
 

@@ -1,0 +1,200 @@
+//! The status document, schema `runner-supervisor.status.v1` (README "The status
+//! schema"): what `status.json`, the control socket and `status --json` carry, and how its
+//! host-wide part is derived from the monitors' facts and conditions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Health, SlotStatus};
+
+/// The schema of `status.json` and of `supervisor status --json` (README "Status").
+/// Fields are only ever added within a version; a removal or a change of meaning makes v2.
+pub const SCHEMA: &str = "runner-supervisor.status.v1";
+
+/// The status: `status.json` (which `supervisor health` reads), the control socket's
+/// `GET /v1/status` and `supervisor status --json` are this, in this schema.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// [`SCHEMA`].
+    #[serde(default)]
+    pub schema: String,
+    /// The supervisor's version.
+    #[serde(default)]
+    pub version: String,
+    pub pid: u32,
+    /// The host part of this supervisor's runner names (a container's hostname).
+    #[serde(default)]
+    pub host: String,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub health: Health,
+    pub reasons: Vec<String>,
+    pub mode: String,
+    pub slots: Vec<SlotStatus>,
+    pub jobs_completed: u64,
+    pub api_requests: u64,
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+    /// Host-wide state: token, clock, disk, dependencies, keepalive, rate limit.
+    #[serde(default)]
+    pub system: SystemStatus,
+    /// The counters of the exit summary, so far.
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// Host-wide state in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SystemStatus {
+    pub token: TokenStatus,
+    pub clock: ClockInfo,
+    pub disk: DiskInfo,
+    /// `[health] dependencies`, each as last probed.
+    pub dependencies: Vec<Dependency>,
+    pub keepalive: KeepaliveInfo,
+    /// GitHub's rate limit as its last answer said; null before any answer carried it.
+    pub rate_limit: Option<crate::github::RateLimit>,
+    /// The runner's version, as its listener printed it.
+    pub runner_version: Option<String>,
+}
+
+/// The token as last checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenStatus {
+    /// `pat` or `app` (a GitHub App's installation tokens).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// true: GitHub accepts it; false: refused (401); null: not checked yet.
+    pub valid: Option<bool>,
+    /// Why it is not valid.
+    pub error: Option<String>,
+    /// Its expiry (fine-grained tokens and classic tokens with one).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whole days to expiry.
+    pub days_left: Option<i64>,
+}
+
+/// The clock as last measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClockInfo {
+    /// Seconds; positive when the local clock is ahead.
+    pub offset_s: Option<f64>,
+    /// The NTP server or `GitHub Date header`.
+    pub source: Option<String>,
+    /// Why registrations are paused, while the clock is at fault.
+    pub fault: Option<String>,
+    /// `synchronised`, `not synchronised`, `down`; null when chronyd is not watched.
+    pub chronyd: Option<String>,
+}
+
+/// Docker's disk, as the pruner sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DiskInfo {
+    pub free_bytes: Option<u64>,
+    /// Who prunes this engine (`this supervisor`, `another supervisor (...)`).
+    pub pruner: Option<String>,
+    /// The last prune: when, and what it freed.
+    pub last_prune: Option<String>,
+    /// Bytes pruned by this supervisor since it started.
+    pub pruned_bytes: u64,
+}
+
+/// One dependency.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Dependency {
+    pub address: String,
+    pub reachable: bool,
+}
+
+/// TCP keepalive on the supervisor's and the listeners' connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeepaliveInfo {
+    /// Whether keepalive is injected into the listeners' own connections, and if not why
+    /// (`on (...)`, `refused: ...`, `off`); null before the first listener.
+    pub listener: Option<String>,
+    /// The host's keepalive sysctls, when this supervisor set them.
+    pub sysctls: Option<String>,
+}
+
+/// What the exit summary counts, so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub jobs_completed: u64,
+    /// Jobs whose listener ended before it reported them completed.
+    pub jobs_lost: u64,
+    pub job_results: BTreeMap<String, u64>,
+    pub listeners_started: u64,
+    pub listener_exits: BTreeMap<String, u64>,
+    pub registrations: u64,
+    pub deregistrations: u64,
+    pub ghosts_reaped: u64,
+    pub strays_stopped: u64,
+    pub session_conflicts: u64,
+    pub watchdog_fires: BTreeMap<String, u64>,
+    /// Registrations still queued for deletion (finished by the next start).
+    pub deletions_pending: u64,
+    pub api_requests: u64,
+}
+
+/// The host-wide part of the status, from the monitors' facts and conditions.
+pub(super) fn system(
+    facts: &BTreeMap<String, String>,
+    conditions: &BTreeMap<Condition, (Health, String)>,
+    rate_limit: Option<crate::github::RateLimit>,
+    now: DateTime<Utc>,
+) -> SystemStatus {
+    let fact = |k: &str| facts.get(k).cloned();
+    let expires_at = facts
+        .get("token_expires_at")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let refused = conditions.get(&Condition::Token).map(|c| c.1.clone());
+    SystemStatus {
+        token: TokenStatus {
+            kind: fact("token_kind"),
+            valid: match (&refused, facts.get("token")) {
+                (Some(_), _) => Some(false),
+                (None, Some(_)) => Some(true),
+                (None, None) => None,
+            },
+            error: refused,
+            expires_at,
+            days_left: expires_at.map(|e| (e - now).num_days()),
+        },
+        clock: ClockInfo {
+            offset_s: facts.get("clock_offset_s").and_then(|v| v.parse().ok()),
+            source: fact("clock_source"),
+            fault: conditions
+                .get(&Condition::Clock)
+                .filter(|c| c.0 > Health::Ok)
+                .map(|c| c.1.clone()),
+            chronyd: fact("chronyd"),
+        },
+        disk: DiskInfo {
+            free_bytes: facts.get("disk_free_bytes").and_then(|v| v.parse().ok()),
+            pruner: fact("disk_pruner"),
+            last_prune: fact("disk_last_prune"),
+            pruned_bytes: facts
+                .get("disk_pruned_bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        },
+        dependencies: facts
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("dependency ").map(|a| Dependency {
+                    address: a.to_string(),
+                    reachable: v == "reachable",
+                })
+            })
+            .collect(),
+        keepalive: KeepaliveInfo {
+            listener: fact("listener_keepalive"),
+            sysctls: fact("tcp_keepalive_sysctls"),
+        },
+        rate_limit,
+        runner_version: fact("runner_version"),
+    }
+}
