@@ -406,12 +406,16 @@ fn build_with(
 
     let metrics_listen = match r.get(&METRICS_LISTEN).filter(|v| !v.trim().is_empty()) {
         None => None,
-        Some(v) => match v.trim().parse::<std::net::SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        Some(v) => match v.trim().parse::<std::net::SocketAddr>().ok().or_else(|| {
+            // A host name (localhost:9464) resolves here, once.
+            use std::net::ToSocketAddrs;
+            v.trim().to_socket_addrs().ok().and_then(|mut a| a.next())
+        }) {
+            Some(a) => Some(a),
+            None => {
                 err(
                     METRICS_LISTEN.name(),
-                    format!("{v:?} is not address:port (e.g. 127.0.0.1:9464 or [::1]:9464)"),
+                    format!("{v:?} is not host:port (e.g. 127.0.0.1:9464, localhost:9464 or [::1]:9464)"),
                 );
                 None
             }

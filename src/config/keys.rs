@@ -195,7 +195,7 @@ keys! {
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],
         "the control socket (HTTP on a Unix socket, mode 0660: status, breaker reset, drain, recycle) that supervisor status, breaker and drain use; <state dir>/control.sock when unset";
     METRICS_LISTEN: Option<String> = "metrics" . "listen", Kind::Str, None, &[],
-        "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9464); unset or empty = off";
+        "host:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9464 or localhost:9464); unset or empty = off";
     LOG_FORMAT: LogFormat = "log" . "format", Kind::Enum(&["text", "json"]), Some("text"), &[],
         "log format on stderr";
     LOG_LEVEL: String = "log" . "level", Kind::Str, Some("info"), &["SUPERVISOR_LOG"],

@@ -250,6 +250,34 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_and_the_control_socket() {
+        let c = resolve(&base()).unwrap();
+        assert_eq!(c.control.metrics_listen, None, "off by default");
+        assert!(c.control.socket.ends_with("control.sock"));
+        for (v, want) in [
+            ("127.0.0.1:9464", "127.0.0.1:9464"),
+            ("[::1]:9464", "[::1]:9464"),
+            ("", ""),
+        ] {
+            let mut p = base();
+            p.push(("SUPERVISOR_METRICS_LISTEN", v));
+            let got = resolve(&p)
+                .unwrap()
+                .control
+                .metrics_listen
+                .map(|a| a.to_string());
+            assert_eq!(got.unwrap_or_default(), want);
+        }
+        let mut p = base();
+        p.push(("SUPERVISOR_METRICS_LISTEN", "9464"));
+        let e = resolve(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("SUPERVISOR_METRICS_LISTEN"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn ghostrunner_names_work() {
         let mut p = base();
         p.extend([
