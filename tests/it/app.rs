@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sim::github::app::AppOptions;
-use sim::github::{FakeGithub, JobSpec};
+use sim::github::FakeGithub;
 
 use crate::support::{github, listeners, wait_health, Daemon, Sandbox};
 
@@ -83,13 +83,8 @@ fn app_env(sb: &Sandbox, gh: &FakeGithub) -> BTreeMap<String, String> {
     env
 }
 
-fn job(name: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        duration_ms: 300,
-        result: "Succeeded".into(),
-        labels: vec![],
-    }
+fn job(name: &str) -> sim::github::JobSpec {
+    crate::support::job(name, 300)
 }
 
 fn issued(gh: &FakeGithub) -> u64 {

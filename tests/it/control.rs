@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use sim::github::JobSpec;
 use sim::protocol::Script;
 
 use crate::support::{eventually, github, Daemon, Sandbox};
@@ -70,15 +69,7 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_lines(&["Listening for Jobs"], 2, T).await;
-    gh.enqueue(
-        JobSpec {
-            name: "e2e mongo".into(),
-            duration_ms: 4000,
-            result: "Succeeded".into(),
-            labels: vec![],
-        },
-        1,
-    );
+    gh.enqueue(crate::support::job("e2e mongo", 4000), 1);
     d.wait_log(&["Running job: e2e mongo"], T).await;
 
     // The socket: in the state directory, a socket, ours, mode 0660; no TCP listener.
@@ -271,15 +262,7 @@ async fn recycle_replaces_only_idle_listeners() {
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_lines(&["Listening for Jobs"], 2, T).await;
-    gh.enqueue(
-        JobSpec {
-            name: "long".into(),
-            duration_ms: 3000,
-            result: "Succeeded".into(),
-            labels: vec![],
-        },
-        1,
-    );
+    gh.enqueue(crate::support::job("long", 3000), 1);
     d.wait_log(&["Running job: long"], T).await;
     let v = status_json(&env);
     let idle = v["slots"]

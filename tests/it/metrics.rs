@@ -88,10 +88,8 @@ impl Scrape {
 
 fn job(name: &str, result: &str) -> JobSpec {
     JobSpec {
-        name: name.into(),
-        duration_ms: 300,
         result: result.into(),
-        labels: vec![],
+        ..crate::support::job(name, 300)
     }
 }
 

@@ -6,8 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sim::github::JobSpec;
-
 use crate::support::{eventually, github, listeners, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
@@ -80,15 +78,7 @@ async fn ready_status_watchdog_stopping_and_extend_come_in_order() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"));
 
-    gh.enqueue(
-        JobSpec {
-            name: "build".into(),
-            duration_ms: 2500,
-            result: "Succeeded".into(),
-            labels: vec![],
-        },
-        1,
-    );
+    gh.enqueue(crate::support::job("build", 2500), 1);
     d.wait_log(&["Running job: build"], T).await;
     assert!(
         eventually(T, || n

@@ -31,8 +31,18 @@ pub(super) fn repo() -> PathBuf {
 
 /// `docker-compose config` of the shipped file with `env`: the resolved YAML.
 fn compose_config(env: &[(&str, &str)]) -> Value {
+    compose_config_with(&[], env)
+}
+
+/// The same, with the shipped override files `extra` on top (`compose/compose.app.yaml`).
+fn compose_config_with(extra: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut args = vec!["-f", "compose/compose.yaml"];
+    for f in extra {
+        args.extend(["-f", f]);
+    }
+    args.push("config");
     let out = Command::new("docker-compose")
-        .args(["-f", "compose/compose.yaml", "config"])
+        .args(&args)
         .current_dir(repo())
         .env_remove("DOCKER_GID")
         .envs(env.iter().copied())
@@ -188,27 +198,14 @@ fn the_shipped_compose_file_validates_and_keeps_its_invariants() {
 
 #[test]
 fn the_metrics_override_adds_prometheus_and_grafana_and_turns_metrics_on() {
-    let out = Command::new("docker-compose")
-        .args([
-            "-f",
-            "compose/compose.yaml",
-            "-f",
-            "compose/compose.metrics.yaml",
-            "config",
-        ])
-        .current_dir(repo())
-        .env("DOCKER_GID", "999")
-        .env("REPO_OWNER", "octo")
-        .env("REPO_NAME", "app")
-        .output()
-        .expect("docker-compose");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let cfg = compose_config_with(
+        &["compose/compose.metrics.yaml"],
+        &[
+            ("DOCKER_GID", "999"),
+            ("REPO_OWNER", "octo"),
+            ("REPO_NAME", "app"),
+        ],
     );
-    let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
-    let cfg = serde_json::to_value(yaml).unwrap();
     let svcs = &cfg["services"];
     for r in ["runner-1", "runner-2"] {
         assert_eq!(
@@ -257,29 +254,15 @@ fn the_metrics_override_adds_prometheus_and_grafana_and_turns_metrics_on() {
 
 #[test]
 fn the_app_override_swaps_the_token_for_the_apps_key() {
-    let out = Command::new("docker-compose")
-        .args([
-            "-f",
-            "compose/compose.yaml",
-            "-f",
-            "compose/compose.app.yaml",
-            "config",
-        ])
-        .current_dir(repo())
-        .env("DOCKER_GID", "999")
-        .env("REPO_OWNER", "octo")
-        .env("REPO_NAME", "app")
-        .env("GITHUB_APP_ID", "123456")
-        .env_remove("GITHUB_INSTALLATION_ID")
-        .output()
-        .expect("docker-compose");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let cfg = compose_config_with(
+        &["compose/compose.app.yaml"],
+        &[
+            ("DOCKER_GID", "999"),
+            ("REPO_OWNER", "octo"),
+            ("REPO_NAME", "app"),
+            ("GITHUB_APP_ID", "123456"),
+        ],
     );
-    let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
-    let cfg = serde_json::to_value(yaml).unwrap();
     for r in ["runner-1", "runner-2"] {
         let env = env_of(&cfg["services"][r]);
         assert_eq!(env["SUPERVISOR_GITHUB_APP_ID"], "123456");

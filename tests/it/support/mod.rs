@@ -515,3 +515,13 @@ pub fn as_nobody(sb: &Sandbox, env: &mut BTreeMap<String, String>) {
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     env.insert("SUPERVISOR_STATE_DIR".into(), state.display().to_string());
 }
+
+/// A job named `name` that takes `ms` and ends `Succeeded`.
+pub fn job(name: &str, ms: u64) -> sim::github::JobSpec {
+    sim::github::JobSpec {
+        name: name.into(),
+        duration_ms: ms,
+        result: "Succeeded".into(),
+        labels: vec![],
+    }
+}

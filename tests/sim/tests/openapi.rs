@@ -16,17 +16,7 @@ fn spec() -> Value {
 
 #[test]
 fn the_copy_matches_the_shared_contract() {
-    let shared = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/github-api/runners-openapi.json"
-    );
-    if let Ok(text) = std::fs::read_to_string(shared) {
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap(),
-            spec(),
-            "openapi/runners-openapi.json is stale: copy it from shared/"
-        );
-    }
+    common::assert_copy_matches("runners-openapi.json", &spec());
 }
 
 mod common;

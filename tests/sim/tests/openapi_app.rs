@@ -17,17 +17,7 @@ fn spec() -> Value {
 
 #[test]
 fn the_copy_matches_the_shared_contract() {
-    let shared = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/github-api/app-auth-openapi.json"
-    );
-    if let Ok(text) = std::fs::read_to_string(shared) {
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap(),
-            spec(),
-            "openapi/app-auth-openapi.json is stale: copy it from shared/"
-        );
-    }
+    common::assert_copy_matches("app-auth-openapi.json", &spec());
 }
 
 mod common;
@@ -110,6 +100,9 @@ fn jwt(key: &str, iat_shift: i64, exp_after: i64) -> String {
 struct Api {
     gh: FakeGithub,
     http: reqwest::Client,
+    spec: Value,
+    /// `method template status` of every answer checked against the spec.
+    covered: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Api {
@@ -132,11 +125,30 @@ impl Api {
         let resp = r.send().await.unwrap();
         (resp.status(), resp.text().await.unwrap())
     }
+
+    /// Call, expect `want`, and check the body against the spec's `template`.
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        template: &str,
+        bearer: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> String {
+        let m = method.as_str().to_lowercase();
+        let (s, b) = self.call(method, path, bearer, body).await;
+        assert_eq!(s, want, "{m} {path}: {b}");
+        check(&self.spec, template, &m, s.as_u16(), &b);
+        self.covered
+            .borrow_mut()
+            .insert(format!("{m} {template} {}", s.as_u16()));
+        b
+    }
 }
 
 #[tokio::test]
 async fn every_app_response_matches_the_spec_and_jwts_are_checked_as_github_does() {
-    let spec = spec();
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keypair(dir.path());
     let a = Api {
@@ -147,73 +159,71 @@ async fn every_app_response_matches_the_spec_and_jwts_are_checked_as_github_does
         .await
         .unwrap(),
         http: reqwest::Client::new(),
+        spec: spec(),
+        covered: Default::default(),
     };
     let good = jwt(&key, 0, 540);
-    let mut covered = std::collections::BTreeSet::new();
-    let mut seen = |t: &str, m: &str, s: StatusCode, b: &str| {
-        check(&spec, t, m, s.as_u16(), b);
-        covered.insert(format!("{m} {t} {}", s.as_u16()));
-    };
-    let (s, b) = a.call(Method::GET, "/app", &good, None).await;
-    assert_eq!(s, StatusCode::OK);
-    seen("/app", "get", s, &b);
-    let (s, b) = a
-        .call(Method::GET, "/repos/octo/app/installation", &good, None)
+    let (get, post) = (Method::GET, Method::POST);
+    let repo_inst = "/repos/{owner}/{repo}/installation";
+    a.expect(get.clone(), "/app", "/app", &good, None, StatusCode::OK)
         .await;
-    assert_eq!(s, StatusCode::OK);
-    seen("/repos/{owner}/{repo}/installation", "get", s, &b);
+    let b = a
+        .expect(
+            get.clone(),
+            "/repos/octo/app/installation",
+            repo_inst,
+            &good,
+            None,
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["id"], 777);
-    let (s, b) = a
-        .call(
-            Method::GET,
-            "/repos/octo/elsewhere/installation",
-            &good,
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    seen("/repos/{owner}/{repo}/installation", "get", s, &b);
-    let (s, b) = a
-        .call(Method::GET, "/orgs/acme/installation", &good, None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    seen("/orgs/{org}/installation", "get", s, &b);
+    a.expect(
+        get.clone(),
+        "/repos/octo/elsewhere/installation",
+        repo_inst,
+        &good,
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    a.expect(
+        get.clone(),
+        "/orgs/acme/installation",
+        "/orgs/{org}/installation",
+        &good,
+        None,
+        StatusCode::OK,
+    )
+    .await;
     let tpl = "/app/installations/{installation_id}/access_tokens";
-    let (s, b) = a
-        .call(
-            Method::POST,
-            "/app/installations/777/access_tokens",
-            &good,
-            None,
-        )
+    let tokens = "/app/installations/777/access_tokens";
+    let b = a
+        .expect(post.clone(), tokens, tpl, &good, None, StatusCode::CREATED)
         .await;
-    assert_eq!(s, StatusCode::CREATED);
-    seen(tpl, "post", s, &b);
     let token = serde_json::from_str::<Value>(&b).unwrap()["token"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(token.starts_with("ghs_"));
-    let (s, b) = a
-        .call(
-            Method::POST,
-            "/app/installations/1/access_tokens",
-            &good,
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    seen(tpl, "post", s, &b);
-    let (s, b) = a
-        .call(
-            Method::POST,
-            "/app/installations/777/access_tokens",
-            &good,
-            Some(json!({"repositories": ["nope"]})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    seen(tpl, "post", s, &b);
+    a.expect(
+        post.clone(),
+        "/app/installations/1/access_tokens",
+        tpl,
+        &good,
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    a.expect(
+        post.clone(),
+        tokens,
+        tpl,
+        &good,
+        Some(json!({"repositories": ["nope"]})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     // JWTs: a bad signature, a clock 3 minutes fast (iat in the future), exp too far.
     let other = keypair(dir.path()).0;
     for (bad, want) in [
@@ -228,68 +238,75 @@ async fn every_app_response_matches_the_spec_and_jwts_are_checked_as_github_does
             "'Expiration time' claim ('exp') must be",
         ),
     ] {
-        let (s, b) = a
-            .call(
-                Method::POST,
-                "/app/installations/777/access_tokens",
+        let b = a
+            .expect(
+                post.clone(),
+                tokens,
+                tpl,
                 &bad,
                 None,
+                StatusCode::UNAUTHORIZED,
             )
             .await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(b.contains(want), "{want}: {b}");
-        seen(tpl, "post", s, &b);
     }
     // Within GitHub's leeway (20 s fast) is accepted.
     let (s, _) = a
-        .call(
-            Method::POST,
-            "/app/installations/777/access_tokens",
-            &jwt(&key, 20, 540),
-            None,
-        )
+        .call(post.clone(), tokens, &jwt(&key, 20, 540), None)
         .await;
     assert_eq!(s, StatusCode::CREATED);
     // The installation token works on the runner endpoints, not on /user.
-    let (s, _) = a
-        .call(Method::GET, "/repos/octo/app/actions/runners", &token, None)
-        .await;
+    let runners = "/repos/octo/app/actions/runners";
+    let (s, _) = a.call(get.clone(), runners, &token, None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, b) = a.call(Method::GET, "/user", &token, None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    seen("/user", "get", s, &b);
+    a.expect(
+        get.clone(),
+        "/user",
+        "/user",
+        &token,
+        None,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
     let pat = Options::default().token;
-    let (s, b) = a.call(Method::GET, "/user", &pat, None).await;
-    assert_eq!(s, StatusCode::OK);
-    seen("/user", "get", s, &b);
-    let (s, b) = a.call(Method::GET, "/user", "ghp_wrong", None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    seen("/user", "get", s, &b);
+    a.expect(get.clone(), "/user", "/user", &pat, None, StatusCode::OK)
+        .await;
+    a.expect(
+        get.clone(),
+        "/user",
+        "/user",
+        "ghp_wrong",
+        None,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     // Suspended: no new token (403), and issued ones are refused.
     a.gh.state(|s| s.installation_suspended = true);
-    let (s, b) = a
-        .call(
-            Method::POST,
-            "/app/installations/777/access_tokens",
+    a.expect(
+        post.clone(),
+        tokens,
+        tpl,
+        &good,
+        None,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let (s, _) = a.call(get.clone(), runners, &token, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let b = a
+        .expect(
+            get.clone(),
+            "/repos/octo/app/installation",
+            repo_inst,
             &good,
             None,
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    seen(tpl, "post", s, &b);
-    let (s, _) = a
-        .call(Method::GET, "/repos/octo/app/actions/runners", &token, None)
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, b) = a
-        .call(Method::GET, "/repos/octo/app/installation", &good, None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap()["suspended_at"],
         "2026-12-01T00:00:00Z"
     );
-    seen("/repos/{owner}/{repo}/installation", "get", s, &b);
     a.gh.state(|s| s.installation_suspended = false);
     // Expired tokens are refused with GitHub's 401.
     a.gh.state(|s| {
@@ -297,14 +314,13 @@ async fn every_app_response_matches_the_spec_and_jwts_are_checked_as_github_does
             *e = chrono::Utc::now() - chrono::Duration::seconds(1);
         }
     });
-    let (s, b) = a
-        .call(Method::GET, "/repos/octo/app/actions/runners", &token, None)
-        .await;
+    let (s, b) = a.call(get, runners, &token, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(b.contains("Bad credentials"));
     // Every response the spec declares for the endpoints the fake serves was produced,
     // but redirects and not-modified answers, which it never gives.
-    for (path, ops) in spec["paths"].as_object().unwrap() {
+    let covered = a.covered.borrow();
+    for (path, ops) in a.spec["paths"].as_object().unwrap() {
         if path == "/rate_limit" {
             continue;
         }

@@ -39,3 +39,19 @@ pub fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
         None => v,
     }
 }
+
+/// Our copy in `openapi/` equals the shared contract in `../shared/github-api/`, when
+/// that is present (it is not in a clean checkout of this repository alone).
+pub fn assert_copy_matches(name: &str, ours: &Value) {
+    let shared = format!(
+        "{}/../../../shared/github-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if let Ok(text) = std::fs::read_to_string(shared) {
+        assert_eq!(
+            &serde_json::from_str::<Value>(&text).unwrap(),
+            ours,
+            "openapi/{name} is stale: copy it from shared/"
+        );
+    }
+}
