@@ -11,8 +11,11 @@
 //! `pidfd_getfd` and closed at once. Findings (`tcpinfo`) go to the slot as
 //! `SlotCmd::Connection`.
 //!
-//! Where the kernel refuses the duplicate, it says why once, with the fix, in the log, in
-//! health and in `doctor`, and watches read-only through socket diagnostics instead.
+//! Where the kernel refuses a listener, it judges that listener alone, while it is live
+//! (a listener that has just exited is a zombie whose `/proc` entries are root's: never
+//! judged), with the reason measured on it ([`sockets::refusal_of`]); it says each
+//! reason once, with the fix, in the log, and per slot in status, and watches that
+//! listener read-only through socket diagnostics. The next listener is tried afresh.
 //!
 //! It must not: keep a duplicate open, touch a socket that is not a TCP connection, or
 //! touch any process but the listeners the slots registered.
@@ -27,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ListenerKeepalive};
 use crate::host::{Host, ListenerEntry, SlotCmd, SlotCmds};
-use crate::sockets::{self, Keepalive};
-use crate::status::{Board, SlotState};
+use crate::sockets::{self, Keepalive, Reach};
+use crate::status::{Board, KeepaliveState, SlotKeepalive, SlotState};
 use crate::tcpinfo::{Assessor, Conn, Limits};
 
 /// How often a listening listener's descriptors are listed for new sockets.
@@ -65,17 +68,40 @@ struct Watched {
     rescans_seen: u64,
     scans_due: u32,
     next_scan: Instant,
+    /// This listener's keepalive, as its slot shows it.
+    verdict: Verdict,
+    /// It exited (a zombie, or gone): nothing more is read or judged.
+    ended: bool,
 }
 
-/// What the connection watch says about injection, for health and logs.
+/// One listener's keepalive: judged for it alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    /// Keepalive is set on the listeners' connections.
-    Injecting,
-    /// `listener_keepalive = off`: read-only.
+enum Verdict {
+    /// No connection taken yet.
+    Pending,
+    /// Keepalive set on this many of its connections.
+    On(u64),
+    /// `listener_keepalive = off`.
     Off,
-    /// The kernel refused: reason and fix; read-only.
+    /// Refused, measured on this listener: reason and fix.
     Refused(String, String),
+}
+
+impl Verdict {
+    fn status(&self) -> SlotKeepalive {
+        let (state, connections, why) = match self {
+            Verdict::Pending => (KeepaliveState::Pending, 0, None),
+            Verdict::On(n) => (KeepaliveState::On, *n, None),
+            Verdict::Off => (KeepaliveState::Off, 0, None),
+            Verdict::Refused(why, fix) => (KeepaliveState::Refused, 0, Some((why, fix))),
+        };
+        SlotKeepalive {
+            state,
+            connections,
+            reason: why.map(|w| w.0.clone()),
+            fix: why.map(|w| w.1.clone()),
+        }
+    }
 }
 
 /// The connection watch.
@@ -83,10 +109,14 @@ pub struct ConnWatch {
     keepalive: Keepalive,
     limits: Limits,
     mode: ListenerKeepalive,
-    refused: Option<(String, String)>,
-    /// The listeners' descriptors could not be listed (said once).
-    blind_said: bool,
+    /// Refusal reasons already said at warning level (each is said once).
+    said: HashSet<String>,
     injected_total: u64,
+    /// Listeners that got keepalive, and listeners that were refused, so far.
+    listeners_on: u64,
+    listeners_refused: u64,
+    /// The host's summary last published.
+    summary: String,
     watched: BTreeMap<usize, Watched>,
 }
 
@@ -113,20 +143,92 @@ impl ConnWatch {
                 data_giveup: net.user_timeout,
             },
             mode: net.listener_keepalive,
-            refused: None,
-            blind_said: false,
+            said: HashSet::new(),
             injected_total: 0,
+            listeners_on: 0,
+            listeners_refused: 0,
+            summary: String::new(),
             watched: BTreeMap::new(),
         }
     }
 
-    /// The state for health.
-    pub fn state(&self) -> State {
-        match (&self.refused, self.mode) {
-            (_, ListenerKeepalive::Off) => State::Off,
-            (Some((why, fix)), _) => State::Refused(why.clone(), fix.clone()),
-            (None, ListenerKeepalive::Auto) => State::Injecting,
+    /// The host's one-line summary: every current listener's verdict, or the last one
+    /// while none runs.
+    fn summary(&self) -> String {
+        if self.mode == ListenerKeepalive::Off {
+            return "off (listener_keepalive = off); watched read-only".into();
         }
+        let on = format!(
+            "on ({} connection{} so far)",
+            self.injected_total,
+            if self.injected_total == 1 { "" } else { "s" }
+        );
+        let refused: Vec<(usize, &str, &str)> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| !w.ended)
+            .filter_map(|(slot, w)| match &w.verdict {
+                Verdict::Refused(why, fix) => Some((*slot, why.as_str(), fix.as_str())),
+                _ => None,
+            })
+            .collect();
+        let Some((_, why, fix)) = refused.first() else {
+            if self
+                .watched
+                .values()
+                .all(|w| w.ended || w.verdict == Verdict::Pending)
+                && !self.summary.is_empty()
+            {
+                return self.summary.clone();
+            }
+            return on;
+        };
+        let slots: Vec<String> = refused.iter().map(|r| r.0.to_string()).collect();
+        let others = self
+            .watched
+            .values()
+            .any(|w| !w.ended && matches!(w.verdict, Verdict::On(_)));
+        format!(
+            "refused for slot {}: {why}; watched read-only. Fix: {fix}{}",
+            slots.join(", "),
+            if others {
+                format!("; {on} for the other slots")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// Listener `slot` was refused, for `why`: it is watched read-only.
+    fn refuse(&mut self, slot: usize, reach: Reach, why: String, fix: String) {
+        let Some(w) = self.watched.get_mut(&slot) else {
+            return;
+        };
+        let pid = w.pid;
+        w.verdict = Verdict::Refused(why.clone(), fix.clone());
+        self.listeners_refused += 1;
+        let first = self.said.insert(why.clone());
+        let what = match (reach, w.access) {
+            (Reach::List, Access::ByUid(uid)) => format!(
+                "cannot list the listener's descriptors ({why}): watching every TCP connection of uid {uid} for silence instead"
+            ),
+            _ => format!(
+                "cannot set keepalive on the listener's connections ({why}); watching them read-only (dead paths and silent hangs are still found)"
+            ),
+        };
+        if first {
+            tracing::warn!(event = "keepalive_refused", slot, pid, reason = %why, fix = %fix, "{what}. Fix: {fix}");
+        } else {
+            tracing::debug!(event = "keepalive_refused", slot, pid, reason = %why, "{what}");
+        }
+    }
+
+    /// What publishing shows, to publish only on a change.
+    fn fingerprint(&self) -> Vec<(usize, i32, bool, Verdict)> {
+        self.watched
+            .iter()
+            .map(|(s, w)| (*s, w.pid, w.ended, w.verdict.clone()))
+            .collect()
     }
 
     /// Follow the registry: forget ended listeners, take on new ones.
@@ -135,11 +237,13 @@ impl ConnWatch {
             .retain(|slot, w| listeners.get(slot).is_some_and(|e| e.pid == w.pid));
         for (slot, e) in listeners {
             let w = self.watched.entry(*slot).or_insert_with(|| {
-                let (pidfd, access) = match self.mode {
-                    ListenerKeepalive::Off => (None, Access::Diag),
+                // Every new listener is tried afresh: an earlier one's refusal says
+                // nothing of this one.
+                let (pidfd, access, verdict) = match self.mode {
+                    ListenerKeepalive::Off => (None, Access::Diag, Verdict::Off),
                     ListenerKeepalive::Auto => match sockets::pidfd_open(e.pid) {
-                        Ok(fd) if self.refused.is_none() => (Some(fd), Access::Inject),
-                        _ => (None, Access::Diag),
+                        Ok(fd) => (Some(fd), Access::Inject, Verdict::Pending),
+                        Err(_) => (None, Access::Diag, Verdict::Pending),
                     },
                 };
                 Watched {
@@ -153,6 +257,8 @@ impl ConnWatch {
                     rescans_seen: u64::MAX,
                     scans_due: 0,
                     next_scan: now,
+                    verdict,
+                    ended: false,
                 }
             });
             if w.rescans_seen != e.rescans {
@@ -167,6 +273,9 @@ impl ConnWatch {
         let mut out = vec![];
         let slots: Vec<usize> = self.watched.keys().copied().collect();
         for slot in slots {
+            if self.watched.get(&slot).is_some_and(|w| w.ended) {
+                continue;
+            }
             let idle = board.state(slot) == Some(SlotState::Listening);
             let scan = {
                 let w = self.watched.get_mut(&slot).expect("listed");
@@ -181,6 +290,9 @@ impl ConnWatch {
                 self.scan(slot);
             }
             let w = self.watched.get_mut(&slot).expect("listed");
+            if w.ended {
+                continue;
+            }
             let conns = read(w);
             if conns.len() < w.conns.len() {
                 // A socket went (closed, or its number reused): look again next check.
@@ -207,17 +319,14 @@ impl ConnWatch {
         let fds = match sockets::socket_fds(w.pid) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                if let (false, Some(uid)) =
-                    (matches!(w.access, Access::ByUid(_)), sockets::uid_of(w.pid))
-                {
-                    if !self.blind_said {
-                        self.blind_said = true;
-                        tracing::warn!(slot, pid = w.pid, uid, error = %e, "cannot list the listener's descriptors (it is not dumpable, and the supervisor lacks CAP_SYS_PTRACE): watching every TCP connection of uid {uid} for silence instead");
-                    }
-                    w.access = Access::ByUid(uid);
-                    w.pidfd = None;
-                    if self.refused.is_none() {
-                        self.refused = Some(sockets::refusal(&e, true));
+                if !matches!(w.access, Access::ByUid(_)) {
+                    match sockets::refusal_of(w.pid, Reach::List, &e) {
+                        None => w.ended = true,
+                        Some((why, fix)) => {
+                            w.access = sockets::uid_of(w.pid).map_or(Access::Diag, Access::ByUid);
+                            w.pidfd = None;
+                            self.refuse(slot, Reach::List, why, fix);
+                        }
                     }
                 }
                 return;
@@ -262,7 +371,15 @@ impl ConnWatch {
                         match sockets::set_keepalive(dup.as_fd(), k) {
                             Ok(()) => {
                                 self.injected_total += 1;
+                                w.verdict = match w.verdict {
+                                    Verdict::On(n) => Verdict::On(n + 1),
+                                    _ => {
+                                        self.listeners_on += 1;
+                                        Verdict::On(1)
+                                    }
+                                };
                                 tracing::info!(
+                                    event = "keepalive_set",
                                     slot,
                                     pid = w.pid,
                                     fd,
@@ -290,21 +407,14 @@ impl ConnWatch {
             }
         }
         if let Some(e) = refusal {
-            let first = self.refused.is_none();
-            let (why, fix) = sockets::refusal(&e, true);
-            if first {
-                tracing::warn!(
-                    reason = %why,
-                    fix = %fix,
-                    "cannot set keepalive on the listener's connections ({why}); watching them read-only (dead paths and silent hangs are still found). Fix: {fix}"
-                );
-                self.refused = Some((why, fix));
-            }
-            for w in self.watched.values_mut() {
-                if w.access == Access::Inject {
+            match sockets::refusal_of(w.pid, Reach::Take, &e) {
+                // It exited meanwhile: not judged.
+                None => w.ended = true,
+                Some((why, fix)) => {
                     w.access = Access::Diag;
                     w.pidfd = None;
                     w.scans_due = w.scans_due.max(1);
+                    self.refuse(slot, Reach::Take, why, fix);
                 }
             }
         }
@@ -368,19 +478,18 @@ fn read(w: &mut Watched) -> Vec<Conn> {
     out
 }
 
-fn publish(board: &Board, cw: &ConnWatch) {
-    let text = match cw.state() {
-        State::Injecting => format!(
-            "on ({} connection{} so far)",
-            cw.injected_total,
-            if cw.injected_total == 1 { "" } else { "s" }
-        ),
-        State::Off => "off (listener_keepalive = off); watched read-only".into(),
-        State::Refused(why, fix) => {
-            format!("refused: {why}; watched read-only. Fix: {fix}")
-        }
-    };
-    board.set_fact("listener_keepalive", text);
+/// Each slot's verdict, and the host's summary and counts.
+fn publish(board: &Board, cw: &mut ConnWatch, slots: usize) {
+    for slot in 0..slots {
+        let k = cw
+            .watched
+            .get(&slot)
+            .filter(|w| !w.ended)
+            .map(|w| w.verdict.status());
+        board.update(slot, |s| s.keepalive = k);
+    }
+    cw.summary = cw.summary();
+    board.set_listener_keepalive(cw.summary.clone(), cw.listeners_on, cw.listeners_refused);
 }
 
 /// Watch the listeners' connections until cancelled.
@@ -394,13 +503,14 @@ pub async fn run(
     let mut cw = ConnWatch::new(&cfg);
     let mut listeners = host.listeners.subscribe();
     let interval = cfg.watchdog.socket_check_interval;
-    publish(&board, &cw);
+    let slots = cfg.runner.slots;
+    publish(&board, &mut cw, slots);
     // The first look at a listener is at once; then one tick of the grid for every slot.
     let mut ticked = true;
     loop {
         let now = Instant::now();
         let snapshot = listeners.borrow_and_update().clone();
-        let before = (cw.injected_total, cw.refused.is_some());
+        let before = cw.fingerprint();
         cw.sync(&snapshot, now);
         let rescan_now = cw.watched.values().any(|w| w.scans_due > FOLLOW_UP_SCANS);
         if !cw.watched.is_empty() && (ticked || rescan_now) {
@@ -410,8 +520,8 @@ pub async fn run(
                 }
             }
         }
-        if (cw.injected_total, cw.refused.is_some()) != before {
-            publish(&board, &cw);
+        if cw.fingerprint() != before {
+            publish(&board, &mut cw, slots);
         }
         // Asleep while no listener runs.
         let idle = cw.watched.is_empty();

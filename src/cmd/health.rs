@@ -67,7 +67,12 @@ pub fn main(input: CliInput) -> ExitCode {
                     (Some(j), None) => format!(", job {j:?}"),
                     _ => String::new(),
                 };
-                println!("  slot {i} {}: {runner}{job}", s.state);
+                let keepalive = s
+                    .keepalive
+                    .as_ref()
+                    .map(|k| format!(", keepalive {}", k.state.as_str()))
+                    .unwrap_or_default();
+                println!("  slot {i} {}: {runner}{job}{keepalive}", s.state);
             }
         }
         for (k, v) in &status.facts {

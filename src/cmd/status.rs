@@ -170,10 +170,31 @@ fn slot_block(i: usize, s: &SlotStatus, now: DateTime<Utc>) -> String {
         None => format!("closed; {fires}"),
     };
     out += &format!("  breaker    {breaker}\n");
+    if let Some(k) = &s.keepalive {
+        out += &format!("  keepalive  {}\n", keepalive_word(k));
+    }
     if let Some(f) = &s.last_fire {
         out += &format!("  last fire  {f}\n");
     }
     out
+}
+
+/// One listener's keepalive: `on (2 connections)`, `refused: why. Fix: fix`.
+pub fn keepalive_word(k: &crate::status::SlotKeepalive) -> String {
+    use crate::status::KeepaliveState;
+    match k.state {
+        KeepaliveState::On => format!(
+            "on ({} connection{})",
+            k.connections,
+            if k.connections == 1 { "" } else { "s" }
+        ),
+        KeepaliveState::Refused => format!(
+            "refused: {}. Fix: {}",
+            k.reason.as_deref().unwrap_or("?"),
+            k.fix.as_deref().unwrap_or("-")
+        ),
+        s => s.as_str().to_string(),
+    }
 }
 
 /// The status as text.
@@ -259,8 +280,12 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
             deps.join(", ")
         }
     );
+    let refused = match (sys.keepalive.listeners_on, sys.keepalive.listeners_refused) {
+        (0, 0) => String::new(),
+        (on, refused) => format!("; listeners {on} on, {refused} refused"),
+    };
     out += &format!(
-        "  keepalive     listener: {}{}\n",
+        "  keepalive     listener: {}{refused}{}\n",
         sys.keepalive
             .listener
             .as_deref()

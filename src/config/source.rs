@@ -219,8 +219,9 @@ impl KeySpec {
 /// Environment names that are not keys but are ours.
 pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_CONFIG",
-    // Test hooks, read by debug builds only (see `sdnotify` and `diagnose`).
+    // Test hooks, read by debug builds only (see `sdnotify`, `runner::process` and `diagnose`).
     "SUPERVISOR_TEST_STALL_AFTER",
+    "SUPERVISOR_TEST_REAP_DELAY",
     "SUPERVISOR_DOCTOR_HOST_ROOT",
 ];
 

@@ -42,6 +42,11 @@ pub struct Listener {
     name: String,
 }
 
+/// Debug builds only: `SUPERVISOR_TEST_REAP_DELAY=<ms>` leaves an exited listener a
+/// zombie that long before it is reaped (once its stdout has closed), as a busy host may:
+/// what an unprivileged connection watch sees then is tested.
+pub const TEST_REAP_DELAY_ENV: &str = "SUPERVISOR_TEST_REAP_DELAY";
+
 /// Variables passed from the supervisor's own environment to the runner, if set.
 pub const ENV_ALLOWLIST: &[&str] = &[
     "PATH",
@@ -97,7 +102,21 @@ impl Listener {
             .stderr
             .take()
             .map(|s| tokio::spawn(read_lines(s, Stream::Stderr, name.to_string(), tx.clone())));
+        #[cfg(debug_assertions)]
+        let reap_delay = std::env::var(TEST_REAP_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
         tokio::spawn(async move {
+            #[cfg(debug_assertions)]
+            let out = match (reap_delay, out) {
+                (Some(d), Some(h)) => {
+                    let _ = h.await;
+                    tokio::time::sleep(d).await;
+                    None
+                }
+                (_, out) => out,
+            };
             let status = child.wait().await;
             procs::untrack(pid);
             // Let the readers drain what the process wrote before it exited. A detached

@@ -18,122 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::layout::write_atomic;
 
 mod schema;
+mod slot;
 mod stats;
 use crate::shutdown::Mode;
 pub use schema::*;
+pub use slot::*;
 pub use stats::*;
-
-/// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SlotState {
-    /// Asking GitHub for a registration.
-    Registering,
-    /// The listener is starting (config.sh first in token mode).
-    #[default]
-    Starting,
-    /// Idle, long-polling for a job.
-    Listening,
-    /// Running a job.
-    Busy,
-    /// The job is over; the listener is exiting.
-    Finishing,
-    /// The listener is being stopped (SIGINT, grace, SIGKILL).
-    Stopping,
-    /// Waiting out a failure back-off.
-    Backoff,
-    /// Paused for a reason the operator must fix (a deprecated runner).
-    Paused,
-    /// Waiting out an open circuit breaker.
-    BreakerOpen,
-    /// Registrations paused until the clock is fixed.
-    ClockFault,
-    /// The slot has ended (the supervisor stops).
-    Stopped,
-}
-
-impl SlotState {
-    /// The word in `status.json` and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotState::Registering => "registering",
-            SlotState::Starting => "starting",
-            SlotState::Listening => "listening",
-            SlotState::Busy => "busy",
-            SlotState::Finishing => "finishing",
-            SlotState::Stopping => "stopping",
-            SlotState::Backoff => "backoff",
-            SlotState::Paused => "paused",
-            SlotState::BreakerOpen => "breaker-open",
-            SlotState::ClockFault => "clock-fault",
-            SlotState::Stopped => "stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for SlotState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One slot's state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SlotStatus {
-    pub state: SlotState,
-    pub runner: Option<String>,
-    pub job: Option<String>,
-    pub since: DateTime<Utc>,
-    /// The last failure, while failing.
-    pub error: Option<String>,
-    /// Consecutive failures.
-    pub failures: u32,
-    /// When the current run of failures began.
-    pub failing_since: Option<DateTime<Utc>>,
-    pub last_exit: Option<String>,
-    /// The last watchdog fire: cause and detail.
-    pub last_fire: Option<String>,
-    /// When the current job started.
-    #[serde(default)]
-    pub job_started_at: Option<DateTime<Utc>>,
-    /// When the last listener exited.
-    #[serde(default)]
-    pub last_exit_at: Option<DateTime<Utc>>,
-    /// The slot's circuit breaker.
-    #[serde(default)]
-    pub breaker: BreakerStatus,
-}
-
-/// A slot's circuit breaker as `status` shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct BreakerStatus {
-    /// Watchdog fires within the sliding window, by cause (`clock`, `token`, `network`,
-    /// `unknown`).
-    pub fires: BTreeMap<String, u32>,
-    /// Open until then (wall clock), if open.
-    pub open_until: Option<DateTime<Utc>>,
-    /// The fires that opened it (`6 fires (clock:6)`), if open.
-    pub opened_by: Option<String>,
-}
-
-impl Default for SlotStatus {
-    fn default() -> Self {
-        SlotStatus {
-            state: SlotState::Starting,
-            runner: None,
-            job: None,
-            since: crate::clocks::wall_now(),
-            error: None,
-            failures: 0,
-            failing_since: None,
-            last_exit: None,
-            last_fire: None,
-            job_started_at: None,
-            last_exit_at: None,
-            breaker: BreakerStatus::default(),
-        }
-    }
-}
 
 /// A host-level condition that health reports (each monitor owns its own).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -209,6 +99,8 @@ pub struct Board {
     sources: OnceLock<Sources>,
     /// Per slot: when its job started, and when its last job ended (for the histograms).
     marks: Mutex<Vec<Marks>>,
+    /// Listeners whose connections got keepalive, and listeners the kernel refused.
+    keepalive_listeners: Mutex<(u64, u64)>,
 }
 
 /// Counters kept elsewhere: the GitHub client's, and the deletion queue's length.
@@ -242,6 +134,7 @@ impl Board {
             fleet: OnceLock::new(),
             sources: OnceLock::new(),
             marks: Mutex::new(vec![Marks::default(); n]),
+            keepalive_listeners: Mutex::new((0, 0)),
         }
     }
 
@@ -442,6 +335,17 @@ impl Board {
         }
     }
 
+    /// The connection watch's summary for the host (`on (...)`, `refused for slot ...`,
+    /// `off`), and how many listeners got keepalive and how many were refused.
+    pub fn set_listener_keepalive(&self, summary: String, on: u64, refused: u64) {
+        *self
+            .keepalive_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (on, refused);
+        self.set_fact("listener_keepalive", summary);
+        self.touch();
+    }
+
     /// The verdict and its reasons.
     pub fn health(&self, now: DateTime<Utc>) -> (Health, Vec<String>) {
         let (mut h, mut reasons) = evaluate(&self.slots(), now, self.unhealthy_after);
@@ -502,7 +406,14 @@ impl Board {
             slots: self.slots(),
             jobs_completed: counts.jobs_completed,
             api_requests,
-            system: system(&facts, &conditions, api.and_then(|a| a.rate_limit()), now),
+            system: {
+                let mut sys = system(&facts, &conditions, api.and_then(|a| a.rate_limit()), now);
+                (sys.keepalive.listeners_on, sys.keepalive.listeners_refused) = *self
+                    .keepalive_listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                sys
+            },
             facts,
             counts,
         }

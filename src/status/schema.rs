@@ -116,6 +116,12 @@ pub struct KeepaliveInfo {
     pub listener: Option<String>,
     /// The host's keepalive sysctls, when this supervisor set them.
     pub sysctls: Option<String>,
+    /// Listeners so far whose connections got keepalive.
+    #[serde(default)]
+    pub listeners_on: u64,
+    /// Listeners so far that the kernel refused (each judged alone, while live).
+    #[serde(default)]
+    pub listeners_refused: u64,
 }
 
 /// What the exit summary counts, so far.
@@ -193,6 +199,8 @@ pub(super) fn system(
         keepalive: KeepaliveInfo {
             listener: fact("listener_keepalive"),
             sysctls: fact("tcp_keepalive_sysctls"),
+            listeners_on: 0,
+            listeners_refused: 0,
         },
         rate_limit,
         runner_version: fact("runner_version"),

@@ -428,3 +428,79 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// The typed status the supervisor writes, as `health` reads it.
+fn status_of(state: &std::path::Path) -> Option<runner_supervisor::status::StatusFile> {
+    serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()
+}
+
+#[tokio::test]
+async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() {
+    use runner_supervisor::status::{KeepaliveState, SlotState};
+    let sb = Sandbox::new();
+    let listener = sb.install.join("bin/Runner.Listener");
+    std::fs::remove_file(&listener).unwrap();
+    std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(sb.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let gh = github(|o| o.poll_timeout = Duration::from_secs(2)).await;
+    // Each exited listener stays a zombie for 400 ms (a debug build's hook) while its
+    // descriptors are looked at every 100 ms: a zombie's /proc/<pid>/fd is root's, 0500.
+    let env = env_for(
+        &sb,
+        &gh,
+        &[
+            ("SUPERVISOR_RUNNER_SLOTS", "2"),
+            ("SUPERVISOR_WATCHDOG_SOCKET_CHECK_INTERVAL", "100ms"),
+            ("SUPERVISOR_TEST_REAP_DELAY", "400"),
+        ],
+    );
+    let mut d = Daemon::start_wrapped(&env, &crate::support::NOBODY, &["run"]).await;
+    let jobs = 20;
+    gh.enqueue(crate::support::job("cycle", 150), jobs);
+    assert!(gh.wait_for(T * 3, |s| s.completed.len() >= jobs).await);
+    // Both slots listening again, each with keepalive on its new listener.
+    let mut last = None;
+    let settled = eventually(T, || {
+        last = status_of(&sb.state);
+        last.as_ref().is_some_and(|s| {
+            s.slots.iter().all(|x| {
+                x.state == SlotState::Listening
+                    && x.keepalive.as_ref().map(|k| k.state) == Some(KeepaliveState::On)
+            })
+        })
+    })
+    .await;
+    let s = last.expect("a status file");
+    assert!(settled, "{:#?}", s.slots);
+    let k = &s.system.keepalive;
+    assert_eq!(k.listeners_refused, 0, "{k:?}");
+    assert_eq!(
+        k.listeners_on, s.counts.listeners_started,
+        "every listener of the run: {k:?}"
+    );
+    assert!(k.listeners_on > jobs as u64, "{k:?}");
+    assert!(
+        k.listener.as_deref().is_some_and(|l| l.starts_with("on (")),
+        "{k:?}"
+    );
+    let out = tokio::process::Command::new(crate::support::supervisor_bin())
+        .arg("status")
+        .envs(&env)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("keepalive     listener:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    eprintln!("figures: as uid 65534 after {jobs} jobs:{line}");
+    assert!(line.contains(" 0 refused"), "{line}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

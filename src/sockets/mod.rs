@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::tcpinfo::TcpInfo;
 
+mod access;
+pub use access::{probe_getfd, refusal_of, Reach};
+
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: a plain syscall; on success it returns a new descriptor we own.
@@ -260,83 +263,6 @@ pub fn diag(sel: Select<'_>) -> io::Result<Vec<(u64, TcpInfo)>> {
     Ok(out)
 }
 
-/// Why the kernel refused `pidfd_getfd`, and the fix.
-pub fn refusal(err: &io::Error, listener_is_child: bool) -> (String, String) {
-    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .and_then(|s| s.trim().parse::<u8>().ok());
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-    };
-    let cap_ptrace = field("CapEff:")
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .is_some_and(|caps| caps & (1 << 19) != 0);
-    let seccomp = field("Seccomp:").is_some_and(|v| v == "2");
-    match err.raw_os_error() {
-        Some(libc::ENOSYS) => (
-            "the kernel has no pidfd_getfd (Linux 5.6 or later is needed)".into(),
-            "upgrade the kernel (WSL2: `wsl --update`)".into(),
-        ),
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            if yama == Some(3) {
-                (
-                    "Yama ptrace_scope is 3: no process may take another's descriptors".into(),
-                    "set kernel.yama.ptrace_scope to 1 (or 2 with CAP_SYS_PTRACE); 3 cannot be lowered without a reboot".into(),
-                )
-            } else if yama == Some(2) && !cap_ptrace {
-                (
-                    "Yama ptrace_scope is 2 and the supervisor lacks CAP_SYS_PTRACE".into(),
-                    "grant CAP_SYS_PTRACE (systemd: AmbientCapabilities=CAP_SYS_PTRACE; compose: cap_add: [SYS_PTRACE])".into(),
-                )
-            } else if seccomp {
-                (
-                    "a seccomp filter refuses pidfd_getfd (Docker's default profile allows it only with CAP_SYS_PTRACE)".into(),
-                    "add `cap_add: [SYS_PTRACE]` to the runner service (see compose/README.md for the trade-off), or use a seccomp profile that allows pidfd_getfd".into(),
-                )
-            } else if yama == Some(1) && !listener_is_child {
-                (
-                    "Yama ptrace_scope is 1 and the listener is not the supervisor's descendant (re-parented)".into(),
-                    "restart the listener under this supervisor (it is replaced at its next exit)".into(),
-                )
-            } else {
-                (
-                    format!("the kernel refused ({err}): the listener is not dumpable or runs as another user"),
-                    "run the supervisor as the listener's user, or grant it CAP_SYS_PTRACE".into(),
-                )
-            }
-        }
-        _ => (
-            format!("pidfd_getfd failed: {err}"),
-            "see `supervisor doctor`".into(),
-        ),
-    }
-}
-
-/// Whether this process may take descriptors of a child of its own: tried on a forked
-/// child that only waits. `Ok(())` or the refusal (reason, fix).
-pub fn probe_getfd() -> Result<(), (String, String)> {
-    use nix::sys::wait::waitpid;
-    use nix::unistd::{fork, ForkResult};
-    // SAFETY: the child calls only async-signal-safe functions (pause, _exit).
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => loop {
-            // SAFETY: async-signal-safe.
-            unsafe { libc::pause() };
-        },
-        Ok(ForkResult::Parent { child }) => {
-            let r = pidfd_open(child.as_raw()).and_then(|p| pidfd_getfd(p.as_fd(), 0).map(drop));
-            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-            let _ = waitpid(child, None);
-            r.map_err(|e| refusal(&e, true))
-        }
-        Err(e) => Err((format!("cannot fork a probe: {e}"), String::new())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,18 +305,5 @@ mod tests {
         assert_eq!(diag[0].0, ino);
         assert_eq!(diag[0].1.state, crate::tcpinfo::ESTABLISHED);
         assert_eq!(peer(c.as_fd()), Some(l.local_addr().unwrap()));
-    }
-
-    #[test]
-    fn refusals_name_the_reason_and_the_fix() {
-        let (why, fix) = refusal(&io::Error::from_raw_os_error(libc::ENOSYS), true);
-        assert!(
-            why.contains("5.6") && fix.contains("upgrade"),
-            "{why} / {fix}"
-        );
-        let (why, fix) = refusal(&io::Error::from_raw_os_error(libc::EPERM), true);
-        assert!(!why.is_empty() && !fix.is_empty());
-        // This machine lets a process take its own child's descriptors.
-        assert_eq!(probe_getfd(), Ok(()));
     }
 }

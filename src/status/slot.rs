@@ -1,0 +1,160 @@
+//! One slot's status: its state word, its job, its failures, its breaker and its
+//! listener's keepalive, as `status.json` carries them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    /// Asking GitHub for a registration.
+    Registering,
+    /// The listener is starting (config.sh first in token mode).
+    #[default]
+    Starting,
+    /// Idle, long-polling for a job.
+    Listening,
+    /// Running a job.
+    Busy,
+    /// The job is over; the listener is exiting.
+    Finishing,
+    /// The listener is being stopped (SIGINT, grace, SIGKILL).
+    Stopping,
+    /// Waiting out a failure back-off.
+    Backoff,
+    /// Paused for a reason the operator must fix (a deprecated runner).
+    Paused,
+    /// Waiting out an open circuit breaker.
+    BreakerOpen,
+    /// Registrations paused until the clock is fixed.
+    ClockFault,
+    /// The slot has ended (the supervisor stops).
+    Stopped,
+}
+
+impl SlotState {
+    /// The word in `status.json` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Registering => "registering",
+            SlotState::Starting => "starting",
+            SlotState::Listening => "listening",
+            SlotState::Busy => "busy",
+            SlotState::Finishing => "finishing",
+            SlotState::Stopping => "stopping",
+            SlotState::Backoff => "backoff",
+            SlotState::Paused => "paused",
+            SlotState::BreakerOpen => "breaker-open",
+            SlotState::ClockFault => "clock-fault",
+            SlotState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One slot's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotStatus {
+    pub state: SlotState,
+    pub runner: Option<String>,
+    pub job: Option<String>,
+    pub since: DateTime<Utc>,
+    /// The last failure, while failing.
+    pub error: Option<String>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// When the current run of failures began.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub last_exit: Option<String>,
+    /// The last watchdog fire: cause and detail.
+    pub last_fire: Option<String>,
+    /// When the current job started.
+    #[serde(default)]
+    pub job_started_at: Option<DateTime<Utc>>,
+    /// When the last listener exited.
+    #[serde(default)]
+    pub last_exit_at: Option<DateTime<Utc>>,
+    /// The slot's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerStatus,
+    /// Keepalive on the current listener's own connections; null without a listener.
+    #[serde(default)]
+    pub keepalive: Option<SlotKeepalive>,
+}
+
+/// Keepalive on one listener's own connections, judged for that listener alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotKeepalive {
+    pub state: KeepaliveState,
+    /// Its connections given keepalive so far.
+    pub connections: u64,
+    /// Why it was refused (measured on this listener), when refused.
+    pub reason: Option<String>,
+    /// How to fix the refusal.
+    pub fix: Option<String>,
+}
+
+/// Whether keepalive is set on a listener's connections.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepaliveState {
+    /// Not judged yet: no connection taken so far.
+    Pending,
+    /// Set on its connections.
+    On,
+    /// `listener_keepalive = off`: watched read-only.
+    Off,
+    /// The kernel refused this listener: watched read-only.
+    Refused,
+}
+
+impl KeepaliveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepaliveState::Pending => "pending",
+            KeepaliveState::On => "on",
+            KeepaliveState::Off => "off",
+            KeepaliveState::Refused => "refused",
+        }
+    }
+}
+
+/// A slot's circuit breaker as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BreakerStatus {
+    /// Watchdog fires within the sliding window, by cause (`clock`, `token`, `network`,
+    /// `unknown`).
+    pub fires: BTreeMap<String, u32>,
+    /// Open until then (wall clock), if open.
+    pub open_until: Option<DateTime<Utc>>,
+    /// The fires that opened it (`6 fires (clock:6)`), if open.
+    pub opened_by: Option<String>,
+}
+
+impl Default for SlotStatus {
+    fn default() -> Self {
+        SlotStatus {
+            state: SlotState::Starting,
+            runner: None,
+            job: None,
+            since: crate::clocks::wall_now(),
+            error: None,
+            failures: 0,
+            failing_since: None,
+            last_exit: None,
+            last_fire: None,
+            job_started_at: None,
+            last_exit_at: None,
+            breaker: BreakerStatus::default(),
+            keepalive: None,
+        }
+    }
+}
