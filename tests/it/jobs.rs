@@ -275,3 +275,42 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
     first.signal(Signal::SIGTERM);
     assert_eq!(first.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn a_job_started_hook_runs_with_the_jobs_environment_and_its_failure_fails_the_job() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let out = sb.dir.path().join("hook.out");
+    let hook = sb.dir.path().join("job-started.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "echo \"$GITHUB_JOB $GITHUB_REPOSITORY $RUNNER_NAME $GITHUB_ACTIONS\" >> {}\n[ \"$GITHUB_JOB\" != bad ]\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut env = sb.env(&gh);
+    env.insert(
+        "SUPERVISOR_RUNNER_ENV".into(),
+        format!("ACTIONS_RUNNER_HOOK_JOB_STARTED={}", hook.display()),
+    );
+    gh.enqueue(crate::support::job("good", 100), 1);
+    gh.enqueue(crate::support::job("bad", 100), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    assert!(gh.wait_for(T, |s| s.completed.len() >= 2).await);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    let done = gh.state(|s| s.completed.clone());
+    let result = |n: &str| done.iter().find(|j| j.name == n).unwrap().result.clone();
+    assert_eq!(result("good"), "Succeeded");
+    assert_eq!(result("bad"), "Failed", "a failing started hook fails the job");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let good = done.iter().find(|j| j.name == "good").unwrap();
+    assert!(
+        lines.contains(&format!("good octo/app {} true", good.runner)),
+        "{lines}"
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod fixture;
 pub mod github;
+pub mod hooks;
 pub mod longpoll;
 pub mod protocol;
 pub mod runner;

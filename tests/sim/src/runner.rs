@@ -435,6 +435,11 @@ impl Runner {
         let total = Duration::from_millis(job.duration_ms);
         let mut result = job.result.clone();
         let mut shut = false;
+        // "Set up runner": the job-started hook; its failure fails the job.
+        let hook = crate::hooks::Hook::JobStarted;
+        if crate::hooks::run(hook, &self.settings, &job, &self.root).await == Some(false) {
+            result = "Failed".into();
+        }
         if let Script::ConnectionLoss {
             after_ms,
             recover_after_ms,
@@ -500,6 +505,9 @@ impl Runner {
             self.term.line("Exiting...");
             result = "Canceled".into();
         }
+        // "Complete runner": before the job completes; its exit does not change the result.
+        let hook = crate::hooks::Hook::JobCompleted;
+        let _ = crate::hooks::run(hook, &self.settings, &job, &self.root).await;
         self.term.line(&format!(
             "{}: Job {} completed with result: {}",
             utc(),
