@@ -146,6 +146,13 @@ pub fn remove_config_files(root: &Path) {
     }
 }
 
+/// The registration a root's `.runner` names (`agentId`, `agentName`), if it is there.
+pub fn registration(root: &Path) -> Option<(u64, String)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(".runner")).ok()?).ok()?;
+    Some((v["agentId"].as_u64()?, v["agentName"].as_str()?.to_string()))
+}
+
 /// The `agentId` in a root's `.runner`, if it is there.
 pub fn agent_id(root: &Path) -> Option<u64> {
     let v: serde_json::Value =

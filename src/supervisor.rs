@@ -137,23 +137,37 @@ pub struct Deps {
     pub token: Option<crate::github::TokenInfo>,
 }
 
-/// Delete offline runners whose names say they are this host's. Returns how many.
-pub async fn reap_ghosts(gh: &GithubClient, prefix: &str, host: &str) -> Result<u64, GithubError> {
+/// Delete offline runners whose names say they are this host's, and the registrations
+/// an earlier run left in this state directory's slot roots (`left`: proof that they were
+/// ours, online or not; their listeners were stopped as strays first). Returns how many
+/// were deleted, and the left ones GitHub refused to delete now (busy), to queue.
+pub async fn reap_ghosts(
+    gh: &GithubClient,
+    prefix: &str,
+    host: &str,
+    left: &BTreeMap<u64, String>,
+) -> Result<(u64, Vec<(u64, String)>), GithubError> {
     let mut n = 0;
+    let mut refused = vec![];
     for r in gh.list_runners(None).await? {
-        if r.status == "offline" && naming::is_ours(&r.name, prefix, host) {
-            match gh.delete_runner(r.id).await {
-                Ok(()) => {
-                    tracing::info!(runner = %r.name, id = r.id, "deleted a ghost runner left by an earlier run");
-                    n += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(runner = %r.name, id = r.id, error = %e, "cannot delete a ghost runner")
+        let leftover = left.contains_key(&r.id);
+        if !(leftover || r.status == "offline" && naming::is_ours(&r.name, prefix, host)) {
+            continue;
+        }
+        match gh.delete_runner(r.id).await {
+            Ok(()) => {
+                tracing::info!(event = "ghost_reaped", runner = %r.name, id = r.id, status = %r.status, "deleted a ghost runner left by an earlier run");
+                n += 1;
+            }
+            Err(e) => {
+                tracing::warn!(runner = %r.name, id = r.id, error = %e, "cannot delete a ghost runner");
+                if leftover {
+                    refused.push((r.id, r.name.clone()));
                 }
             }
         }
     }
-    Ok(n)
+    Ok((n, refused))
 }
 
 /// Run until every slot has stopped (after `mode` leaves `Run`).
@@ -172,6 +186,11 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     let mut roots_to_scan = vec![cfg.runner.dir.clone()];
     roots_to_scan.extend((0..cfg.runner.slots).map(|i| layout::slot_root(state, i)));
     let strays = crate::procs::stop_strays(&roots_to_scan, cfg.runner.stop_grace).await;
+    // Registrations an earlier run left in the slot roots (killed before it could delete
+    // them: a watchdog kill, a power cut), read before the roots are rebuilt.
+    let left: BTreeMap<u64, String> = (0..cfg.runner.slots)
+        .filter_map(|i| layout::registration(&layout::slot_root(state, i)))
+        .collect();
     let roots = layout::prepare_slots(&cfg.runner.dir, state, cfg.runner.slots).map_err(|e| {
         anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
     })?;
@@ -237,13 +256,18 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
         .stats
         .strays_stopped
         .fetch_add(strays as u64, Ordering::Relaxed);
-    // No registration of ours exists yet, so every offline runner of ours is a ghost.
-    match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host).await {
-        Ok(n) => {
+    // No registration of ours exists yet, so every offline runner of ours is a ghost, and
+    // so is every registration left in our slot roots.
+    let requeue = match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host, &left).await {
+        Ok((n, refused)) => {
             board.stats.ghosts_reaped.fetch_add(n, Ordering::Relaxed);
+            refused
         }
-        Err(e) => tracing::warn!(error = %e, "cannot list runners to reap ghosts; continuing"),
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list runners to reap ghosts; continuing");
+            left.into_iter().collect()
+        }
+    };
 
     let host = Arc::new(Host::new(deps.clocks.clone()));
     let shared = Arc::new(Shared::new(
@@ -255,6 +279,11 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
         &*deps.outer_env,
         host.clone(),
     ));
+    // What could not be deleted now is retried in the background (and counted as left by
+    // an earlier run).
+    for (id, name) in requeue {
+        shared.deletions.add(id, &name);
+    }
     {
         let d = shared.deletions.clone();
         board.attach(crate::status::Sources {

@@ -3,9 +3,11 @@
 //! capabilities, a seccomp filter tried on our own descriptors, Yama), never guessed from
 //! the host's settings alone.
 //!
-//! A listener that has just exited is a zombie until its parent reaps it, and a zombie's
-//! `/proc/<pid>/fd` is root's with mode 0500: an unprivileged supervisor is refused
-//! there although nothing forbids it anything. Such a listener is never judged.
+//! A listener that is exiting has released its memory before it becomes a zombie, and is
+//! a zombie until its parent reaps it: from the first moment its `/proc/<pid>/fd` is
+//! root's with mode 0500, and an unprivileged supervisor is refused there although
+//! nothing forbids it anything. Such a listener (`PF_EXITING`, no address space, or a
+//! zombie, read from `/proc/<pid>/stat`) is never judged.
 //!
 //! It must not: judge a process that is not live, or keep a descriptor it took.
 
@@ -73,9 +75,33 @@ fn parse_status(text: &str) -> Option<ProcStatus> {
     })
 }
 
-/// Whether `pid` is a live process (not a zombie, not gone).
+/// `PF_EXITING` in `/proc/<pid>/stat`'s flags: set first thing in `do_exit`.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` is a live process: not exiting (`PF_EXITING`), with an address space
+/// (an exiting task drops it before it is a zombie, and its `/proc` entries turn root's
+/// then), not a zombie, not gone.
 pub fn is_live(pid: i32) -> bool {
-    ProcStatus::read(pid).is_some_and(|s| s.live())
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|s| stat_is_live(&s))
+}
+
+fn stat_is_live(stat: &str) -> bool {
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = f.first().and_then(|s| s.chars().next());
+    let flags = f.get(6).and_then(|v| v.parse::<u64>().ok());
+    let vsize = f.get(20).and_then(|v| v.parse::<u64>().ok());
+    match (state, flags, vsize) {
+        (Some(st), Some(flags), Some(vsize)) => {
+            !matches!(st, 'Z' | 'X') && flags & PF_EXITING == 0 && vsize > 0
+        }
+        _ => false,
+    }
 }
 
 const CAP_SYS_PTRACE: u64 = 1 << 19;
@@ -84,10 +110,14 @@ const CAP_SYS_PTRACE: u64 = 1 << 19;
 /// fix), measured. `None` when `pid` is not live (a zombie's `/proc` entries are root's:
 /// that says nothing of the next listener), before or after the measurement.
 pub fn refusal_of(pid: i32, reach: Reach, err: &io::Error) -> Option<(String, String)> {
+    if !is_live(pid) {
+        return None;
+    }
     let target = ProcStatus::read(pid).filter(ProcStatus::live)?;
     let me = ProcStatus::read(std::process::id() as i32)?;
     let verdict = measure(pid, &target, &me, reach, err);
-    // It may have exited while we looked: then its root-owned entries misled us.
+    // It may have begun to exit while we looked (PF_EXITING comes before its entries turn
+    // root's): then they misled us.
     is_live(pid).then_some(verdict)
 }
 
@@ -280,6 +310,19 @@ mod tests {
         assert_eq!(refusal_of(pid, Reach::Take, &eacces), None);
         child.wait().unwrap();
         assert_eq!(refusal_of(pid, Reach::List, &eacces), None, "gone");
+        assert!(is_live(std::process::id() as i32));
+    }
+
+    #[test]
+    fn an_exiting_task_or_one_without_memory_is_not_live() {
+        let stat = |state: &str, flags: u64, vsize: u64| {
+            format!("42 (Runner.Listener (x)) {state} 1 42 42 0 -1 {flags} 0 0 0 0 5 3 0 0 20 0 9 0 100 {vsize} 2000 18446744073709551615")
+        };
+        assert!(stat_is_live(&stat("S", 0x400000, 1 << 30)));
+        assert!(!stat_is_live(&stat("R", 0x400004, 1 << 30)), "PF_EXITING");
+        assert!(!stat_is_live(&stat("R", 0x400000, 0)), "its memory is gone");
+        assert!(!stat_is_live(&stat("Z", 0x40040c, 0)));
+        assert!(!stat_is_live("garbage"));
         assert!(is_live(std::process::id() as i32));
     }
 

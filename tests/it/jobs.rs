@@ -306,11 +306,72 @@ async fn a_job_started_hook_runs_with_the_jobs_environment_and_its_failure_fails
     let done = gh.state(|s| s.completed.clone());
     let result = |n: &str| done.iter().find(|j| j.name == n).unwrap().result.clone();
     assert_eq!(result("good"), "Succeeded");
-    assert_eq!(result("bad"), "Failed", "a failing started hook fails the job");
+    assert_eq!(
+        result("bad"),
+        "Failed",
+        "a failing started hook fails the job"
+    );
     let lines = std::fs::read_to_string(&out).unwrap();
     let good = done.iter().find(|j| j.name == "good").unwrap();
     assert!(
         lines.contains(&format!("good octo/app {} true", good.runner)),
         "{lines}"
     );
+}
+
+#[tokio::test]
+async fn registrations_left_online_by_a_killed_run_are_deleted_at_the_next_start() {
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let host = this_host();
+    // Online and named like ours, but not in our slot roots: not ours to delete.
+    let not_left = gh.add_runner("repos/octo/app", &format!("ci-{host}-0-zzz999"), true);
+    let mut env = sb.env(&gh);
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let listening = |s: &sim::github::State| {
+        s.runners
+            .values()
+            .filter(|r| r.id != not_left && r.status_is_online())
+            .count()
+    };
+    assert!(gh.wait_for(T, |s| listening(s) == 2).await);
+    let left: BTreeSet<u64> = gh
+        .runners()
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| *id != not_left)
+        .collect();
+    // Killed with its listeners, as a watchdog kill or a power cut would: no cleanup, and
+    // GitHub still shows both runners online.
+    let listeners = crate::support::listeners(&sb, 2);
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(T).await;
+    for pid in listeners {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        assert!(crate::support::wait_gone(pid, T).await);
+    }
+    assert!(gh
+        .runners()
+        .iter()
+        .filter(|r| left.contains(&r.id))
+        .all(|r| r.status_is_online()));
+    let mut d = Daemon::start(&env, &["run"]).await;
+    // Two new listeners (the reaping comes before any registration).
+    let new = |s: &sim::github::State| {
+        s.runners
+            .values()
+            .filter(|r| r.id != not_left && !left.contains(&r.id) && r.status_is_online())
+            .count()
+    };
+    assert!(gh.wait_for(T, |s| new(s) == 2).await);
+    let ids: BTreeSet<u64> = gh.runners().iter().map(|r| r.id).collect();
+    assert!(ids.is_disjoint(&left), "left: {left:?}, now: {ids:?}");
+    assert!(ids.contains(&not_left));
+    d.signal(Signal::SIGTERM);
+    let (code, out) = d.wait_exit(T).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("ghosts reaped       2"), "{out}");
+    let ids: Vec<u64> = gh.runners().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [not_left], "nothing else left");
 }

@@ -26,5 +26,6 @@ mod registration;
 mod resume;
 mod shutdown;
 mod systemd;
+mod systemd_boot;
 mod token;
 mod watchdog;

@@ -12,6 +12,7 @@ use crate::support::dockerd::{busybox, Dockerd};
 use super::stack::*;
 use super::stand_ins::*;
 use super::*;
+use crate::support::rootfs::runner_tarball;
 
 /// The whole stack on a real engine: the shipped compose.yaml plus only the test's
 /// override, built from compose/Dockerfile with the stand-ins above.

@@ -1,63 +1,18 @@
 //! The stand-ins the end-to-end test assembles: base images, `mongo:7.0`, the runner
 //! tarball, the build context, and the override that adds the fake GitHub.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::dockerd::{busybox, Dockerd};
+use crate::support::rootfs::{debootstrap, write_exec};
 use crate::support::sim_bin;
 
 use super::*;
 
-/// The debootstrap of bookworm minbase, as a tar, cached under `target/`.
-pub(super) fn bookworm_rootfs() -> PathBuf {
-    let cache = crate::support::supervisor_bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("e2e-cache");
-    let tar = cache.join("bookworm-minbase.tar");
-    if tar.exists() {
-        return tar;
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("dbs")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let root = tmp.path().join("root");
-    let st = Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
-        .arg(&root)
-        .arg("http://deb.debian.org/debian")
-        .stdout(Stdio::null())
-        .status()
-        .expect("debootstrap (apt-get install debootstrap; tests/run does)");
-    assert!(st.success(), "debootstrap bookworm minbase");
-    let part = cache.join("bookworm-minbase.tar.part");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .args(["-cf"])
-        .arg(&part)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::rename(&part, &tar).unwrap();
-    tar
-}
-
-pub(super) fn write_exec(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// Every stand-in image, tagged as compose/Dockerfile and compose.yaml name them.
 pub(super) fn import_images(dk: &mut Dockerd, work: &Path) {
-    let bookworm = bookworm_rootfs();
+    let bookworm = debootstrap("bookworm-minbase", &[]);
     dk.import_rootfs(
         &bookworm,
         "debian:bookworm-slim",
@@ -91,41 +46,6 @@ pub(super) fn import_images(dk: &mut Dockerd, work: &Path) {
     );
     dk.import_rootfs(&m, "mongo:7.0", &["ENV PATH=/usr/local/bin:/bin"]);
     dk.import("rs-e2e/keep:1");
-}
-
-/// The runner tarball of the test: the fake runner as bin/Runner.Listener.
-pub(super) fn runner_tarball(work: &Path, dest: &Path) -> String {
-    let dir = work.join("actions-runner");
-    sim::fixture::install_runner(&dir, &sim_bin("fake-runner")).unwrap();
-    // A copy, not the hard link: other tests link the same file at the same time, which
-    // changes its ctime under tar ("file changed as we read it").
-    let listener = dir.join("bin/Runner.Listener");
-    std::fs::remove_file(&listener).unwrap();
-    std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
-    write_exec(
-        &dir.join("bin/installdependencies.sh"),
-        "#!/bin/sh\n# Stand-in: the fake runner needs no .NET dependencies.\necho 'dependencies: nothing to install'\n",
-    );
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&dir)
-        .arg("-czf")
-        .arg(dest)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let out = Command::new("sha256sum").arg(dest).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// A copy of the repository as a build context (without `target` and `.git`).
