@@ -204,6 +204,30 @@ pub fn check_clock(gh: &GithubClient, cfg: &crate::config::ClockConfig) -> Optio
     })
 }
 
+/// Whether jobs may gain privileges (`sudo`, setuid programs): not when the supervisor
+/// runs with NoNewPrivileges, which every job inherits. `run` logs it at start.
+pub fn check_privileges() -> Check {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    check_no_new_privs(&status)
+}
+
+fn check_no_new_privs(status: &str) -> Check {
+    let nnp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(str::trim);
+    match nnp {
+        Some("1") => Check::bad(
+            "sudo",
+            Level::Warn,
+            "NoNewPrivileges is set on the supervisor and every job inherits it: sudo and every setuid program fail in jobs",
+            "if jobs need sudo: under systemd remove NoNewPrivileges= and every setting that implies it for a User= service (ProtectKernelModules=, ProtectKernelLogs=, ProtectHostname=, LockPersonality=, RestrictRealtime=, SystemCallFilter=... see systemd/README.md); in Docker drop `no-new-privileges` from security_opt",
+        ),
+        Some(_) => Check::ok("sudo", "jobs may gain privileges (sudo, setuid programs): NoNewPrivileges is not set"),
+        None => Check::ok("sudo", "NoNewPrivileges not reported by this kernel"),
+    }
+}
+
 /// The runner install and the state directory.
 pub fn check_local(cfg: &Config) -> Vec<Check> {
     let mut out = vec![];
@@ -321,6 +345,20 @@ pub async fn check_time(cfg: &Config) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_new_privileges_is_a_warning_that_names_sudo_and_the_fix() {
+        let c = check_no_new_privs("Name:\tsupervisor\nNoNewPrivs:\t1\nSeccomp:\t2\n");
+        assert_eq!((c.name, c.level), ("sudo", Level::Warn));
+        assert!(c.detail.contains("sudo") && c.fix.unwrap().contains("ProtectKernelModules="));
+        let c = check_no_new_privs("NoNewPrivs:\t0\n");
+        assert_eq!(c.level, Level::Ok);
+        assert_eq!(
+            check_privileges().level,
+            Level::Ok,
+            "this test runs without it"
+        );
+    }
 
     #[test]
     fn scopes_match_exactly() {

@@ -92,6 +92,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     for c in checks
         .iter()
         .chain(preflight::check_clock(&gh, &cfg.clock).iter())
+        .chain(std::iter::once(&preflight::check_privileges()))
     {
         match c.level {
             Level::Ok => tracing::info!(check = c.name, "{}", c.detail),

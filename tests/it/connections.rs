@@ -388,15 +388,7 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
     let sb = Sandbox::new();
     // The supervisor runs as nobody, without CAP_SYS_PTRACE; the listener, its child, makes
     // itself undumpable (PR_SET_DUMPABLE 0): pidfd_getfd and /proc/<pid>/fd both refuse.
-    let listener = sb.install.join("bin/Runner.Listener");
-    std::fs::remove_file(&listener).unwrap();
-    std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
-    let st = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(sb.dir.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    given_to_nobody(&sb);
     let gh = github(|o| o.poll_timeout = Duration::from_millis(500)).await;
     let env = env_for(
         &sb,
@@ -429,15 +421,9 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
 
-/// The typed status the supervisor writes, as `health` reads it.
-fn status_of(state: &std::path::Path) -> Option<runner_supervisor::status::StatusFile> {
-    serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()
-}
-
-#[tokio::test]
-async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() {
-    use runner_supervisor::status::{KeepaliveState, SlotState};
-    let sb = Sandbox::new();
+/// The sandbox owned by nobody (uid 65534), with a copy of the fake runner as the
+/// listener (a hard link would be chowned for every other test too).
+fn given_to_nobody(sb: &Sandbox) {
     let listener = sb.install.join("bin/Runner.Listener");
     std::fs::remove_file(&listener).unwrap();
     std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
@@ -447,6 +433,18 @@ async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() 
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// The typed status the supervisor writes, as `health` reads it.
+fn status_of(state: &std::path::Path) -> Option<runner_supervisor::status::StatusFile> {
+    serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()
+}
+
+#[tokio::test]
+async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() {
+    use runner_supervisor::status::{KeepaliveState, SlotState};
+    let sb = Sandbox::new();
+    given_to_nobody(&sb);
     let gh = github(|o| o.poll_timeout = Duration::from_secs(2)).await;
     // Each exited listener stays a zombie for 400 ms (a debug build's hook) while its
     // descriptors are looked at every 100 ms: a zombie's /proc/<pid>/fd is root's, 0500.
