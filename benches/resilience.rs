@@ -215,11 +215,18 @@ async fn crash_loop(dir: &Path) -> usize {
     starts
 }
 
-/// The most listener starts in `window` over 1,000 draws of the back-off's jitter, for a
-/// listener crashing `crash` after it starts.
+/// The most listener starts in `window` over 1,000 seeds of the back-off's jitter (the
+/// default 2 s base), for a listener crashing `crash` after it starts.
 fn crash_loop_policy(window: Duration, crash: Duration) -> usize {
-    (0..1000)
-        .map(|_| runner_supervisor::slot::machine::crash_loop_starts(window, crash))
+    use runner_supervisor::slot::machine::outer::{
+        crash_loop_starts, Backoff, Jitter, FAILURE_BACKOFF_CAP,
+    };
+    let backoff = Backoff {
+        base: Duration::from_secs(2),
+        cap: FAILURE_BACKOFF_CAP,
+    };
+    (0..1000u64)
+        .map(|seed| crash_loop_starts(backoff, window, crash, &mut Jitter::Seeded(seed)))
         .max()
         .unwrap_or(0)
 }

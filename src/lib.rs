@@ -22,9 +22,13 @@
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
 //!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
 //!   one pruner per engine, aware of every runner's job through the [`fleet`];
-//!   [`autoheal`] restarts labelled unhealthy containers; [`docker`] is the engine.
+//!   [`autoheal`] restarts labelled unhealthy containers; [`docker`] is the engine;
+//!   [`offline`] replaces a listener GitHub shows offline.
+//! - [`cause`] (pure) is what a watchdog fire is attributed to, and the commands
+//!   monitors send to slots.
 
 pub mod autoheal;
+pub mod cause;
 pub mod cli;
 pub mod clock;
 pub mod clocks;
@@ -43,6 +47,7 @@ pub mod layout;
 pub mod metrics;
 pub mod naming;
 pub mod netwatch;
+pub mod offline;
 pub mod preflight;
 pub mod procs;
 pub mod runner;

@@ -319,10 +319,14 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             writer_cancel.clone(),
         ));
     }
-    {
-        let (shared, cmd_tx, cancel) = (shared.clone(), cmd_tx.clone(), writer_cancel.clone());
-        tracker.spawn(async move { run_offline_check(shared, cmd_tx, cancel).await });
-    }
+    tracker.spawn(crate::offline::run(
+        cfg.clone(),
+        deps.gh.clone(),
+        board.clone(),
+        host.clone(),
+        cmd_tx.clone(),
+        writer_cancel.clone(),
+    ));
     tracker.spawn(crate::sleepwake::run(
         host.clone(),
         cmd_tx.clone(),
@@ -495,55 +499,4 @@ pub fn lock_state_dir(state: &Path) -> anyhow::Result<std::fs::File> {
 /// The status file of a state directory.
 pub fn status_path(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("status.json")
-}
-
-/// Scenario 11: a runner that says it is listening while GitHub shows it offline for
-/// `offline_after` is replaced. One API call per check, only while a slot is listening.
-async fn run_offline_check(
-    sh: Arc<Shared>,
-    cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
-    cancel: CancellationToken,
-) {
-    let w = sh.cfg.watchdog.clone();
-    let mut since: Vec<Option<tokio::time::Instant>> = vec![None; cmds.len()];
-    let mut tick = tokio::time::interval(w.offline_check_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let listening = sh.board.listening();
-        if listening.is_empty() {
-            since.iter_mut().for_each(|s| *s = None);
-            continue;
-        }
-        let Ok(runners) = sh.gh.list_runners(None).await else {
-            continue;
-        };
-        let now = tokio::time::Instant::now();
-        for (i, s) in since.iter_mut().enumerate() {
-            let offline = listening
-                .iter()
-                .find(|(j, _)| *j == i)
-                .and_then(|(_, name)| runners.iter().find(|r| &r.name == name))
-                .is_some_and(|r| r.status == "offline");
-            if !offline {
-                *s = None;
-                continue;
-            }
-            let first = *s.get_or_insert(now);
-            if now - first >= w.offline_after {
-                tracing::warn!(
-                    slot = i,
-                    offline_s = (now - first).as_secs(),
-                    "GitHub shows the listening runner offline"
-                );
-                let cause = crate::host::attribute(sh.hoststate.context(true));
-                let _ = cmds[i].send(SlotCmd::Replace(cause));
-                *s = None;
-            }
-        }
-    }
 }

@@ -457,6 +457,7 @@ fn build_with(
             update_wait: r.get(&RUNNER_UPDATE_WAIT),
             ready_timeout: r.get(&RUNNER_READY_TIMEOUT),
             stable_after: r.get(&RUNNER_STABLE_AFTER),
+            failure_backoff: r.get(&RUNNER_FAILURE_BACKOFF),
             env: extra_env,
             pass_env,
         },

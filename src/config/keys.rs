@@ -93,7 +93,9 @@ keys! {
     RUNNER_READY_TIMEOUT: Duration = "runner" . "ready_timeout", Kind::Duration { min: secs(1), max: secs(3600), }, Some("5m"), &[],
         "a listener not listening by then is stopped and replaced";
     RUNNER_STABLE_AFTER: Duration = "runner" . "stable_after", Kind::Duration { min: secs(1), max: secs(3600), }, Some("60s"), &[],
-        "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially, 2 s doubling to 5 min";
+        "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially from failure_backoff, doubling to 5 min";
+    RUNNER_FAILURE_BACKOFF: Duration = "runner" . "failure_backoff", Kind::Duration { min: Duration::from_millis(10), max: secs(300), }, Some("2s"), &[],
+        "the first wait of a failing slot (a crash loop, a failed registration or start), doubling to 5 min, with jitter";
     RUNNER_ENV: Option<BTreeMap<String, String>> = "runner" . "env", Kind::Map, None, &[],
         "extra environment for the runner and its jobs, NAME = value";
     RUNNER_PASS_ENV: Option<Vec<String>> = "runner" . "pass_env", Kind::List, None, &[],

@@ -146,6 +146,8 @@ pub struct RunnerConfig {
     pub update_wait: Duration,
     pub ready_timeout: Duration,
     pub stable_after: Duration,
+    /// The first back-off of a failing slot.
+    pub failure_backoff: Duration,
     /// Extra variables for the runner; values may be secrets of the user's, so never logged.
     pub env: BTreeMap<String, String>,
     /// Supervisor variables passed through, resolved at start.

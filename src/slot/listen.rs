@@ -28,6 +28,10 @@ pub(super) struct Watched {
     pub(super) cause: Option<StopCause>,
     /// The last `An error occurred:` message.
     pub(super) fatal: Option<String>,
+    /// The job it was running when it ended, if any.
+    pub(super) job: Option<String>,
+    /// It listened for `stable_after`: the run of failures is over.
+    pub(super) stable: bool,
 }
 
 /// Spawn config.sh (token mode) and then the listener.
@@ -144,7 +148,7 @@ pub(super) async fn watch_listener(
     mode: &mut watch::Receiver<Mode>,
     cmds: &mut mpsc::UnboundedReceiver<SlotCmd>,
     prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
-    failures: &mut u32,
+    failures: u32,
 ) -> Watched {
     let cfg = &sh.cfg.runner;
     let wcfg = &sh.cfg.watchdog;
@@ -158,10 +162,11 @@ pub(super) async fn watch_listener(
     let mut m = Listen::new(
         limits,
         Instant::now(),
-        *failures > 0,
+        failures > 0,
         prep.is_some(),
         *mode.borrow(),
     );
+    let mut stable = false;
     // The connection watch inspects its sockets from now until it ends.
     let registered = Registered::new(&sh.hoststate, slot, l.pid());
     let mut cmds_open = true;
@@ -175,7 +180,7 @@ pub(super) async fn watch_listener(
     loop {
         for input in pending.drain(..) {
             for a in m.step(input, Instant::now(), host()) {
-                act(sh, slot, &l, a, mode, prep, failures);
+                act(sh, slot, &l, a, mode, prep, (failures, &mut stable));
             }
         }
         if m.stop_cause().is_some() {
@@ -196,10 +201,10 @@ pub(super) async fn watch_listener(
                 }
                 Some(Output::Line { .. }) => {}
                 Some(Output::Exited(ended)) => {
-                    return Watched { ended, seen: m.seen, cause: None, fatal: m.fatal }
+                    return Watched { ended, job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable }
                 }
                 None => {
-                    return Watched { ended: Ended::Code(-1), seen: m.seen, cause: None, fatal: m.fatal }
+                    return Watched { ended: Ended::Code(-1), job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable }
                 }
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
@@ -224,10 +229,10 @@ pub(super) async fn watch_listener(
                             Output::Exited(ended) => {
                                 for input in pending.drain(..) {
                                     for a in m.step(input, Instant::now(), host()) {
-                                        act(sh, slot, &l, a, mode, prep, failures);
+                                        act(sh, slot, &l, a, mode, prep, (failures, &mut stable));
                                     }
                                 }
-                                return Watched { ended, seen: m.seen, cause: None, fatal: m.fatal };
+                                return Watched { ended, job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable };
                             }
                         }
                     }
@@ -243,9 +248,11 @@ pub(super) async fn watch_listener(
     let ended = stop(&mut l, cfg.stop_grace, mode, &mut seen).await;
     Watched {
         ended,
+        job: m.job().cloned(),
         seen,
         cause,
         fatal: m.fatal,
+        stable,
     }
 }
 
@@ -276,7 +283,7 @@ fn act(
     a: Action,
     mode: &watch::Receiver<Mode>,
     prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
-    failures: &mut u32,
+    (failures, stable): (u32, &mut bool),
 ) {
     let board = &sh.board;
     match a {
@@ -293,8 +300,8 @@ fn act(
             }
         }
         Action::EndFailures => {
-            tracing::info!(slot, runner = %l.name(), failures = *failures, stable_s = sh.cfg.runner.stable_after.as_secs(), "listener stable: the run of failures is over");
-            *failures = 0;
+            tracing::info!(event = "listener_stable", slot, runner = %l.name(), failures, stable_s = sh.cfg.runner.stable_after.as_secs(), "listener stable: the run of failures is over");
+            *stable = true;
             clear_failure(board, slot);
         }
         Action::RunnerVersion(v) => board.set_fact("runner_version", v),

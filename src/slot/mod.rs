@@ -11,31 +11,29 @@
 //! listener (config.sh first in token mode) and watches it; this file is the loop.
 
 mod deletions;
+mod io;
 mod listen;
 pub mod machine;
 mod registration;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::config::{Config, RegistrationMode};
-use crate::github::{GithubClient, GithubError};
+use crate::github::GithubClient;
 pub use crate::host::SlotCmd;
-use crate::host::{looks_like_network, Cause, Host};
+use crate::host::{Cause, Host};
 use crate::runner::process::ENV_ALLOWLIST;
 use crate::shutdown::Mode;
 use crate::status::{Board, SlotState};
 use crate::watchdog::{self, Breaker, Verdict};
 
 pub use deletions::Deletions;
-use listen::{start, wait_for_update, watch_listener};
-use machine::{failure_backoff, registration_wait, Next, StopCause};
-use registration::deregister_reg;
+use io::SlotIo;
+use machine::outer::{self, Backoff, Jitter, Op, Outcome, SlotLimits};
 pub use registration::{deregister, register, RegSecret, Registration};
 
 /// A pre-made registration older than this is discarded rather than used.
@@ -204,8 +202,27 @@ impl Shared {
         self.deletions.drain(&self.gh, &self.board, deadline).await;
     }
 
-    /// Record a watchdog fire for `slot`; returns how long the breaker is now open, if it opened.
-    pub fn fire(&self, slot: usize, cause: Cause, detail: &str) -> Option<Duration> {
+    /// The limits of the slot's policy.
+    fn slot_limits(&self) -> SlotLimits {
+        SlotLimits {
+            backoff: Backoff {
+                base: self.cfg.runner.failure_backoff,
+                cap: machine::outer::FAILURE_BACKOFF_CAP,
+            },
+            retryable_exits: self.cfg.watchdog.retryable_exits,
+            session_conflict_wait: self.cfg.runner.session_conflict_wait,
+        }
+    }
+
+    /// Show slot `slot`'s breaker as it is now.
+    fn show_breaker(&self, slot: usize) {
+        let b = self.breakers.lock().unwrap_or_else(|p| p.into_inner())[slot].clone();
+        self.publish_breaker(slot, &b);
+    }
+
+    /// Record a watchdog fire for `slot`; the breaker's verdict: how long it is now open
+    /// and why, if the fire opened it.
+    pub fn fire(&self, slot: usize, cause: Cause, detail: &str) -> Option<(Duration, String)> {
         let w = &self.cfg.watchdog;
         let now = self.hoststate.clocks.boottime();
         let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,7 +245,14 @@ impl Shared {
                     humantime::format_duration(w.window),
                     dominant.as_str()
                 );
-                Some(open)
+                Some((
+                    open,
+                    format!(
+                        "circuit breaker open for {}s after {}",
+                        open.as_secs(),
+                        b.opened_by.clone().unwrap_or_else(|| b.describe())
+                    ),
+                ))
             }
             Verdict::Closed => None,
         };
@@ -279,255 +303,38 @@ async fn sleep_or_stop(d: Duration, mode: &mut watch::Receiver<Mode>) -> bool {
     }
 }
 
-fn stopping(mode: &watch::Receiver<Mode>) -> bool {
-    *mode.borrow() != Mode::Run
-}
-
-/// Run slot `slot` until the supervisor stops.
+/// Run slot `slot` until the supervisor stops: carry out what the slot's machine decides
+/// ([`outer::Slot`]) and feed it the outcomes. Nothing is decided here.
 pub async fn run(
     sh: Arc<Shared>,
     slot: usize,
     mut mode: watch::Receiver<Mode>,
     mut cmds: mpsc::UnboundedReceiver<SlotCmd>,
 ) {
-    let root = sh.roots[slot].clone();
-    let mut failures: u32 = 0;
-    let mut retryable_streak: u32 = 0;
-    let mut last_fatal: Option<String> = None;
-    // The current run of failures is GitHub refusing the token (not the listener's doing).
-    let mut refused_only = false;
-    let mut prep: Option<JoinHandle<Result<Registration, GithubError>>> = None;
-    let board = &sh.board;
+    let mut m = outer::Slot::new(sh.slot_limits(), Jitter::Seeded(rand::random()));
+    let mut io = SlotIo {
+        root: sh.roots[slot].clone(),
+        sh,
+        slot,
+        reg: None,
+        name: String::new(),
+        prep: None,
+        listener: None,
+    };
+    let mut outcome = Outcome::Begin;
     loop {
-        if stopping(&mode) {
+        let step = m.step(outcome);
+        for e in step.effects {
+            io.apply(e).await;
+        }
+        if step.op == Op::Finish {
             break;
         }
-        // 0. Gates: an open breaker, a clock fault.
-        if let Some((wait, why)) = sh.breaker_open(slot) {
-            board.update(slot, |s| s.error = Some(why.clone()));
-            board.set_state(slot, SlotState::BreakerOpen);
-            tokio::select! {
-                stop = sleep_or_stop(wait, &mut mode) => if stop { break },
-                _ = sh.breaker_reset[slot].notified() => {
-                    board.update(slot, |s| s.error = None);
-                }
-            }
-            // Open no longer: the fires that opened it leave the status too.
-            let b = sh.breakers.lock().unwrap_or_else(|p| p.into_inner())[slot].clone();
-            sh.publish_breaker(slot, &b);
-            continue;
-        }
-        if sh.hoststate.clock_fault() {
-            let why = sh
-                .hoststate
-                .clock
-                .borrow()
-                .reason
-                .clone()
-                .unwrap_or_else(|| "clock fault".into());
-            tracing::warn!(slot, reason = %why, "clock fault: registrations paused until the clock is fixed");
-            board.update(slot, |s| s.error = Some(format!("clock fault: {why}")));
-            board.set_state(slot, SlotState::ClockFault);
-            let mut clock = sh.hoststate.clock.subscribe();
-            tokio::select! {
-                _ = clock.wait_for(|c| !c.fault) => {}
-                _ = mode.wait_for(|m| *m != Mode::Run) => break,
-            }
-            tracing::info!(slot, "clock fixed: registrations resume");
-            board.update(slot, |s| s.error = None);
-            continue;
-        }
-        // 1. A registration: the one made in advance, or a new one.
-        let mut ready = None;
-        if let Some(h) = prep.take() {
-            match h.await {
-                Ok(Ok(r)) if r.usable() => ready = Some(r),
-                Ok(Ok(r)) => deregister_reg(&sh, &r).await,
-                _ => {}
-            }
-        }
-        let mut reg = match ready {
-            Some(r) => r,
-            None => {
-                board.set_state(slot, SlotState::Registering);
-                let r = tokio::select! {
-                    r = register(&sh, slot) => r,
-                    _ = mode.wait_for(|m| *m != Mode::Run) => break,
-                };
-                match r {
-                    Ok(r) => {
-                        sh.hoststate.set_token_state(board, false, "");
-                        // The token works again: refusals were no failure of this slot's.
-                        if refused_only {
-                            refused_only = false;
-                            failures = 0;
-                            clear_failure(board, slot);
-                        }
-                        r
-                    }
-                    Err(e) => {
-                        let unauthorized = matches!(e, GithubError::Unauthorized { .. });
-                        refused_only = unauthorized && (refused_only || failures == 0);
-                        if let GithubError::Unauthorized { message } = &e {
-                            sh.hoststate.set_token_state(board, true, message);
-                        }
-                        failures += 1;
-                        let wait = registration_wait(&e, failures);
-                        note_failure(board, slot, SlotState::Backoff, &e.to_string(), failures);
-                        tracing::warn!(slot, error = %e, wait_s = wait.as_secs(), "registration failed; backing off");
-                        // A refused token is retried early once the token watch sees it work.
-                        let recovered = sh.hoststate.token_recovered.notified();
-                        tokio::select! {
-                            stop = sleep_or_stop(wait, &mut mode) => if stop { break },
-                            _ = recovered, if unauthorized => {}
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        if stopping(&mode) {
-            deregister_reg(&sh, &reg).await;
-            break;
-        }
-
-        // 2. Start the listener.
-        board.update(slot, |s| {
-            s.runner = Some(reg.name.clone());
-            s.job = None;
-        });
-        board.set_state(slot, SlotState::Starting);
-        let listener = match start(&sh, &root, &mut reg, &mut mode).await {
-            Ok(l) => l,
-            Err(msg) => {
-                deregister_reg(&sh, &reg).await;
-                failures += 1;
-                note_failure(board, slot, SlotState::Backoff, &msg, failures);
-                let wait = failure_backoff(failures);
-                tracing::error!(slot, runner = %reg.name, error = %msg, wait_s = wait.as_secs(), "cannot start the runner; backing off");
-                if sleep_or_stop(wait, &mut mode).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        sh.board
-            .stats
-            .listeners_started
-            .fetch_add(1, Ordering::Relaxed);
-
-        // 3. Watch it.
-        let w = watch_listener(
-            &sh,
-            slot,
-            listener,
-            &mut mode,
-            &mut cmds,
-            &mut prep,
-            &mut failures,
-        )
-        .await;
-        if let Some(f) = &w.fatal {
-            last_fatal = Some(f.clone());
-        }
-
-        // 4. Act on its exit: the machine plans, the slot carries it out.
-        let reason = machine::reason(w.cause.as_ref(), w.ended, &w.seen);
-        let plan = machine::after_exit(&machine::Exit {
-            reason,
-            watchdog: match &w.cause {
-                Some(StopCause::Watchdog(c, d)) => Some((*c, d.clone())),
-                _ => None,
-            },
-            fixed_name: matches!(reg.secret, RegSecret::Token(_)),
-            failures,
-            retryable_streak,
-            retryable_exits: sh.cfg.watchdog.retryable_exits,
-            network_evidence: last_fatal.as_deref().is_some_and(looks_like_network),
-            session_conflict_wait: sh.cfg.runner.session_conflict_wait,
-            host: machine::HostFacts {
-                clock_fault: sh.hoststate.clock_fault(),
-                token_invalid: sh.hoststate.token_invalid(),
-            },
-        });
-        for (cause, detail) in &plan.fires {
-            sh.fire(slot, *cause, detail);
-        }
-        if plan.clock_fault {
-            sh.hoststate
-                .set_clock_fault("the runner reported clock skew (more than five minutes)");
-        }
-        retryable_streak = plan.retryable_streak;
-        board.stats.exit(reason.as_str());
-        // A job that started and never completed is lost with its listener.
-        let running = board.slots().get(slot).and_then(|s| s.job.clone());
-        if let (Some(job), false) = (&running, w.seen.job_completed) {
-            tracing::warn!(slot, runner = %reg.name, job = %job, reason = reason.as_str(), ended = ?w.ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
-            board.job_lost(slot);
-        }
-        board.update(slot, |s| {
-            s.last_exit = Some(format!("{} ({:?})", reason.as_str(), w.ended));
-            s.last_exit_at = Some(crate::clocks::wall_now());
-            // Its registration is gone (GitHub's after a job, or deleted below).
-            s.runner = None;
-            s.job = None;
-            s.job_started_at = None;
-        });
-        tracing::info!(slot, runner = %reg.name, ended = ?w.ended, reason = reason.as_str(), "listener exited");
-        if plan.deregister {
-            // The service removes an ephemeral runner after its job; anything else is ours to delete.
-            deregister_reg(&sh, &reg).await;
-        }
-        failures = plan.failures;
-        if failures == 0 {
-            clear_failure(board, slot);
-        }
-        let wait = match plan.next {
-            Next::Now => None,
-            Next::StopStraysThenWait(d) => {
-                // The fixed name's session may be held by a stray listener of this root.
-                crate::procs::stop_strays(std::slice::from_ref(&root), sh.cfg.runner.stop_grace)
-                    .await;
-                Some(d)
-            }
-            Next::AwaitUpdate => {
-                wait_for_update(&root, sh.cfg.runner.update_wait).await;
-                None
-            }
-            Next::Pause { wait } => {
-                let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
-                tracing::error!(slot, "{msg}");
-                note_failure(board, slot, SlotState::Paused, &msg, failures);
-                Some(wait)
-            }
-            Next::Backoff { wait, error } => {
-                note_failure(board, slot, SlotState::Backoff, &error, failures);
-                tracing::warn!(slot, runner = %reg.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
-                Some(wait)
-            }
-        };
-        if let Some(d) = wait {
-            if !d.is_zero() {
-                if board.state(slot) != Some(SlotState::Paused) {
-                    board.set_state(slot, SlotState::Backoff);
-                }
-                if sleep_or_stop(d, &mut mode).await {
-                    break;
-                }
-            }
-        }
+        outcome = io
+            .carry_out(step.op, m.failures, &mut mode, &mut cmds)
+            .await;
     }
-    // Nothing made in advance may stay registered.
-    if let Some(h) = prep.take() {
-        if let Ok(Ok(r)) = h.await {
-            deregister_reg(&sh, &r).await;
-        }
-    }
-    board.update(slot, |s| {
-        s.job = None;
-        s.runner = None;
-    });
-    board.set_state(slot, SlotState::Stopped);
+    io.finish().await;
 }
 
 fn note_failure(board: &Board, slot: usize, state: SlotState, error: &str, failures: u32) {

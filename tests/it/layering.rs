@@ -67,9 +67,65 @@ const MONITORS: &[&str] = &[
     "sleepwake",
     "netwatch",
     "connwatch",
+    "offline",
     "disk",
     "autoheal",
 ];
+
+/// What the pure slot machine may import: types and pure functions, nothing that does IO
+/// (no `github`, no `Board`, no `Host`).
+const MACHINE_MAY_IMPORT: &[&str] = &[
+    "crate::cause",
+    "crate::runner::events",
+    "crate::runner::exit",
+    "crate::tcpinfo",
+    "crate::watchdog::Watchdog",
+    "crate::shutdown::Mode",
+    "crate::status::SlotState",
+];
+
+#[test]
+fn the_slot_machine_imports_nothing_that_does_io() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/slot/machine");
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with("tests.rs") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        // `use crate::{a, b}` is spelt out as paths here too.
+        assert!(
+            !code.contains("use crate::{"),
+            "{name}: one path per import"
+        );
+        for (i, _) in code.match_indices("crate::") {
+            let path: String = code[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let path = path.trim_end_matches(':');
+            let braced = code[i + path.len()..].starts_with("::{");
+            let ok = MACHINE_MAY_IMPORT
+                .iter()
+                .any(|a| path.starts_with(a) || (braced && a.starts_with(path)));
+            assert!(ok, "{name} imports {path}: the machine must stay pure");
+        }
+        for io in [
+            "tokio::sync",
+            "tokio::task",
+            "std::fs",
+            "std::net",
+            "rand::",
+            "tracing::",
+        ] {
+            assert!(!code.contains(io), "{name} uses {io}");
+        }
+    }
+    assert!(files >= 2, "the listener machine and the slot machine");
+}
 
 #[test]
 fn monitors_are_siblings_and_the_slot_depends_on_none_of_them() {

@@ -1,7 +1,9 @@
 //! The slot's policy, pure: what to do with each thing a listener says or that happens to
 //! it while it runs ([`Listen`]), what its exit means and what comes after it
-//! ([`after_exit`], the table of ARCHITECTURE.md "The slot loop"), and how long a failing
-//! slot waits ([`failure_backoff`], [`registration_wait`]).
+//! ([`after_exit`], the table of ARCHITECTURE.md "The slot loop"), and everything the
+//! slot decides between two listeners ([`outer::Slot`]: the gates, registrations and
+//! their failures, starts, exits, the breaker's verdict, and how long a failing slot
+//! waits).
 //!
 //! It must not: do IO, read a clock, or look at anything but its inputs. The async slot
 //! (`slot/mod.rs`, `slot/listen.rs`) feeds it inputs with the current time and carries
@@ -11,64 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::github::{backoff, GithubError};
-use crate::host::{attribute, looks_like_network, Cause, Context, SlotCmd};
+use crate::cause::{attribute, looks_like_network, Cause, Context, SlotCmd};
 use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{classify, Ended, ExitReason, Seen};
 use crate::shutdown::Mode;
 use crate::status::SlotState;
 use crate::tcpinfo::Finding;
 use crate::watchdog::Watchdog;
-
-/// The crash-loop back-off: the first wait, and the longest.
-pub const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(2);
-pub const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(300);
-/// How a slot retries after an auth or permission failure: at most one call per 5
-/// minutes per runner while the token is bad (ghostrunner called every 10 s, W17).
-pub const AUTH_RETRY: Duration = Duration::from_secs(300);
-/// How long a version-deprecated slot waits before trying again.
-pub const DEPRECATED_PAUSE: Duration = Duration::from_secs(3600);
-
-/// The one back-off policy of a failing slot, after its `failures`-th consecutive failure
-/// (1-based): jittered, doubling from [`FAILURE_BACKOFF_BASE`] up to
-/// [`FAILURE_BACKOFF_CAP`]. The count resets only when a job completes or a listener has
-/// listened for `[runner] stable_after`, so a listener that crashes right after
-/// "Listening for Jobs" is backed off like any crash loop.
-pub fn failure_backoff(failures: u32) -> Duration {
-    backoff(
-        FAILURE_BACKOFF_BASE,
-        FAILURE_BACKOFF_CAP,
-        failures.saturating_sub(1),
-    )
-}
-
-/// Listener starts within `window` for a listener that crashes `crash` after it starts
-/// (start-up included), each failure backed off by [`failure_backoff`]: one draw of its
-/// jitter. The crash-loop figures of the tests and the resilience benchmark.
-pub fn crash_loop_starts(window: Duration, crash: Duration) -> usize {
-    let (mut t, mut failures, mut starts) = (Duration::ZERO, 0, 0);
-    while t < window {
-        starts += 1;
-        failures += 1;
-        t += crash + failure_backoff(failures);
-    }
-    starts
-}
-
-/// How long to wait after a failed registration (the `failures`-th failure, 1-based): the
-/// failure back-off, at least what a rate limit asks, and [`AUTH_RETRY`] when GitHub
-/// refuses the token or the permission.
-pub fn registration_wait(e: &GithubError, failures: u32) -> Duration {
-    let b = failure_backoff(failures);
-    match e {
-        GithubError::RateLimited { retry_after, .. } => (*retry_after).max(b),
-        GithubError::Unauthorized { .. }
-        | GithubError::Forbidden { .. }
-        | GithubError::NotFound { .. }
-        | GithubError::Validation { .. } => AUTH_RETRY,
-        _ => b,
-    }
-}
 
 /// Why we stopped a listener ourselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +120,8 @@ pub struct Listen {
     pub fatal: Option<String>,
     wd: Watchdog,
     busy: bool,
+    /// The job it runs (started, not completed).
+    job: Option<String>,
     mode: Mode,
     /// The slot's failures when it started (a crash loop listens too).
     failing: bool,
@@ -189,6 +142,7 @@ impl Listen {
             fatal: None,
             wd: Watchdog::new(limits.grace, limits.job_stall_timeout),
             busy: false,
+            job: None,
             mode,
             failing,
             prepared,
@@ -202,6 +156,11 @@ impl Listen {
     /// Whether a job runs.
     pub fn busy(&self) -> bool {
         self.busy
+    }
+
+    /// The job it runs: started, and not completed.
+    pub fn job(&self) -> Option<&String> {
+        self.job.as_ref()
     }
 
     /// The decision to stop it, once taken.
@@ -307,6 +266,7 @@ impl Listen {
             }
             RunnerEvent::JobStarted { name } => {
                 self.busy = true;
+                self.job = Some(name.clone());
                 self.stable_at = None;
                 out.push(Action::JobStarted(name));
                 out.push(Action::Show(SlotState::Busy));
@@ -317,6 +277,7 @@ impl Listen {
             }
             RunnerEvent::JobCompleted { name, result } => {
                 self.busy = false;
+                self.job = None;
                 out.push(Action::JobCompleted { name, result });
                 out.push(Action::Show(SlotState::Finishing));
                 // Draining, the job was what it waited for.
@@ -413,10 +374,11 @@ pub struct Exit {
 pub enum Next {
     /// Register and start the next listener now.
     Now,
-    /// Back off: show `backoff` with this error, then go on.
-    Backoff { wait: Duration, error: String },
-    /// Pause: show `paused` (the operator must act), then try again.
-    Pause { wait: Duration },
+    /// Back off (the wait is drawn by [`outer::Slot`]): show `backoff` with this error.
+    Backoff { error: String },
+    /// Pause: show `paused` (the operator must act), then try again after
+    /// [`outer::DEPRECATED_PAUSE`].
+    Pause,
     /// Stop strays of this root (they may hold the fixed name's session), then wait.
     StopStraysThenWait(Duration),
     /// Wait for the self-update's `update.finished`, then go on.
@@ -470,22 +432,13 @@ pub fn after_exit(e: &Exit) -> ExitPlan {
         ),
         R::SessionConflict => (e.failures, Next::Now),
         R::Updating => (e.failures, Next::AwaitUpdate),
-        R::VersionDeprecated => (
+        R::VersionDeprecated => (e.failures + 1, Next::Pause),
+        other => (
             e.failures + 1,
-            Next::Pause {
-                wait: DEPRECATED_PAUSE,
+            Next::Backoff {
+                error: format!("listener exited: {}", other.as_str()),
             },
         ),
-        other => {
-            let failures = e.failures + 1;
-            (
-                failures,
-                Next::Backoff {
-                    wait: failure_backoff(failures),
-                    error: format!("listener exited: {}", other.as_str()),
-                },
-            )
-        }
     };
     ExitPlan {
         deregister: e.reason != R::JobDone,
@@ -496,6 +449,8 @@ pub fn after_exit(e: &Exit) -> ExitPlan {
         next,
     }
 }
+
+pub mod outer;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,312 @@
+//! What the slot's machine asks for, carried out: its effects on the status, the log and
+//! GitHub ([`SlotIo::apply`]), and its operations, each raced against the supervisor
+//! stopping ([`SlotIo::carry_out`]). Every decision is the machine's.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::github::GithubError;
+use crate::runner::exit::{Ended, Seen};
+use crate::runner::process::Listener;
+use crate::shutdown::Mode;
+use crate::status::SlotState;
+
+use super::listen::{start, wait_for_update, watch_listener};
+use super::machine::outer::{Effect, Exited, Op, Outcome, RegFailure, RegKind};
+use super::machine::HostFacts;
+use super::registration::{deregister_reg, register, RegSecret, Registration};
+use super::{clear_failure, note_failure, sleep_or_stop, Shared, SlotCmd};
+
+/// A slot's hands: the shared context, and the registrations it holds.
+pub(super) struct SlotIo {
+    pub(super) sh: Arc<Shared>,
+    pub(super) slot: usize,
+    pub(super) root: PathBuf,
+    /// The registration in hand.
+    pub(super) reg: Option<Registration>,
+    /// Its runner's name, for the log after it is gone.
+    pub(super) name: String,
+    /// The next registration, being made while a job runs.
+    pub(super) prep: Option<JoinHandle<Result<Registration, GithubError>>>,
+    /// The listener started and not yet watched.
+    pub(super) listener: Option<Listener>,
+}
+
+/// A GitHub error as the slot's policy sees it.
+fn failure(e: &GithubError) -> RegFailure {
+    let kind = match e {
+        GithubError::Unauthorized { message } => RegKind::Refused {
+            message: message.clone(),
+        },
+        GithubError::Forbidden { .. }
+        | GithubError::NotFound { .. }
+        | GithubError::Validation { .. } => RegKind::Denied,
+        GithubError::RateLimited { retry_after, .. } => RegKind::RateLimited {
+            retry_after: *retry_after,
+        },
+        _ => RegKind::Transient,
+    };
+    RegFailure {
+        kind,
+        error: e.to_string(),
+    }
+}
+
+impl SlotIo {
+    fn stopping(mode: &watch::Receiver<Mode>) -> bool {
+        *mode.borrow() != Mode::Run
+    }
+
+    fn host(&self) -> HostFacts {
+        HostFacts {
+            clock_fault: self.sh.hoststate.clock_fault(),
+            token_invalid: self.sh.hoststate.token_invalid(),
+        }
+    }
+
+    /// Carry out one effect.
+    pub(super) async fn apply(&mut self, e: Effect) {
+        let (sh, slot) = (&self.sh, self.slot);
+        let board = &sh.board;
+        match e {
+            Effect::Show(state) => board.set_state(slot, state),
+            Effect::Error(error) => board.update(slot, |s| s.error = error),
+            Effect::Failure {
+                state,
+                error,
+                failures,
+            } => note_failure(board, slot, state, &error, failures),
+            Effect::ClearFailures => clear_failure(board, slot),
+            Effect::Token { refused, message } => {
+                sh.hoststate.set_token_state(board, refused, &message)
+            }
+            Effect::ClockPaused(why) => {
+                tracing::warn!(event = "clock_pause", slot, reason = %why, "clock fault: registrations paused until the clock is fixed")
+            }
+            Effect::ClockResumed => {
+                tracing::info!(
+                    event = "clock_resume",
+                    slot,
+                    "clock fixed: registrations resume"
+                )
+            }
+            Effect::BreakerShown => sh.show_breaker(slot),
+            Effect::RegistrationFailed { error, wait } => {
+                tracing::warn!(event = "registration_failed", slot, error = %error, wait_s = wait.as_secs(), "registration failed; backing off")
+            }
+            Effect::StartFailed { error, wait } => {
+                tracing::error!(event = "start_failed", slot, runner = %self.name, error = %error, wait_s = wait.as_secs(), "cannot start the runner; backing off")
+            }
+            Effect::ListenerStarted => {
+                board
+                    .stats
+                    .listeners_started
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Effect::ClockFault => sh
+                .hoststate
+                .set_clock_fault("the runner reported clock skew (more than five minutes)"),
+            Effect::ExitNoted {
+                reason,
+                ended,
+                lost_job,
+            } => {
+                board.stats.exit(reason.as_str());
+                if let Some(job) = lost_job {
+                    tracing::warn!(event = "job_lost", slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
+                    board.job_lost(slot);
+                }
+                board.update(slot, |s| {
+                    s.last_exit = Some(format!("{} ({ended:?})", reason.as_str()));
+                    s.last_exit_at = Some(crate::clocks::wall_now());
+                    // Its registration is gone (GitHub's after a job, or deleted next).
+                    s.runner = None;
+                    s.job = None;
+                    s.job_started_at = None;
+                });
+                tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
+            }
+            Effect::Deregister => {
+                if let Some(r) = self.reg.take() {
+                    deregister_reg(sh, &r).await;
+                }
+            }
+            Effect::ListenerFailed {
+                reason,
+                failures,
+                wait,
+            } => {
+                tracing::warn!(event = "listener_failed", slot, runner = %self.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off")
+            }
+            Effect::Deprecated { failures } => {
+                let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
+                tracing::error!(event = "runner_deprecated", slot, "{msg}");
+                note_failure(board, slot, SlotState::Paused, &msg, failures);
+            }
+        }
+    }
+
+    /// Carry out one operation; its outcome.
+    pub(super) async fn carry_out(
+        &mut self,
+        op: Op,
+        failures: u32,
+        mode: &mut watch::Receiver<Mode>,
+        cmds: &mut mpsc::UnboundedReceiver<SlotCmd>,
+    ) -> Outcome {
+        let (sh, slot) = (self.sh.clone(), self.slot);
+        match op {
+            Op::CheckGates if Self::stopping(mode) => Outcome::Stopping,
+            Op::CheckGates => Outcome::Gates {
+                breaker: sh.breaker_open(slot),
+                clock_fault: sh.hoststate.clock_fault().then(|| {
+                    let c = sh.hoststate.clock.borrow();
+                    c.reason.clone().unwrap_or_else(|| "clock fault".into())
+                }),
+            },
+            Op::AwaitBreaker(wait) => tokio::select! {
+                stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::BreakerWaited { reset: false } },
+                _ = sh.breaker_reset[slot].notified() => Outcome::BreakerWaited { reset: true },
+            },
+            Op::AwaitClock => {
+                let mut clock = sh.hoststate.clock.subscribe();
+                tokio::select! {
+                    _ = clock.wait_for(|c| !c.fault) => Outcome::ClockFixed,
+                    _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
+                }
+            }
+            Op::TakePrepared => match self.prep.take() {
+                Some(h) => match h.await {
+                    Ok(Ok(r)) => {
+                        let usable = r.usable();
+                        self.name = r.name.clone();
+                        self.reg = Some(r);
+                        Outcome::Prepared(Some(usable))
+                    }
+                    _ => Outcome::Prepared(None),
+                },
+                None => Outcome::Prepared(None),
+            },
+            Op::Register => {
+                let r = tokio::select! {
+                    r = register(&sh, slot) => r,
+                    _ = mode.wait_for(|m| *m != Mode::Run) => return Outcome::Stopping,
+                };
+                match r {
+                    Ok(r) => {
+                        let fixed_name = matches!(r.secret, RegSecret::Token(_));
+                        self.name = r.name.clone();
+                        self.reg = Some(r);
+                        Outcome::Registered {
+                            fixed_name,
+                            stopping: Self::stopping(mode),
+                        }
+                    }
+                    Err(e) => Outcome::RegisterFailed(failure(&e)),
+                }
+            }
+            Op::Start => self.start(mode).await,
+            Op::Watch => self.watch(failures, mode, cmds).await,
+            Op::Record(fires) => {
+                let mut opened = None;
+                for (cause, detail) in &fires {
+                    opened = sh.fire(slot, *cause, detail).or(opened);
+                }
+                Outcome::Recorded { opened }
+            }
+            Op::Wait {
+                wait,
+                early_on_token,
+            } => {
+                let recovered = sh.hoststate.token_recovered.notified();
+                tokio::select! {
+                    stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::Waited },
+                    _ = recovered, if early_on_token => Outcome::Waited,
+                }
+            }
+            Op::StopStraysThenWait(d) => {
+                crate::procs::stop_strays(
+                    std::slice::from_ref(&self.root),
+                    sh.cfg.runner.stop_grace,
+                )
+                .await;
+                match sleep_or_stop(d, mode).await {
+                    true => Outcome::Stopping,
+                    false => Outcome::Waited,
+                }
+            }
+            Op::AwaitUpdate => {
+                wait_for_update(&self.root, sh.cfg.runner.update_wait).await;
+                Outcome::Waited
+            }
+            Op::Finish => Outcome::Stopping,
+        }
+    }
+
+    async fn start(&mut self, mode: &mut watch::Receiver<Mode>) -> Outcome {
+        let Some(reg) = self.reg.as_mut() else {
+            return Outcome::StartFailed("no registration in hand".into());
+        };
+        let name = reg.name.clone();
+        self.sh.board.update(self.slot, |s| {
+            s.runner = Some(name);
+            s.job = None;
+        });
+        match start(&self.sh, &self.root, reg, mode).await {
+            Ok(l) => {
+                self.listener = Some(l);
+                Outcome::Started
+            }
+            Err(msg) => Outcome::StartFailed(msg),
+        }
+    }
+
+    async fn watch(
+        &mut self,
+        failures: u32,
+        mode: &mut watch::Receiver<Mode>,
+        cmds: &mut mpsc::UnboundedReceiver<SlotCmd>,
+    ) -> Outcome {
+        let w = match self.listener.take() {
+            Some(l) => {
+                watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures).await
+            }
+            None => super::listen::Watched {
+                ended: Ended::Code(-1),
+                seen: Seen::default(),
+                cause: None,
+                fatal: None,
+                job: None,
+                stable: false,
+            },
+        };
+        Outcome::Exited(Exited {
+            ended: w.ended,
+            seen: w.seen,
+            cause: w.cause,
+            fatal: w.fatal,
+            job: w.job,
+            stable: w.stable,
+            prepared: self.prep.is_some(),
+            host: self.host(),
+        })
+    }
+
+    /// The slot has stopped: nothing made in advance may stay registered.
+    pub(super) async fn finish(&mut self) {
+        if let Some(h) = self.prep.take() {
+            if let Ok(Ok(r)) = h.await {
+                deregister_reg(&self.sh, &r).await;
+            }
+        }
+        self.sh.board.update(self.slot, |s| {
+            s.job = None;
+            s.runner = None;
+        });
+        self.sh.board.set_state(self.slot, SlotState::Stopped);
+    }
+}
