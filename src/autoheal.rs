@@ -79,14 +79,14 @@ pub async fn run(
     else {
         return;
     };
-    tracing::info!(label = %format!("{}=true", cfg.label), stop_timeout_s = cfg.stop_timeout.as_secs(), max_restarts = cfg.max_restarts, window = %humantime::format_duration(cfg.window), "autoheal watching labelled containers");
+    tracing::info!(event = "autoheal_watching", label = %format!("{}=true", cfg.label), stop_timeout_s = cfg.stop_timeout.as_secs(), max_restarts = cfg.max_restarts, window = %humantime::format_duration(cfg.window), "autoheal watching labelled containers");
     let state = Arc::new(Mutex::new(State {
         restarts: BTreeMap::new(),
         in_flight: HashSet::new(),
         told: HashSet::new(),
         total: 0,
     }));
-    board.set_fact("autoheal_restarts", "0".into());
+    board.system(|s| s.autoheal_restarts = Some(0));
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -101,7 +101,7 @@ pub async fn run(
                 ev = events.next() => match ev {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "Docker event stream failed; reconnecting");
+                        tracing::warn!(event = "docker_events_failed", error = %e, "Docker event stream failed; reconnecting");
                         break;
                     }
                     None => break,
@@ -112,7 +112,7 @@ pub async fn run(
                     board.set_condition(Condition::Docker, None);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "autoheal cannot list containers");
+                    tracing::warn!(event = "autoheal_list_failed", error = %e, "autoheal cannot list containers");
                     board.set_condition(Condition::Docker, Some((Health::Degraded, e)));
                 }
             }
@@ -166,7 +166,7 @@ async fn check(
                     st.restarts.entry(c.id.clone()).or_default().push_back(now);
                     st.told.remove(&c.id);
                 }
-                tracing::warn!(container = %c.name, stop_timeout_s = timeout.as_secs(), "autoheal: restarting an unhealthy container");
+                tracing::warn!(event = "autoheal_restart", container = %c.name, stop_timeout_s = timeout.as_secs(), "autoheal: restarting an unhealthy container");
                 let (engine, state, board, cancel) =
                     (engine.clone(), state.clone(), board.clone(), cancel.clone());
                 tokio::spawn(async move {
@@ -179,19 +179,19 @@ async fn check(
                     match r {
                         Ok(()) => {
                             st.total += 1;
-                            tracing::info!(container = %c.name, "autoheal: container restarted");
-                            board.set_fact("autoheal_restarts", st.total.to_string());
-                            board.set_fact(
-                                "autoheal_last",
-                                format!(
-                                    "{}: restarted {}",
-                                    crate::clocks::wall_now().format("%Y-%m-%d %H:%M:%SZ"),
-                                    c.name
-                                ),
+                            tracing::info!(event = "autoheal_restarted", container = %c.name, "autoheal: container restarted");
+                            let last = format!(
+                                "{}: restarted {}",
+                                crate::clocks::wall_now().format("%Y-%m-%d %H:%M:%SZ"),
+                                c.name
                             );
+                            board.system(|s| {
+                                s.autoheal_restarts = Some(st.total);
+                                s.autoheal_last = Some(last);
+                            });
                         }
                         Err(e) => {
-                            tracing::error!(container = %c.name, error = %e, "autoheal: restart failed")
+                            tracing::error!(event = "autoheal_restart_failed", container = %c.name, error = %e, "autoheal: restart failed")
                         }
                     }
                 });
@@ -200,9 +200,9 @@ async fn check(
             Decision::Busy | Decision::Limited => {
                 if lock(state).told.insert(c.id.clone()) {
                     if decision == Decision::Busy {
-                        tracing::warn!(container = %c.name, "autoheal: unhealthy, but its supervisor runs a job; not restarted (that would cancel the job)");
+                        tracing::warn!(event = "autoheal_deferred", container = %c.name, "autoheal: unhealthy, but its supervisor runs a job; not restarted (that would cancel the job)");
                     } else {
-                        tracing::error!(container = %c.name, max_restarts = cfg.max_restarts, window = %humantime::format_duration(cfg.window), "autoheal: restart limit reached; leaving the container alone (no restart storm)");
+                        tracing::error!(event = "autoheal_limit", container = %c.name, max_restarts = cfg.max_restarts, window = %humantime::format_duration(cfg.window), "autoheal: restart limit reached; leaving the container alone (no restart storm)");
                     }
                 }
             }

@@ -221,11 +221,11 @@ impl Monitor {
         let leader = if cfg.makestep {
             match crate::layout::take_lock(&cfg.lock_file) {
                 Ok(f) => {
-                    tracing::info!(lock = %cfg.lock_file.display(), "this supervisor may ask chronyd to step the clock on a clock fault");
+                    tracing::info!(event = "clock_lock_held", lock = %cfg.lock_file.display(), "this supervisor may ask chronyd to step the clock on a clock fault");
                     Some(f)
                 }
                 Err(e) => {
-                    tracing::warn!(reason = %e, "another supervisor disciplines the clock; this one stays monitor-only");
+                    tracing::warn!(event = "clock_monitor_only", reason = %e, "another supervisor disciplines the clock; this one stays monitor-only");
                     None
                 }
             }
@@ -266,10 +266,10 @@ impl Monitor {
         let sample = measure(cfg, &self.gh, &*host.clocks).await;
         match &sample {
             Some((s, source)) => {
-                board.set_fact("clock_offset_s", format!("{:+.3}", s.offset));
+                board.system(|x| x.clock_offset_s = Some(s.offset));
                 // A GitHub App signs its JWTs on true time.
                 self.gh.set_clock_offset(s.offset);
-                board.set_fact("clock_source", source.clone());
+                board.system(|x| x.clock_source = Some(source.clone()));
                 let abs = s.offset.abs();
                 let level = if abs > cfg.fault_offset.as_secs_f64() {
                     2
@@ -281,13 +281,13 @@ impl Monitor {
                 if self.first || level != self.last_level {
                     match level {
                         0 => {
-                            tracing::info!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured")
+                            tracing::info!(event = "clock_offset", offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured")
                         }
                         1 => {
-                            tracing::warn!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset beyond {}s", cfg.warn_offset.as_secs_f64())
+                            tracing::warn!(event = "clock_offset_warn", offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset beyond {}s", cfg.warn_offset.as_secs_f64())
                         }
                         _ => {
-                            tracing::error!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock fault: offset beyond {}s (the runner's OAuth fails): registrations pause", cfg.fault_offset.as_secs())
+                            tracing::error!(event = "clock_fault", offset_s = format!("{:+.3}", s.offset), source = %source, "clock fault: offset beyond {}s (the runner's OAuth fails): registrations pause", cfg.fault_offset.as_secs())
                         }
                     }
                 } else {
@@ -305,13 +305,22 @@ impl Monitor {
                     if self.leader.is_some() && self.watch_chronyd {
                         match chronyc(&cfg.chronyc_address, &["makestep"]).await {
                             Ok(_) => {
-                                tracing::warn!("asked chronyd to step the clock (chronyc makestep)")
+                                tracing::warn!(
+                                    event = "clock_makestep",
+                                    "asked chronyd to step the clock (chronyc makestep)"
+                                )
                             }
-                            Err(e) => tracing::warn!(error = %e, "chronyc makestep failed"),
+                            Err(e) => {
+                                tracing::warn!(event = "clock_makestep_failed", error = %e, "chronyc makestep failed")
+                            }
                         }
                     }
                 } else if level < 2 && (runner_fault || host.clock_fault()) {
-                    tracing::info!(offset_s = format!("{:+.3}", s.offset), "clock fixed");
+                    tracing::info!(
+                        event = "clock_fixed",
+                        offset_s = format!("{:+.3}", s.offset),
+                        "clock fixed"
+                    );
                     host.clock.send_modify(|c| {
                         c.fault = false;
                         c.reason = None;
@@ -335,7 +344,7 @@ impl Monitor {
             }
             None if runner_fault => {
                 // Nothing to measure with: do not pause for ever; the breaker catches repeats.
-                tracing::warn!("cannot measure the clock (no NTP server or GitHub answered); lifting the runner's clock fault after one interval");
+                tracing::warn!(event = "clock_unmeasured", "cannot measure the clock (no NTP server or GitHub answered); lifting the runner's clock fault after one interval");
                 host.clock.send_modify(|c| c.fault = false);
             }
             None => tracing::debug!("cannot measure the clock: no source answered"),
@@ -349,19 +358,21 @@ impl Monitor {
                         } else {
                             "running, not synchronised"
                         };
-                        tracing::info!(reference = %t.reference, stratum = t.stratum, "time daemon {state}");
+                        tracing::info!(event = "chronyd_state", reference = %t.reference, stratum = t.stratum, "time daemon {state}");
                     }
                     self.chrony_seen = true;
                     self.chrony_failures = 0;
-                    board.set_fact(
-                        "chronyd",
-                        if t.synchronised() {
-                            "synchronised".into()
-                        } else {
-                            "not synchronised".into()
-                        },
-                    );
-                    board.set_fact("chronyd_last_offset_s", format!("{:+.6}", t.last_offset));
+                    board.system(|x| {
+                        x.chronyd = Some(
+                            if t.synchronised() {
+                                "synchronised"
+                            } else {
+                                "not synchronised"
+                            }
+                            .into(),
+                        );
+                        x.chronyd_last_offset_s = Some(t.last_offset);
+                    });
                     if t.synchronised() {
                         board.set_condition(Condition::Chronyd, None);
                     } else {
@@ -376,9 +387,9 @@ impl Monitor {
                 }
                 Err(e) => {
                     self.chrony_failures += 1;
-                    board.set_fact("chronyd", "down".into());
+                    board.system(|x| x.chronyd = Some("down".into()));
                     if self.chrony_failures == 1 {
-                        tracing::error!(error = %e, address = %cfg.chronyc_address, "time daemon not running; the supervisor did not start it and cannot restart it: check `systemctl status chrony` or chronyd's configuration (`chronyd -p`)");
+                        tracing::error!(event = "chronyd_down", error = %e, address = %cfg.chronyc_address, "time daemon not running; the supervisor did not start it and cannot restart it: check `systemctl status chrony` or chronyd's configuration (`chronyd -p`)");
                     }
                     if self.chrony_failures >= 3 {
                         board.set_condition(

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ListenerKeepalive};
 use crate::host::{Host, ListenerEntry, SlotCmd, SlotCmds};
 use crate::sockets::{self, Keepalive, Reach};
-use crate::status::{Board, KeepaliveState, SlotKeepalive, SlotState};
+use crate::status::{Board, KeepaliveState, SlotKeepalive};
 use crate::tcpinfo::{Assessor, Conn, Limits};
 
 /// How often a listening listener's descriptors are listed for new sockets.
@@ -68,6 +68,8 @@ struct Watched {
     rescans_seen: u64,
     scans_due: u32,
     next_scan: Instant,
+    /// It listens for a job (silence is judged only then).
+    idle: bool,
     /// This listener's keepalive, as its slot shows it.
     verdict: Verdict,
     /// It exited (a zombie, or gone): nothing more is read or judged.
@@ -259,8 +261,10 @@ impl ConnWatch {
                     next_scan: now,
                     verdict,
                     ended: false,
+                    idle: false,
                 }
             });
+            w.idle = e.idle;
             if w.rescans_seen != e.rescans {
                 w.rescans_seen = e.rescans;
                 w.scans_due = FOLLOW_UP_SCANS + 1;
@@ -269,14 +273,13 @@ impl ConnWatch {
     }
 
     /// One check of every listener; findings to send.
-    fn check(&mut self, board: &Board, now: Instant) -> Vec<(usize, SlotCmd)> {
+    fn check(&mut self, now: Instant) -> Vec<(usize, SlotCmd)> {
         let mut out = vec![];
         let slots: Vec<usize> = self.watched.keys().copied().collect();
         for slot in slots {
             if self.watched.get(&slot).is_some_and(|w| w.ended) {
                 continue;
             }
-            let idle = board.state(slot) == Some(SlotState::Listening);
             let scan = {
                 let w = self.watched.get_mut(&slot).expect("listed");
                 let due = w.scans_due > 0 || now >= w.next_scan;
@@ -300,7 +303,7 @@ impl ConnWatch {
                     .retain(|_, ino| conns.iter().any(|c| c.inode == *ino));
                 w.scans_due = w.scans_due.max(1);
             }
-            if let Some(finding) = w.assessor.assess(&conns, idle, now, &self.limits) {
+            if let Some(finding) = w.assessor.assess(&conns, w.idle, now, &self.limits) {
                 out.push((
                     slot,
                     SlotCmd::Connection {
@@ -514,7 +517,7 @@ pub async fn run(
         cw.sync(&snapshot, now);
         let rescan_now = cw.watched.values().any(|w| w.scans_due > FOLLOW_UP_SCANS);
         if !cw.watched.is_empty() && (ticked || rescan_now) {
-            for (slot, cmd) in cw.check(&board, now) {
+            for (slot, cmd) in cw.check(now) {
                 if let Some(tx) = cmds.get(slot) {
                     let _ = tx.send(cmd);
                 }

@@ -209,7 +209,7 @@ where
             r = accept() => match r {
                 Ok((s, _)) => { tokio::spawn(serve_conn(s, handler.clone())); }
                 Err(e) => {
-                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tracing::warn!(event = "accept_failed", error = %e, "{what}: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -137,18 +137,18 @@ pub async fn run(
         if lock.is_none() {
             match crate::layout::take_lock(&lock_path) {
                 Ok(f) => {
-                    tracing::info!(lock = %lock_path.display(), path = %path.display(), threshold_gb = cfg.threshold_gb, "this supervisor is the engine's pruner");
-                    board.set_fact("disk_pruner", "this supervisor".into());
+                    tracing::info!(event = "pruner", lock = %lock_path.display(), path = %path.display(), threshold_gb = cfg.threshold_gb, "this supervisor is the engine's pruner");
+                    board.system(|s| s.disk_pruner = Some("this supervisor".into()));
                     lock = Some(f);
                 }
                 Err(e) => {
                     if !standby_logged {
                         match &e {
                             LockError::Held(_) => {
-                                tracing::info!(reason = %e, "another supervisor prunes this Docker engine; standing by")
+                                tracing::info!(event = "pruner_standby", reason = %e, "another supervisor prunes this Docker engine; standing by")
                             }
                             LockError::Io(_) => {
-                                tracing::warn!(reason = %e, "cannot take the pruner lock, so this supervisor does not prune; make [state] shared_dir writable")
+                                tracing::warn!(event = "pruner_lock_failed", reason = %e, "cannot take the pruner lock, so this supervisor does not prune; make [state] shared_dir writable")
                             }
                         }
                         standby_logged = true;
@@ -159,7 +159,7 @@ pub async fn run(
                         }
                         LockError::Io(m) => format!("none here: {m}"),
                     };
-                    board.set_fact("disk_pruner", who);
+                    board.system(|s| s.disk_pruner = Some(who));
                 }
             }
         }
@@ -199,8 +199,7 @@ async fn round(
     total: &mut u64,
 ) -> u64 {
     let threshold = cfg.threshold_gb * 1_000_000_000;
-    board.set_fact("disk_free_gb", format!("{:.1}", gb(free)));
-    board.set_fact("disk_free_bytes", free.to_string());
+    board.system(|s| s.disk_free_bytes = Some(free));
     let protect_since = match plan(free, threshold, running_jobs(board, shared_dir)) {
         Plan::Nothing => {
             *deferred = None;
@@ -209,7 +208,7 @@ async fn round(
         Plan::Defer { busy } => {
             // Logged when the set of busy runners changes, not every round.
             if deferred.as_ref() != Some(&busy) {
-                tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), busy = %busy.join(","), "disk below threshold: pruning deferred until no job runs");
+                tracing::warn!(event = "prune_deferred", free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), busy = %busy.join(","), "disk below threshold: pruning deferred until no job runs");
                 *deferred = Some(busy);
             }
             return free;
@@ -219,10 +218,10 @@ async fn round(
     *deferred = None;
     match protect_since {
         Some(since) => {
-            tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), jobs_since = %since.to_rfc3339(), "disk critical while jobs run: pruning only what is older than them (never volumes)")
+            tracing::warn!(event = "prune_critical", free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), jobs_since = %since.to_rfc3339(), "disk critical while jobs run: pruning only what is older than them (never volumes)")
         }
         None => {
-            tracing::warn!(free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning Docker (never volumes)")
+            tracing::warn!(event = "prune_start", free_gb = format!("{:.1}", gb(free)), threshold_gb = cfg.threshold_gb, path = %path.display(), "disk below threshold: pruning Docker (never volumes)")
         }
     }
     // Light first; unused tagged images only if that was not enough (and no job runs).
@@ -250,6 +249,7 @@ async fn round(
         Ok(()) => {
             *total += pruned.bytes;
             tracing::info!(
+                event = "pruned",
                 containers = pruned.containers,
                 images = pruned.images,
                 networks = pruned.networks,
@@ -259,24 +259,23 @@ async fn round(
                 free_gb = format!("{:.1}", gb(now_free)),
                 "Docker pruned"
             );
-            board.set_fact(
-                "disk_last_prune",
-                format!(
+            let last = format!(
                     "{}: {:.1} MB freed ({} containers, {} images, {} networks, {} build cache records)",
                     crate::clocks::wall_now().format("%Y-%m-%d %H:%M:%SZ"),
                     pruned.bytes as f64 / 1e6,
                     pruned.containers,
                     pruned.images,
                     pruned.networks,
-                    pruned.build_cache
-                ),
+                pruned.build_cache
             );
-            board.set_fact("disk_pruned_bytes", total.to_string());
+            board.system(|s| {
+                s.disk_last_prune = Some(last);
+                s.disk_pruned_bytes = Some(*total);
+            });
         }
-        Err(e) => tracing::error!(error = %e, "Docker prune failed"),
+        Err(e) => tracing::error!(event = "prune_failed", error = %e, "Docker prune failed"),
     }
-    board.set_fact("disk_free_gb", format!("{:.1}", gb(now_free)));
-    board.set_fact("disk_free_bytes", now_free.to_string());
+    board.system(|s| s.disk_free_bytes = Some(now_free));
     now_free
 }
 

@@ -96,14 +96,14 @@ pub async fn connect_until(
         match connect(host) {
             Ok(e) => {
                 if logged {
-                    tracing::info!(host, "Docker is reachable");
+                    tracing::info!(event = "docker_up", host, "Docker is reachable");
                 }
                 board.set_condition(crate::status::Condition::Docker, None);
                 return Some(e);
             }
             Err(e) => {
                 if !logged {
-                    tracing::warn!(error = %e, "Docker is not reachable; retrying");
+                    tracing::warn!(event = "docker_down", error = %e, "Docker is not reachable; retrying");
                     logged = true;
                 }
                 board.set_condition(

@@ -46,21 +46,54 @@ pub struct Host {
     pub listeners: watch::Sender<BTreeMap<usize, ListenerEntry>>,
 }
 
-/// A running listener, as the connection watch sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A running listener, as the monitors see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerEntry {
     pub pid: i32,
+    /// The runner it serves.
+    pub runner: String,
+    /// It is listening for a job (not starting, busy or finishing).
+    pub idle: bool,
     /// Bumped when its connections may have changed (it started listening, reconnected,
     /// took a job): look for new sockets now.
     pub rescans: u64,
 }
 
 impl Host {
-    /// A listener runs in `slot`.
-    pub fn listener_started(&self, slot: usize, pid: i32) {
+    /// A listener runs in `slot`, for `runner`.
+    pub fn listener_started(&self, slot: usize, pid: i32, runner: &str) {
         self.listeners.send_modify(|m| {
-            m.insert(slot, ListenerEntry { pid, rescans: 0 });
+            m.insert(
+                slot,
+                ListenerEntry {
+                    pid,
+                    runner: runner.to_string(),
+                    idle: false,
+                    rescans: 0,
+                },
+            );
         });
+    }
+
+    /// The listener of `slot` listens for a job (`true`) or no longer (a job, a stop).
+    pub fn listener_idle(&self, slot: usize, idle: bool) {
+        self.listeners.send_if_modified(|m| match m.get_mut(&slot) {
+            Some(e) if e.idle != idle => {
+                e.idle = idle;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// The slots whose listener listens for a job, with their runners' names.
+    pub fn listening(&self) -> Vec<(usize, String)> {
+        self.listeners
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.idle)
+            .map(|(s, e)| (*s, e.runner.clone()))
+            .collect()
     }
 
     /// Its connections may have changed.
@@ -139,9 +172,9 @@ impl Host {
                 // The token watch re-checks every 30 s from now on, not at its next
                 // 6-hourly check.
                 self.check_token.notify_one();
-                tracing::error!("GitHub refused the token: {why}; registrations retry at most once per 5 minutes per slot, and the token is checked every 30 s, until it works again; replace GITHUB_PAT or the token file, or fix the GitHub App's installation");
+                tracing::error!(event = "token_refused", "GitHub refused the token: {why}; registrations retry at most once per 5 minutes per slot, and the token is checked every 30 s, until it works again; replace GITHUB_PAT or the token file, or fix the GitHub App's installation");
             } else {
-                tracing::info!("the token works again");
+                tracing::info!(event = "token_recovered", "the token works again");
                 self.token_recovered.notify_waiters();
             }
         }

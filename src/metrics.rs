@@ -270,7 +270,7 @@ pub fn handler(board: std::sync::Arc<Board>) -> crate::control::Handler {
         match (method, path) {
             (&Method::GET, "/metrics") => {
                 if SCRAPES.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::info!("first metrics scrape");
+                    tracing::info!(event = "metrics_scraped", "first metrics scrape");
                 }
                 (StatusCode::OK, render(&board), CONTENT_TYPE)
             }

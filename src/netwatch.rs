@@ -89,19 +89,19 @@ pub fn sysctls(net: &NetworkConfig, board: &Board) {
     match result {
         Ok(([t, i, p], how)) => {
             tracing::info!(
+                event = "sysctls",
                 time = t,
                 intvl = i,
                 probes = p,
                 how,
                 "tcp keepalive sysctls in effect"
             );
-            board.set_fact(
-                "tcp_keepalive_sysctls",
-                format!("time={t} intvl={i} probes={p} ({how})"),
-            );
+            board.system(|s| {
+                s.tcp_keepalive_sysctls = Some(format!("time={t} intvl={i} probes={p} ({how})"))
+            });
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set the tcp keepalive sysctls (the supervisor's own sockets carry keepalive anyway)")
+            tracing::warn!(event = "sysctls_failed", error = %e, "cannot set the tcp keepalive sysctls (the supervisor's own sockets carry keepalive anyway)")
         }
     }
 }
@@ -230,9 +230,9 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
             if ok == dns_failing {
                 dns_failing = !ok;
                 if ok {
-                    tracing::info!(host = %h, "the API host resolves again");
+                    tracing::info!(event = "dns_recovered", host = %h, "the API host resolves again");
                 } else {
-                    tracing::error!(host = %h, "cannot resolve the API host");
+                    tracing::error!(event = "dns_failed", host = %h, "cannot resolve the API host");
                 }
             }
             board.set_condition(
@@ -260,30 +260,28 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
                         with_fallback(&original, &net.fallback_resolvers).as_bytes(),
                     ) {
                         Ok(()) => {
-                            tracing::warn!(primary = ?primary, fallback = ?net.fallback_resolvers, file = %path.display(), "primary resolvers do not answer: fallback resolvers put first");
+                            tracing::warn!(event = "resolvers_fallback", primary = ?primary, fallback = ?net.fallback_resolvers, file = %path.display(), "primary resolvers do not answer: fallback resolvers put first");
                             switched = Some(original);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, file = %path.display(), "cannot rewrite resolv.conf")
+                            tracing::error!(event = "resolv_conf_failed", error = %e, file = %path.display(), "cannot rewrite resolv.conf")
                         }
                     }
                 }
                 (Some(orig), true)
                     if crate::layout::write_atomic(path, orig.as_bytes()).is_ok() =>
                 {
-                    tracing::info!(file = %path.display(), "primary resolvers answer again: resolv.conf restored");
+                    tracing::info!(event = "resolvers_restored", file = %path.display(), "primary resolvers answer again: resolv.conf restored");
                     switched = None;
                 }
                 _ => {}
             }
-            board.set_fact(
-                "resolvers",
-                if switched.is_some() {
-                    "fallback first".into()
-                } else {
-                    "primary".into()
-                },
-            );
+            let order = if switched.is_some() {
+                "fallback first"
+            } else {
+                "primary"
+            };
+            board.system(|s| s.resolvers = Some(order.into()));
         }
         // 3. Dependencies (e.g. the shared MongoDB): reported, never acted on.
         for dep in &cfg.health.dependencies {
@@ -302,15 +300,14 @@ pub async fn run(cfg: Arc<Config>, board: Arc<Board>, cancel: CancellationToken)
             };
             if changed {
                 if up {
-                    tracing::info!(dependency = %dep, "dependency reachable again");
+                    tracing::info!(event = "dependency_up", dependency = %dep, "dependency reachable again");
                 } else {
-                    tracing::warn!(dependency = %dep, "dependency unreachable; runners stay up");
+                    tracing::warn!(event = "dependency_down", dependency = %dep, "dependency unreachable; runners stay up");
                 }
             }
-            board.set_fact(
-                &format!("dependency {dep}"),
-                if up { "reachable" } else { "unreachable" }.into(),
-            );
+            board.system(|s| {
+                s.dependencies.insert(dep.clone(), up);
+            });
             board.set_condition(
                 Condition::Dependency(dep.clone()),
                 (!up).then(|| (Health::Degraded, "unreachable".to_string())),

@@ -11,14 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::github::GithubClient;
 use crate::host::{attribute, Host, SlotCmd, SlotCmds};
-use crate::status::Board;
 
 /// Scenario 11: a runner that says it is listening while GitHub shows it offline for
 /// `offline_after` is replaced. One API call per check, only while a slot is listening.
 pub async fn run(
     cfg: Arc<Config>,
     gh: GithubClient,
-    board: Arc<Board>,
     host: Arc<Host>,
     cmds: SlotCmds,
     cancel: CancellationToken,
@@ -33,7 +31,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let listening = board.listening();
+        let listening = host.listening();
         if listening.is_empty() {
             since.iter_mut().for_each(|s| *s = None);
             continue;

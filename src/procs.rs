@@ -122,7 +122,10 @@ fn every_pid() -> Vec<i32> {
 pub async fn run_reaper(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut sigchld) = signal(SignalKind::child()) else {
-        tracing::warn!("cannot watch SIGCHLD; orphaned processes will not be reaped");
+        tracing::warn!(
+            event = "reaper_failed",
+            "cannot watch SIGCHLD; orphaned processes will not be reaped"
+        );
         return;
     };
     // Once at start (orphans adopted before we watched), then on every SIGCHLD: the
@@ -177,7 +180,7 @@ pub fn strays(roots: &[std::path::PathBuf]) -> Vec<i32> {
 pub async fn stop_strays(roots: &[std::path::PathBuf], grace: std::time::Duration) -> usize {
     let pids = strays(roots);
     for &pid in &pids {
-        tracing::warn!(pid, "a stray Runner.Listener from this runner install holds a session: stopping it (SIGINT)");
+        tracing::warn!(event = "stray_stop", pid, "a stray Runner.Listener from this runner install holds a session: stopping it (SIGINT)");
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGINT);
     }
     let deadline = tokio::time::Instant::now() + grace;
@@ -190,7 +193,11 @@ pub async fn stop_strays(roots: &[std::path::PathBuf], grace: std::time::Duratio
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::warn!(pid, "the stray ignored SIGINT: SIGKILL");
+            tracing::warn!(
+                event = "stray_kill",
+                pid,
+                "the stray ignored SIGINT: SIGKILL"
+            );
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }

@@ -73,10 +73,11 @@ pub async fn run(
     let mut changes = board.subscribe();
     let mut last = summary(&board.snapshot());
     send(&[NotifyState::Ready, NotifyState::Status(&last)]);
-    tracing::info!("told systemd: READY=1");
+    tracing::info!(event = "systemd_ready", "told systemd: READY=1");
     let watchdog = sd_notify::watchdog_enabled();
     if let Some(w) = watchdog {
         tracing::info!(
+            event = "systemd_watchdog",
             watchdog_ms = w.as_millis() as u64,
             "systemd watchdog on: pinging at half the interval"
         );
@@ -94,7 +95,10 @@ pub async fn run(
     loop {
         #[cfg(debug_assertions)]
         if stall_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            tracing::warn!("{TEST_STALL_ENV}: blocking the runtime's thread (test build)");
+            tracing::warn!(
+                event = "test_stall",
+                "{TEST_STALL_ENV}: blocking the runtime's thread (test build)"
+            );
             #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_secs(24 * 3600));
         }
@@ -115,7 +119,7 @@ pub async fn run(
             stopping_sent = true;
             last = summary(&snapshot());
             send(&[NotifyState::Stopping, NotifyState::Status(&last)]);
-            tracing::info!("told systemd: STOPPING=1");
+            tracing::info!(event = "systemd_stopping", "told systemd: STOPPING=1");
             drain_ends = Some(tokio::time::Instant::now() + drain_budget);
         }
         // While a job drains, the stop may take the whole drain budget: say so, at the

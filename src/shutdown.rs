@@ -47,7 +47,7 @@ pub async fn first_signal() -> &'static str {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::error!("cannot install signal handlers");
+        tracing::error!(event = "signals_failed", "cannot install signal handlers");
         return std::future::pending().await;
     };
     tokio::select! {
@@ -62,7 +62,7 @@ pub async fn run_signals(tx: std::sync::Arc<watch::Sender<Mode>>) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::error!("cannot install signal handlers");
+        tracing::error!(event = "signals_failed", "cannot install signal handlers");
         return;
     };
     loop {
@@ -73,14 +73,20 @@ pub async fn run_signals(tx: std::sync::Arc<watch::Sender<Mode>>) {
         let next = tx.borrow().escalate();
         match next {
             Mode::Drain => tracing::info!(
+                event = "drain",
                 signal = name,
                 "draining: no new jobs; idle runners stop now, busy ones may finish their job"
             ),
             Mode::Force => tracing::warn!(
+                event = "force",
                 signal = name,
                 "second signal: stopping busy runners now (their jobs are cancelled)"
             ),
-            _ => tracing::warn!(signal = name, "third signal: killing every listener now"),
+            _ => tracing::warn!(
+                event = "kill",
+                signal = name,
+                "third signal: killing every listener now"
+            ),
         }
         let _ = tx.send(next);
     }

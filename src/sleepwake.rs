@@ -171,7 +171,7 @@ pub async fn run(
     let wall = match WallWatch::new() {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(error = %e, backstop_s = BACKSTOP.as_secs(), "cannot watch clock sets (timerfd); jumps are seen by the periodic check only");
+            tracing::warn!(event = "timerfd_failed", error = %e, backstop_s = BACKSTOP.as_secs(), "cannot watch clock sets (timerfd); jumps are seen by the periodic check only");
             None
         }
     };
@@ -186,12 +186,13 @@ pub async fn run(
         for jump in det.tick(&*host.clocks) {
             let recycle = match jump {
                 Jump::Suspend(d) => {
-                    tracing::warn!(suspended_s = d.as_secs(), "host resumed after a suspend of {}: measuring the clock, checking the token, recycling idle listeners", humantime::format_duration(Duration::from_secs(d.as_secs())));
+                    tracing::warn!(event = "resume", suspended_s = d.as_secs(), "host resumed after a suspend of {}: measuring the clock, checking the token, recycling idle listeners", humantime::format_duration(Duration::from_secs(d.as_secs())));
                     true
                 }
                 Jump::WallStep(s) => {
                     let big = (s * 1000.0).abs() as i128 >= STEP_RECYCLE_MS;
                     tracing::warn!(
+                        event = "clock_step",
                         step_s = format!("{s:+.1}"),
                         "wall clock stepped by {s:+.1}s{}",
                         if big { ": treating it as a resume" } else { "" }

@@ -160,7 +160,7 @@ pub async fn reap_ghosts(
                 n += 1;
             }
             Err(e) => {
-                tracing::warn!(runner = %r.name, id = r.id, error = %e, "cannot delete a ghost runner");
+                tracing::warn!(event = "ghost_delete_failed", runner = %r.name, id = r.id, error = %e, "cannot delete a ghost runner");
                 if leftover {
                     refused.push((r.id, r.name.clone()));
                 }
@@ -205,21 +205,15 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             None => None,
         };
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
-    board.set_fact(
-        "token_kind",
-        if deps.gh.app().is_some() {
+    board.system(|s| {
+        s.token_kind = Some(if deps.gh.app().is_some() {
             "app"
         } else {
             "pat"
-        }
-        .into(),
-    );
-    if let Some(t) = &deps.token {
-        board.set_fact("token", "valid".into());
-        if let Some(exp) = t.expires_at {
-            board.set_fact("token_expires_at", exp.to_rfc3339());
-        }
-    }
+        });
+        s.token_checked = deps.token.is_some();
+        s.token_expires_at = deps.token.as_ref().and_then(|t| t.expires_at);
+    });
     // Host-wide work (the one pruner, autoheal) sees this supervisor's jobs in the fleet.
     board.publish_to(
         &deps.host,
@@ -237,20 +231,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             board.run_writer(path, cancel).await
         });
     }
-    {
-        let board = board.clone();
-        let mut m = mode.clone();
-        let cancel = writer_cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                board.set_mode(*m.borrow());
-                tokio::select! {
-                    r = m.changed() => if r.is_err() { return },
-                    _ = cancel.cancelled() => return,
-                }
-            }
-        });
-    }
+    board.attach_mode(mode.clone());
 
     board
         .stats
@@ -264,7 +245,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             refused
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list runners to reap ghosts; continuing");
+            tracing::warn!(event = "ghost_list_failed", error = %e, "cannot list runners to reap ghosts; continuing");
             left.into_iter().collect()
         }
     };
@@ -301,7 +282,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             mode: mode_tx.clone(),
             cmds: cmd_tx.clone(),
         });
-        tracing::info!(socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
+        tracing::info!(event = "control_ready", socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
         tracker.spawn(crate::control::serve_unix(
             control_listener,
             cfg.control.socket.clone(),
@@ -311,7 +292,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     }
     if let Some(l) = metrics_listener {
         if let Ok(a) = l.local_addr() {
-            tracing::info!(address = %a, "serving Prometheus metrics at /metrics");
+            tracing::info!(event = "metrics_ready", address = %a, "serving Prometheus metrics at /metrics");
         }
         tracker.spawn(crate::control::serve_tcp(
             l,
@@ -322,7 +303,6 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     tracker.spawn(crate::offline::run(
         cfg.clone(),
         deps.gh.clone(),
-        board.clone(),
         host.clone(),
         cmd_tx.clone(),
         writer_cancel.clone(),
@@ -443,7 +423,7 @@ impl crate::control::Api for Control {
             }
         });
         if started {
-            tracing::info!("draining (asked through the control socket): no new jobs; idle runners stop now, busy ones may finish their job");
+            tracing::info!(event = "drain", "draining (asked through the control socket): no new jobs; idle runners stop now, busy ones may finish their job");
         }
         started
     }
@@ -457,9 +437,10 @@ impl crate::control::Api for Control {
             ));
         }
         let mut done = vec![];
-        for (i, _) in self.shared.board.listening() {
+        for (i, _) in self.shared.hoststate.listening() {
             if slot.is_none_or(|s| s == i) && self.cmds[i].send(SlotCmd::Recycle).is_ok() {
                 tracing::info!(
+                    event = "recycle",
                     slot = i,
                     "recycling the idle listener (asked through the control socket)"
                 );

@@ -18,6 +18,7 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
             host.set_token_state(board, false, "");
             if let ScopeVerdict::Missing(need) = scope_verdict(info.scopes.as_deref(), gh.scope()) {
                 tracing::error!(
+                    event = "token_scope",
                     scope = need,
                     "the token lacks the {need:?} scope; registrations will fail"
                 );
@@ -33,9 +34,9 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
             }
             if let Some(exp) = info.expires_at {
                 let left = exp - crate::clocks::wall_now();
-                board.set_fact("token_expires_at", exp.to_rfc3339());
+                board.system(|s| s.token_expires_at = Some(exp));
                 if left.to_std().unwrap_or_default() <= cfg.expiry_warning {
-                    tracing::warn!(expires_at = %exp, days_left = left.num_days(), "the token expires in {} days: renew it", left.num_days());
+                    tracing::warn!(event = "token_expiry", expires_at = %exp, days_left = left.num_days(), "the token expires in {} days: renew it", left.num_days());
                     board.set_condition(
                         Condition::TokenExpiry,
                         Some((
@@ -49,7 +50,9 @@ pub async fn check(cfg: &TokenConfig, gh: &GithubClient, host: &Host, board: &Bo
             }
         }
         Err(GithubError::Unauthorized { message }) => host.set_token_state(board, true, &message),
-        Err(e) => tracing::warn!(error = %e, "cannot re-validate the token now"),
+        Err(e) => {
+            tracing::warn!(event = "token_check_failed", error = %e, "cannot re-validate the token now")
+        }
     }
 }
 

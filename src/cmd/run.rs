@@ -36,7 +36,7 @@ pub fn main(input: CliInput) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!(event = "fatal", "{e:#}");
             eprintln!("supervisor: {e:#}");
             ExitCode::from(1)
         }
@@ -69,7 +69,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
             .await
             {
                 Ok(s) => {
-                    tracing::info!(offset_s = format!("{:+.3}", s.offset), server = %server, "clock offset measured for the GitHub App's JWTs");
+                    tracing::info!(event = "clock_offset_app", offset_s = format!("{:+.3}", s.offset), server = %server, "clock offset measured for the GitHub App's JWTs");
                     gh.set_clock_offset(s.offset);
                     break;
                 }
@@ -78,7 +78,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         }
     }
     let host = naming::this_host();
-    tracing::info!(
+    tracing::info!(event = "starting",
         version = env!("CARGO_PKG_VERSION"),
         api = %cfg.github.api_url,
         scope = %gh.scope().web_path(),
@@ -95,14 +95,16 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         .chain(std::iter::once(&preflight::check_privileges()))
     {
         match c.level {
-            Level::Ok => tracing::info!(check = c.name, "{}", c.detail),
+            Level::Ok => tracing::info!(event = "preflight", check = c.name, "{}", c.detail),
             Level::Warn => tracing::warn!(
+                event = "preflight",
                 check = c.name,
                 fix = c.fix.as_deref().unwrap_or(""),
                 "{}",
                 c.detail
             ),
             Level::Fail => tracing::error!(
+                event = "preflight",
                 check = c.name,
                 fix = c.fix.as_deref().unwrap_or(""),
                 "{}",
@@ -120,6 +122,6 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     };
     let summary = supervisor::run(deps, tx).await;
     reaper.cancel();
-    tracing::info!("runner-supervisor stopped");
+    tracing::info!(event = "stopped", "runner-supervisor stopped");
     summary
 }

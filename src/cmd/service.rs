@@ -74,6 +74,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
         tokio::spawn(async move { board.run_writer(path, cancel).await })
     };
     tracing::info!(
+        event = "starting",
         version = env!("CARGO_PKG_VERSION"),
         service = service.mode(),
         "runner-supervisor starting"
@@ -94,12 +95,17 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
         )),
     };
     let signal = shutdown::first_signal().await;
-    tracing::info!(service = service.mode(), signal, "stopping");
+    tracing::info!(
+        event = "stopping",
+        service = service.mode(),
+        signal,
+        "stopping"
+    );
     cancel.cancel();
     let _ = work.await;
     let _ = writer.await;
     board.write_final(&status_path);
     reaper.cancel();
-    tracing::info!("runner-supervisor stopped");
+    tracing::info!(event = "stopped", "runner-supervisor stopped");
     Ok(())
 }

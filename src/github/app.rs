@@ -137,6 +137,7 @@ impl AppAuth {
         }
         let (token, left) = self.fetch(gh).await?;
         tracing::info!(
+            event = "installation_token",
             expires_in_s = left.as_secs(),
             "GitHub App: new installation token"
         );
@@ -248,7 +249,7 @@ impl AppAuth {
         let off = (crate::clocks::wall_now() - server.with_timezone(&Utc)).num_milliseconds()
             as f64
             / 1000.0;
-        tracing::warn!(
+        tracing::warn!(event = "jwt_clock_retry", 
             offset_s = format!("{off:+.1}"),
             "GitHub rejected the App's JWT for its times: signing with the offset from GitHub's Date header"
         );
@@ -292,7 +293,7 @@ impl GithubClient {
                 Ok(a) => return Ok(a),
                 Err(GithubError::Transient(msg)) if attempt < self.retry.max_retries => {
                     let wait = self.retry.backoff(attempt);
-                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub App request failed; retrying");
+                    tracing::warn!(event = "github_retry", %method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub App request failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }

@@ -287,7 +287,7 @@ impl GithubClient {
             match &err {
                 GithubError::Transient(msg) => {
                     let wait = self.retry.backoff(attempt);
-                    tracing::warn!(%method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub request failed; retrying");
+                    tracing::warn!(event = "github_retry", %method, url = %redact_url(url), error = %msg, attempt, wait_ms = wait.as_millis() as u64, "GitHub request failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 GithubError::RateLimited {
@@ -306,6 +306,7 @@ impl GithubClient {
                         return Err(err);
                     }
                     tracing::warn!(
+                        event = "github_rate_limit",
                         status,
                         wait_s = wait.as_secs(),
                         "GitHub rate limit; waiting before the next request"

@@ -47,6 +47,25 @@ pub enum RunnerEvent {
     Fatal { message: String },
 }
 
+impl RunnerEvent {
+    /// The event's name in the supervisor's JSON log (`event` of a forwarded line).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunnerEvent::Version(_) => "runner_version",
+            RunnerEvent::Listening => "runner_listening",
+            RunnerEvent::JobStarted { .. } => "runner_job_started",
+            RunnerEvent::JobCompleted { .. } => "runner_job_completed",
+            RunnerEvent::ConnectError { .. } => "runner_connect_error",
+            RunnerEvent::Reconnected => "runner_reconnected",
+            RunnerEvent::SessionConflict => "runner_session_conflict",
+            RunnerEvent::RegistrationDeleted { .. } => "runner_registration_deleted",
+            RunnerEvent::ClockSkew => "runner_clock_skew",
+            RunnerEvent::VersionDeprecated { .. } => "runner_version_deprecated",
+            RunnerEvent::Fatal { .. } => "runner_fatal",
+        }
+    }
+}
+
 /// Split off the `{utc}: ` prefix (`2020-02-11 14:57:17Z: `), if present.
 fn strip_timestamp(line: &str) -> Option<&str> {
     let b = line.as_bytes();

@@ -219,6 +219,7 @@ async fn emit(
     let text = clean_line(line);
     line.clear();
     let event = parse_line(&text);
+    let ev = event.as_ref().map_or("runner_line", RunnerEvent::name);
     let truncated = std::mem::take(dropped);
     // Queue the event before logging it: whoever sees the log line can rely on the slot
     // having it (a drain decision consumes queued events first).
@@ -230,8 +231,8 @@ async fn emit(
         })
         .await;
     if truncated > 0 {
-        tracing::info!(runner = %name, stream = stream.as_str(), truncated, "{text}");
+        tracing::info!(event = ev, runner = %name, stream = stream.as_str(), truncated, "{text}");
     } else {
-        tracing::info!(runner = %name, stream = stream.as_str(), "{text}");
+        tracing::info!(event = ev, runner = %name, stream = stream.as_str(), "{text}");
     }
 }

@@ -44,7 +44,7 @@ impl Deletions {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         if !list.is_empty() {
-            tracing::info!(count = list.len(), path = %path.display(), "registrations left to delete by an earlier run");
+            tracing::info!(event = "deletions_inherited", count = list.len(), path = %path.display(), "registrations left to delete by an earlier run");
         }
         Deletions {
             path,
@@ -85,7 +85,7 @@ impl Deletions {
             .collect();
         let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
         if let Err(e) = write_atomic(&self.path, &bytes) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot persist the deletion queue");
+            tracing::warn!(event = "deletions_persist_failed", path = %self.path.display(), error = %e, "cannot persist the deletion queue");
         }
     }
 
@@ -99,7 +99,7 @@ impl Deletions {
                     self.lock().remove(&id);
                     self.save();
                     board.stats.deregistrations.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(runner = %name, id, "registration deleted (from the deletion queue)");
+                    tracing::info!(event = "registration_deleted", runner = %name, id, "registration deleted (from the deletion queue)");
                 }
                 Err(GithubError::RateLimited { retry_after, .. }) => return Some(retry_after),
                 Err(e) => {
@@ -161,7 +161,7 @@ impl Deletions {
             tokio::time::sleep_until(deadline.min(Instant::now() + wait)).await;
         }
         if !self.is_empty() {
-            tracing::warn!(count = self.len(), path = %self.path.display(), "registrations not deleted within the stop budget stay queued; the next start deletes them");
+            tracing::warn!(event = "deletions_left", count = self.len(), path = %self.path.display(), "registrations not deleted within the stop budget stay queued; the next start deletes them");
         }
     }
 }

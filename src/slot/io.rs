@@ -34,6 +34,8 @@ pub(super) struct SlotIo {
     pub(super) prep: Option<JoinHandle<Result<Registration, GithubError>>>,
     /// The listener started and not yet watched.
     pub(super) listener: Option<Listener>,
+    /// The supervisor's mode, as this slot sees it (for the stop budget of deletions).
+    pub(super) mode: watch::Receiver<Mode>,
 }
 
 /// A GitHub error as the slot's policy sees it.
@@ -132,7 +134,7 @@ impl SlotIo {
             }
             Effect::Deregister => {
                 if let Some(r) = self.reg.take() {
-                    deregister_reg(sh, &r).await;
+                    deregister_reg(sh, &r, Self::stopping(&self.mode)).await;
                 }
             }
             Effect::ListenerFailed {
@@ -300,7 +302,7 @@ impl SlotIo {
     pub(super) async fn finish(&mut self) {
         if let Some(h) = self.prep.take() {
             if let Ok(Ok(r)) = h.await {
-                deregister_reg(&self.sh, &r).await;
+                deregister_reg(&self.sh, &r, Self::stopping(&self.mode)).await;
             }
         }
         self.sh.board.update(self.slot, |s| {

@@ -131,12 +131,12 @@ pub(super) async fn wait_for_update(root: &Path, limit: Duration) {
     while Instant::now() < deadline {
         if flag.exists() {
             let _ = std::fs::remove_file(&flag);
-            tracing::info!(root = %root.display(), "runner self-update finished");
+            tracing::info!(event = "update_finished", root = %root.display(), "runner self-update finished");
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tracing::warn!(root = %root.display(), "no update.finished after the update wait; starting a fresh runner anyway");
+    tracing::warn!(event = "update_timeout", root = %root.display(), "no update.finished after the update wait; starting a fresh runner anyway");
 }
 
 /// Watch a listener until it exits: feed [`Listen`] what happens, in order, and carry out
@@ -168,7 +168,7 @@ pub(super) async fn watch_listener(
     );
     let mut stable = false;
     // The connection watch inspects its sockets from now until it ends.
-    let registered = Registered::new(&sh.hoststate, slot, l.pid());
+    let registered = Registered::new(&sh.hoststate, slot, l.pid(), l.name());
     let mut cmds_open = true;
     let mut mode_open = true;
     let host = || HostFacts {
@@ -263,8 +263,8 @@ struct Registered<'a> {
 }
 
 impl<'a> Registered<'a> {
-    fn new(host: &'a crate::host::Host, slot: usize, pid: i32) -> Registered<'a> {
-        host.listener_started(slot, pid);
+    fn new(host: &'a crate::host::Host, slot: usize, pid: i32, runner: &str) -> Registered<'a> {
+        host.listener_started(slot, pid, runner);
         Registered { host, slot }
     }
 }
@@ -287,11 +287,15 @@ fn act(
 ) {
     let board = &sh.board;
     match a {
-        Action::Show(state) => board.set_state(slot, state),
+        Action::Show(state) => {
+            board.set_state(slot, state);
+            sh.hoststate
+                .listener_idle(slot, state == SlotState::Listening);
+        }
         Action::JobStarted(name) => board.job_started(slot, name),
         Action::JobCompleted { name, result } => {
             board.job_completed(slot, &result);
-            tracing::info!(slot, runner = %l.name(), job = %name, result = %result, "job completed");
+            tracing::info!(event = "job_completed", slot, runner = %l.name(), job = %name, result = %result, "job completed");
         }
         Action::PrepareNext => {
             if prep.is_none() && *mode.borrow() == Mode::Run {
@@ -304,24 +308,24 @@ fn act(
             *stable = true;
             clear_failure(board, slot);
         }
-        Action::RunnerVersion(v) => board.set_fact("runner_version", v),
+        Action::RunnerVersion(v) => board.system(|s| s.runner_version = Some(v)),
         Action::DrainWaiting => {
-            tracing::info!(slot, runner = %l.name(), drain_s = sh.cfg.runner.drain_timeout.as_secs(), "draining: letting the running job finish")
+            tracing::info!(event = "drain_waiting", slot, runner = %l.name(), drain_s = sh.cfg.runner.drain_timeout.as_secs(), "draining: letting the running job finish")
         }
         Action::RecycleIdle => {
-            tracing::info!(slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)")
+            tracing::info!(event = "recycle", slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)")
         }
         Action::KeepBusyOnResume => {
-            tracing::info!(slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch")
+            tracing::info!(event = "resume_busy", slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch")
         }
         Action::Stop(StopCause::NotReady) => {
-            tracing::warn!(slot, runner = %l.name(), timeout_s = sh.cfg.runner.ready_timeout.as_secs(), "listener not listening in time; replacing it")
+            tracing::warn!(event = "not_ready", slot, runner = %l.name(), timeout_s = sh.cfg.runner.ready_timeout.as_secs(), "listener not listening in time; replacing it")
         }
         Action::DrainTimedOut => {
-            tracing::warn!(slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)")
+            tracing::warn!(event = "drain_timeout", slot, runner = %l.name(), "drain timeout: stopping the busy runner (its job is cancelled)")
         }
         Action::ClockSkew => {
-            tracing::warn!(slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
+            tracing::warn!(event = "clock_skew", slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
             sh.hoststate
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
         }
@@ -353,7 +357,7 @@ async fn stop(
                 None => return Ended::Code(-1),
             },
             _ = tokio::time::sleep_until(deadline), if !killed => {
-                tracing::warn!(runner = %l.name(), pid = l.pid(), grace_s = grace.as_secs(), "listener ignored SIGINT; SIGKILL to its process group");
+                tracing::warn!(event = "sigkill", runner = %l.name(), pid = l.pid(), grace_s = grace.as_secs(), "listener ignored SIGINT; SIGKILL to its process group");
                 l.kill_group();
                 killed = true;
             }

@@ -164,13 +164,14 @@ impl Shared {
             let was = all[i].open_for(self.hoststate.clocks.boottime());
             all[i] = Breaker::default();
             tracing::info!(
+                event = "breaker_reset",
                 slot = i,
                 was_open_s = was.map(|d| d.as_secs()),
                 "circuit breaker reset by the operator"
             );
         }
         if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
-            tracing::warn!(error = %e, "cannot persist the circuit breaker");
+            tracing::warn!(event = "breaker_persist_failed", error = %e, "cannot persist the circuit breaker");
         }
         let snapshot = all.clone();
         drop(all);
@@ -228,7 +229,7 @@ impl Shared {
         let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut all[slot];
         let verdict = b.record(cause, now, w.max_fires, w.window, w.open_for);
-        tracing::warn!(slot, cause = cause.as_str(), detail, window = %b.describe(), "watchdog fired: replacing the listener");
+        tracing::warn!(event = "watchdog_fire", slot, cause = cause.as_str(), detail, window = %b.describe(), "watchdog fired: replacing the listener");
         let opened = match verdict {
             Verdict::Opened {
                 until,
@@ -236,7 +237,7 @@ impl Shared {
                 dominant,
             } => {
                 let open = until.saturating_sub(now);
-                tracing::error!(
+                tracing::error!(event = "breaker_open", 
                     slot,
                     fires,
                     cause = dominant.as_str(),
@@ -257,7 +258,7 @@ impl Shared {
             Verdict::Closed => None,
         };
         if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
-            tracing::warn!(error = %e, "cannot persist the circuit breaker");
+            tracing::warn!(event = "breaker_persist_failed", error = %e, "cannot persist the circuit breaker");
         }
         let b = all[slot].clone();
         drop(all);
@@ -320,6 +321,7 @@ pub async fn run(
         name: String::new(),
         prep: None,
         listener: None,
+        mode: mode.clone(),
     };
     let mut outcome = Outcome::Begin;
     loop {

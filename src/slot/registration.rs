@@ -49,7 +49,7 @@ pub async fn register(sh: &Shared, slot: usize) -> Result<Registration, GithubEr
         RegistrationMode::Auto => match register_jit(sh, slot).await {
             Err(e @ GithubError::NotFound { .. }) => match sh.gh.registration_token().await {
                 Ok(token) => {
-                    tracing::warn!("this server has no generate-jitconfig; falling back to registration tokens and config.sh");
+                    tracing::warn!(event = "jit_fallback", "this server has no generate-jitconfig; falling back to registration tokens and config.sh");
                     sh.set_mode(RegistrationMode::Token);
                     Ok(token_registration(sh, slot, token))
                 }
@@ -119,7 +119,7 @@ pub async fn deregister(sh: &Shared, id: u64, name: &str) {
                     .stats
                     .deregistrations
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(runner = %name, id, "registration deleted");
+                tracing::info!(event = "registration_deleted", runner = %name, id, "registration deleted");
                 return;
             }
             Err(GithubError::Validation { .. }) => {
@@ -131,13 +131,13 @@ pub async fn deregister(sh: &Shared, id: u64, name: &str) {
                 .await;
             }
             Err(e) => {
-                tracing::warn!(runner = %name, id, error = %e, "cannot delete the registration now; queued, retried in the background until it is gone");
+                tracing::warn!(event = "deletion_queued", runner = %name, id, error = %e, "cannot delete the registration now; queued, retried in the background until it is gone");
                 sh.deletions.add(id, name);
                 return;
             }
         }
     }
-    tracing::warn!(runner = %name, id, "registration still busy after retries; queued, retried in the background until it is gone");
+    tracing::warn!(event = "deletion_queued", runner = %name, id, "registration still busy after retries; queued, retried in the background until it is gone");
     sh.deletions.add(id, name);
 }
 
@@ -145,11 +145,11 @@ pub async fn deregister(sh: &Shared, id: u64, name: &str) {
 /// unreachable: each deletion while stopping, and the queue after it, get this long.
 pub(super) const SHUTDOWN_DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
 
-pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration) {
+/// Delete `reg`; `stopping` is the slot's own view of the supervisor's mode.
+pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration, stopping: bool) {
     let Some(id) = reg.id else { return };
     // While the supervisor stops, one attempt within the stop budget; the queue keeps the
     // rest (drained within the same budget, then persisted for the next start).
-    let stopping = sh.board.stopping();
     if !stopping {
         return deregister(sh, id, &reg.name).await;
     }
@@ -160,14 +160,14 @@ pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration) {
                 .stats
                 .deregistrations
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(runner = %reg.name, id, "registration deleted");
+            tracing::info!(event = "registration_deleted", runner = %reg.name, id, "registration deleted");
         }
         Ok(Err(e)) => {
-            tracing::warn!(runner = %reg.name, id, error = %e, "cannot delete the registration while stopping; queued");
+            tracing::warn!(event = "deletion_queued", runner = %reg.name, id, error = %e, "cannot delete the registration while stopping; queued");
             sh.deletions.add(id, &reg.name);
         }
         Err(_) => {
-            tracing::warn!(runner = %reg.name, id, "no time left to delete the registration while stopping; queued");
+            tracing::warn!(event = "deletion_queued", runner = %reg.name, id, "no time left to delete the registration while stopping; queued");
             sh.deletions.add(id, &reg.name);
         }
     }

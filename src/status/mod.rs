@@ -20,10 +20,12 @@ use crate::layout::write_atomic;
 mod schema;
 mod slot;
 mod stats;
+mod system;
 use crate::shutdown::Mode;
 pub use schema::*;
 pub use slot::*;
 pub use stats::*;
+pub use system::SystemState;
 
 /// A host-level condition that health reports (each monitor owns its own).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,9 +85,11 @@ pub struct Board {
     conditions: Mutex<BTreeMap<Condition, (Health, String)>>,
     /// Failing this long makes a slot unhealthy rather than degraded.
     unhealthy_after: Duration,
-    /// Facts for the status file (clock offset, token expiry, keepalive sysctls...).
-    facts: Mutex<BTreeMap<String, String>>,
-    mode: Mutex<Mode>,
+    /// What the monitors know of the host, typed.
+    system: Mutex<SystemState>,
+    /// The supervisor's mode: the one channel signals write (`shutdown`), read here for
+    /// display only.
+    mode: OnceLock<tokio::sync::watch::Receiver<Mode>>,
     /// The word a service (pruner, autoheal) shows instead of a mode.
     service: OnceLock<&'static str>,
     changed: Notify,
@@ -99,8 +103,6 @@ pub struct Board {
     sources: OnceLock<Sources>,
     /// Per slot: when its job started, and when its last job ended (for the histograms).
     marks: Mutex<Vec<Marks>>,
-    /// Listeners whose connections got keepalive, and listeners the kernel refused.
-    keepalive_listeners: Mutex<(u64, u64)>,
 }
 
 /// Counters kept elsewhere: the GitHub client's, and the deletion queue's length.
@@ -124,8 +126,8 @@ impl Board {
             slots: Mutex::new(vec![SlotStatus::default(); n]),
             conditions: Mutex::new(BTreeMap::new()),
             unhealthy_after,
-            facts: Mutex::new(BTreeMap::new()),
-            mode: Mutex::new(Mode::Run),
+            system: Mutex::new(SystemState::default()),
+            mode: OnceLock::new(),
             service: OnceLock::new(),
             changed: Notify::new(),
             version: tokio::sync::watch::channel(0).0,
@@ -134,7 +136,6 @@ impl Board {
             fleet: OnceLock::new(),
             sources: OnceLock::new(),
             marks: Mutex::new(vec![Marks::default(); n]),
-            keepalive_listeners: Mutex::new((0, 0)),
         }
     }
 
@@ -215,7 +216,7 @@ impl Board {
     pub fn publish_to(&self, host: &str, path: PathBuf) {
         if let Some(dir) = path.parent() {
             if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the fleet directory; host-wide pruning will not see this supervisor's jobs");
+                tracing::warn!(event = "fleet_failed", dir = %dir.display(), error = %e, "cannot create the fleet directory; host-wide pruning will not see this supervisor's jobs");
             }
         }
         let _ = self.fleet.set((host.to_string(), path));
@@ -262,20 +263,15 @@ impl Board {
         });
     }
 
-    /// Record the supervisor mode.
-    pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+    /// Show the supervisor's mode from `mode`, the channel the signal handler writes.
+    pub fn attach_mode(&self, mode: tokio::sync::watch::Receiver<Mode>) {
+        let _ = self.mode.set(mode);
         self.touch();
     }
 
-    /// The supervisor mode as last recorded.
+    /// The supervisor's mode, for display (decisions read the channel themselves).
     pub fn mode(&self) -> Mode {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether the supervisor has begun to stop (drain, force or kill).
-    pub fn stopping(&self) -> bool {
-        self.mode() != Mode::Run
+        self.mode.get().map_or(Mode::Run, |m| *m.borrow())
     }
 
     /// Show `word` as the mode: this board is a service's (`prune`, `autoheal`).
@@ -291,16 +287,6 @@ impl Board {
             .unwrap_or_else(|p| p.into_inner())
             .get(slot)
             .map(|s| s.state)
-    }
-
-    /// The slots that are listening, with their runner names.
-    pub fn listening(&self) -> Vec<(usize, String)> {
-        self.slots()
-            .into_iter()
-            .enumerate()
-            .filter(|(_, s)| s.state == SlotState::Listening)
-            .filter_map(|(i, s)| s.runner.map(|r| (i, r)))
-            .collect()
     }
 
     /// A snapshot of every slot.
@@ -322,28 +308,14 @@ impl Board {
         changed
     }
 
-    /// Record a fact for the status file.
-    pub fn set_fact(&self, name: &str, value: String) {
-        let old = self
-            .facts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), value.clone());
-        // An unchanged fact (the runner's version, at every start) is no reason to write.
-        if old.as_ref() != Some(&value) {
-            self.touch();
-        }
-    }
-
     /// The connection watch's summary for the host (`on (...)`, `refused for slot ...`,
     /// `off`), and how many listeners got keepalive and how many were refused.
     pub fn set_listener_keepalive(&self, summary: String, on: u64, refused: u64) {
-        *self
-            .keepalive_listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = (on, refused);
-        self.set_fact("listener_keepalive", summary);
-        self.touch();
+        self.system(|s| {
+            s.listener_keepalive = Some(summary);
+            s.listeners_keepalive_on = on;
+            s.listeners_keepalive_refused = refused;
+        });
     }
 
     /// The verdict and its reasons.
@@ -365,7 +337,7 @@ impl Board {
     pub fn snapshot(&self) -> StatusFile {
         let now = crate::clocks::wall_now();
         let (health, reasons) = self.health(now);
-        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = self.system_state();
         let conditions = self
             .conditions
             .lock()
@@ -406,21 +378,15 @@ impl Board {
             slots: self.slots(),
             jobs_completed: counts.jobs_completed,
             api_requests,
-            system: {
-                let mut sys = system(&facts, &conditions, api.and_then(|a| a.rate_limit()), now);
-                (sys.keepalive.listeners_on, sys.keepalive.listeners_refused) = *self
-                    .keepalive_listeners
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                sys
-            },
-            facts,
+            system: state.render(&conditions, api.and_then(|a| a.rate_limit()), now),
+            facts: state.facts(),
             counts,
         }
     }
 
     /// Write `status.json` on every change (at most every 100 ms) and every heartbeat.
     pub async fn run_writer(&self, path: PathBuf, cancel: CancellationToken) {
+        let mut mode = self.mode.get().cloned();
         loop {
             let snap = self.snapshot();
             // The file system may be slow (a laptop's disk, an overlay): never on the
@@ -439,6 +405,13 @@ impl Board {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
+                // The mode changed (drain, force, kill): shown at once.
+                r = async {
+                    match mode.as_mut() {
+                        Some(m) => m.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { mode = None },
                 // Idle: one wake-up per heartbeat, nothing else.
                 _ = crate::clocks::tick(HEARTBEAT) => {}
             }
@@ -470,7 +443,7 @@ impl Board {
 /// Write the status to `path` and, if given, to the fleet file.
 fn write_files(path: &Path, fleet: Option<&Path>, bytes: &[u8]) {
     if let Err(e) = write_atomic(path, bytes) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
+        tracing::warn!(event = "status_write_failed", path = %path.display(), error = %e, "cannot write the status file");
     }
     if let Some(fleet) = fleet {
         if let Err(e) = write_atomic(fleet, bytes) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Health, SlotStatus};
+use super::{Health, SlotStatus};
 
 /// The schema of `status.json` and of `supervisor status --json` (README "Status").
 /// Fields are only ever added within a version; a removal or a change of meaning makes v2.
@@ -142,67 +142,4 @@ pub struct Counts {
     /// Registrations still queued for deletion (finished by the next start).
     pub deletions_pending: u64,
     pub api_requests: u64,
-}
-
-/// The host-wide part of the status, from the monitors' facts and conditions.
-pub(super) fn system(
-    facts: &BTreeMap<String, String>,
-    conditions: &BTreeMap<Condition, (Health, String)>,
-    rate_limit: Option<crate::github::RateLimit>,
-    now: DateTime<Utc>,
-) -> SystemStatus {
-    let fact = |k: &str| facts.get(k).cloned();
-    let expires_at = facts
-        .get("token_expires_at")
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let refused = conditions.get(&Condition::Token).map(|c| c.1.clone());
-    SystemStatus {
-        token: TokenStatus {
-            kind: fact("token_kind"),
-            valid: match (&refused, facts.get("token")) {
-                (Some(_), _) => Some(false),
-                (None, Some(_)) => Some(true),
-                (None, None) => None,
-            },
-            error: refused,
-            expires_at,
-            days_left: expires_at.map(|e| (e - now).num_days()),
-        },
-        clock: ClockInfo {
-            offset_s: facts.get("clock_offset_s").and_then(|v| v.parse().ok()),
-            source: fact("clock_source"),
-            fault: conditions
-                .get(&Condition::Clock)
-                .filter(|c| c.0 > Health::Ok)
-                .map(|c| c.1.clone()),
-            chronyd: fact("chronyd"),
-        },
-        disk: DiskInfo {
-            free_bytes: facts.get("disk_free_bytes").and_then(|v| v.parse().ok()),
-            pruner: fact("disk_pruner"),
-            last_prune: fact("disk_last_prune"),
-            pruned_bytes: facts
-                .get("disk_pruned_bytes")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        },
-        dependencies: facts
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("dependency ").map(|a| Dependency {
-                    address: a.to_string(),
-                    reachable: v == "reachable",
-                })
-            })
-            .collect(),
-        keepalive: KeepaliveInfo {
-            listener: fact("listener_keepalive"),
-            sysctls: fact("tcp_keepalive_sysctls"),
-            listeners_on: 0,
-            listeners_refused: 0,
-        },
-        rate_limit,
-        runner_version: fact("runner_version"),
-    }
 }

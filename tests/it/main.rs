@@ -14,6 +14,7 @@ mod connections;
 mod control;
 mod disk;
 mod doctor;
+mod events;
 mod github_client;
 mod health;
 mod jobs;

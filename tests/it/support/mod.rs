@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod events;
 pub mod rootfs;
 
 use std::collections::BTreeMap;
