@@ -220,6 +220,14 @@ async fn emit(
     line.clear();
     let event = parse_line(&text);
     let ev = event.as_ref().map_or("runner_line", RunnerEvent::name);
+    // A job's name and result are fields of their own: the log interface, not the wording.
+    let (job, result) = match &event {
+        Some(RunnerEvent::JobStarted { name }) => (Some(name.clone()), None),
+        Some(RunnerEvent::JobCompleted { name, result }) => {
+            (Some(name.clone()), Some(result.clone()))
+        }
+        _ => (None, None),
+    };
     let truncated = std::mem::take(dropped);
     // Queue the event before logging it: whoever sees the log line can rely on the slot
     // having it (a drain decision consumes queued events first).
@@ -230,9 +238,13 @@ async fn emit(
             event,
         })
         .await;
-    if truncated > 0 {
-        tracing::info!(event = ev, runner = %name, stream = stream.as_str(), truncated, "{text}");
-    } else {
-        tracing::info!(event = ev, runner = %name, stream = stream.as_str(), "{text}");
+    match (truncated, job) {
+        (0, None) => tracing::info!(event = ev, runner = %name, stream = stream.as_str(), "{text}"),
+        (_, None) => {
+            tracing::info!(event = ev, runner = %name, stream = stream.as_str(), truncated, "{text}")
+        }
+        (_, Some(job)) => {
+            tracing::info!(event = ev, runner = %name, stream = stream.as_str(), job, result = result.as_deref(), "{text}")
+        }
     }
 }

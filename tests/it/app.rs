@@ -154,9 +154,9 @@ async fn jobs_run_end_to_end_with_an_app_one_token_and_no_secret_anywhere() {
     assert_no_secret("the listener's argv", &cmdline, &tokens);
     let status = std::fs::read_to_string(sb.state.join("status.json")).unwrap();
     assert_no_secret("status.json", &status, &tokens);
-    let v = crate::control::status_json(&env);
-    assert_eq!(v["system"]["token"]["valid"], true, "{}", v["system"]);
-    assert_eq!(v["system"]["token"]["kind"], "app");
+    let token = crate::support::status(&env).system.token;
+    assert_eq!(token.valid, Some(true), "{token:?}");
+    assert_eq!(token.kind.as_deref(), Some("app"));
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_no_secret("the log", &d.log().join("\n"), &tokens);
@@ -270,9 +270,10 @@ async fn a_clock_three_minutes_fast_or_slow_still_registers() {
             "{shift}: {:?}",
             jit_calls(&gh)
         );
-        let v = crate::control::status_json(&env);
-        let offset = v["system"]["clock"]["offset_s"]
-            .as_f64()
+        let offset = crate::support::status(&env)
+            .system
+            .clock
+            .offset_s
             .unwrap_or_default();
         assert!(
             (offset.abs() - 180.0).abs() < 5.0,

@@ -2,38 +2,16 @@
 //! (text and `--json`), `breaker reset`, `drain`, `recycle`, and what each says when no
 //! supervisor runs.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use sim::protocol::Script;
 
-use crate::support::{eventually, github, Daemon, Sandbox};
+use runner_supervisor::status::SlotState;
+
+use crate::support::{cli, eventually, github, status, Daemon, Out, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
-
-/// `supervisor <args>` with `env`: (exit code, stdout, stderr).
-pub fn cli(env: &BTreeMap<String, String>, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(crate::support::supervisor_bin())
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .output()
-        .expect("run the supervisor CLI");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `supervisor status --json`, parsed.
-pub fn status_json(env: &BTreeMap<String, String>) -> serde_json::Value {
-    let (code, out, err) = cli(env, &["status", "--json"]);
-    assert_eq!(code, Some(0), "status --json: {err}");
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("status --json does not parse: {e}\n{out}"))
-}
 
 /// Socket inodes of `pid` that listen on TCP (v4 or v6).
 fn tcp_listeners(pid: i32) -> Vec<String> {
@@ -68,9 +46,10 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     gh.enqueue(crate::support::job("e2e mongo", 4000), 1);
-    d.wait_log(&["Running job: e2e mongo"], T).await;
+    d.wait_events("runner_job_started", |e| e.is("job", "e2e mongo"), 1, T)
+        .await;
 
     // The socket: in the state directory, a socket, ours, mode 0660; no TCP listener.
     let sock = sb.state.join("control.sock");
@@ -84,7 +63,11 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
         "nothing listens on TCP unless asked"
     );
 
-    let (code, text, err) = cli(&env, &["status"]);
+    let Out {
+        code,
+        stdout: text,
+        stderr: err,
+    } = cli(&env, &["status"]);
     assert_eq!(code, Some(0), "{err}");
     for want in [
         "mode run",
@@ -100,50 +83,53 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    let v = status_json(&env);
-    assert_eq!(v["schema"], "runner-supervisor.status.v1");
-    assert_eq!(v["pid"], d.pid);
-    let slots = v["slots"].as_array().unwrap();
-    assert_eq!(slots.len(), 2);
-    let busy: Vec<_> = slots.iter().filter(|s| s["state"] == "busy").collect();
-    assert_eq!(busy.len(), 1, "{slots:?}");
-    assert_eq!(busy[0]["job"], "e2e mongo");
-    assert!(busy[0]["job_started_at"].is_string());
-    let runner = busy[0]["runner"].as_str().unwrap();
+    let v = status(&env);
+    assert_eq!(v.schema, "runner-supervisor.status.v1");
+    assert_eq!(v.pid, d.pid as u32);
+    assert_eq!(v.slots.len(), 2);
+    let busy: Vec<_> = v
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Busy)
+        .collect();
+    assert_eq!(busy.len(), 1, "{:?}", v.slots);
+    assert_eq!(busy[0].job.as_deref(), Some("e2e mongo"));
+    assert!(busy[0].job_started_at.is_some());
+    let runner = busy[0].runner.clone().unwrap();
     assert!(gh.state(|s| s.runners.values().any(|r| r.name == runner)));
-    let rl = &v["system"]["rate_limit"];
-    assert!(
-        rl["remaining"].as_u64().unwrap() < rl["limit"].as_u64().unwrap(),
-        "{rl}"
-    );
-    assert_eq!(v["system"]["token"]["valid"], true);
+    let rl = v.system.rate_limit.as_ref().expect("a rate limit");
+    assert!(rl.remaining < rl.limit, "{rl:?}");
+    assert_eq!(v.system.token.valid, Some(true));
     // Two listeners, and the busy slot's next registration made in advance.
     assert!(
-        eventually(T, || status_json(&env)["counts"]["registrations"].as_u64()
-            == Some(3))
-        .await,
-        "{v}"
+        eventually(T, || status(&env).counts.registrations == 3).await,
+        "{v:?}"
     );
     // health names the runners and the job too.
     // (The file is rewritten within 100 ms of a change; the socket is live.)
     let want = format!("busy: {runner}, job \"e2e mongo\" for ");
     assert!(
         eventually(T, || {
-            let (code, health, _) = cli(&env, &["health"]);
+            let Out {
+                code,
+                stdout: health,
+                ..
+            } = cli(&env, &["health"]);
             code == Some(0) && health.contains(&want)
         })
         .await,
         "{}",
-        cli(&env, &["health"]).1
+        cli(&env, &["health"]).stdout
     );
     // status.json, which health reads, is the same schema.
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sb.state.join("status.json")).unwrap()).unwrap();
-    assert_eq!(file["schema"], v["schema"]);
-    assert_eq!(file["slots"].as_array().unwrap().len(), 2);
+    let file = sb.status().expect("status.json in the schema");
+    assert_eq!(file.schema, v.schema);
+    assert_eq!(file.slots.len(), 2);
 
     // Drain through the socket: the busy job finishes, the supervisor exits 0.
-    let (code, out, _) = cli(&env, &["drain"]);
+    let Out {
+        code, stdout: out, ..
+    } = cli(&env, &["drain"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("draining"), "{out}");
     let (code, summary) = d.wait_exit(T).await;
@@ -155,7 +141,9 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
     assert!(summary.contains("jobs completed      1"), "{summary}");
     assert!(!sock.exists(), "the socket is removed at exit");
     // Nothing answers now.
-    let (code, _, err) = cli(&env, &["status"]);
+    let Out {
+        code, stderr: err, ..
+    } = cli(&env, &["status"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no supervisor is running"), "{err}");
 }
@@ -173,7 +161,11 @@ async fn without_a_supervisor_each_client_says_so_and_exits_1() {
         &["drain"],
         &["recycle"],
     ] {
-        let (code, out, err) = cli(&env, args);
+        let Out {
+            code,
+            stdout: out,
+            stderr: err,
+        } = cli(&env, args);
         assert_eq!(code, Some(1), "{args:?}: {out}{err}");
         assert!(
             err.contains("no supervisor is running") && err.contains("control.sock"),
@@ -203,20 +195,20 @@ async fn breaker_reset_lets_a_paused_slot_go_on_at_once() {
     env.insert("WATCHDOG_MAX_FIRES".into(), "1".into());
     env.insert("SUPERVISOR_WATCHDOG_OPEN_FOR".into(), "1h".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["circuit breaker open"], T).await;
-    assert!(
-        eventually(T, || status_json(&env)["slots"][0]["state"]
-            == "breaker-open")
-        .await
-    );
-    let v = status_json(&env);
-    let b = &v["slots"][0]["breaker"];
-    assert!(b["open_until"].is_string(), "{b}");
+    d.wait_event("breaker_open", T).await;
+    assert!(eventually(T, || status(&env).slots[0].state == SlotState::BreakerOpen).await);
+    let b = status(&env).slots[0].breaker.clone();
+    assert!(b.open_until.is_some(), "{b:?}");
     assert_eq!(
-        b["fires"]["network"], 1,
-        "the window restarts with the fire that opened it: {b}"
+        b.fires.get("network"),
+        Some(&1),
+        "the window restarts with the fire that opened it: {b:?}"
     );
-    let (_, text, _) = cli(&env, &["status"]);
+    let Out {
+        code: _,
+        stdout: text,
+        ..
+    } = cli(&env, &["status"]);
     assert!(
         text.contains("breaker    OPEN for 59m") && text.contains("2 fires (network:2)"),
         "{text}"
@@ -230,20 +222,25 @@ async fn breaker_reset_lets_a_paused_slot_go_on_at_once() {
     let before = registrations();
 
     // A slot that does not exist is refused, naming the range.
-    let (code, _, err) = cli(&env, &["breaker", "reset", "--slot", "7"]);
+    let Out {
+        code, stderr: err, ..
+    } = cli(&env, &["breaker", "reset", "--slot", "7"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no slot 7") && err.contains("0..0"), "{err}");
 
-    let (code, out, err) = cli(&env, &["breaker", "reset", "--slot", "0"]);
+    let Out {
+        code,
+        stdout: out,
+        stderr: err,
+    } = cli(&env, &["breaker", "reset", "--slot", "0"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("circuit breaker reset: slot 0"), "{out}");
-    d.wait_log(&["circuit breaker reset by the operator"], T)
-        .await;
+    d.wait_event("breaker_reset", T).await;
     // The slot registers and listens again now, not in an hour.
-    d.wait_lines(&["Listening for Jobs"], 3, T).await;
+    d.wait_listening(3, T).await;
     assert_eq!(registrations(), before + 1);
-    let v = status_json(&env);
-    assert!(v["slots"][0]["breaker"]["open_until"].is_null(), "{v}");
+    let v = status(&env);
+    assert!(v.slots[0].breaker.open_until.is_none(), "{v:?}");
     // Persisted: a restart does not bring it back.
     let saved = std::fs::read_to_string(sb.state.join("breaker.json")).unwrap();
     assert!(
@@ -261,28 +258,29 @@ async fn recycle_replaces_only_idle_listeners() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     gh.enqueue(crate::support::job("long", 3000), 1);
-    d.wait_log(&["Running job: long"], T).await;
-    let v = status_json(&env);
-    let idle = v["slots"]
-        .as_array()
-        .unwrap()
+    d.wait_events("runner_job_started", |e| e.is("job", "long"), 1, T)
+        .await;
+    let idle = status(&env)
+        .slots
         .iter()
-        .position(|s| s["state"] == "listening")
+        .position(|s| s.state == SlotState::Listening)
         .expect("one idle slot");
-    let (code, out, err) = cli(&env, &["recycle"]);
+    let Out {
+        code,
+        stdout: out,
+        stderr: err,
+    } = cli(&env, &["recycle"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         out.trim(),
         format!("recycling the idle listener of slot {idle}")
     );
-    d.wait_log(
-        &[
-            "listener exited",
-            &format!("slot={idle}"),
-            "reason=\"recycled\"",
-        ],
+    d.wait_events(
+        "listener_exited",
+        |e| e.u64("slot") == Some(idle as u64) && e.is("reason", "recycled"),
+        1,
         T,
     )
     .await;
@@ -294,7 +292,9 @@ async fn recycle_replaces_only_idle_listeners() {
             .any(|j| j.name == "long" && j.result == "Succeeded"))
             .await
     );
-    let (code, _, err) = cli(&env, &["recycle", "--slot", "5"]);
+    let Out {
+        code, stderr: err, ..
+    } = cli(&env, &["recycle", "--slot", "5"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no slot 5"), "{err}");
     d.signal(nix::sys::signal::Signal::SIGTERM);

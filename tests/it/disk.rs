@@ -125,16 +125,15 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
     assert!(out.contains("below the"), "{out}");
     assert!(out.contains("MB freed (1 containers"), "{out}");
     // Status and metrics say the same: free bytes, the last prune, bytes pruned.
-    let v = crate::control::status_json(&env);
-    let disk = &v["system"]["disk"];
-    let pruned = disk["pruned_bytes"].as_u64().unwrap();
-    assert!(pruned > 0, "{disk}");
-    assert!(disk["free_bytes"].as_u64().unwrap() > 0, "{disk}");
+    let disk = crate::support::status(&env).system.disk;
+    let pruned = disk.pruned_bytes;
+    assert!(pruned > 0, "{disk:?}");
+    assert!(disk.free_bytes.unwrap() > 0, "{disk:?}");
     assert!(
-        disk["last_prune"].as_str().unwrap().contains("MB freed"),
-        "{disk}"
+        disk.last_prune.as_deref().unwrap().contains("MB freed"),
+        "{disk:?}"
     );
-    assert_eq!(disk["pruner"], "this supervisor");
+    assert_eq!(disk.pruner.as_deref(), Some("this supervisor"));
     let (_, _, body) = crate::metrics::http_get(metrics, "/metrics");
     let value = |name: &str| -> f64 {
         body.lines()

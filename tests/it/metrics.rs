@@ -8,7 +8,6 @@ use std::time::Duration;
 use sim::github::{Fault, FaultKind, JobSpec};
 use sim::protocol::Script;
 
-use crate::control::{cli, status_json};
 use crate::support::{github, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
@@ -198,7 +197,7 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
         .filter(|c| c.method == "POST" && c.path.ends_with("generate-jitconfig"))
         .count() as f64;
     assert_eq!(m.sum(&n("api_requests_total"), ("endpoint", jit)), fake_jit);
-    let v = status_json(&env);
+    let v = crate::support::status(&env);
     let total: f64 =
         m.0.samples
             .iter()
@@ -209,7 +208,7 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
             })
             .sum();
     // The status call above may have raced one more request: at most one apart.
-    let counted = v["counts"]["api_requests"].as_f64().unwrap();
+    let counted = v.counts.api_requests as f64;
     assert!((counted - total).abs() <= 1.0, "{counted} vs {total}");
     let remaining = m.must(&n("rate_limit_remaining"), &[]);
     assert!(remaining < 5000.0 && remaining > 4900.0, "{remaining}");
@@ -278,7 +277,6 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
         assert!(summary.contains(want), "missing {want:?}:\n{summary}");
     }
     assert!(!summary.contains("unaccounted"), "{summary}");
-    let _ = cli;
 }
 
 #[tokio::test]

@@ -109,3 +109,15 @@ impl Daemon {
         self.wait_events(name, |_| true, 1, timeout).await
     }
 }
+
+impl Daemon {
+    /// Wait for the `n`-th `name` event.
+    pub async fn wait_nth(&self, name: &str, n: usize, timeout: Duration) -> Event {
+        self.wait_events(name, |_| true, n, timeout).await
+    }
+
+    /// Wait until listeners have said `Listening for Jobs` `n` times in all.
+    pub async fn wait_listening(&self, n: usize, timeout: Duration) -> Event {
+        self.wait_nth("runner_listening", n, timeout).await
+    }
+}
