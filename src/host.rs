@@ -172,7 +172,7 @@ impl Host {
                 // The token watch re-checks every 30 s from now on, not at its next
                 // 6-hourly check.
                 self.check_token.notify_one();
-                tracing::error!(event = "token_refused", "GitHub refused the token: {why}; registrations retry at most once per 5 minutes per slot, and the token is checked every 30 s, until it works again; replace GITHUB_PAT or the token file, or fix the GitHub App's installation");
+                tracing::error!(event = "token_refused", error = %why, "GitHub refused the token: {why}; registrations retry at most once per 5 minutes per slot, and the token is checked every 30 s, until it works again; replace GITHUB_PAT or the token file, or fix the GitHub App's installation");
             } else {
                 tracing::info!(event = "token_recovered", "the token works again");
                 self.token_recovered.notify_waiters();

@@ -194,6 +194,7 @@ pub async fn run(
                     tracing::warn!(
                         event = "clock_step",
                         step_s = format!("{s:+.1}"),
+                        resume = big,
                         "wall clock stepped by {s:+.1}s{}",
                         if big { ": treating it as a resume" } else { "" }
                     );

@@ -24,7 +24,7 @@ use crate::slot::{self, Shared};
 use crate::status::Board;
 
 /// What happened during a run: the exit summary, printed as text or as JSON.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub jobs_completed: u64,
     /// Jobs whose listener ended mid-job.

@@ -99,7 +99,7 @@ impl Deletions {
                     self.lock().remove(&id);
                     self.save();
                     board.stats.deregistrations.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(event = "registration_deleted", runner = %name, id, "registration deleted (from the deletion queue)");
+                    tracing::info!(event = "registration_deleted", runner = %name, id, from = "queue", "registration deleted (from the deletion queue)");
                 }
                 Err(GithubError::RateLimited { retry_after, .. }) => return Some(retry_after),
                 Err(e) => {

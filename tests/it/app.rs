@@ -124,7 +124,7 @@ async fn jobs_run_end_to_end_with_an_app_one_token_and_no_secret_anywhere() {
     // Four slots register at once: one token request between them (a single flight).
     env.insert("SUPERVISOR_SLOTS".into(), "4".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["Listening for Jobs"], 4, T).await;
+    d.wait_listening(4, T).await;
     assert_eq!(issued(&gh), 1, "four slots, one token request");
     let token_calls = gh
         .calls()
@@ -160,13 +160,7 @@ async fn jobs_run_end_to_end_with_an_app_one_token_and_no_secret_anywhere() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_no_secret("the log", &d.log().join("\n"), &tokens);
-    let out = std::process::Command::new(crate::support::supervisor_bin())
-        .arg("config")
-        .env_clear()
-        .envs(&env)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crate::support::cli(&env, &["config"]).stdout;
     assert!(
         text.contains("github.app_id") && text.contains("4242"),
         "{text}"
@@ -181,7 +175,7 @@ async fn a_token_that_expires_mid_run_is_refreshed_without_a_failed_registration
     let gh = app_github(|a| a.token_ttl = Duration::from_secs(6)).await;
     let env = app_env(&sb, &gh);
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let t0 = Instant::now();
     let mut n = 0;
     // Jobs for 14 s: past two expiries.
@@ -216,10 +210,13 @@ async fn a_suspended_installation_degrades_health_and_recovers_by_itself() {
     let mut env = app_env(&sb, &gh);
     env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.state(|s| s.installation_suspended = true);
-    let line = d.wait_log(&["GitHub refused the token"], T).await;
-    assert!(line.contains("suspended"), "{line}");
+    let line = d.wait_event("token_refused", T).await;
+    assert!(
+        line.str("error").is_some_and(|e| e.contains("suspended")),
+        "{line:?}"
+    );
     let (code, out) = wait_health(&env, "token", Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "degraded, not unhealthy: {out}");
     assert!(
@@ -228,7 +225,7 @@ async fn a_suspended_installation_degrades_health_and_recovers_by_itself() {
     );
     let restored = Instant::now();
     gh.state(|s| s.installation_suspended = false);
-    d.wait_log(&["the token works again"], T).await;
+    d.wait_event("token_recovered", T).await;
     let healthy = loop {
         let (_, out) = crate::support::health(&env);
         if out.starts_with("Ok") {
@@ -241,7 +238,7 @@ async fn a_suspended_installation_degrades_health_and_recovers_by_itself() {
         healthy.as_millis()
     );
     // One refusal logged, however many checks saw it.
-    assert_eq!(d.count(&["GitHub refused the token"]), 1);
+    assert_eq!(d.count_events("token_refused", |_| true), 1);
     gh.enqueue(job("after"), 1);
     assert!(
         gh.wait_for(T, |s| s.completed.iter().any(|j| j.name == "after"))
@@ -262,7 +259,7 @@ async fn a_clock_three_minutes_fast_or_slow_still_registers() {
             env.insert(k, v);
         }
         let mut d = Daemon::start(&env, &["run"]).await;
-        d.wait_log(&["Listening for Jobs"], T).await;
+        d.wait_listening(1, T).await;
         gh.enqueue(job("skewed"), 1);
         assert!(gh.wait_for(T, |s| s.completed.len() == 1).await, "{shift}");
         assert!(
@@ -289,16 +286,8 @@ async fn a_clock_three_minutes_fast_or_slow_still_registers() {
 }
 
 fn run_exit(env: &BTreeMap<String, String>) -> (Option<i32>, String) {
-    let out = std::process::Command::new(crate::support::supervisor_bin())
-        .arg("run")
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = crate::support::cli(env, &["run"]);
+    (out.code, out.stderr)
 }
 
 #[tokio::test]
@@ -449,14 +438,12 @@ async fn with_an_ntp_server_even_the_first_jwt_is_on_githubs_time() {
         env.insert(k, v);
     }
     let mut d = Daemon::start(&env, &["run"]).await;
-    let line = d
-        .wait_log(&["clock offset measured for the GitHub App's JWTs"], T)
-        .await;
+    let e = d.wait_event("clock_offset_app", T).await;
     assert!(
-        line.contains("offset_s=\"+17") || line.contains("offset_s=\"+18"),
-        "{line}"
+        e.has("offset_s", "+17") || e.has("offset_s", "+18"),
+        "{e:?}"
     );
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.enqueue(job("skewed"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
     assert_eq!(
@@ -486,7 +473,7 @@ async fn a_clock_that_jumps_from_three_minutes_fast_to_three_slow_keeps_register
     }
     env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.enqueue(job("fast"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
     // The laptop's clock now runs 3 minutes slow, as after a bad resume.

@@ -79,17 +79,18 @@ async fn scenario_26_a_listener_on_a_blackholed_connection_is_replaced() {
     env.insert("SUPERVISOR_GITHUB_REQUEST_TIMEOUT".into(), "2s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "0".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let fired = {
         let _bh = Blackhole::port(gh.addr().port());
-        d.wait_log(&["watchdog fired"], T).await
+        d.wait_event("watchdog_fire", T).await
     };
     assert!(
-        fired.contains("dead path") && fired.contains("cause=\"network\""),
-        "{fired}"
+        fired.is("cause", "network")
+            && fired.str("detail").is_some_and(|d| d.contains("dead path")),
+        "{fired:?}"
     );
     // The path is back: a fresh runner listens.
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

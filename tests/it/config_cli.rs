@@ -1,23 +1,12 @@
 //! Configuration through the real binary: precedence, sources, redaction, bad input.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use crate::support::{supervisor_bin, Sandbox};
+use crate::support::{cli, Sandbox};
 
 fn run(args: &[&str], env: &BTreeMap<String, String>) -> (Option<i32>, String, String) {
-    let out = Command::new(supervisor_bin())
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env)
-        .output()
-        .expect("run supervisor");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let out = cli(env, args);
+    (out.code, out.stdout, out.stderr)
 }
 
 fn base(sb: &Sandbox) -> BTreeMap<String, String> {

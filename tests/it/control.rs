@@ -132,13 +132,13 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
     } = cli(&env, &["drain"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("draining"), "{out}");
-    let (code, summary) = d.wait_exit(T).await;
+    let (code, summary) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
     assert!(gh.state(|s| s
         .completed
         .iter()
         .any(|j| j.name == "e2e mongo" && j.result == "Succeeded")));
-    assert!(summary.contains("jobs completed      1"), "{summary}");
+    assert_eq!(summary.jobs_completed, 1, "{summary:?}");
     assert!(!sock.exists(), "the socket is removed at exit");
     // Nothing answers now.
     let Out {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{github, Daemon, Sandbox};
+use crate::support::{github, Cli, Daemon, Sandbox};
 
 /// One run of doctor.
 pub struct Doctor {
@@ -45,41 +45,21 @@ pub async fn doctor_as(
     extra: &[&str],
     stdin: Option<&str>,
 ) -> Doctor {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = match wrapper.split_first() {
-        Some((p, rest)) => {
-            let mut c = tokio::process::Command::new(p);
-            c.args(rest).arg(crate::support::supervisor_bin());
-            c
-        }
-        None => tokio::process::Command::new(crate::support::supervisor_bin()),
-    };
-    cmd.arg("doctor")
-        .arg("--json")
-        .args(extra)
-        .env_clear()
-        .envs(env)
-        .env("PATH", std::env::var("PATH").unwrap())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("doctor starts");
-    let mut input = child.stdin.take().unwrap();
+    let mut env = env.clone();
+    env.insert("PATH".into(), std::env::var("PATH").unwrap());
+    let args: Vec<&str> = ["doctor", "--json"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut cli = Cli::wrapped(&env, wrapper, &args);
     if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).await.unwrap();
+        cli = cli.stdin(s);
     }
-    drop(input);
     // Async: the fake GitHub runs on this test's runtime and must keep answering.
-    let out = child.wait_with_output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "doctor --json does not parse ({e}):\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let out = cli.run_async().await;
+    let json = out.json();
     Doctor {
-        code: out.status.code(),
+        code: out.code,
         json,
     }
 }
@@ -168,15 +148,9 @@ async fn every_check_passes_exit_0_and_json_follows_the_schema() {
     assert_eq!(d.reason("wsl2"), "not WSL2 (kernel 6.1.0-28-amd64)");
 
     // The table: a header, one line per check, no colour when not a terminal.
-    let out = tokio::process::Command::new(crate::support::supervisor_bin())
-        .arg("doctor")
-        .env_clear()
-        .envs(&env)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = Cli::new(&env, &["doctor"]).run_async().await;
+    assert_eq!(out.code, Some(0));
+    let text = out.stdout;
     assert!(
         text.starts_with("STATUS CHECK           REASON\n"),
         "{text}"
@@ -291,20 +265,9 @@ async fn partial_configuration_still_checks_the_host_and_says_what_is_missing() 
         assert_eq!(d.status(name), "pass", "{name}: {}", d.check(name));
     }
     // `supervisor config` shows the defaults before owner and repo are set.
-    let out = tokio::process::Command::new(crate::support::supervisor_bin())
-        .arg("config")
-        .env_clear()
-        .envs(&env)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = Cli::new(&env, &["config"]).run_async().await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let text = out.stdout;
     assert!(
         text.contains("github.owner") && text.contains("runner.slots"),
         "{text}"
@@ -369,9 +332,7 @@ async fn ghosts_and_another_supervisor_are_found() {
     assert_eq!(d.status("instance"), "pass");
 
     let mut daemon = Daemon::start(&env, &["run"]).await;
-    daemon
-        .wait_log(&["Listening for Jobs"], Duration::from_secs(60))
-        .await;
+    daemon.wait_listening(1, Duration::from_secs(60)).await;
     let d = doctor(&env).await;
     assert_eq!(d.status("instance"), "warn");
     assert!(

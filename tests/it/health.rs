@@ -21,9 +21,9 @@ async fn scenario_18_a_dependency_killed_mid_run_degrades_health_and_nothing_res
     env.insert("SUPERVISOR_HEALTH_DEPENDENCIES".into(), addr.clone());
     env.insert("SUPERVISOR_NETWORK_DNS_INTERVAL".into(), "300ms".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     drop(mongo);
-    d.wait_log(&["dependency unreachable"], T).await;
+    d.wait_event("dependency_down", T).await;
     let last = wait_health(
         &env,
         &format!("dependency {addr}: unreachable"),
@@ -31,7 +31,11 @@ async fn scenario_18_a_dependency_killed_mid_run_degrades_health_and_nothing_res
     )
     .await;
     assert_eq!(last.0, Some(0), "degraded, not unhealthy: {}", last.1);
-    assert_eq!(d.count(&["listener exited"]), 0, "runners stay up");
+    assert_eq!(
+        d.count_events("listener_exited", |_| true),
+        0,
+        "runners stay up"
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -51,7 +55,8 @@ async fn scenario_19_github_unreachable_during_a_job_is_not_unhealthy_and_restar
     env.insert("SUPERVISOR_HEALTH_UNHEALTHY_AFTER".into(), "1s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "0".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
+        .await;
     for f in [
         FaultKind::Status { status: 503 },
         FaultKind::RateLimit {
@@ -79,9 +84,13 @@ async fn scenario_19_github_unreachable_during_a_job_is_not_unhealthy_and_restar
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(seen_busy >= 3, "health was checked during the job");
-    d.wait_log(&["job completed"], T).await;
+    d.wait_event("job_completed", T).await;
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Succeeded");
-    assert_eq!(d.count(&["listener exited", "watchdog"]), 0);
+    assert_eq!(d.count_events("watchdog_fire", |_| true), 0);
+    assert_eq!(
+        d.count_events("listener_exited", |e| e.is("reason", "watchdog")),
+        0
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

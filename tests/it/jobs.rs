@@ -27,11 +27,11 @@ async fn two_slots_take_jobs_one_at_a_time_and_leave_no_ghosts() {
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     env.insert("SUPERVISOR_LABELS".into(), "self-hosted,linux,mongo".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["job completed"], 6, T).await;
+    d.wait_nth("job_completed", 6, T).await;
     d.signal(Signal::SIGTERM);
-    let (code, out) = d.wait_exit(T).await;
+    let (code, summary) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
-    assert!(out.contains("jobs completed      6"), "{out}");
+    assert_eq!(summary.jobs_completed, 6, "{summary:?}");
 
     let done = gh.state(|s| s.completed.clone());
     assert_eq!(done.len(), 6);
@@ -64,7 +64,7 @@ async fn labels_reach_the_registration() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_LABELS".into(), "self-hosted,linux,mongo".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let r = &gh.runners()[0];
     assert_eq!(r.labels, ["self-hosted", "linux", "mongo"]);
     assert!(r.status_is_online());
@@ -84,8 +84,8 @@ async fn the_next_runner_is_registered_while_the_job_runs() {
         1,
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["job completed"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_event("job_completed", T).await;
+    d.wait_listening(2, T).await;
     let calls = gh.calls();
     let gens: Vec<u64> = calls
         .iter()
@@ -119,7 +119,7 @@ async fn only_this_hosts_offline_runners_are_reaped_at_start() {
     let other_prefix = gh.add_runner(scope, &format!("web-{host}-0-abc123"), false);
     let stranger = gh.add_runner(scope, "laptop-of-someone", false);
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let ids: BTreeSet<u64> = gh.runners().iter().map(|r| r.id).collect();
     assert!(
         !ids.contains(&ours_offline) && !ids.contains(&ours_fixed),
@@ -129,9 +129,9 @@ async fn only_this_hosts_offline_runners_are_reaped_at_start() {
         assert!(ids.contains(&keep), "runner {keep} is not ours to delete");
     }
     d.signal(Signal::SIGTERM);
-    let (code, out) = d.wait_exit(T).await;
+    let (code, summary) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
-    assert!(out.contains("ghosts reaped       2"), "{out}");
+    assert_eq!(summary.ghosts_reaped, 2, "{summary:?}");
 }
 
 #[tokio::test]
@@ -146,9 +146,8 @@ async fn servers_without_jit_fall_back_to_config_sh() {
         2,
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["falling back to registration tokens"], T)
-        .await;
-    d.wait_lines(&["job completed"], 2, T).await;
+    d.wait_event("jit_fallback", T).await;
+    d.wait_nth("job_completed", 2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     let calls = gh.calls();
@@ -171,7 +170,9 @@ async fn servers_without_jit_fall_back_to_config_sh() {
         "fixed name: {done:?}"
     );
     // config.sh's output went to the log, and the registration token never did.
-    assert!(d.count(&["Settings Saved."]) >= 2);
+    // Wording under test: config.sh's own console line (reference A1), logged as the
+    // runner printed it.
+    assert!(d.count_events("runner_line", |e| e.has("message", "Settings Saved.")) >= 2);
     assert!(gh.runners().is_empty(), "{:?}", gh.runners());
 }
 
@@ -181,10 +182,12 @@ async fn scenario_16_sigterm_during_a_back_off_and_a_revoked_token_backs_off_min
     let gh = github(|_| {}).await;
     gh.state(|s| s.revoked = true);
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    let line = d.wait_log(&["registration failed"], T).await;
+    let line = d.wait_event("registration_failed", T).await;
     assert!(
-        line.contains("unauthorized") && line.contains("wait_s=300"),
-        "{line}"
+        line.str("error")
+            .is_some_and(|e| e.contains("unauthorized"))
+            && line.u64("wait_s") == Some(300),
+        "{line:?}"
     );
     // Scenario 16: a signal during a back-off is handled at once.
     let t = std::time::Instant::now();
@@ -217,7 +220,7 @@ async fn organisation_runners_use_the_org_endpoints() {
     env.remove("REPO_NAME");
     env.insert("SUPERVISOR_GITHUB_ORG".into(), "acme".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["job completed"], T).await;
+    d.wait_event("job_completed", T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     let rest: Vec<String> = gh
@@ -243,7 +246,7 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
     let gh = github(|_| {}).await;
     let env = sb.env(&gh);
     let mut first = Daemon::start(&env, &["run"]).await;
-    first.wait_log(&["Listening for Jobs"], T).await;
+    first.wait_listening(1, T).await;
     let listeners = crate::support::listeners(&sb, 1);
     assert_eq!(listeners.len(), 1);
     let status = std::fs::read(sb.state.join("status.json")).unwrap();
@@ -252,10 +255,12 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
     let mut second = Daemon::start(&env, &["run"]).await;
     let (code, _) = second.wait_exit(T).await;
     assert_eq!(code, Some(1));
-    let log = second.log().join("\n");
-    assert!(
-        log.contains(&format!("another supervisor (pid {})", first.pid)),
-        "{log}"
+    let holder = format!("another supervisor (pid {})", first.pid);
+    assert_eq!(
+        second.count_events("fatal", |e| e.has("message", &holder)),
+        1,
+        "{}",
+        second.log().join("\n")
     );
     assert_eq!(
         crate::support::listeners(&sb, 1),
@@ -263,13 +268,10 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
         "its listener lives on"
     );
     assert_eq!(gh.calls().len(), calls, "no API call");
-    let now: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sb.state.join("status.json")).unwrap()).unwrap();
-    let before: serde_json::Value = serde_json::from_slice(&status).unwrap();
-    assert_eq!(
-        now["pid"], before["pid"],
-        "its status is still the first one's"
-    );
+    let now = sb.status().expect("status.json");
+    let before: runner_supervisor::status::StatusFile = serde_json::from_slice(&status).unwrap();
+    assert_eq!(now.pid, before.pid, "its status is still the first one's");
+    assert_eq!(now.pid, first.pid as u32);
     assert_eq!(gh.runners().len(), 1);
 
     first.signal(Signal::SIGTERM);
@@ -369,9 +371,9 @@ async fn registrations_left_online_by_a_killed_run_are_deleted_at_the_next_start
     assert!(ids.is_disjoint(&left), "left: {left:?}, now: {ids:?}");
     assert!(ids.contains(&not_left));
     d.signal(Signal::SIGTERM);
-    let (code, out) = d.wait_exit(T).await;
+    let (code, summary) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
-    assert!(out.contains("ghosts reaped       2"), "{out}");
+    assert_eq!(summary.ghosts_reaped, 2, "{summary:?}");
     let ids: Vec<u64> = gh.runners().iter().map(|r| r.id).collect();
     assert_eq!(ids, [not_left], "nothing else left");
 }

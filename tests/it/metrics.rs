@@ -127,25 +127,22 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
     env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
     env.insert("SUPERVISOR_METRICS_LISTEN".into(), addr.to_string());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["serving Prometheus metrics"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 1, T).await;
+    d.wait_event("metrics_ready", T).await;
+    d.wait_listening(1, T).await;
     gh.enqueue(job("build", "Succeeded"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     gh.enqueue(job("e2e", "Succeeded"), 1);
-    let lost = d.wait_log(&["the listener ended mid-job"], T).await;
-    assert!(
-        lost.contains("WARN") && lost.contains("\"e2e\" is lost"),
-        "{lost}"
-    );
-    d.wait_log(&["watchdog fired"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 4, T).await;
+    let lost = d.wait_event("job_lost", T).await;
+    assert!(lost.level == "WARN" && lost.is("job", "e2e"), "{lost:?}");
+    d.wait_event("watchdog_fire", T).await;
+    d.wait_listening(4, T).await;
     gh.enqueue(job("lint", "Failed"), 1);
     assert!(
         gh.wait_for(T, |s| s.completed.iter().any(|j| j.name == "lint"))
             .await
     );
-    d.wait_lines(&["Listening for Jobs"], 5, T).await;
+    d.wait_listening(5, T).await;
 
     let (status, ctype, body) = http_get(addr, "/metrics");
     assert!(status.contains("200"), "{status}");
@@ -264,19 +261,21 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
     assert!(http_get(addr, "/").0.contains("404"));
 
     d.signal(nix::sys::signal::Signal::SIGTERM);
-    let (code, summary) = d.wait_exit(T).await;
+    let (code, s) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
     // The summary agrees with itself: 2 completed = 2 job_done; every registration is
     // accounted for.
-    for want in [
-        "jobs completed      2 (Failed=1 Succeeded=1)",
-        "jobs lost           1",
-        "= 2 removed by GitHub after their job + 3 deleted by the supervisor + 0 left for the next start",
-        "watchdog fires      network=1",
-    ] {
-        assert!(summary.contains(want), "missing {want:?}:\n{summary}");
-    }
-    assert!(!summary.contains("unaccounted"), "{summary}");
+    assert_eq!(s.jobs_completed, 2, "{s:?}");
+    assert_eq!(
+        s.job_results,
+        [("Failed".into(), 1), ("Succeeded".into(), 1)].into(),
+        "{s:?}"
+    );
+    assert_eq!(s.jobs_lost, 1, "{s:?}");
+    assert_eq!(s.removed_by_github(), 2, "{s:?}");
+    assert_eq!((s.deregistrations, s.deletions_pending), (3, 0), "{s:?}");
+    assert_eq!(s.watchdog_fires, [("network".into(), 1)].into(), "{s:?}");
+    assert_eq!(s.unaccounted(), 0, "{s:?}");
 }
 
 #[tokio::test]
@@ -286,17 +285,19 @@ async fn the_summary_is_json_with_json_logs() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_LOG_FORMAT".into(), "json".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.enqueue(job("build", "Succeeded"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(nix::sys::signal::Signal::SIGTERM);
     let (code, out) = d.wait_exit(T).await;
     assert_eq!(code, Some(0));
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert_eq!(v["jobs_completed"], 1);
-    assert_eq!(v["exits"]["job_done"], 1);
-    assert_eq!(v["registrations"], 2);
-    assert_eq!(v["deregistrations"], 1);
-    assert_eq!(v["deletions_pending"], 0);
+    assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
+    let s: runner_supervisor::supervisor::Summary =
+        serde_json::from_str(out.trim()).expect("the summary's fields");
+    assert_eq!(s.jobs_completed, 1);
+    assert_eq!(s.exits.get("job_done"), Some(&1));
+    assert_eq!(s.registrations, 2);
+    assert_eq!(s.deregistrations, 1);
+    assert_eq!(s.deletions_pending, 0);
 }

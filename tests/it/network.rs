@@ -52,7 +52,7 @@ async fn scenario_25_dns_fallback_resolvers_while_the_primary_fails_then_restore
     env.insert("SUPERVISOR_NETWORK_DNS_PORT".into(), port.to_string());
     env.insert("SUPERVISOR_NETWORK_DNS_INTERVAL".into(), "300ms".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
         original,
@@ -60,7 +60,7 @@ async fn scenario_25_dns_fallback_resolvers_while_the_primary_fails_then_restore
     );
     // The VPN cycle breaks the primary resolver.
     primary_up.store(false, Ordering::SeqCst);
-    d.wait_log(&["fallback resolvers put first"], T).await;
+    d.wait_event("resolvers_fallback", T).await;
     let text = std::fs::read_to_string(&resolv).unwrap();
     let first = text.lines().find(|l| l.starts_with("nameserver")).unwrap();
     assert_eq!(first, "nameserver 127.0.0.78", "{text}");
@@ -69,7 +69,7 @@ async fn scenario_25_dns_fallback_resolvers_while_the_primary_fails_then_restore
         "the original stays below: {text}"
     );
     primary_up.store(true, Ordering::SeqCst);
-    d.wait_log(&["resolv.conf restored"], T).await;
+    d.wait_event("resolvers_restored", T).await;
     assert_eq!(std::fs::read_to_string(&resolv).unwrap(), original);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -87,13 +87,13 @@ async fn keepalive_sysctls_are_set_in_a_network_namespace_of_their_own() {
     env.insert("SUPERVISOR_NETWORK_KEEPALIVE_PROBES".into(), "4".into());
     // A new network namespace, as a container has: the sysctls there are its own.
     let mut d = Daemon::start_wrapped(&env, &["unshare", "--net"], &["run"]).await;
-    let line = d.wait_log(&["tcp keepalive sysctls in effect"], T).await;
+    let e = d.wait_event("sysctls", T).await;
     assert!(
-        line.contains("time=77")
-            && line.contains("intvl=7")
-            && line.contains("probes=4")
-            && line.contains("how=\"set\""),
-        "{line}"
+        e.u64("time") == Some(77)
+            && e.u64("intvl") == Some(7)
+            && e.u64("probes") == Some(4)
+            && e.is("how", "set"),
+        "{e:?}"
     );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/tcp_keepalive_time").unwrap(),
@@ -121,7 +121,7 @@ async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
         read("tcp_keepalive_probes"),
     ];
     for (wrapper, how) in [
-        (&["unshare", "--net"][..], "how=\"set\""),
+        (&["unshare", "--net"][..], "set"),
         (
             &[
                 "unshare",
@@ -130,7 +130,7 @@ async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
                 "--kill-child=SIGKILL",
                 "--mount-proc",
             ][..],
-            "how=\"unchanged\"",
+            "unchanged",
         ),
     ] {
         let sb = Sandbox::new();
@@ -151,8 +151,8 @@ async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
             host[2].clone(),
         );
         let mut d = Daemon::start_wrapped(&env, wrapper, &["run"]).await;
-        let line = d.wait_log(&["tcp keepalive sysctls in effect"], T).await;
-        assert!(line.contains(how), "{wrapper:?}: {line}");
+        let e = d.wait_event("sysctls", T).await;
+        assert!(e.is("how", how), "{wrapper:?}: {e:?}");
         // unshare --fork forwards nothing: signal the supervisor, its child, directly.
         let child = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid))
             .unwrap_or_default();
@@ -239,12 +239,12 @@ async fn the_api_host_is_resolved_periodically_and_a_failure_reported() {
         ),
     ];
     let mut d = Daemon::start_wrapped(&env, &wrapper, &["run"]).await;
-    d.wait_log(&["cannot resolve the API host"], T).await;
+    d.wait_event("dns_failed", T).await;
     wait_health(&env, "dns: cannot resolve gh.test", Duration::from_secs(5)).await;
     // The resolver recovers: so does everything else, by itself.
     up.store(true, Ordering::SeqCst);
-    d.wait_log(&["the API host resolves again"], T).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_event("dns_recovered", T).await;
+    d.wait_listening(1, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

@@ -19,7 +19,7 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
     env.insert("SUPERVISOR_HEALTH_UNHEALTHY_AFTER".into(), "2s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "1".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     // Network trouble on the registration calls from the job on (the one made in
     // advance while it runs, and every one after it).
     gh.fault(Fault {
@@ -36,8 +36,8 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
         },
         1,
     );
-    d.wait_log(&["job completed"], T).await;
-    d.wait_lines(&["registration failed"], 2, T).await;
+    d.wait_event("job_completed", T).await;
+    d.wait_nth("registration_failed", 2, T).await;
     let mut last = (None, String::new());
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -55,21 +55,15 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
     );
     // Back-offs grow with jitter; never a tight loop.
     let waits: Vec<u64> = d
-        .log()
+        .events()
         .iter()
-        .filter(|l| l.contains("registration failed"))
-        .filter_map(|l| {
-            l.split("wait_s=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter(|e| e.name == "registration_failed")
+        .filter_map(|e| e.u64("wait_s"))
         .collect();
+    assert!(waits.len() >= 2, "{waits:?}");
     assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
     gh.state(|s| s.faults.clear());
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -80,7 +74,7 @@ async fn scenario_12_and_23_a_restart_starts_clean_like_a_new_container() {
     let gh = github(|_| {}).await;
     let env = sb.env(&gh);
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let old = gh.runners()[0].name.clone();
     d.signal(Signal::SIGKILL);
     d.wait_exit(T).await;
@@ -93,10 +87,13 @@ async fn scenario_12_and_23_a_restart_starts_clean_like_a_new_container() {
     .unwrap();
     std::fs::write(sb.slot_root(0).join(".runner"), "stale").unwrap();
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["valid, user octocat"], T).await;
-    d.wait_log(&["clock offset measured"], T).await;
-    d.wait_log(&["deleted a ghost runner"], T).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    let token = d
+        .wait_events("preflight", |e| e.is("check", "token"), 1, T)
+        .await;
+    assert_eq!(token.level, "INFO", "{token:?}");
+    d.wait_event("clock_offset", T).await;
+    d.wait_event("ghost_reaped", T).await;
+    d.wait_listening(1, T).await;
     assert!(
         gh.state(|s| s.deleted.contains(&old)),
         "the stale runner is deleted"
@@ -124,10 +121,13 @@ async fn scenario_16_sigterm_during_config_sh_is_handled_at_once() {
         times: 0,
     });
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["Authentication"], T).await;
+    // Wording under test: config.sh's own console line (reference A1), no event of ours.
+    d.wait_events("runner_line", |e| e.has("message", "Authentication"), 1, T)
+        .await;
     let t = std::time::Instant::now();
     d.signal(Signal::SIGTERM);
-    d.wait_log(&["config.sh interrupted by shutdown"], T).await;
+    let failed = d.wait_event("start_failed", T).await;
+    assert!(failed.has("error", "interrupted by shutdown"), "{failed:?}");
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
@@ -154,13 +154,13 @@ async fn scenario_17_a_stray_listener_holding_a_session_is_stopped_and_its_runne
             .await
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["stray Runner.Listener"], T).await;
+    d.wait_event("stray_stop", T).await;
     assert!(
         tokio::time::timeout(T, stray.wait()).await.is_ok(),
         "the stray stopped"
     );
     assert!(wait_gone(stray_pid, Duration::from_secs(5)).await);
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     assert!(
         gh.state(|s| s.deleted.contains(&name)),
         "its runner is deleted: {:?}",
@@ -183,24 +183,21 @@ async fn a_fixed_name_session_conflict_waits_session_conflict_wait_before_re_reg
     env.insert("SESSION_CONFLICT_WAIT".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     let exited = d
-        .wait_log(&["listener exited", "session_conflict"], T)
+        .wait_events(
+            "listener_exited",
+            |e| e.is("reason", "session_conflict"),
+            1,
+            T,
+        )
         .await;
-    d.wait_lines(&["Listening for Jobs"], 1, T).await;
-    let listening = d
-        .log()
-        .into_iter()
-        .find(|l| l.contains("Listening for Jobs"))
-        .unwrap();
-    let ts = |l: &str| {
-        chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next().unwrap()).unwrap()
-    };
-    let waited = ts(&listening) - ts(&exited);
+    let listening = d.wait_listening(1, T).await;
+    let waited = listening.at - exited.at;
     assert!(
         waited >= chrono::Duration::seconds(2),
         "re-registered after {waited}"
     );
     assert!(
-        d.count(&["SIGKILL"]) == 0,
+        d.count_events("sigkill", |_| true) == 0,
         "SIGINT and the grace first, always"
     );
     d.signal(Signal::SIGTERM);

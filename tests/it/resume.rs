@@ -179,17 +179,21 @@ async fn a_wall_clock_jump_like_a_wsl2_resume_recycles_the_idle_listener_with_on
     let mut env = sb.env(&gh);
     apply(&mut env, &faketime_file_env(&shift));
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T_BINARY).await;
+    d.wait_listening(1, T_BINARY).await;
     let first = gh.runners()[0].name.clone();
     std::fs::write(&shift, "+2m\n").unwrap();
-    let line = d.wait_log(&["wall clock stepped by"], T_BINARY).await;
+    let step = d.wait_event("clock_step", T_BINARY).await;
     assert!(
-        line.contains("+120") && line.contains("treating it as a resume"),
-        "{line}"
+        step.has("step_s", "+120") && step.is("resume", "true"),
+        "{step:?}"
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T_BINARY).await;
+    d.wait_listening(2, T_BINARY).await;
     assert!(gh.state(|s| s.deleted.contains(&first)));
-    assert_eq!(d.count(&["wall clock stepped by"]), 1, "one line per jump");
+    assert_eq!(
+        d.count_events("clock_step", |_| true),
+        1,
+        "one event per jump"
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T_BINARY).await.0, Some(0));
 }

@@ -21,13 +21,13 @@ async fn scenario_15_sigterm_during_a_job_lets_it_finish() {
         1,
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
-    d.signal(Signal::SIGTERM);
-    d.wait_log(&["draining: letting the running job finish"], T)
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
         .await;
-    let (code, out) = d.wait_exit(T).await;
+    d.signal(Signal::SIGTERM);
+    d.wait_event("drain_waiting", T).await;
+    let (code, summary) = d.wait_summary(T).await;
     assert_eq!(code, Some(0));
-    assert!(out.contains("jobs completed      1"), "{out}");
+    assert_eq!(summary.jobs_completed, 1, "{summary:?}");
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Succeeded");
     assert!(
         gh.runners().is_empty(),
@@ -50,10 +50,11 @@ async fn scenario_15_drain_timeout_cancels_the_job_and_deregisters() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_RUNNER_DRAIN_TIMEOUT".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
+        .await;
     let pid = listeners(&sb, 1)[0];
     d.signal(Signal::SIGTERM);
-    d.wait_log(&["drain timeout"], T).await;
+    d.wait_event("drain_timeout", T).await;
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
@@ -72,12 +73,15 @@ async fn a_second_signal_forces_the_stop() {
         1,
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
+        .await;
     d.signal(Signal::SIGTERM);
-    d.wait_log(&["draining"], T).await;
+    d.wait_events("drain", |e| e.is("signal", "SIGTERM"), 1, T)
+        .await;
     let t = std::time::Instant::now();
     d.signal(Signal::SIGINT);
-    d.wait_log(&["second signal"], T).await;
+    d.wait_events("force", |e| e.is("signal", "SIGINT"), 1, T)
+        .await;
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
@@ -125,7 +129,7 @@ async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
     // Production back-off: the retries alone would take longer than Docker's grace.
     env.insert("SUPERVISOR_GITHUB_BACKOFF_BASE".into(), "2s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.fault(sim::github::Fault {
         body: None,
         method: Some("DELETE".into()),
@@ -142,7 +146,7 @@ async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
         t.elapsed()
     );
     assert_eq!(
-        d.count(&["stay queued; the next start deletes them"]),
+        d.count_events("deletions_left", |_| true),
         1,
         "{}",
         d.log().join("\n")
@@ -170,8 +174,8 @@ async fn refused_deletions_are_retried_until_gone_and_survive_a_restart() {
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "1".into());
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["job completed"], 2, T).await;
-    d.wait_lines(&["Listening for Jobs"], 4, T).await;
+    d.wait_nth("job_completed", 2, T).await;
+    d.wait_listening(4, T).await;
     // Every DELETE fails for a while: 503s, then a rate limit with Retry-After.
     gh.fault(Fault {
         body: None,
@@ -193,14 +197,18 @@ async fn refused_deletions_are_retried_until_gone_and_survive_a_restart() {
     });
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
-    assert!(d.count(&["queued"]) >= 1, "{}", d.log().join("\n"));
+    assert!(
+        d.count_events("deletion_queued", |_| true) >= 1,
+        "{}",
+        d.log().join("\n")
+    );
     assert!(gh.runners().is_empty(), "no ghost: {:?}", gh.runners());
     let queued = std::fs::read_to_string(sb.state.join("deletions.json")).unwrap();
     assert_eq!(queued.trim(), "[]");
 
     // Refused past the stop: persisted, and finished by the next start.
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     gh.fault(Fault {
         body: None,
         method: Some("DELETE".into()),
@@ -222,7 +230,7 @@ async fn refused_deletions_are_retried_until_gone_and_survive_a_restart() {
         }
     });
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["registration deleted (from the deletion queue)"], 2, T)
+    d.wait_events("registration_deleted", |e| e.is("from", "queue"), 2, T)
         .await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));

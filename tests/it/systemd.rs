@@ -66,7 +66,7 @@ async fn ready_status_watchdog_stopping_and_extend_come_in_order() {
     // Pings every second.
     env.insert("WATCHDOG_USEC".into(), "2000000".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     assert!(eventually(T, || n.index(|m| m.starts_with("READY=1\n")).is_some()).await);
     let first = &n.texts()[0];
     assert!(
@@ -79,7 +79,8 @@ async fn ready_status_watchdog_stopping_and_extend_come_in_order() {
     assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"));
 
     gh.enqueue(crate::support::job("build", 2500), 1);
-    d.wait_log(&["Running job: build"], T).await;
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
+        .await;
     assert!(
         eventually(T, || n
             .index(|m| m.starts_with("STATUS=run: 1 busy"))
@@ -141,7 +142,7 @@ async fn a_stalled_main_loop_stops_the_watchdog_pings() {
     // hung supervisor would.
     env.insert("SUPERVISOR_TEST_STALL_AFTER".into(), "1500".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["blocking the runtime's thread"], T).await;
+    d.wait_event("test_stall", T).await;
     let before = n.pings();
     assert!(
         before.len() >= 3,

@@ -18,9 +18,9 @@ async fn scenario_20_a_token_revoked_mid_run_degrades_health_and_recovers_by_its
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "500ms".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     gh.state(|s| s.revoked = true);
-    d.wait_log(&["GitHub refused the token"], T).await;
+    d.wait_event("token_refused", T).await;
     let last = wait_health(
         &env,
         "token: GitHub refuses the token (401)",
@@ -36,13 +36,12 @@ async fn scenario_20_a_token_revoked_mid_run_degrades_health_and_recovers_by_its
         },
         1,
     );
-    let line = d.wait_log(&["registration failed"], T).await;
-    assert!(line.contains("wait_s=300"), "{line}");
+    let line = d.wait_event("registration_failed", T).await;
+    assert_eq!(line.u64("wait_s"), Some(300), "{line:?}");
     // ...until the token works again: then it recovers at once, by itself.
     gh.state(|s| s.revoked = false);
-    d.wait_log(&["the token works again"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 2, Duration::from_secs(10))
-        .await;
+    d.wait_event("token_recovered", T).await;
+    d.wait_listening(2, Duration::from_secs(10)).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -58,14 +57,10 @@ async fn scenario_21_a_fine_grained_token_passes_preflight_by_a_capability_probe
             }
         })
         .await;
-        let out = tokio::process::Command::new(crate::support::supervisor_bin())
-            .arg("doctor")
-            .env_clear()
-            .envs(sb.env(&gh))
-            .output()
+        let text = crate::support::Cli::new(&sb.env(&gh), &["doctor"])
+            .run_async()
             .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+            .stdout;
         let line = text
             .lines()
             .find(|l| l.contains("permissions"))
@@ -99,11 +94,8 @@ async fn the_token_expiry_is_warned_about_from_14_days_before() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "500ms".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    let line = d.wait_log(&["expires in"], T).await;
-    assert!(
-        line.contains("expires in 2 days") || line.contains("expires in 3 days"),
-        "{line}"
-    );
+    let e = d.wait_event("token_expiry", T).await;
+    assert!(matches!(e.u64("days_left"), Some(2) | Some(3)), "{e:?}");
     let (code, out) = wait_health(&env, "token expiry: expires in", Duration::from_secs(5)).await;
     assert_eq!(code, Some(0), "a warning, not a failure: {out}");
     d.signal(Signal::SIGTERM);

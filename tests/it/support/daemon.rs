@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use runner_supervisor::supervisor::Summary;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
@@ -162,6 +163,17 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_millis(100), n).await;
         }
         (status.code(), self.stdout.lock().unwrap().clone())
+    }
+}
+
+impl Daemon {
+    /// Wait for the exit and read its summary: one JSON line on stdout, as the JSON log
+    /// format prints it (README "The exit summary").
+    pub async fn wait_summary(&mut self, timeout: Duration) -> (Option<i32>, Summary) {
+        let (code, out) = self.wait_exit(timeout).await;
+        let summary = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("the exit summary is not JSON ({e}): {out}"));
+        (code, summary)
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Event {
     pub name: String,
     /// `INFO`, `WARN`, `ERROR`...
     pub level: String,
+    /// When it was logged.
+    pub at: chrono::DateTime<chrono::FixedOffset>,
     /// Every field, `message` included.
     pub fields: Map<String, Value>,
 }
@@ -36,6 +38,12 @@ impl Event {
         })
     }
 
+    /// Whether field `key` contains `part` (for values that are free text, such as an
+    /// error GitHub returned).
+    pub fn has(&self, key: &str, part: &str) -> bool {
+        self.str(key).is_some_and(|v| v.contains(part))
+    }
+
     /// Whether field `key` is `value`.
     pub fn is(&self, key: &str, value: &str) -> bool {
         self.str(key).as_deref() == Some(value)
@@ -49,6 +57,7 @@ pub fn parse(line: &str) -> Option<Event> {
     Some(Event {
         name: fields.get("event")?.as_str()?.to_string(),
         level: v.get("level")?.as_str()?.to_string(),
+        at: chrono::DateTime::parse_from_rfc3339(v.get("timestamp")?.as_str()?).ok()?,
         fields,
     })
 }
