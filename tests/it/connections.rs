@@ -9,15 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use runner_supervisor::sockets;
+use runner_supervisor::status::{KeepaliveState, SlotState};
+use serde_json::Value;
 use sim::github::{FakeGithub, Fault, FaultKind, JobSpec, State};
 
+use crate::support::events::Event;
 use crate::support::{
-    eventually, github, listeners, sim_bin, wait_health, Blackhole, Daemon, Sandbox,
+    cli, eventually, github, listeners, sim_bin, wait_health, Blackhole, Cli, Daemon, Sandbox,
+    NOBODY,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -67,21 +70,41 @@ const SILENCE_WATCH: &[(&str, &str)] = &[
     ("SUPERVISOR_GITHUB_MAX_RETRIES", "0"),
 ];
 
+/// Whether a watchdog fire's `detail` names the condition, in README's terms (`silent
+/// hang`, `dead path`): the kind of finding has no field of its own.
+fn detail_names(fired: &Event, condition: &str) -> bool {
+    fired.str("detail").is_some_and(|d| d.contains(condition))
+}
+
 /// Blackhole `port` until the watchdog fires, which must be a silent hang (cause network),
 /// then wait for the replacement to listen; how long the fire took.
 async fn a_blackhole_is_a_silent_hang(d: &Daemon, port: u16) -> Duration {
     let (fired, took) = {
         let _bh = Blackhole::port(port);
         let dropped = Instant::now();
-        let fired = d.wait_log(&["watchdog fired"], T).await;
+        let fired = d.wait_event("watchdog_fire", T).await;
         (fired, dropped.elapsed())
     };
     assert!(
-        fired.contains("silent hang") && fired.contains("cause=\"network\""),
-        "{fired}"
+        detail_names(&fired, "silent hang") && fired.is("cause", "network"),
+        "{fired:?}"
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     took
+}
+
+/// `doctor --json` (under `wrapper`, if any): its `keepalive` check.
+async fn doctor_keepalive(env: &BTreeMap<String, String>, wrapper: &[&str]) -> Value {
+    // Async: the fake GitHub runs on this test's runtime and must keep answering.
+    let report: Value = Cli::wrapped(env, wrapper, &["doctor", "--json"])
+        .run_async()
+        .await
+        .json();
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "keepalive"))
+        .unwrap_or_else(|| panic!("no keepalive check: {report:#}"))
+        .clone()
 }
 
 fn env_for(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -119,9 +142,8 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
         ],
     );
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    d.wait_log(&["keepalive set on a listener connection"], T)
-        .await;
+    d.wait_listening(1, T).await;
+    d.wait_event("keepalive_set", T).await;
     let pid = listeners(&sb, 1)[0];
     let port = gh.addr().port();
     // The listener's own long-poll socket carries our keepalive (read back from it).
@@ -138,17 +160,19 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
     let polls = empty_polls(&gh);
     let bh = Blackhole::port(port);
     let dropped = Instant::now();
-    let err = d.wait_log(&["Runner connect error"], T).await;
+    let err = d.wait_event("runner_connect_error", T).await;
     let to_error = dropped.elapsed();
+    // Wording under test: the runner's own console line names the error (ETIMEDOUT).
     assert!(
-        err.contains("Connection timed out") && err.contains("Retrying until reconnected."),
-        "the listener's own socket failed with ETIMEDOUT: {err}"
+        err.str("message")
+            .is_some_and(|m| m.contains("Connection timed out")),
+        "the listener's own socket failed with ETIMEDOUT: {err:?}"
     );
     // Within idle + interval x probes (3 s), plus scheduling.
     let window = Duration::from_secs(idle + interval * probes);
     assert!(to_error <= window + Duration::from_secs(2), "{to_error:?}");
     drop(bh);
-    d.wait_log(&["Runner reconnected."], T).await;
+    d.wait_event("runner_reconnected", T).await;
     let to_reconnect = dropped.elapsed();
     assert!(gh.wait_for(T, |s| polls_answered(s) > polls + 1).await);
     eprintln!(
@@ -158,7 +182,12 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
         to_reconnect.as_secs_f64()
     );
     // The supervisor restarted nothing: the same listener, one registration.
-    assert_eq!(d.count(&["watchdog fired"]), 0, "{:#?}", d.log());
+    assert_eq!(
+        d.count_events("watchdog_fire", |_| true),
+        0,
+        "{:#?}",
+        d.log()
+    );
     assert_eq!(listeners(&sb, 1), vec![pid]);
     assert_eq!(gh.runners().len(), 1);
     wait_health(&env, "listener keepalive: on", T).await;
@@ -174,13 +203,13 @@ async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_wa
     // Docker's default seccomp profile without CAP_SYS_PTRACE: pidfd_getfd is EPERM.
     let wrapper = sim_bin("deny-getfd");
     let mut d = Daemon::start_wrapped(&env, &[wrapper.to_str().unwrap()], &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    let refused = d
-        .wait_log(&["cannot set keepalive on the listener's connections"], T)
-        .await;
+    d.wait_listening(1, T).await;
+    let refused = d.wait_event("keepalive_refused", T).await;
     assert!(
-        refused.contains("seccomp") && refused.contains("SYS_PTRACE"),
-        "the reason and the fix: {refused}"
+        refused.u64("slot") == Some(0)
+            && refused.str("reason").is_some_and(|r| r.contains("seccomp"))
+            && refused.str("fix").is_some_and(|f| f.contains("SYS_PTRACE")),
+        "the reason and the fix: {refused:?}"
     );
     let (_, h) = wait_health(&env, "listener keepalive: refused", T).await;
     assert!(h.contains("SYS_PTRACE"), "{h}");
@@ -199,7 +228,7 @@ async fn without_injection_a_blackholed_listener_is_replaced_by_the_read_only_wa
     );
     assert_ne!(listeners(&sb, 1), vec![pid], "replaced");
     assert_eq!(
-        d.count(&["cannot set keepalive on the listener's connections"]),
+        d.count_events("keepalive_refused", |_| true),
         1,
         "said once"
     );
@@ -226,9 +255,8 @@ async fn a_peer_silent_after_the_headers_is_found_even_though_keepalive_answers(
         ],
     );
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    d.wait_log(&["keepalive set on a listener connection"], T)
-        .await;
+    d.wait_listening(1, T).await;
+    d.wait_event("keepalive_set", T).await;
     // The next poll gets its headers and then nothing; the connection stays up and
     // acknowledges keepalive probes (a live peer, not a dead path).
     gh.fault(Fault {
@@ -246,18 +274,18 @@ async fn a_peer_silent_after_the_headers_is_found_even_though_keepalive_answers(
             .await
     );
     let silent_since = Instant::now();
-    let fired = d.wait_log(&["watchdog fired"], T).await;
+    let fired = d.wait_event("watchdog_fire", T).await;
     let took = silent_since.elapsed();
     assert!(
-        fired.contains("silent hang") && fired.contains("cause=\"network\""),
-        "{fired}"
+        detail_names(&fired, "silent hang") && fired.is("cause", "network"),
+        "{fired:?}"
     );
-    assert!(!fired.contains("dead path"));
+    assert!(!detail_names(&fired, "dead path"), "{fired:?}");
     eprintln!(
         "figures: silent hang found {:.2}s after the peer went silent (silent_after 3s, check 200ms)",
         took.as_secs_f64()
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -281,9 +309,8 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
         ],
     );
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    d.wait_log(&["keepalive set on a listener connection"], T)
-        .await;
+    d.wait_listening(1, T).await;
+    d.wait_event("keepalive_set", T).await;
     // Twelve poll periods of an idle listener.
     assert!(gh.wait_for(T, |s| polls_answered(s) >= 12).await);
     // A job that is quiet for twice silent_after (its long-poll socket says nothing).
@@ -298,10 +325,10 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
     );
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
     // And twelve more periods on the next listener.
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     let before = empty_polls(&gh);
     assert!(gh.wait_for(T, |s| polls_answered(s) >= before + 12).await);
-    let fires = d.count(&["watchdog fired"]);
+    let fires = d.count_events("watchdog_fire", |_| true);
     eprintln!(
         "figures: {} empty polls, one quiet 4 s job, {} false fires",
         empty_polls(&gh),
@@ -326,7 +353,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
         .concat(),
     );
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     wait_health(&env, "listener keepalive: off", T).await;
     // Several poll periods in, the listener's sockets are as it made them.
     let polls = empty_polls(&gh);
@@ -334,7 +361,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
     let pid = listeners(&sb, 1)[0];
     let k = listener_keepalive(pid, gh.addr().port());
     assert!(!k.is_empty() && k.iter().all(|(on, _)| !on), "{k:?}");
-    assert_eq!(d.count(&["keepalive set on a listener connection"]), 0);
+    assert_eq!(d.count_events("keepalive_set", |_| true), 0);
     a_blackhole_is_a_silent_hang(&d, gh.addr().port()).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -344,43 +371,23 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
 async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
-    env.insert("PATH".into(), std::env::var("PATH").unwrap());
-    let doctor = |wrapper: Option<PathBuf>| {
-        let mut cmd = match &wrapper {
-            Some(w) => {
-                let mut c = tokio::process::Command::new(w);
-                c.arg(crate::support::supervisor_bin());
-                c
-            }
-            None => tokio::process::Command::new(crate::support::supervisor_bin()),
-        };
-        cmd.arg("doctor").env_clear().envs(&env);
-        cmd
-    };
-    // Async: the fake GitHub runs on this test's runtime and must keep answering.
-    let out = doctor(None).output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text
-        .lines()
-        .find(|l| l.contains("keepalive"))
-        .unwrap_or_default();
+    let env = sb.env(&gh);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let check = doctor_keepalive(&env, &[]).await;
     assert!(
-        line.starts_with("pass ") && line.contains("can be set on the listener's connections"),
-        "{text}"
+        check["status"] == "pass"
+            && text(&check["reason"]).contains("can be set on the listener's connections"),
+        "{check:#}"
     );
-    let out = doctor(Some(sim_bin("deny-getfd"))).output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut lines = text.lines().skip_while(|l| !l.contains("keepalive"));
-    let (line, fix) = (
-        lines.next().unwrap_or_default(),
-        lines.next().unwrap_or_default(),
-    );
+    let deny = sim_bin("deny-getfd");
+    let check = doctor_keepalive(&env, &[deny.to_str().unwrap()]).await;
     assert!(
-        line.starts_with("warn ") && line.contains("seccomp") && line.contains("read-only"),
-        "{text}"
+        check["status"] == "warn"
+            && text(&check["reason"]).contains("seccomp")
+            && text(&check["reason"]).contains("read-only"),
+        "{check:#}"
     );
-    assert!(fix.contains("fix:") && fix.contains("SYS_PTRACE"), "{text}");
+    assert!(text(&check["fix"]).contains("SYS_PTRACE"), "{check:#}");
 }
 
 #[tokio::test]
@@ -399,23 +406,31 @@ async fn a_listener_that_cannot_even_be_listed_is_still_found_silent_through_its
         ]
         .concat(),
     );
-    let as_nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-    ];
-    let mut d = Daemon::start_wrapped(&env, &as_nobody, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    let blind = d
-        .wait_log(&["cannot list the listener's descriptors"], T)
-        .await;
-    assert!(blind.contains("not dumpable"), "{blind}");
+    let mut d = Daemon::start_wrapped(&env, &NOBODY, &["run"]).await;
+    d.wait_listening(1, T).await;
+    let blind = d.wait_event("keepalive_refused", T).await;
+    assert!(
+        blind
+            .str("reason")
+            .is_some_and(|r| r.contains("not dumpable")),
+        "{blind:?}"
+    );
+    // Wording under test: only the message tells a refused listing of the descriptors from
+    // a refused pidfd_getfd (no field says which).
+    assert!(
+        blind
+            .str("message")
+            .is_some_and(|m| m.contains("cannot list the listener's descriptors")),
+        "{blind:?}"
+    );
     wait_health(&env, "listener keepalive: refused", T).await;
     let polls = empty_polls(&gh);
     assert!(gh.wait_for(T, |s| polls_answered(s) >= polls + 4).await);
-    assert_eq!(d.count(&["watchdog fired"]), 0, "polling is not silence");
+    assert_eq!(
+        d.count_events("watchdog_fire", |_| true),
+        0,
+        "polling is not silence"
+    );
     a_blackhole_is_a_silent_hang(&d, gh.addr().port()).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -435,14 +450,8 @@ fn given_to_nobody(sb: &Sandbox) {
     assert!(st.success());
 }
 
-/// The typed status the supervisor writes, as `health` reads it.
-fn status_of(state: &std::path::Path) -> Option<runner_supervisor::status::StatusFile> {
-    serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()
-}
-
 #[tokio::test]
 async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() {
-    use runner_supervisor::status::{KeepaliveState, SlotState};
     let sb = Sandbox::new();
     given_to_nobody(&sb);
     let gh = github(|o| o.poll_timeout = Duration::from_secs(2)).await;
@@ -457,24 +466,19 @@ async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() 
             ("SUPERVISOR_TEST_REAP_DELAY", "400"),
         ],
     );
-    let mut d = Daemon::start_wrapped(&env, &crate::support::NOBODY, &["run"]).await;
+    let mut d = Daemon::start_wrapped(&env, &NOBODY, &["run"]).await;
     let jobs = 20;
     gh.enqueue(crate::support::job("cycle", 150), jobs);
     assert!(gh.wait_for(T * 3, |s| s.completed.len() >= jobs).await);
     // Both slots listening again, each with keepalive on its new listener.
-    let mut last = None;
-    let settled = eventually(T, || {
-        last = status_of(&sb.state);
-        last.as_ref().is_some_and(|s| {
+    let s = sb
+        .wait_status(T, |s| {
             s.slots.iter().all(|x| {
                 x.state == SlotState::Listening
                     && x.keepalive.as_ref().map(|k| k.state) == Some(KeepaliveState::On)
             })
         })
-    })
-    .await;
-    let s = last.expect("a status file");
-    assert!(settled, "{:#?}", s.slots);
+        .await;
     let k = &s.system.keepalive;
     assert_eq!(k.listeners_refused, 0, "{k:?}");
     assert_eq!(
@@ -486,13 +490,10 @@ async fn as_an_unprivileged_user_every_listener_of_twenty_jobs_gets_keepalive() 
         k.listener.as_deref().is_some_and(|l| l.starts_with("on (")),
         "{k:?}"
     );
-    let out = tokio::process::Command::new(crate::support::supervisor_bin())
-        .arg("status")
-        .envs(&env)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // The human `status` text, printed as the figure.
+    let out = cli(&env, &["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = out.stdout;
     let line = text
         .lines()
         .find(|l| l.trim_start().starts_with("keepalive     listener:"))

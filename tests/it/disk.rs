@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 
 use crate::support::dockerd::Dockerd;
+use crate::support::events::Event;
 use crate::support::{github, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
@@ -21,6 +22,17 @@ fn images(d: &mut Dockerd) -> String {
 fn names(d: &mut Dockerd) -> String {
     d.docker(&["ps", "-a", "--format", "{{.Names}}"])
         .unwrap_or_default()
+}
+
+/// Wait until the job `build` (the default job) runs.
+async fn wait_job_started(d: &Daemon) {
+    d.wait_events("runner_job_started", |e| e.is("job", "build"), 1, T)
+        .await;
+}
+
+/// A prune that removed one container.
+fn one_container(e: &Event) -> bool {
+    e.u64("containers") == Some(1)
 }
 
 /// What a job leaves behind: a stopped container named `name` and an image.
@@ -86,24 +98,25 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
         .unwrap();
     env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
+    wait_job_started(&d).await;
     // The job leaves a stopped container and an image behind.
     leave_junk(&mut dk, "stopped");
     std::fs::create_dir_all(work_marker.parent().unwrap()).unwrap();
     std::fs::write(&work_marker, b"cache").unwrap();
-    d.wait_log(&["pruning deferred until no job runs"], T).await;
-    let deferred_at = d.count(&["Docker pruned"]);
+    d.wait_event("prune_deferred", T).await;
+    let deferred_at = d.count_events("pruned", |_| true);
     assert!(names(&mut dk).contains("stopped"));
     // Between jobs, within one interval of the job's end.
-    d.wait_log(&["job completed"], T).await;
+    d.wait_event("job_completed", T).await;
     let t = std::time::Instant::now();
-    let before = d.count(&["Docker pruned"]);
+    let before = d.count_events("pruned", |_| true);
     assert_eq!(before, deferred_at, "no prune while the job ran");
-    let line = d.wait_lines(&["Docker pruned"], before + 1, T).await;
+    let pruned = d.wait_nth("pruned", before + 1, T).await;
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert!(
-        line.contains("containers=1"),
-        "{line}\n{}",
+    assert_eq!(
+        pruned.u64("containers"),
+        Some(1),
+        "{pruned:?}\n{}",
         d.log().join("\n")
     );
     assert!(
@@ -166,19 +179,17 @@ async fn when_critical_pruning_goes_on_during_a_job_but_spares_what_the_job_made
     );
     let env = disk_env(&sb, &gh, &dk, 1_000_000);
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Running job: build"], T).await;
+    wait_job_started(&d).await;
     leave_junk(&mut dk, "made-by-the-job");
     // Three rounds after it was made: each pruned, none touched it.
-    let rounds = d.count(&["disk critical while jobs run"]);
-    d.wait_lines(&["disk critical while jobs run"], rounds + 3, T)
-        .await;
+    let rounds = d.count_events("prune_critical", |_| true);
+    d.wait_nth("prune_critical", rounds + 3, T).await;
     assert!(names(&mut dk).contains("made-by-the-job"));
     assert!(images(&mut dk).contains("rs-test:junk"));
     // Once the job is over, it goes.
-    d.wait_log(&["job completed"], T).await;
-    let before = d.count(&["containers=1"]);
-    d.wait_lines(&["Docker pruned", "containers=1"], before + 1, T)
-        .await;
+    d.wait_event("job_completed", T).await;
+    let before = d.count_events("pruned", one_container);
+    d.wait_events("pruned", one_container, before + 1, T).await;
     assert!(!names(&mut dk).contains("made-by-the-job"));
     assert!(images(&mut dk).contains("rs-test:keep"));
     wait_health(&env, "disk: critical", Duration::from_secs(5)).await;
@@ -215,31 +226,30 @@ async fn one_pruner_per_engine_waits_for_the_other_supervisors_job() {
     }
     env_b.insert("SUPERVISOR_LABELS".into(), "self-hosted,Linux,X64,b".into());
     let mut a = Daemon::start(&env_a, &["run"]).await;
-    a.wait_log(&["this supervisor is the engine's pruner"], T)
-        .await;
+    a.wait_event("pruner", T).await;
     let mut b = Daemon::start(&env_b, &["run"]).await;
-    b.wait_log(
-        &["another supervisor prunes this Docker engine; standing by"],
-        T,
-    )
-    .await;
-    b.wait_log(&["Running job: build"], T).await;
+    b.wait_event("pruner_standby", T).await;
+    wait_job_started(&b).await;
     // B's job makes a container; A, the pruner, must not remove it while B's job runs.
     leave_junk(&mut dk, "b-job-container");
-    let line = a.wait_log(&["pruning deferred until no job runs"], T).await;
-    assert!(line.contains("busy=pb-"), "{line}");
-    let pruned = a.count(&["Docker pruned"]);
+    let deferred = a.wait_event("prune_deferred", T).await;
+    assert!(
+        deferred
+            .str("busy")
+            .is_some_and(|busy| busy.split(',').any(|r| r.starts_with("pb-"))),
+        "{deferred:?}"
+    );
+    let pruned = a.count_events("pruned", |_| true);
     assert!(names(&mut dk).contains("b-job-container"));
-    b.wait_log(&["job completed"], T).await;
-    a.wait_lines(&["Docker pruned", "containers=1"], 1, T).await;
-    assert!(a.count(&["Docker pruned"]) > pruned);
+    b.wait_event("job_completed", T).await;
+    a.wait_events("pruned", one_container, 1, T).await;
+    assert!(a.count_events("pruned", |_| true) > pruned);
     assert!(!names(&mut dk).contains("b-job-container"));
-    assert_eq!(b.count(&["Docker pruned"]), 0, "only one pruner");
+    assert_eq!(b.count_events("pruned", |_| true), 0, "only one pruner");
     // The pruner stops: its lock dies with it, and the stand-by takes over.
     a.signal(Signal::SIGTERM);
     assert_eq!(a.wait_exit(T).await.0, Some(0));
-    b.wait_log(&["this supervisor is the engine's pruner"], T)
-        .await;
+    b.wait_event("pruner", T).await;
     b.signal(Signal::SIGTERM);
     assert_eq!(b.wait_exit(T).await.0, Some(0));
 }

@@ -6,9 +6,25 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use sim::protocol::Script;
 
-use crate::support::{github, listeners, looks_like_jit_name, wait_gone, Daemon, Sandbox};
+use crate::support::{
+    github, listeners, looks_like_jit_name, wait_gone, wait_health, Daemon, Sandbox,
+};
 
 const T: Duration = Duration::from_secs(30);
+
+/// The exit summary `run` printed: one JSON line, as the log is JSON.
+fn summary(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the exit summary is not JSON ({e}): {stdout}"))
+}
+
+/// Registrations asked of GitHub so far.
+fn registrations(gh: &sim::github::FakeGithub) -> usize {
+    gh.calls()
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .count()
+}
 
 fn read_nul(path: String) -> Vec<String> {
     std::fs::read(path)
@@ -28,7 +44,7 @@ async fn scenario_14_sigterm_while_idle_and_a_listener_spawned_directly_with_a_c
     env.insert("SOME_SECRET_OF_THE_HOST".into(), "do-not-leak".into());
     let token = env["GITHUB_PAT"].clone();
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let pids = listeners(&sb, 1);
     assert_eq!(pids.len(), 1, "{pids:?}");
     let pid = pids[0];
@@ -101,7 +117,7 @@ async fn scenario_14_sigterm_while_idle_and_a_listener_spawned_directly_with_a_c
     let (code, out) = d.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert!(out.contains("deregistrations     1"), "{out}");
+    assert_eq!(summary(&out)["deregistrations"], 1, "{out}");
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
     assert!(gh.runners().is_empty(), "no ghost left: {:?}", gh.runners());
 }
@@ -114,18 +130,30 @@ async fn hostile_output_is_cleaned_bounded_and_still_understood() {
     gh.enqueue(Default::default(), 1);
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
     // The coloured "Listening for Jobs" line was recognised: the job ran.
-    d.wait_log(&["job completed"], T).await;
-    let log = d.log();
+    d.wait_event("job_completed", T).await;
+    let events = d.events();
+    let message = |e: &crate::support::events::Event| e.str("message").unwrap_or_default();
+    // Wording under test: the fake runner's own bytes, decoded lossily (no event: any line).
     assert!(
-        log.iter().any(|l| l.contains("invalid utf-8: \u{fffd}")),
+        events
+            .iter()
+            .any(|e| e.name == "runner_line" && message(e).starts_with("invalid utf-8: \u{fffd}")),
         "lossy UTF-8"
     );
     assert!(
-        log.iter().all(|l| !l.contains('\u{1b}')),
+        events.iter().all(|e| !message(e).contains('\u{1b}')),
+        "escape sequences stripped"
+    );
+    let log = d.log();
+    assert!(
+        log.iter()
+            .all(|l| !l.contains('\u{1b}') && !l.contains("\\u001b")),
         "escape sequences stripped"
     );
     assert!(
-        log.iter().any(|l| l.contains("truncated=")),
+        events
+            .iter()
+            .any(|e| e.u64("truncated").is_some_and(|n| n > 0)),
         "the 2 MiB line was cut"
     );
     assert!(log.iter().all(|l| l.len() < 9 * 1024), "every line bounded");
@@ -142,11 +170,11 @@ async fn a_crash_is_retryable_and_its_registration_deleted() {
         during_job: false,
     });
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    let line = d
-        .wait_log(&["listener exited", "reason=\"retryable\""], T)
+    let exited = d
+        .wait_events("listener_exited", |e| e.is("reason", "retryable"), 1, T)
         .await;
-    assert!(line.contains("Code(2)"), "{line}");
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    assert!(exited.is("ended", "Code(2)"), "{exited:?}");
+    d.wait_listening(2, T).await;
     let deleted = gh.state(|s| s.deleted.clone());
     assert_eq!(deleted.len(), 1);
     assert!(looks_like_jit_name(&deleted[0], "ci", 0), "{deleted:?}");
@@ -171,12 +199,12 @@ async fn a_crash_mid_job_leaves_no_ghost() {
     );
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
     let crashed = d
-        .wait_log(&["listener exited", "reason=\"retryable\""], T)
+        .wait_events("listener_exited", |e| e.is("reason", "retryable"), 1, T)
         .await;
     let name = gh.state(|s| s.completed.first().map(|c| c.runner.clone()));
     // The busy runner is deleted once GitHub abandons its job.
-    d.wait_log(&["registration deleted"], T).await;
-    assert!(gh.state(|s| s.deleted.len()) >= 1, "{crashed}");
+    d.wait_event("registration_deleted", T).await;
+    assert!(gh.state(|s| s.deleted.len()) >= 1, "{crashed:?}");
     assert_eq!(
         gh.state(|s| s
             .completed
@@ -196,15 +224,15 @@ async fn registration_deleted_while_idle_is_told_apart_from_a_clean_stop() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let id = gh.runners()[0].id;
     assert!(gh.delete_runner(id));
-    let line = d.wait_log(&["listener exited"], T).await;
+    let exited = d.wait_event("listener_exited", T).await;
     assert!(
-        line.contains("Code(0)") && line.contains("registration_deleted"),
-        "{line}"
+        exited.is("ended", "Code(0)") && exited.is("reason", "registration_deleted"),
+        "{exited:?}"
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -216,15 +244,16 @@ async fn session_conflict_is_cut_short_with_a_fresh_name() {
     let gh = github(|_| {}).await;
     gh.state(|s| s.conflicts_for_next = 100);
     let mut d = Daemon::start(&sb.env(&gh), &["run"]).await;
-    d.wait_log(&["A session for this runner already exists."], T)
-        .await;
+    d.wait_event("runner_session_conflict", T).await;
     let t = std::time::Instant::now();
-    d.wait_log(
-        &["listener exited", "session_conflict"],
+    d.wait_events(
+        "listener_exited",
+        |e| e.is("reason", "session_conflict"),
+        1,
         Duration::from_secs(10),
     )
     .await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "recovered in {:?}, not 240 s",
@@ -236,8 +265,9 @@ async fn session_conflict_is_cut_short_with_a_fresh_name() {
     assert_eq!(live.len(), 1);
     assert_ne!(live[0].name, deleted[0], "a new name");
     // The runner got SIGINT (it printed Exiting...), never a bare SIGKILL.
-    assert!(d.count(&["Exiting..."]) >= 1);
-    assert_eq!(d.count(&["SIGKILL"]), 0);
+    // Wording under test: the runner's console line, the only sign it saw SIGINT.
+    assert!(d.count_events("runner_line", |e| e.is("message", "Exiting...")) >= 1);
+    assert_eq!(d.count_events("sigkill", |_| true), 0);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -253,19 +283,20 @@ async fn self_update_waits_for_update_finished_and_reaps_the_orphan() {
         "info,runner_supervisor::procs=debug".into(),
     );
     let mut d = Daemon::start(&env, &["run"]).await;
-    let line = d.wait_log(&["listener exited"], T).await;
+    let exited = d.wait_event("listener_exited", T).await;
     assert!(
-        line.contains("Code(4)") && line.contains("updating"),
-        "{line}"
+        exited.is("ended", "Code(4)") && exited.is("reason", "updating"),
+        "{exited:?}"
     );
-    d.wait_log(&["runner self-update finished"], T).await;
+    d.wait_event("update_finished", T).await;
     assert!(
         !sb.slot_root(0).join("update.finished").exists(),
         "the flag is consumed"
     );
     // The detached update script was re-parented to us and reaped: no zombie.
+    // Wording under test: a debug line (procs=debug) that carries no event.
     d.wait_log(&["reaped an orphaned process"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -277,30 +308,19 @@ async fn scenario_22_version_deprecated_pauses_the_slot_and_health_says_why() {
     gh.script(Script::VersionDeprecated);
     let env = sb.env(&gh);
     let mut d = Daemon::start(&env, &["run"]).await;
-    let line = d.wait_log(&["listener exited"], T).await;
+    let exited = d.wait_event("listener_exited", T).await;
     assert!(
-        line.contains("Code(7)") && line.contains("version_deprecated"),
-        "{line}"
+        exited.is("ended", "Code(7)") && exited.is("reason", "version_deprecated"),
+        "{exited:?}"
     );
-    d.wait_log(&["too old for GitHub"], T).await;
+    let deprecated = d.wait_event("runner_deprecated", T).await;
+    assert_eq!(deprecated.u64("slot"), Some(0), "{deprecated:?}");
     // Health says why, from the status file the running supervisor keeps.
-    let mut last = (None, String::new());
-    let paused = crate::support::eventually(Duration::from_secs(5), || {
-        last = crate::support::health(&env);
-        last.1.contains("paused")
-    })
-    .await;
-    assert!(paused, "{last:?}");
+    let last = wait_health(&env, "paused", Duration::from_secs(5)).await;
     assert_eq!(last.0, Some(1), "{}", last.1);
     assert!(last.1.contains("too old"), "{}", last.1);
     // No re-register loop: one registration only.
-    assert_eq!(
-        gh.calls()
-            .iter()
-            .filter(|c| c.path.ends_with("generate-jitconfig"))
-            .count(),
-        1
-    );
+    assert_eq!(registrations(&gh), 1);
     // A pause is interrupted by SIGTERM at once.
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).await.0, Some(0));
@@ -314,11 +334,11 @@ async fn a_hung_listener_gets_sigint_then_sigkill_after_the_grace() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_RUNNER_STOP_GRACE".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let pid = listeners(&sb, 1)[0];
     d.signal(Signal::SIGTERM);
-    d.wait_log(&["ignored SIGINT", "SIGKILL"], Duration::from_secs(10))
-        .await;
+    let killed = d.wait_event("sigkill", Duration::from_secs(10)).await;
+    assert_eq!(killed.u64("pid"), Some(pid as u64), "{killed:?}");
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
 }
@@ -330,7 +350,7 @@ async fn no_listener_outlives_a_sigkilled_supervisor() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     let pids = listeners(&sb, 2);
     assert_eq!(pids.len(), 2);
     d.signal(Signal::SIGKILL);
@@ -366,10 +386,11 @@ async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
         &["run"],
     )
     .await;
-    d.wait_log(&["runner self-update finished"], T).await;
+    d.wait_event("update_finished", T).await;
     // The update script, orphaned when the listener exited, was re-parented to PID 1: us.
+    // Wording under test: a debug line (procs=debug) that carries no event.
     d.wait_log(&["reaped an orphaned process"], T).await;
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     let pid = listeners(&sb, 1)[0];
     // unshare forwards nothing; signal the supervisor (its child) directly.
     let sup = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid)).unwrap();
@@ -400,29 +421,14 @@ async fn a_crash_loop_after_listening_is_backed_off_until_a_listener_is_stable()
     // Keep the retryable-exit watchdog out of this test.
     env.insert("SUPERVISOR_WATCHDOG_RETRYABLE_EXITS".into(), "100".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    let waits = |d: &Daemon| -> Vec<(u64, u64)> {
-        d.log()
-            .iter()
-            .filter(|l| l.contains("listener failed; backing off"))
-            .map(|l| {
-                let field = |k: &str| {
-                    l.split(&format!("{k}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap()
-                };
-                (field("failures"), field("wait_ms"))
-            })
-            .collect()
-    };
-    d.wait_lines(
-        &["listener failed; backing off"],
-        4,
-        Duration::from_secs(90),
-    )
-    .await;
-    let w = waits(&d);
+    d.wait_nth("listener_failed", 4, Duration::from_secs(90))
+        .await;
+    let w: Vec<(u64, u64)> = d
+        .events()
+        .iter()
+        .filter(|e| e.name == "listener_failed")
+        .map(|e| (e.u64("failures").unwrap(), e.u64("wait_ms").unwrap()))
+        .collect();
     assert_eq!(
         w.iter().map(|x| x.0).collect::<Vec<_>>(),
         vec![1, 2, 3, 4],
@@ -434,12 +440,9 @@ async fn a_crash_loop_after_listening_is_backed_off_until_a_listener_is_stable()
         assert!((step / 2..=step).contains(ms), "wait {i}: {ms} ms");
     }
     // The fifth listener does not crash: after stable_after, the failures are over.
-    d.wait_log(
-        &["listener stable: the run of failures is over", "failures=4"],
-        T,
-    )
-    .await;
-    let (_, health) = crate::support::wait_health(&env, "Ok", Duration::from_secs(5)).await;
+    d.wait_events("listener_stable", |e| e.u64("failures") == Some(4), 1, T)
+        .await;
+    let (_, health) = wait_health(&env, "Ok", Duration::from_secs(5)).await;
     assert!(!health.contains("failures"), "{health}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sim::github::JobSpec;
+use sim::github::{FakeGithub, JobSpec};
 use sim::protocol::Script;
 
 use crate::support::{apply, faketime_file_env, github, wait_health, Chronyd, Daemon, Sandbox};
@@ -20,6 +20,48 @@ fn loss(recover_after_ms: Option<u64>, during_job: bool) -> Script {
     }
 }
 
+/// Registrations asked of GitHub so far.
+fn registrations(gh: &FakeGithub) -> usize {
+    gh.calls()
+        .iter()
+        .filter(|c| c.path.ends_with("generate-jitconfig"))
+        .count()
+}
+
+/// When the supervisor logged its first `name` event: the JSON line's `timestamp`.
+fn logged_at(d: &Daemon, name: &str) -> chrono::DateTime<chrono::Utc> {
+    d.log()
+        .iter()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["fields"]["event"] != name {
+                return None;
+            }
+            v["timestamp"].as_str()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} event:\n{}", d.log().join("\n")))
+}
+
+/// Seconds from the first `from` event to the first `to` event, by the log's timestamps.
+fn secs_between(d: &Daemon, from: &str, to: &str) -> f64 {
+    (logged_at(d, to) - logged_at(d, from))
+        .to_std()
+        .unwrap_or_else(|_| panic!("{to} logged before {from}"))
+        .as_secs_f64()
+}
+
+/// The position of the first `name` event matching `pred` among all events.
+fn position(
+    d: &Daemon,
+    name: &str,
+    pred: impl Fn(&crate::support::events::Event) -> bool,
+) -> usize {
+    d.events()
+        .iter()
+        .position(|e| e.name == name && pred(e))
+        .unwrap_or_else(|| panic!("no {name} event:\n{}", d.log().join("\n")))
+}
+
 #[tokio::test]
 async fn scenario_09_listener_stuck_after_an_old_listening_line_is_replaced_once() {
     let sb = Sandbox::new();
@@ -28,17 +70,23 @@ async fn scenario_09_listener_stuck_after_an_old_listening_line_is_replaced_once
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Runner connect error"], T).await;
-    let fired = d.wait_log(&["watchdog fired"], T).await;
+    d.wait_event("runner_connect_error", T).await;
+    let fired = d.wait_event("watchdog_fire", T).await;
+    assert!(fired.is("cause", "network"), "{fired:?}");
+    // No recovery within the grace (1 s) after the connect error: fired at the grace.
+    let after = secs_between(&d, "runner_connect_error", "watchdog_fire");
     assert!(
-        fired.contains("cause=\"network\"") && fired.contains("no recovery 1s after"),
-        "{fired}"
+        (1.0..3.0).contains(&after),
+        "fired {after:.2}s after the error"
     );
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    d.wait_listening(2, T).await;
     // One fire, no stuck/recovered flapping; the stuck runner is deleted, a new one listens.
-    assert_eq!(d.count(&["watchdog fired"]), 1);
+    assert_eq!(d.count_events("watchdog_fire", |_| true), 1);
     assert_eq!(gh.state(|s| s.deleted.len()), 1);
-    assert!(d.count(&["listener exited", "reason=\"watchdog\""]) == 1);
+    assert_eq!(
+        d.count_events("listener_exited", |e| e.is("reason", "watchdog")),
+        1
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -55,7 +103,7 @@ async fn scenario_10_a_transient_error_that_recovers_is_left_alone() {
     env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
     env.insert("SUPERVISOR_WATCHDOG_JOB_STALL_TIMEOUT".into(), "1s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Runner reconnected."], T).await;
+    d.wait_event("runner_reconnected", T).await;
     // Jobs longer than the grace: a timer that had not been cancelled would have fired.
     gh.enqueue(
         JobSpec {
@@ -64,9 +112,9 @@ async fn scenario_10_a_transient_error_that_recovers_is_left_alone() {
         },
         2,
     );
-    d.wait_lines(&["job completed"], 2, T).await;
-    assert_eq!(d.count(&["Runner reconnected."]), 2);
-    assert_eq!(d.count(&["watchdog fired"]), 0);
+    d.wait_nth("job_completed", 2, T).await;
+    assert_eq!(d.count_events("runner_reconnected", |_| true), 2);
+    assert_eq!(d.count_events("watchdog_fire", |_| true), 0);
     assert!(gh.state(|s| s.completed.iter().all(|j| j.result == "Succeeded")));
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -88,9 +136,14 @@ async fn a_busy_listener_gets_the_job_stall_timeout_not_the_grace() {
     env.insert("SUPERVISOR_WATCHDOG_GRACE".into(), "1s".into());
     env.insert("SUPERVISOR_WATCHDOG_JOB_STALL_TIMEOUT".into(), "3s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Runner connect error"], T).await;
-    let fired = d.wait_log(&["watchdog fired"], T).await;
-    assert!(fired.contains("no recovery 3s after"), "{fired}");
+    d.wait_event("runner_connect_error", T).await;
+    d.wait_event("watchdog_fire", T).await;
+    // No recovery within the job stall timeout (3 s), not the grace (1 s).
+    let after = secs_between(&d, "runner_connect_error", "watchdog_fire");
+    assert!(
+        (3.0..5.0).contains(&after),
+        "fired {after:.2}s after the error"
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
@@ -109,10 +162,31 @@ async fn repeated_exit_2_counts_as_a_fire() {
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_WATCHDOG_RETRYABLE_EXITS".into(), "3".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    let fired = d
-        .wait_log(&["watchdog fired", "3 consecutive retryable exits"], T)
+    let fired = d.wait_event("watchdog_fire", T).await;
+    assert!(fired.is("cause", "unknown"), "{fired:?}");
+    // The fire is the third consecutive retryable exit's (logged as that exit is noted):
+    // none after the first two, and the first three exits are all retryable.
+    d.wait_events("listener_exited", |e| e.is("reason", "retryable"), 3, T)
         .await;
-    assert!(fired.contains("cause=\"unknown\""), "{fired}");
+    let at = position(&d, "watchdog_fire", |_| true);
+    let second = d
+        .events()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.name == "listener_exited")
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(second < at, "fired before the third exit: {fired:?}");
+    let exits: Vec<String> = d
+        .events()
+        .iter()
+        .filter(|e| e.name == "listener_exited")
+        .filter_map(|e| e.str("reason"))
+        .take(3)
+        .collect();
+    assert_eq!(exits, ["retryable"; 3]);
+    assert_eq!(d.count_events("watchdog_fire", |_| true), 1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -128,20 +202,16 @@ async fn scenario_11_offline_on_github_while_listening_is_replaced() {
     );
     env.insert("SUPERVISOR_WATCHDOG_OFFLINE_AFTER".into(), "2s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
+    d.wait_listening(1, T).await;
     let first = gh.runners()[0].name.clone();
     gh.state(|s| s.runners.values_mut().for_each(|r| r.force_offline = true));
-    let fired = d
-        .wait_log(
-            &[
-                "watchdog fired",
-                "GitHub shows the listening runner offline",
-            ],
-            T,
-        )
-        .await;
-    assert!(fired.contains(&first) || d.count(&["GitHub shows the listening runner offline"]) >= 1);
-    d.wait_lines(&["Listening for Jobs"], 2, T).await;
+    let offline = d.wait_event("runner_offline", T).await;
+    assert_eq!(offline.u64("slot"), Some(0), "{offline:?}");
+    let fired = d.wait_event("watchdog_fire", T).await;
+    assert_eq!(fired.u64("slot"), Some(0), "{fired:?}");
+    // The fire is the offline runner's.
+    assert!(position(&d, "runner_offline", |_| true) < position(&d, "watchdog_fire", |_| true));
+    d.wait_listening(2, T).await;
     assert!(gh.state(|s| s.deleted.contains(&first)));
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -158,30 +228,20 @@ async fn the_breaker_opens_says_why_and_survives_a_restart() {
     env.insert("WATCHDOG_MAX_FIRES".into(), "1".into());
     env.insert("SUPERVISOR_WATCHDOG_OPEN_FOR".into(), "1h".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    let open = d.wait_log(&["circuit breaker open"], T).await;
-    assert!(open.contains("root cause: network"), "{open}");
+    let open = d.wait_event("breaker_open", T).await;
+    assert!(open.is("cause", "network"), "the root cause: {open:?}");
     let last = wait_health(&env, "breaker-open", Duration::from_secs(5)).await;
     assert!(last.1.contains("network:2"), "{}", last.1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 
     // A restart does not reset it: the slot stays paused, nothing is registered.
-    let registrations = gh
-        .calls()
-        .iter()
-        .filter(|c| c.path.ends_with("generate-jitconfig"))
-        .count();
+    let registered = registrations(&gh);
     let mut d = Daemon::start(&env, &["run"]).await;
     wait_health(&env, "breaker-open", Duration::from_secs(10)).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
-    assert_eq!(
-        gh.calls()
-            .iter()
-            .filter(|c| c.path.ends_with("generate-jitconfig"))
-            .count(),
-        registrations
-    );
+    assert_eq!(registrations(&gh), registered);
 }
 
 #[tokio::test]
@@ -189,12 +249,7 @@ async fn scenario_07_the_watchdog_names_the_persisting_cause_clock() {
     let chrony = Chronyd::start("").await;
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
-    gh.script(Script::ConnectionLoss {
-        after_ms: 100,
-        recover_after_ms: None,
-        give_up: false,
-        during_job: false,
-    });
+    gh.script(loss(None, false));
     let shift = sb.dir.path().join("faketime");
     std::fs::write(&shift, "+0\n").unwrap();
     let mut env = sb.env(&gh);
@@ -205,25 +260,19 @@ async fn scenario_07_the_watchdog_names_the_persisting_cause_clock() {
     // A drift too small to look like a resume (30 s), but a fault at this threshold.
     env.insert("SUPERVISOR_CLOCK_FAULT_OFFSET".into(), "10s".into());
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["Runner connect error"], T).await;
+    d.wait_event("runner_connect_error", T).await;
     // The clock goes wrong while the listener is stuck: its connect errors are the symptom.
     std::fs::write(&shift, "+20s\n").unwrap();
-    d.wait_log(&["clock fault"], T).await;
-    let fired = d.wait_log(&["watchdog fired"], T).await;
+    d.wait_event("clock_fault", T).await;
+    let fired = d.wait_event("watchdog_fire", T).await;
     assert!(
-        fired.contains("cause=\"clock\""),
-        "the root cause, not the symptom: {fired}"
+        fired.is("cause", "clock"),
+        "the root cause, not the symptom: {fired:?}"
     );
     wait_health(&env, "clock: local clock is +20", Duration::from_secs(5)).await;
     // No restart storm while the clock is wrong: the replacement waits for the clock.
-    d.wait_log(&["registrations paused"], T).await;
-    assert_eq!(
-        gh.calls()
-            .iter()
-            .filter(|c| c.path.ends_with("generate-jitconfig"))
-            .count(),
-        1
-    );
+    d.wait_event("clock_pause", T).await;
+    assert_eq!(registrations(&gh), 1);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -245,21 +294,21 @@ async fn scenario_13_cascade_gives_one_classification_and_no_thrashing() {
     // Skew, a refused token and a listener retrying, all at once.
     gh.state(|s| s.revoked = true);
     let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_log(&["registrations paused"], T).await;
-    d.wait_log(&["GitHub refused the token"], T).await;
-    let attempts = gh
-        .calls()
-        .iter()
-        .filter(|c| c.path.ends_with("generate-jitconfig"))
-        .count();
+    d.wait_event("clock_pause", T).await;
+    d.wait_event("token_refused", T).await;
+    let attempts = registrations(&gh);
     // Fix both.
     gh.state(|s| s.revoked = false);
     std::fs::write(&shift, "+0\n").unwrap();
-    d.wait_log(&["clock fixed"], T).await;
-    d.wait_log(&["Listening for Jobs"], T).await;
-    assert_eq!(d.count(&["registrations paused"]), 1, "one classification");
+    d.wait_event("clock_fixed", T).await;
+    d.wait_listening(1, T).await;
     assert_eq!(
-        d.count(&["GitHub refused the token"]),
+        d.count_events("clock_pause", |_| true),
+        1,
+        "one classification"
+    );
+    assert_eq!(
+        d.count_events("token_refused", |_| true),
         1,
         "logged once, not per attempt"
     );
