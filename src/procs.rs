@@ -131,7 +131,7 @@ pub async fn run_reaper(cancel: CancellationToken) {
     // Once at start (orphans adopted before we watched), then on every SIGCHLD: the
     // kernel tells us when there is something to reap; no timer, no scan of /proc.
     for pid in reap_orphans() {
-        tracing::debug!(pid, "reaped an orphaned process");
+        tracing::debug!(event = "orphan_reaped", pid, "reaped an orphaned process");
     }
     loop {
         tokio::select! {
@@ -139,7 +139,7 @@ pub async fn run_reaper(cancel: CancellationToken) {
             _ = sigchld.recv() => {}
         }
         for pid in reap_orphans() {
-            tracing::debug!(pid, "reaped an orphaned process");
+            tracing::debug!(event = "orphan_reaped", pid, "reaped an orphaned process");
         }
     }
 }

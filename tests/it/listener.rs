@@ -12,12 +12,6 @@ use crate::support::{
 
 const T: Duration = Duration::from_secs(30);
 
-/// The exit summary `run` printed: one JSON line, as the log is JSON.
-fn summary(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("the exit summary is not JSON ({e}): {stdout}"))
-}
-
 /// Registrations asked of GitHub so far.
 fn registrations(gh: &sim::github::FakeGithub) -> usize {
     gh.calls()
@@ -114,10 +108,10 @@ async fn scenario_14_sigterm_while_idle_and_a_listener_spawned_directly_with_a_c
     // Scenario 14: SIGTERM while idle: stopped, deregistered, exit 0, within Docker's 10 s.
     let t = std::time::Instant::now();
     d.signal(Signal::SIGTERM);
-    let (code, out) = d.wait_exit(Duration::from_secs(10)).await;
+    let (code, summary) = d.wait_summary(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(summary(&out)["deregistrations"], 1, "{out}");
+    assert_eq!(summary.deregistrations, 1, "{summary:?}");
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
     assert!(gh.runners().is_empty(), "no ghost left: {:?}", gh.runners());
 }
@@ -294,8 +288,8 @@ async fn self_update_waits_for_update_finished_and_reaps_the_orphan() {
         "the flag is consumed"
     );
     // The detached update script was re-parented to us and reaped: no zombie.
-    // Wording under test: a debug line (procs=debug) that carries no event.
-    d.wait_log(&["reaped an orphaned process"], T).await;
+    // A debug event (procs=debug).
+    d.wait_event("orphan_reaped", T).await;
     d.wait_listening(2, T).await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
@@ -388,8 +382,8 @@ async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     .await;
     d.wait_event("update_finished", T).await;
     // The update script, orphaned when the listener exited, was re-parented to PID 1: us.
-    // Wording under test: a debug line (procs=debug) that carries no event.
-    d.wait_log(&["reaped an orphaned process"], T).await;
+    // A debug event (procs=debug).
+    d.wait_event("orphan_reaped", T).await;
     d.wait_listening(2, T).await;
     let pid = listeners(&sb, 1)[0];
     // unshare forwards nothing; signal the supervisor (its child) directly.

@@ -28,17 +28,12 @@ fn registrations(gh: &FakeGithub) -> usize {
         .count()
 }
 
-/// When the supervisor logged its first `name` event: the JSON line's `timestamp`.
-fn logged_at(d: &Daemon, name: &str) -> chrono::DateTime<chrono::Utc> {
-    d.log()
+/// When the supervisor logged its first `name` event.
+fn logged_at(d: &Daemon, name: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    d.events()
         .iter()
-        .find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v["fields"]["event"] != name {
-                return None;
-            }
-            v["timestamp"].as_str()?.parse().ok()
-        })
+        .find(|e| e.name == name)
+        .map(|e| e.at)
         .unwrap_or_else(|| panic!("no {name} event:\n{}", d.log().join("\n")))
 }
 
