@@ -174,8 +174,7 @@ async fn a_token_that_expires_mid_run_is_refreshed_without_a_failed_registration
     // Tokens live 6 s here instead of an hour.
     let gh = app_github(|a| a.token_ttl = Duration::from_secs(6)).await;
     let env = app_env(&sb, &gh);
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let t0 = Instant::now();
     let mut n = 0;
     // Jobs for 14 s: past two expiries.
@@ -209,8 +208,7 @@ async fn a_suspended_installation_degrades_health_and_recovers_by_itself() {
     let gh = app_github(|_| {}).await;
     let mut env = app_env(&sb, &gh);
     env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "1s".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     gh.state(|s| s.installation_suspended = true);
     let line = d.wait_event("token_refused", T).await;
     assert!(
@@ -258,8 +256,7 @@ async fn a_clock_three_minutes_fast_or_slow_still_registers() {
         for (k, v) in crate::support::faketime_env(shift) {
             env.insert(k, v);
         }
-        let mut d = Daemon::start(&env, &["run"]).await;
-        d.wait_listening(1, T).await;
+        let mut d = Daemon::run_listening(&env, 1, T).await;
         gh.enqueue(job("skewed"), 1);
         assert!(gh.wait_for(T, |s| s.completed.len() == 1).await, "{shift}");
         assert!(
@@ -472,8 +469,7 @@ async fn a_clock_that_jumps_from_three_minutes_fast_to_three_slow_keeps_register
         env.insert(k.into(), v.into());
     }
     env.insert("SUPERVISOR_CLOCK_INTERVAL".into(), "1s".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     gh.enqueue(job("fast"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
     // The laptop's clock now runs 3 minutes slow, as after a bad resume.

@@ -78,8 +78,7 @@ async fn scenario_26_a_listener_on_a_blackholed_connection_is_replaced() {
     env.insert("SUPERVISOR_RUNNER_STOP_GRACE".into(), "1s".into());
     env.insert("SUPERVISOR_GITHUB_REQUEST_TIMEOUT".into(), "2s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "0".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let fired = {
         let _bh = Blackhole::port(gh.addr().port());
         d.wait_event("watchdog_fire", T).await

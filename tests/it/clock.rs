@@ -10,8 +10,8 @@ use sim::github::JobSpec;
 
 use crate::support::events::Event;
 use crate::support::{
-    apply, eventually, faketime_env, faketime_file_env, github, health, wait_health, Chronyd, Cli,
-    Daemon, Sandbox, NOBODY,
+    apply, eventually, faketime_env, faketime_file_env, github, health, setup, wait_health,
+    Chronyd, Cli, Daemon, Sandbox, NOBODY,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -46,9 +46,7 @@ fn watch_chronyd(env: &mut BTreeMap<String, String>, chrony: &Chronyd) {
 async fn measured_offset_equals_the_faketime_shift_within_50ms() {
     let chrony = Chronyd::start("").await;
     for (shift, secs) in [("+7s", 7.0), ("-3s", -3.0)] {
-        let sb = Sandbox::new();
-        let gh = github(|_| {}).await;
-        let mut env = sb.env(&gh);
+        let (_sb, _gh, mut env) = setup(|_| {}).await;
         env.insert("SUPERVISOR_CLOCK_NTP_SERVERS".into(), chrony.ntp_address());
         env.extend(faketime_env(shift));
         let mut d = Daemon::start(&env, &["run"]).await;
@@ -70,9 +68,7 @@ async fn measured_offset_equals_the_faketime_shift_within_50ms() {
 #[tokio::test]
 async fn scenario_03_clock_90s_behind_is_detected_within_60s_and_the_idle_listener_kept() {
     let chrony = Chronyd::start("").await;
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_CLOCK_NTP_SERVERS".into(), chrony.ntp_address());
     env.extend(faketime_env("-90s"));
     let mut d = Daemon::start(&env, &["run"]).await;
@@ -147,9 +143,7 @@ async fn scenario_01_a_broken_time_daemon_config_is_reported_within_one_interval
         !chrony.running(),
         "a global minpoll must make chronyd refuse its config"
     );
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, _gh, mut env) = setup(|_| {}).await;
     watch_chronyd(&mut env, &chrony);
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_event("chronyd_down", Duration::from_secs(5)).await;
@@ -166,9 +160,7 @@ async fn scenario_01_a_broken_time_daemon_config_is_reported_within_one_interval
 #[tokio::test]
 async fn scenario_06_time_daemon_killed_mid_run_is_reported_and_the_monitor_survives() {
     let mut chrony = Chronyd::start("").await;
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (sb, _gh, mut env) = setup(|_| {}).await;
     watch_chronyd(&mut env, &chrony);
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_event("chronyd_state", T).await;

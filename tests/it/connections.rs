@@ -19,8 +19,8 @@ use sim::github::{FakeGithub, Fault, FaultKind, JobSpec, State};
 
 use crate::support::events::Event;
 use crate::support::{
-    cli, eventually, github, listeners, sim_bin, wait_health, Blackhole, Cli, Daemon, Sandbox,
-    NOBODY,
+    cli, eventually, github, listeners, setup, sim_bin, wait_health, Blackhole, Cli, Daemon,
+    Sandbox, NOBODY,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -141,8 +141,7 @@ async fn with_injected_keepalive_the_listener_survives_a_blackhole_by_itself() {
             ("SUPERVISOR_WATCHDOG_GRACE", "1h"),
         ],
     );
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     d.wait_event("keepalive_set", T).await;
     let pid = listeners(&sb, 1)[0];
     let port = gh.addr().port();
@@ -254,8 +253,7 @@ async fn a_peer_silent_after_the_headers_is_found_even_though_keepalive_answers(
             ("SUPERVISOR_RUNNER_STOP_GRACE", "1s"),
         ],
     );
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     d.wait_event("keepalive_set", T).await;
     // The next poll gets its headers and then nothing; the connection stays up and
     // acknowledges keepalive probes (a live peer, not a dead path).
@@ -308,8 +306,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
             ("SUPERVISOR_WATCHDOG_SILENT_AFTER", "2s"),
         ],
     );
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     d.wait_event("keepalive_set", T).await;
     // Twelve poll periods of an idle listener.
     assert!(gh.wait_for(T, |s| polls_answered(s) >= 12).await);
@@ -352,8 +349,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
         ]
         .concat(),
     );
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     wait_health(&env, "listener keepalive: off", T).await;
     // Several poll periods in, the listener's sockets are as it made them.
     let polls = empty_polls(&gh);
@@ -369,9 +365,7 @@ async fn with_listener_keepalive_off_nothing_is_touched_and_a_silent_path_is_sti
 
 #[tokio::test]
 async fn doctor_says_whether_keepalive_can_be_set_and_how_to_fix_it() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let env = sb.env(&gh);
+    let (_sb, _gh, env) = setup(|_| {}).await;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let check = doctor_keepalive(&env, &[]).await;
     assert!(

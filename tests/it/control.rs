@@ -9,7 +9,7 @@ use sim::protocol::Script;
 
 use runner_supervisor::status::SlotState;
 
-use crate::support::{cli, eventually, github, status, Daemon, Out, Sandbox};
+use crate::support::{cli, eventually, github, setup, status, Daemon, Out, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -41,9 +41,7 @@ fn tcp_listeners(pid: i32) -> Vec<String> {
 
 #[tokio::test]
 async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_listening(2, T).await;
@@ -150,9 +148,7 @@ async fn status_shows_slots_jobs_and_the_host_and_json_follows_the_schema() {
 
 #[tokio::test]
 async fn without_a_supervisor_each_client_says_so_and_exits_1() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let env = sb.env(&gh);
+    let (_sb, _gh, env) = setup(|_| {}).await;
     for args in [
         &["status"][..],
         &["status", "--json"],
@@ -253,9 +249,7 @@ async fn breaker_reset_lets_a_paused_slot_go_on_at_once() {
 
 #[tokio::test]
 async fn recycle_replaces_only_idle_listeners() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_listening(2, T).await;

@@ -20,8 +20,7 @@ async fn scenario_18_a_dependency_killed_mid_run_degrades_health_and_nothing_res
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_HEALTH_DEPENDENCIES".into(), addr.clone());
     env.insert("SUPERVISOR_NETWORK_DNS_INTERVAL".into(), "300ms".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     drop(mongo);
     d.wait_event("dependency_down", T).await;
     let last = wait_health(

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use runner_supervisor::naming::this_host;
 use sim::github::JobSpec;
 
-use crate::support::{github, looks_like_jit_name, Daemon, Sandbox};
+use crate::support::{github, looks_like_jit_name, setup, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -59,12 +59,9 @@ async fn two_slots_take_jobs_one_at_a_time_and_leave_no_ghosts() {
 
 #[tokio::test]
 async fn labels_reach_the_registration() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_LABELS".into(), "self-hosted,linux,mongo".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let r = &gh.runners()[0];
     assert_eq!(r.labels, ["self-hosted", "linux", "mongo"]);
     assert!(r.status_is_online());
@@ -242,9 +239,7 @@ async fn organisation_runners_use_the_org_endpoints() {
 /// touches nothing: the first one's listener, registration and status stay as they were.
 #[tokio::test]
 async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_nothing() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let env = sb.env(&gh);
+    let (sb, gh, env) = setup(|_| {}).await;
     let mut first = Daemon::start(&env, &["run"]).await;
     first.wait_listening(1, T).await;
     let listeners = crate::support::listeners(&sb, 1);

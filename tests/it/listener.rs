@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use sim::protocol::Script;
 
 use crate::support::{
-    github, listeners, looks_like_jit_name, wait_gone, wait_health, Daemon, Sandbox,
+    github, listeners, looks_like_jit_name, setup, wait_gone, wait_health, Daemon, Sandbox,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -31,14 +31,11 @@ fn read_nul(path: String) -> Vec<String> {
 
 #[tokio::test]
 async fn scenario_14_sigterm_while_idle_and_a_listener_spawned_directly_with_a_clean_env() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_RUNNER_ENV".into(), "EXTRA_VAR=hello".into());
     env.insert("SOME_SECRET_OF_THE_HOST".into(), "do-not-leak".into());
     let token = env["GITHUB_PAT"].clone();
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let pids = listeners(&sb, 1);
     assert_eq!(pids.len(), 1, "{pids:?}");
     let pid = pids[0];
@@ -327,8 +324,7 @@ async fn a_hung_listener_gets_sigint_then_sigkill_after_the_grace() {
     gh.script(Script::Hang { after_ms: 0 });
     let mut env = sb.env(&gh);
     env.insert("SUPERVISOR_RUNNER_STOP_GRACE".into(), "1s".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let pid = listeners(&sb, 1)[0];
     d.signal(Signal::SIGTERM);
     let killed = d.wait_event("sigkill", Duration::from_secs(10)).await;
@@ -339,9 +335,7 @@ async fn a_hung_listener_gets_sigint_then_sigkill_after_the_grace() {
 
 #[tokio::test]
 async fn no_listener_outlives_a_sigkilled_supervisor() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (sb, _gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     d.wait_listening(2, T).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sim::github::{Fault, FaultKind, JobSpec};
 use sim::protocol::Script;
 
-use crate::support::{github, Daemon, Sandbox};
+use crate::support::{github, setup, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -280,12 +280,9 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
 
 #[tokio::test]
 async fn the_summary_is_json_with_json_logs() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_LOG_FORMAT".into(), "json".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     gh.enqueue(job("build", "Succeeded"), 1);
     assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
     d.wait_listening(2, T).await;

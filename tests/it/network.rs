@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{github, wait_health, Daemon, Sandbox};
+use crate::support::{github, setup, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -51,8 +51,7 @@ async fn scenario_25_dns_fallback_resolvers_while_the_primary_fails_then_restore
     );
     env.insert("SUPERVISOR_NETWORK_DNS_PORT".into(), port.to_string());
     env.insert("SUPERVISOR_NETWORK_DNS_INTERVAL".into(), "300ms".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
         original,
@@ -133,9 +132,7 @@ async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
             "unchanged",
         ),
     ] {
-        let sb = Sandbox::new();
-        let gh = github(|_| {}).await;
-        let mut env = sb.env(&gh);
+        let (_sb, _gh, mut env) = setup(|_| {}).await;
         env.insert("SUPERVISOR_NETWORK_SET_SYSCTLS".into(), "auto".into());
         // The machine's own values: even a wrong decision would write nothing new.
         env.insert(

@@ -7,19 +7,18 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use sim::github::{Fault, FaultKind, JobSpec};
 
-use crate::support::{eventually, github, health, looks_like_jit_name, wait_gone, Daemon, Sandbox};
+use crate::support::{
+    eventually, github, health, looks_like_jit_name, setup, wait_gone, Daemon, Sandbox,
+};
 
 const T: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unhealthy() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_HEALTH_UNHEALTHY_AFTER".into(), "2s".into());
     env.insert("SUPERVISOR_GITHUB_MAX_RETRIES".into(), "1".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     // Network trouble on the registration calls from the job on (the one made in
     // advance while it runs, and every one after it).
     gh.fault(Fault {
@@ -70,11 +69,8 @@ async fn scenario_08_registration_failing_after_a_job_backs_off_and_turns_unheal
 
 #[tokio::test]
 async fn scenario_12_and_23_a_restart_starts_clean_like_a_new_container() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let env = sb.env(&gh);
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let (sb, gh, env) = setup(|_| {}).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let old = gh.runners()[0].name.clone();
     d.signal(Signal::SIGKILL);
     d.wait_exit(T).await;

@@ -178,8 +178,7 @@ async fn a_wall_clock_jump_like_a_wsl2_resume_recycles_the_idle_listener_with_on
     std::fs::write(&shift, "+0\n").unwrap();
     let mut env = sb.env(&gh);
     apply(&mut env, &faketime_file_env(&shift));
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T_BINARY).await;
+    let mut d = Daemon::run_listening(&env, 1, T_BINARY).await;
     let first = gh.runners()[0].name.clone();
     std::fs::write(&shift, "+2m\n").unwrap();
     let step = d.wait_event("clock_step", T_BINARY).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use sim::github::JobSpec;
 
-use crate::support::{github, listeners, wait_gone, Daemon, Sandbox};
+use crate::support::{github, listeners, setup, wait_gone, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -123,13 +123,10 @@ async fn sigterm_is_heard_even_when_stderr_is_a_broken_pipe() {
 
 #[tokio::test]
 async fn an_idle_stop_fits_dockers_grace_even_when_github_is_unreachable() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (sb, gh, mut env) = setup(|_| {}).await;
     // Production back-off: the retries alone would take longer than Docker's grace.
     env.insert("SUPERVISOR_GITHUB_BACKOFF_BASE".into(), "2s".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     gh.fault(sim::github::Fault {
         body: None,
         method: Some("DELETE".into()),

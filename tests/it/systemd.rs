@@ -65,8 +65,7 @@ async fn ready_status_watchdog_stopping_and_extend_come_in_order() {
     env.insert("NOTIFY_SOCKET".into(), n.path.display().to_string());
     // Pings every second.
     env.insert("WATCHDOG_USEC".into(), "2000000".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     assert!(eventually(T, || n.index(|m| m.starts_with("READY=1\n")).is_some()).await);
     let first = &n.texts()[0];
     assert!(

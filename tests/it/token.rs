@@ -7,18 +7,15 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use sim::github::{JobSpec, TokenKind};
 
-use crate::support::{github, wait_health, Daemon, Sandbox};
+use crate::support::{github, setup, wait_health, Daemon, Sandbox};
 
 const T: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn scenario_20_a_token_revoked_mid_run_degrades_health_and_recovers_by_itself() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert("SUPERVISOR_TOKEN_CHECK_INTERVAL".into(), "500ms".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     gh.state(|s| s.revoked = true);
     d.wait_event("token_refused", T).await;
     let last = wait_health(

@@ -7,7 +7,9 @@ use nix::sys::signal::Signal;
 use sim::github::{FakeGithub, JobSpec};
 use sim::protocol::Script;
 
-use crate::support::{apply, faketime_file_env, github, wait_health, Chronyd, Daemon, Sandbox};
+use crate::support::{
+    apply, faketime_file_env, github, setup, wait_health, Chronyd, Daemon, Sandbox,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -188,16 +190,13 @@ async fn repeated_exit_2_counts_as_a_fire() {
 
 #[tokio::test]
 async fn scenario_11_offline_on_github_while_listening_is_replaced() {
-    let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
-    let mut env = sb.env(&gh);
+    let (_sb, gh, mut env) = setup(|_| {}).await;
     env.insert(
         "SUPERVISOR_WATCHDOG_OFFLINE_CHECK_INTERVAL".into(),
         "1s".into(),
     );
     env.insert("SUPERVISOR_WATCHDOG_OFFLINE_AFTER".into(), "2s".into());
-    let mut d = Daemon::start(&env, &["run"]).await;
-    d.wait_listening(1, T).await;
+    let mut d = Daemon::run_listening(&env, 1, T).await;
     let first = gh.runners()[0].name.clone();
     gh.state(|s| s.runners.values_mut().for_each(|r| r.force_offline = true));
     let offline = d.wait_event("runner_offline", T).await;

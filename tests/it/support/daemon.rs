@@ -211,3 +211,16 @@ pub async fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let afd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.expect("pidfd");
     tokio::time::timeout(timeout, afd.readable()).await.is_ok()
 }
+
+impl Daemon {
+    /// `supervisor run` with `env`, once `n` listeners have said `Listening for Jobs`.
+    pub async fn run_listening(
+        env: &BTreeMap<String, String>,
+        n: usize,
+        timeout: Duration,
+    ) -> Daemon {
+        let d = Daemon::start(env, &["run"]).await;
+        d.wait_listening(n, timeout).await;
+        d
+    }
+}

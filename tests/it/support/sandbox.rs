@@ -130,3 +130,14 @@ pub fn as_nobody(sb: &Sandbox, env: &mut BTreeMap<String, String>) {
 pub fn read_status(state: &std::path::Path) -> Option<StatusFile> {
     serde_json::from_slice(&std::fs::read(state.join("status.json")).ok()?).ok()
 }
+
+/// The common prelude: a sandbox, a fake GitHub started with `f` applied to its default
+/// options, and the environment for a supervisor against both.
+pub async fn setup(
+    f: impl FnOnce(&mut sim::github::Options),
+) -> (Sandbox, FakeGithub, BTreeMap<String, String>) {
+    let sb = Sandbox::new();
+    let gh = super::github(f).await;
+    let env = sb.env(&gh);
+    (sb, gh, env)
+}
