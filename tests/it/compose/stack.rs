@@ -80,6 +80,10 @@ impl Stack {
 
     /// Wait until `service`'s log satisfies `f`, following it (`docker logs -f`: each
     /// new line is the signal to look again); panic with the log otherwise.
+    ///
+    /// The one place tests still read log prose, on purpose: this is the stack as shipped,
+    /// whose services log text for `docker compose logs` (what a user reads), and the
+    /// end-to-end test checks that text too. The rest of the suite waits on JSON events.
     pub(super) async fn wait_log(
         &self,
         service: &str,
