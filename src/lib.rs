@@ -18,7 +18,7 @@
 //!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`]) and
 //!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
 //!   [`clocks`] reads the clocks;
-//!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
+//!   [`clockwatch`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
 //!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
 //!   one pruner per engine, aware of every runner's job through the [`fleet`];
@@ -30,8 +30,8 @@
 pub mod autoheal;
 pub mod cause;
 pub mod cli;
-pub mod clock;
 pub mod clocks;
+pub mod clockwatch;
 pub mod cmd;
 pub mod config;
 pub mod connwatch;

@@ -341,7 +341,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     ));
     // The clock monitor's first round gates the slots: no registration before the first
     // measurement (a clock fault found now pauses them from the start).
-    let mut clock = crate::clock::Monitor::new(
+    let mut clock = crate::clockwatch::Monitor::new(
         cfg.clock.clone(),
         deps.gh.clone(),
         host.clone(),

@@ -61,7 +61,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     // A GitHub App signs JWTs on GitHub's time: measure the clock before the first one.
     if gh.app().is_some() {
         for server in &cfg.clock.ntp_servers {
-            match crate::clock::sntp(
+            match crate::clockwatch::sntp(
                 server,
                 &crate::clocks::SystemClocks,
                 std::time::Duration::from_secs(3),

@@ -62,7 +62,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 const MONITORS: &[&str] = &[
-    "clock",
+    "clockwatch",
     "tokenwatch",
     "sleepwake",
     "netwatch",
