@@ -125,12 +125,7 @@ pub struct ConnWatch {
 impl ConnWatch {
     pub fn new(cfg: &Config) -> ConnWatch {
         let net = &cfg.network;
-        let keepalive = Keepalive {
-            idle: net.keepalive_idle,
-            interval: net.keepalive_interval,
-            probes: net.keepalive_probes,
-            user_timeout: net.user_timeout,
-        };
+        let keepalive = Keepalive::for_listeners(net);
         let probe_giveup = if net.user_timeout.is_zero() {
             net.keepalive_interval * net.keepalive_probes
         } else {

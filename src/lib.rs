@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`cli`] parses the command line; [`cmd`] has one handler per subcommand.
 //! - [`config`] resolves defaults, the TOML file, the environment and flags.
-//! - [`github`] is the REST client; [`keepalive`] reads socket options back.
+//! - [`github`] is the REST client.
 //! - [`supervisor`] runs the slots ([`slot`]), each driving a listener ([`runner`]).
 //! - [`status`] is the shared status and the file `supervisor health` reads.
 //! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
@@ -15,7 +15,8 @@
 //!   `recycle`); [`metrics`] renders Prometheus metrics; [`sdnotify`] speaks systemd's
 //!   notify protocol.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
-//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`]) and
+//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`], which
+//!   also reads keepalive back on our own) and
 //!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
 //!   [`clocks`] reads the clocks;
 //!   [`clockwatch`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
@@ -42,7 +43,6 @@ pub mod docker;
 pub mod fleet;
 pub mod github;
 pub mod host;
-pub mod keepalive;
 pub mod layout;
 pub mod metrics;
 pub mod naming;
@@ -62,3 +62,10 @@ pub mod tcpinfo;
 pub mod telemetry;
 pub mod tokenwatch;
 pub mod watchdog;
+
+/// The path the integration tests read this process's own connections through; the code
+/// is in [`sockets`].
+#[doc(hidden)]
+pub mod keepalive {
+    pub use crate::sockets::own_connections;
+}

@@ -2,8 +2,8 @@
 //! rate-limit handling as GitHub documents it, and retries with jittered back-off.
 //!
 //! Every connection carries TCP keepalive (idle, interval, probes) and a TCP user
-//! timeout, set on the socket by hyper-util through socket2; [`crate::keepalive`] reads
-//! them back. The token is sent only to the configured API origin, never logged.
+//! timeout ([`Keepalive::for_own`]), set on the socket by hyper-util through socket2;
+//! [`crate::sockets::own_connections`] reads them back. The token is sent only to the configured API origin, never logged.
 //! It must not: retry in a tight loop, or follow a `Link` to another origin.
 
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::config::{Config, Scope, Secret};
+use crate::sockets::Keepalive;
 
 /// The `User-Agent` we send (GitHub rejects requests without one).
 pub const USER_AGENT_VALUE: &str = concat!("runner-supervisor/", env!("CARGO_PKG_VERSION"));
@@ -61,7 +62,6 @@ struct Answer {
 impl GithubClient {
     /// Build from the configuration. Fails only if TLS cannot be initialised.
     pub fn new(cfg: &Config, token: Secret) -> Result<GithubClient, GithubError> {
-        let net = &cfg.network;
         let mut headers = HeaderMap::new();
         headers.insert(
             ACCEPT,
@@ -72,17 +72,17 @@ impl GithubClient {
             HeaderValue::from_static("2022-11-28"),
         );
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let user_timeout = net.keepalive_idle + net.keepalive_interval * net.keepalive_probes;
+        let keepalive = Keepalive::for_own(&cfg.network);
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .use_rustls_tls()
             .https_only(cfg.github.api_url.starts_with("https://"))
             .connect_timeout(cfg.github.connect_timeout)
             .timeout(cfg.github.request_timeout)
-            .tcp_keepalive(net.keepalive_idle)
-            .tcp_keepalive_interval(net.keepalive_interval)
-            .tcp_keepalive_retries(net.keepalive_probes)
-            .tcp_user_timeout(user_timeout)
+            .tcp_keepalive(keepalive.idle)
+            .tcp_keepalive_interval(keepalive.interval)
+            .tcp_keepalive_retries(keepalive.probes)
+            .tcp_user_timeout(keepalive.user_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
             .build()
