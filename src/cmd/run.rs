@@ -77,13 +77,13 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
             }
         }
     }
-    let host = naming::this_host();
+    let hostname = naming::this_host();
     tracing::info!(event = "starting",
         version = env!("CARGO_PKG_VERSION"),
         api = %cfg.github.api_url,
         scope = %gh.scope().web_path(),
         slots = cfg.runner.slots,
-        host = %host,
+        host = %hostname,
         "runner-supervisor starting"
     );
     // Preflight: problems are logged; the slots back off rather than crash-loop.
@@ -115,7 +115,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     let deps = Deps {
         cfg: cfg.clone(),
         gh,
-        host,
+        host: hostname,
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: Arc::new(crate::clocks::SystemClocks),
         token,

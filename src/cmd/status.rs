@@ -203,7 +203,11 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
         "supervisor {} (pid {}) on {}: mode {}, health {:?}, up {}\n",
         s.version,
         s.pid,
-        if s.host.is_empty() { "-" } else { &s.host },
+        if s.hostname.is_empty() {
+            "-"
+        } else {
+            &s.hostname
+        },
         s.mode,
         s.health,
         human(now - s.started_at)

@@ -149,12 +149,12 @@ fn dns_fix() -> &'static str {
 fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let hostport = rest.split('/').next()?;
-    let host = if let Some(v6) = hostport.strip_prefix('[') {
+    let hostname = if let Some(v6) = hostport.strip_prefix('[') {
         v6.split(']').next()?
     } else {
         hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
     };
-    (!host.is_empty()).then(|| host.to_string())
+    (!hostname.is_empty()).then(|| hostname.to_string())
 }
 
 /// Without a token: does anything answer HTTP at the API URL?
@@ -345,7 +345,7 @@ pub fn check_leftovers(cfg: &Config) -> Check {
 }
 
 /// Offline runners GitHub lists under this host's names: ghosts.
-pub async fn check_ghosts(gh: &GithubClient, cfg: &Config, host: &str) -> Check {
+pub async fn check_ghosts(gh: &GithubClient, cfg: &Config, hostname: &str) -> Check {
     match gh.list_runners(None).await {
         Err(e) => bad(
             "ghosts",
@@ -358,7 +358,7 @@ pub async fn check_ghosts(gh: &GithubClient, cfg: &Config, host: &str) -> Check 
                 .iter()
                 .filter(|r| {
                     r.status == "offline"
-                        && crate::naming::is_ours(&r.name, &cfg.runner.name_prefix, host)
+                        && crate::naming::is_ours(&r.name, &cfg.runner.name_prefix, hostname)
                 })
                 .map(|r| r.name.clone())
                 .collect();

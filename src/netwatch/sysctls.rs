@@ -106,8 +106,8 @@ mod tests {
         assert_eq!(netns_inode("net:[4026531833]"), Some(4026531833));
         assert_eq!(netns_inode("mnt:[4026531833]"), None);
         assert_eq!(netns_inode("net:[x]"), None);
-        for host in INIT_NET_INODES {
-            assert!(INIT_NET_INODES.contains(&host));
+        for ino in INIT_NET_INODES {
+            assert!(INIT_NET_INODES.contains(&ino));
         }
         assert_eq!(INIT_NET_INODES[0], 4026531833);
         // This test process runs in the machine's own namespace unless a test put it in

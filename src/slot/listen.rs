@@ -168,12 +168,12 @@ pub(super) async fn watch_listener(
     );
     let mut stable = false;
     // The connection watch inspects its sockets from now until it ends.
-    let registered = Registered::new(&sh.hoststate, slot, l.pid(), l.name());
+    let registered = Registered::new(&sh.host, slot, l.pid(), l.name());
     let mut cmds_open = true;
     let mut mode_open = true;
     let host = || HostFacts {
-        clock_fault: sh.hoststate.clock_fault(),
-        token_invalid: sh.hoststate.token_invalid(),
+        clock_fault: sh.host.clock_fault(),
+        token_invalid: sh.host.token_invalid(),
     };
     // A mode already past Run (a signal before the spawn) counts at once.
     let mut pending: Vec<Input> = vec![Input::Mode(*mode.borrow())];
@@ -195,7 +195,7 @@ pub(super) async fn watch_listener(
                     }
                     if matches!(ev, RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }) {
                         // It opens connections now: inject and watch them at once.
-                        sh.hoststate.listener_rescan(slot);
+                        sh.host.listener_rescan(slot);
                     }
                     pending.push(Input::Event(ev))
                 }
@@ -289,8 +289,7 @@ fn act(
     match a {
         Action::Show(state) => {
             board.set_state(slot, state);
-            sh.hoststate
-                .listener_idle(slot, state == SlotState::Listening);
+            sh.host.listener_idle(slot, state == SlotState::Listening);
         }
         Action::JobStarted(name) => board.job_started(slot, name),
         Action::JobCompleted { name, result } => {
@@ -326,7 +325,7 @@ fn act(
         }
         Action::ClockSkew => {
             tracing::warn!(event = "clock_skew", slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
-            sh.hoststate
+            sh.host
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
         }
         Action::Stop(_) => {}

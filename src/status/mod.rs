@@ -20,11 +20,13 @@ use crate::layout::write_atomic;
 mod schema;
 mod slot;
 mod stats;
+mod summary;
 mod system;
 use crate::shutdown::Mode;
 pub use schema::*;
 pub use slot::*;
 pub use stats::*;
+pub use summary::Summary;
 pub use system::SystemState;
 
 /// A host-level condition that health reports (each monitor owns its own).
@@ -212,14 +214,14 @@ impl Board {
         self.update(slot, |s| s.breaker = b);
     }
 
-    /// Also publish every status write at `path` (the fleet directory), as `host`.
-    pub fn publish_to(&self, host: &str, path: PathBuf) {
+    /// Also publish every status write at `path` (the fleet directory), as `hostname`.
+    pub fn publish_to(&self, hostname: &str, path: PathBuf) {
         if let Some(dir) = path.parent() {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 tracing::warn!(event = "fleet_failed", dir = %dir.display(), error = %e, "cannot create the fleet directory; host-wide pruning will not see this supervisor's jobs");
             }
         }
-        let _ = self.fleet.set((host.to_string(), path));
+        let _ = self.fleet.set((hostname.to_string(), path));
     }
 
     /// Whether any slot runs a job, and the earliest start among those that do.
@@ -365,7 +367,7 @@ impl Board {
             schema: SCHEMA.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            host: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
+            hostname: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
             started_at: self.started_at,
             updated_at: now,
             health,
