@@ -2,7 +2,7 @@
 //!
 //! Layout: `keys.rs` declares every key; `value.rs` is what a key and a value are;
 //! `source.rs` the layers (one function each) and where each value came from; `file.rs`
-//! the TOML file; `build.rs` the typed config, one function per section; `checks.rs`
+//! the TOML file; `build/` the typed config, one function per section; `checks.rs`
 //! checks of single values; `types.rs` what the rest of the supervisor reads.
 //!
 //! Every key is declared once in [`KEYS`]; that table gives its type, default, bounds,
