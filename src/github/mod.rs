@@ -168,3 +168,13 @@ impl GithubClient {
         &self.scope
     }
 }
+
+/// A header map from `(name, value)` pairs, for the tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
