@@ -153,7 +153,7 @@ async fn resume(dir: &Path) -> Vec<f64> {
     let deps = Deps {
         cfg,
         gh: client,
-        host: "bench".into(),
+        hostname: "bench".into(),
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
         token: None,

@@ -141,10 +141,10 @@ async fn check(
             }
             continue;
         }
-        let host = crate::naming::host_part(&c.hostname);
+        let hostname = crate::naming::host_part(&c.hostname);
         let busy = fleet
             .iter()
-            .any(|m| m.host == host && !m.running_jobs().is_empty());
+            .any(|m| m.hostname == hostname && !m.running_jobs().is_empty());
         let now = Instant::now();
         let decision = {
             let mut st = lock(state);

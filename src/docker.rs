@@ -73,30 +73,34 @@ impl Engine {
     }
 }
 
-/// The engine at `host` (`unix:///var/run/docker.sock`).
-pub fn connect(host: &str) -> Result<Engine, String> {
-    let docker = Docker::connect_with_unix(host, 30, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| format!("cannot connect to Docker at {host}: {e}"))?;
+/// The engine at `docker_host` (`unix:///var/run/docker.sock`).
+pub fn connect(docker_host: &str) -> Result<Engine, String> {
+    let docker = Docker::connect_with_unix(docker_host, 30, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| format!("cannot connect to Docker at {docker_host}: {e}"))?;
     Ok(Engine {
         docker,
-        socket: socket_path(host).to_string(),
+        socket: socket_path(docker_host).to_string(),
     })
 }
 
 /// Connect, retrying every `every` until the engine's socket appears (Docker may start
 /// after us) or `cancel`; health is degraded meanwhile, with the reason. None if cancelled.
 pub async fn connect_until(
-    host: &str,
+    docker_host: &str,
     every: Duration,
     board: &crate::status::Board,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Option<Engine> {
     let mut logged = false;
     loop {
-        match connect(host) {
+        match connect(docker_host) {
             Ok(e) => {
                 if logged {
-                    tracing::info!(event = "docker_up", host, "Docker is reachable");
+                    tracing::info!(
+                        event = "docker_up",
+                        host = docker_host,
+                        "Docker is reachable"
+                    );
                 }
                 board.set_condition(crate::status::Condition::Docker, None);
                 return Some(e);
@@ -119,9 +123,9 @@ pub async fn connect_until(
     }
 }
 
-/// The socket path of a `unix://` host.
-pub fn socket_path(host: &str) -> &str {
-    host.trim_start_matches("unix://")
+/// The socket path of a `unix://` Docker host.
+pub fn socket_path(docker_host: &str) -> &str {
+    docker_host.trim_start_matches("unix://")
 }
 
 /// The engine's data root (where images, containers and build cache live).

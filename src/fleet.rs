@@ -18,8 +18,8 @@ pub fn dir(shared_dir: &Path) -> PathBuf {
 
 /// The file one supervisor publishes: named by its runner-name prefix and host, the same
 /// pair that makes its runners' names its own.
-pub fn path(shared_dir: &Path, prefix: &str, host: &str) -> PathBuf {
-    dir(shared_dir).join(format!("{prefix}-{host}.json"))
+pub fn path(shared_dir: &Path, prefix: &str, hostname: &str) -> PathBuf {
+    dir(shared_dir).join(format!("{prefix}-{hostname}.json"))
 }
 
 /// One supervisor as the fleet sees it.
@@ -28,7 +28,7 @@ pub struct Member {
     /// The file name without `.json`.
     pub name: String,
     /// The host part of its runner names (a container's hostname).
-    pub host: String,
+    pub hostname: String,
     /// Start of each job running now.
     pub jobs: Vec<DateTime<Utc>>,
     /// Whether the file is being refreshed by a running supervisor.
@@ -43,7 +43,7 @@ impl Member {
         let live = s.mode != "stopped" && age <= HEARTBEAT * 3;
         Member {
             name,
-            host: s.host.clone(),
+            hostname: s.hostname.clone(),
             jobs: s
                 .slots
                 .iter()
@@ -105,7 +105,7 @@ mod tests {
     fn status(mode: &str, age_s: i64, states: &[(&str, i64)], now: DateTime<Utc>) -> StatusFile {
         StatusFile {
             pid: 1,
-            host: "runner-1".into(),
+            hostname: "runner-1".into(),
             started_at: now,
             updated_at: now - chrono::Duration::seconds(age_s),
             health: Health::Ok,
@@ -173,7 +173,7 @@ mod tests {
         let m = read(tmp.path(), now);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].name, "r1-runner-1");
-        assert_eq!(m[0].host, "runner-1");
+        assert_eq!(m[0].hostname, "runner-1");
         assert!(busy(&m).is_some());
         assert!(read(&tmp.path().join("absent"), now).is_empty());
     }

@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`cli`] parses the command line; [`cmd`] has one handler per subcommand.
 //! - [`config`] resolves defaults, the TOML file, the environment and flags.
-//! - [`github`] is the REST client; [`keepalive`] reads socket options back.
+//! - [`github`] is the REST client.
 //! - [`supervisor`] runs the slots ([`slot`]), each driving a listener ([`runner`]).
 //! - [`status`] is the shared status and the file `supervisor health` reads.
 //! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
@@ -15,10 +15,11 @@
 //!   `recycle`); [`metrics`] renders Prometheus metrics; [`sdnotify`] speaks systemd's
 //!   notify protocol.
 //! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
-//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`]) and
+//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`], which
+//!   also reads keepalive back on our own) and
 //!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
 //!   [`clocks`] reads the clocks;
-//!   [`clock`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
+//!   [`clockwatch`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
 //!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
 //!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
 //!   one pruner per engine, aware of every runner's job through the [`fleet`];
@@ -30,8 +31,8 @@
 pub mod autoheal;
 pub mod cause;
 pub mod cli;
-pub mod clock;
 pub mod clocks;
+pub mod clockwatch;
 pub mod cmd;
 pub mod config;
 pub mod connwatch;
@@ -42,7 +43,6 @@ pub mod docker;
 pub mod fleet;
 pub mod github;
 pub mod host;
-pub mod keepalive;
 pub mod layout;
 pub mod metrics;
 pub mod naming;

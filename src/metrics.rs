@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::status::{Board, Health, SlotState};
+use crate::status::{Board, Counts, Health, SlotState, Stats, StatusFile};
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -76,13 +76,24 @@ const STATES: [SlotState; 11] = [
     SlotState::Stopped,
 ];
 
-/// One scrape.
+/// One scrape. The metrics appear in the order they are registered here.
 pub fn render(board: &Board) -> String {
     let snap = board.snapshot();
-    let c = &snap.counts;
-    let st = &board.stats;
     let mut r = Registry::with_prefix("runner_supervisor");
+    build_info(&mut r, &snap);
+    jobs(&mut r, &snap.counts, &board.stats);
+    listeners_and_slots(&mut r, &snap);
+    registrations(&mut r, &snap.counts);
+    health(&mut r, &snap);
+    github(&mut r, board, &snap);
+    disk(&mut r, &snap);
+    let mut out = String::new();
+    let _ = prometheus_text::encode(&mut out, &r);
+    out
+}
 
+/// `build_info`: the supervisor's version and the runner's.
+fn build_info(r: &mut Registry, snap: &StatusFile) {
     let info = Family::<Labels, Gauge>::default();
     info.get_or_create(&vec![
         ("version".into(), snap.version.clone()),
@@ -97,7 +108,10 @@ pub fn render(board: &Board) -> String {
         "The supervisor's version and the runner's, as labels",
         info,
     );
+}
 
+/// Jobs by result, their duration, and the turnaround to the next listener.
+fn jobs(r: &mut Registry, c: &Counts, st: &Stats) {
     let mut results: Vec<(&str, u64)> = c
         .job_results
         .iter()
@@ -121,6 +135,11 @@ pub fn render(board: &Board) -> String {
         Unit::Seconds,
         st.turnaround.clone(),
     );
+}
+
+/// Listeners started and how they exited, watchdog fires, breakers, and slots by state.
+fn listeners_and_slots(r: &mut Registry, snap: &StatusFile) {
+    let c = &snap.counts;
     r.register(
         "listeners_started",
         "Runner.Listener processes started",
@@ -172,6 +191,10 @@ pub fn render(board: &Board) -> String {
         "Slots by state: idle (listening), busy, backoff, paused, breaker_open, clock_fault...",
         slots,
     );
+}
+
+/// Registrations made, deleted, and reaped at start.
+fn registrations(r: &mut Registry, c: &Counts) {
     r.register(
         "registrations",
         "Runner registrations made (JIT or token)",
@@ -187,6 +210,10 @@ pub fn render(board: &Board) -> String {
         "Offline runners of this host left by an earlier run, deleted at start",
         counter(c.ghosts_reaped),
     );
+}
+
+/// Health, and the clock and token facts behind it.
+fn health(r: &mut Registry, snap: &StatusFile) {
     let health = Gauge::<i64>::default();
     health.set(match snap.health {
         Health::Ok => 0,
@@ -209,6 +236,10 @@ pub fn render(board: &Board) -> String {
             fgauge(e.timestamp() as f64),
         );
     }
+}
+
+/// GitHub API requests and the rate limit.
+fn github(r: &mut Registry, board: &Board, snap: &StatusFile) {
     let api = Family::<Labels, Counter>::default();
     if let Some(a) = board.api_stats() {
         for ((endpoint, status), n) in a.by_endpoint() {
@@ -241,6 +272,10 @@ pub fn render(board: &Board) -> String {
             fgauge(rl.reset as f64),
         );
     }
+}
+
+/// Free space and what prunes reclaimed.
+fn disk(r: &mut Registry, snap: &StatusFile) {
     if let Some(f) = snap.system.disk.free_bytes {
         r.register_with_unit(
             "disk_free",
@@ -255,9 +290,6 @@ pub fn render(board: &Board) -> String {
         Unit::Bytes,
         counter(snap.system.disk.pruned_bytes),
     );
-    let mut out = String::new();
-    let _ = prometheus_text::encode(&mut out, &r);
-    out
 }
 
 /// Count scrapes (for the log line at the first one).

@@ -35,23 +35,23 @@ pub fn this_host() -> String {
 }
 
 /// A fresh JIT runner name.
-pub fn jit_name(prefix: &str, host: &str, slot: usize) -> String {
+pub fn jit_name(prefix: &str, hostname: &str, slot: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
     let suffix: String = (0..SUFFIX_LEN)
         .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
         .collect();
-    format!("{prefix}-{host}-{slot}-{suffix}")
+    format!("{prefix}-{hostname}-{slot}-{suffix}")
 }
 
 /// The fixed name of a slot in registration-token mode.
-pub fn fixed_name(prefix: &str, host: &str, slot: usize) -> String {
-    format!("{prefix}-{host}-{slot}")
+pub fn fixed_name(prefix: &str, hostname: &str, slot: usize) -> String {
+    format!("{prefix}-{hostname}-{slot}")
 }
 
 /// Whether `name` is one of ours (this prefix, this host, any slot).
-pub fn is_ours(name: &str, prefix: &str, host: &str) -> bool {
-    let Some(rest) = name.strip_prefix(&format!("{prefix}-{host}-")) else {
+pub fn is_ours(name: &str, prefix: &str, hostname: &str) -> bool {
+    let Some(rest) = name.strip_prefix(&format!("{prefix}-{hostname}-")) else {
         return false;
     };
     let (slot, suffix) = match rest.split_once('-') {

@@ -299,9 +299,9 @@ pub fn check_listener_keepalive(cfg: &Config) -> Check {
 pub async fn check_time(cfg: &Config) -> Vec<Check> {
     let mut out = vec![];
     let c = &cfg.clock;
-    let watch = crate::clock::watches_chronyd(c.chronyc);
+    let watch = crate::clockwatch::watches_chronyd(c.chronyc);
     if watch {
-        match crate::clock::tracking(&c.chronyc_address).await {
+        match crate::clockwatch::tracking(&c.chronyc_address).await {
             Ok(t) if t.synchronised() => out.push(Check::ok("chronyd", format!("synchronised (stratum {}, last offset {:+.6}s)", t.stratum, t.last_offset))),
             Ok(t) => out.push(Check::bad("chronyd", Level::Warn, format!("running, not synchronised (leap status {})", t.leap), "check chronyd's sources: chronyc sources")),
             Err(e) => out.push(Check::bad("chronyd", Level::Fail, format!("not reachable at {}: {e}", c.chronyc_address), "start chronyd, check its configuration with `chronyd -p`, or set clock.chronyc = \"off\"")),
@@ -309,7 +309,7 @@ pub async fn check_time(cfg: &Config) -> Vec<Check> {
     }
     let mut measured = false;
     for server in &c.ntp_servers {
-        match crate::clock::sntp(
+        match crate::clockwatch::sntp(
             server,
             &crate::clocks::SystemClocks,
             std::time::Duration::from_secs(3),

@@ -60,6 +60,37 @@ pub fn summary(s: &StatusFile) -> String {
     line
 }
 
+/// Tell systemd READY with the first status line; the watchdog interval, if systemd set
+/// one.
+fn ready(board: &Board) -> (String, Option<Duration>) {
+    let last = summary(&board.snapshot());
+    send(&[NotifyState::Ready, NotifyState::Status(&last)]);
+    tracing::info!(event = "systemd_ready", "told systemd: READY=1");
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(w) = watchdog {
+        tracing::info!(
+            event = "systemd_watchdog",
+            watchdog_ms = w.as_millis() as u64,
+            "systemd watchdog on: pinging at half the interval"
+        );
+    }
+    (last, watchdog)
+}
+
+/// Debug builds: block the runtime's thread for good once `stall_at` has passed, as a
+/// hung supervisor would ([`TEST_STALL_ENV`]).
+#[cfg(debug_assertions)]
+fn stall_if_due(stall_at: Option<tokio::time::Instant>) {
+    if stall_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+        tracing::warn!(
+            event = "test_stall",
+            "{TEST_STALL_ENV}: blocking the runtime's thread (test build)"
+        );
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_secs(24 * 3600));
+    }
+}
+
 /// Tell systemd the slots are started, then keep it informed until cancelled.
 pub async fn run(
     board: Arc<Board>,
@@ -71,17 +102,7 @@ pub async fn run(
         return;
     }
     let mut changes = board.subscribe();
-    let mut last = summary(&board.snapshot());
-    send(&[NotifyState::Ready, NotifyState::Status(&last)]);
-    tracing::info!(event = "systemd_ready", "told systemd: READY=1");
-    let watchdog = sd_notify::watchdog_enabled();
-    if let Some(w) = watchdog {
-        tracing::info!(
-            event = "systemd_watchdog",
-            watchdog_ms = w.as_millis() as u64,
-            "systemd watchdog on: pinging at half the interval"
-        );
-    }
+    let (mut last, watchdog) = ready(&board);
     let mut stopping_sent = false;
     let mut drain_ends: Option<tokio::time::Instant> = None;
     let mut next_extend: Option<tokio::time::Instant> = None;
@@ -94,14 +115,7 @@ pub async fn run(
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     loop {
         #[cfg(debug_assertions)]
-        if stall_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            tracing::warn!(
-                event = "test_stall",
-                "{TEST_STALL_ENV}: blocking the runtime's thread (test build)"
-            );
-            #[allow(clippy::disallowed_methods)]
-            std::thread::sleep(Duration::from_secs(24 * 3600));
-        }
+        stall_if_due(stall_at);
         if let Some(p) = ping {
             if tokio::time::Instant::now() >= next_ping {
                 send(&[NotifyState::Watchdog]);

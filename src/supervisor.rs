@@ -1,10 +1,11 @@
-//! The supervisor: prepare the state directory, reap this host's ghost runners, run every
-//! slot, and return a summary once they have all stopped.
+//! The supervisor: prepare the state directory, reap this host's ghost runners, build the
+//! state slots and monitors share, spawn the monitors and every slot, and tear down once
+//! they have all stopped, returning the run's summary (`status::Summary`).
 //!
 //! It must not: exit the process, or delete a runner that is not this host's.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,110 +16,13 @@ use tokio_util::task::TaskTracker;
 use crate::clocks::Clocks;
 use crate::config::Config;
 use crate::github::{GithubClient, GithubError};
-use crate::host::Host;
-use crate::host::SlotCmd;
+use crate::host::{Host, SlotCmd, SlotCmds};
 use crate::layout;
 use crate::naming;
 use crate::shutdown::Mode;
 use crate::slot::{self, Shared};
 use crate::status::Board;
-
-/// What happened during a run: the exit summary, printed as text or as JSON.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub jobs_completed: u64,
-    /// Jobs whose listener ended mid-job.
-    pub jobs_lost: u64,
-    pub job_results: BTreeMap<String, u64>,
-    pub registrations: u64,
-    pub deregistrations: u64,
-    /// Registrations an earlier run left in `deletions.json` for this one.
-    pub deletions_inherited: u64,
-    /// Registrations still to delete, left in `deletions.json` for the next start.
-    pub deletions_pending: u64,
-    pub ghosts_reaped: u64,
-    pub strays_stopped: u64,
-    pub listeners_started: u64,
-    pub session_conflicts: u64,
-    pub watchdog_fires: BTreeMap<String, u64>,
-    pub api_requests: u64,
-    pub exits: BTreeMap<String, u64>,
-}
-
-impl Summary {
-    /// Registrations GitHub removed by itself: the ephemeral ones whose listener exited
-    /// after its job (`job_done`).
-    pub fn removed_by_github(&self) -> u64 {
-        self.exits.get("job_done").copied().unwrap_or(0)
-    }
-
-    /// Registrations not accounted for: made (or inherited) but neither removed by GitHub,
-    /// deleted, nor left for the next start. 0 unless something was lost track of.
-    pub fn unaccounted(&self) -> i64 {
-        (self.registrations + self.deletions_inherited) as i64
-            - (self.removed_by_github() + self.deregistrations + self.deletions_pending) as i64
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let list = |m: &BTreeMap<String, u64>| {
-            if m.is_empty() {
-                "none".to_string()
-            } else {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }
-        };
-        let job_done = self.removed_by_github();
-        writeln!(f, "summary:")?;
-        writeln!(
-            f,
-            "  jobs completed      {} ({})",
-            self.jobs_completed,
-            list(&self.job_results)
-        )?;
-        writeln!(f, "  jobs lost           {}", self.jobs_lost)?;
-        writeln!(f, "  listeners started   {}", self.listeners_started)?;
-        writeln!(f, "  listener exits      {}", list(&self.exits))?;
-        if self.jobs_completed != job_done {
-            writeln!(
-                f,
-                "    note: {} jobs completed but {job_done} listeners exited job_done: {}",
-                self.jobs_completed,
-                if self.jobs_completed > job_done {
-                    "a listener that completed its job was stopped or failed before exiting by itself"
-                } else {
-                    "a listener exited job_done without printing its job's completion"
-                }
-            )?;
-        }
-        writeln!(f, "  registrations       {}", self.registrations)?;
-        writeln!(f, "  deregistrations     {}", self.deregistrations)?;
-        writeln!(f, "  ghosts reaped       {}", self.ghosts_reaped)?;
-        writeln!(f, "  strays stopped      {}", self.strays_stopped)?;
-        writeln!(f, "  session conflicts   {}", self.session_conflicts)?;
-        writeln!(f, "  watchdog fires      {}", list(&self.watchdog_fires))?;
-        writeln!(f, "  GitHub API requests {}", self.api_requests)?;
-        // Every registration is accounted for.
-        let inherited = if self.deletions_inherited > 0 {
-            format!(" (+ {} left by an earlier run)", self.deletions_inherited)
-        } else {
-            String::new()
-        };
-        write!(
-            f,
-            "  accounting          {} registrations{inherited} = {job_done} removed by GitHub after their job + {} deleted by the supervisor + {} left for the next start",
-            self.registrations, self.deregistrations, self.deletions_pending
-        )?;
-        if self.unaccounted() != 0 {
-            write!(f, " ({} unaccounted)", self.unaccounted())?;
-        }
-        writeln!(f)
-    }
-}
+pub use crate::status::Summary;
 
 /// Reads a variable of the supervisor's own environment.
 pub type EnvReader = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -127,8 +31,8 @@ pub type EnvReader = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct Deps {
     pub cfg: Arc<Config>,
     pub gh: GithubClient,
-    /// The host part of runner names.
-    pub host: String,
+    /// The host part of runner names (this machine's or container's hostname, cleaned).
+    pub hostname: String,
     /// Reads the supervisor's own environment (for the runner's allow-listed variables).
     pub outer_env: EnvReader,
     /// The clocks (tests simulate suspends and steps).
@@ -144,14 +48,14 @@ pub struct Deps {
 pub async fn reap_ghosts(
     gh: &GithubClient,
     prefix: &str,
-    host: &str,
+    hostname: &str,
     left: &BTreeMap<u64, String>,
 ) -> Result<(u64, Vec<(u64, String)>), GithubError> {
     let mut n = 0;
     let mut refused = vec![];
     for r in gh.list_runners(None).await? {
         let leftover = left.contains_key(&r.id);
-        if !(leftover || r.status == "offline" && naming::is_ours(&r.name, prefix, host)) {
+        if !(leftover || r.status == "offline" && naming::is_ours(&r.name, prefix, hostname)) {
             continue;
         }
         match gh.delete_runner(r.id).await {
@@ -174,12 +78,60 @@ pub async fn reap_ghosts(
 pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Result<Summary> {
     let mode = mode_tx.subscribe();
     let cfg = deps.cfg.clone();
+    let state = prepare_state_dir(&cfg).await?;
+    let endpoints = bind_endpoints(&cfg).await?;
+    let background = Background::new();
+    let board = start_board(&deps, &state.status_path, mode.clone(), &background);
+    board
+        .stats
+        .strays_stopped
+        .fetch_add(state.strays as u64, Ordering::Relaxed);
+    let requeue = reap_ghosts_at_start(&deps, &board, state.left).await;
+    let shared = build_shared(&deps, &board, state.roots, requeue);
+    let (slot_cmds, slot_cmd_rx): (SlotCmds, Vec<_>) = (0..cfg.runner.slots)
+        .map(|_| mpsc::unbounded_channel::<SlotCmd>())
+        .unzip();
+    serve_endpoints(endpoints, &shared, &mode_tx, &slot_cmds, &background);
+    spawn_monitors(&deps, &shared, &slot_cmds, &background).await;
+    let slots = TaskTracker::new();
+    for (i, rx) in slot_cmd_rx.into_iter().enumerate() {
+        slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
+    }
+    slots.close();
+    background.spawn(|stop| {
+        crate::sdnotify::run(
+            board.clone(),
+            mode.clone(),
+            cfg.runner.drain_timeout + cfg.runner.stop_grace,
+            stop,
+        )
+    });
+    slots.wait().await;
+    tear_down(&shared, background, &state.status_path).await;
+    Ok(board.summary())
+}
+
+/// The state directory, made ready for this run.
+struct PreparedState {
+    /// This run's status file (the last run's is removed).
+    status_path: PathBuf,
+    /// The slots' runner roots, rebuilt.
+    roots: Vec<PathBuf>,
+    /// Stray listeners stopped.
+    strays: usize,
+    /// Registrations an earlier run left in the slot roots (id → name).
+    left: BTreeMap<u64, String>,
+}
+
+/// Prepare the state directory: remove the last run's status, stop stray listeners, note
+/// the registrations the slot roots still name, and rebuild the roots.
+async fn prepare_state_dir(cfg: &Config) -> anyhow::Result<PreparedState> {
     let state = &cfg.state_dir;
     std::fs::create_dir_all(state).map_err(|e| {
         anyhow::anyhow!("cannot create the state directory {}: {e}", state.display())
     })?;
     // State from an earlier run (or container) is not this run's.
-    let status_path = state.join("status.json");
+    let status_path = status_path(state);
     let _ = std::fs::remove_file(&status_path);
     // Scenario 17: a stray listener from this install holds a session; stop it first (before
     // its files are relinked), so its runner goes offline and is reaped below.
@@ -194,16 +146,78 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     let roots = layout::prepare_slots(&cfg.runner.dir, state, cfg.runner.slots).map_err(|e| {
         anyhow::anyhow!("cannot prepare runner roots under {}: {e}", state.display())
     })?;
+    Ok(PreparedState {
+        status_path,
+        roots,
+        strays,
+        left,
+    })
+}
 
-    // The control socket first: a second supervisor (or a stale socket) is found now.
-    let control_listener = crate::control::bind(&cfg.control.socket)?;
-    let metrics_listener =
+/// Where the running supervisor is watched and controlled.
+struct Endpoints {
+    control: tokio::net::UnixListener,
+    /// Only with `[metrics] listen`.
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+/// Bind the control socket first: a second supervisor (or a stale socket) is found now;
+/// then the metrics port, if configured.
+async fn bind_endpoints(cfg: &Config) -> anyhow::Result<Endpoints> {
+    let control = crate::control::bind(&cfg.control.socket)?;
+    let metrics =
         match cfg.control.metrics_listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
                 anyhow::anyhow!("cannot serve metrics on {a} (metrics.listen): {e}")
             })?),
             None => None,
         };
+    Ok(Endpoints { control, metrics })
+}
+
+/// The tasks that run beside the slots: the status writer, the control socket and the
+/// metrics, the monitors, the deletion queue and systemd's notifier. They stop together,
+/// once every slot has stopped.
+struct Background {
+    tasks: TaskTracker,
+    /// Cancels every background task.
+    stop: CancellationToken,
+}
+
+impl Background {
+    fn new() -> Background {
+        Background {
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Spawn the task `task` makes from the token that stops it.
+    fn spawn<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.stop.clone()));
+    }
+
+    /// Stop every background task and wait for them to end.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// The board: what preflight learnt of the token, the fleet file it publishes to, its
+/// writer (a background task) and the mode it shows.
+fn start_board(
+    deps: &Deps,
+    status_path: &Path,
+    mode: watch::Receiver<Mode>,
+    background: &Background,
+) -> Arc<Board> {
+    let cfg = &deps.cfg;
+    let hostname = &deps.hostname;
     let board = Arc::new(Board::new(cfg.runner.slots, cfg.health.unhealthy_after));
     board.system(|s| {
         s.token_kind = Some(if deps.gh.app().is_some() {
@@ -216,30 +230,34 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     });
     // Host-wide work (the one pruner, autoheal) sees this supervisor's jobs in the fleet.
     board.publish_to(
-        &deps.host,
-        crate::fleet::path(&cfg.shared_dir, &cfg.runner.name_prefix, &deps.host),
+        hostname,
+        crate::fleet::path(&cfg.shared_dir, &cfg.runner.name_prefix, hostname),
     );
-    let tracker = TaskTracker::new();
-    let writer_cancel = CancellationToken::new();
     {
         let board = board.clone();
-        let gh = deps.gh.clone();
-        let path = status_path.clone();
-        let cancel = writer_cancel.clone();
-        tracker.spawn(async move {
-            let _ = gh;
-            board.run_writer(path, cancel).await
-        });
+        let path = status_path.to_path_buf();
+        background.spawn(|stop| async move { board.run_writer(path, stop).await });
     }
-    board.attach_mode(mode.clone());
-
+    board.attach_mode(mode);
     board
-        .stats
-        .strays_stopped
-        .fetch_add(strays as u64, Ordering::Relaxed);
-    // No registration of ours exists yet, so every offline runner of ours is a ghost, and
-    // so is every registration left in our slot roots.
-    let requeue = match reap_ghosts(&deps.gh, &cfg.runner.name_prefix, &deps.host, &left).await {
+}
+
+/// Reap the ghosts before any slot registers: no registration of ours exists yet, so
+/// every offline runner of ours is a ghost, and so is every registration left in our slot
+/// roots. Returns the left ones still to delete (all of them if GitHub cannot list).
+async fn reap_ghosts_at_start(
+    deps: &Deps,
+    board: &Board,
+    left: BTreeMap<u64, String>,
+) -> Vec<(u64, String)> {
+    match reap_ghosts(
+        &deps.gh,
+        &deps.cfg.runner.name_prefix,
+        &deps.hostname,
+        &left,
+    )
+    .await
+    {
         Ok((n, refused)) => {
             board.stats.ghosts_reaped.fetch_add(n, Ordering::Relaxed);
             refused
@@ -248,153 +266,137 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
             tracing::warn!(event = "ghost_list_failed", error = %e, "cannot list runners to reap ghosts; continuing");
             left.into_iter().collect()
         }
-    };
+    }
+}
 
+/// The state slots and monitors share: the `Host`, and the slots' `Shared` with its
+/// deletion queue, which takes the registrations `requeue` names (retried in the
+/// background, and counted as left by an earlier run).
+fn build_shared(
+    deps: &Deps,
+    board: &Arc<Board>,
+    roots: Vec<PathBuf>,
+    requeue: Vec<(u64, String)>,
+) -> Arc<Shared> {
     let host = Arc::new(Host::new(deps.clocks.clone()));
     let shared = Arc::new(Shared::new(
-        cfg.clone(),
+        deps.cfg.clone(),
         deps.gh.clone(),
-        deps.host.clone(),
+        deps.hostname.clone(),
         board.clone(),
         roots,
         &*deps.outer_env,
-        host.clone(),
+        host,
     ));
-    // What could not be deleted now is retried in the background (and counted as left by
-    // an earlier run).
     for (id, name) in requeue {
         shared.deletions.add(id, &name);
     }
-    {
-        let d = shared.deletions.clone();
-        board.attach(crate::status::Sources {
-            api: deps.gh.stats_handle(),
-            deletions_pending: Box::new(move || d.len() as u64),
-            deletions_inherited: shared.deletions.len() as u64,
-        });
-    }
-    let (cmd_tx, cmd_rx): (Vec<_>, Vec<_>) = (0..cfg.runner.slots)
-        .map(|_| mpsc::unbounded_channel::<SlotCmd>())
-        .unzip();
-    {
-        let api = Arc::new(Control {
-            shared: shared.clone(),
-            mode: mode_tx.clone(),
-            cmds: cmd_tx.clone(),
-        });
-        tracing::info!(event = "control_ready", socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
-        tracker.spawn(crate::control::serve_unix(
-            control_listener,
+    let queue = shared.deletions.clone();
+    board.attach(crate::status::Sources {
+        api: deps.gh.stats_handle(),
+        deletions_pending: Box::new(move || queue.len() as u64),
+        deletions_inherited: shared.deletions.len() as u64,
+    });
+    shared
+}
+
+/// Serve the control socket, and the metrics if bound.
+fn serve_endpoints(
+    endpoints: Endpoints,
+    shared: &Arc<Shared>,
+    mode_tx: &Arc<watch::Sender<Mode>>,
+    slot_cmds: &SlotCmds,
+    background: &Background,
+) {
+    let cfg = &shared.cfg;
+    let api = Arc::new(Control {
+        shared: shared.clone(),
+        mode: mode_tx.clone(),
+        cmds: slot_cmds.clone(),
+    });
+    tracing::info!(event = "control_ready", socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
+    background.spawn(|stop| {
+        crate::control::serve_unix(
+            endpoints.control,
             cfg.control.socket.clone(),
             crate::control::routes(api),
-            writer_cancel.clone(),
-        ));
-    }
-    if let Some(l) = metrics_listener {
+            stop,
+        )
+    });
+    if let Some(l) = endpoints.metrics {
         if let Ok(a) = l.local_addr() {
             tracing::info!(event = "metrics_ready", address = %a, "serving Prometheus metrics at /metrics");
         }
-        tracker.spawn(crate::control::serve_tcp(
-            l,
-            crate::metrics::handler(board.clone()),
-            writer_cancel.clone(),
-        ));
+        background.spawn(|stop| {
+            crate::control::serve_tcp(l, crate::metrics::handler(shared.board.clone()), stop)
+        });
     }
-    tracker.spawn(crate::offline::run(
-        cfg.clone(),
-        deps.gh.clone(),
-        host.clone(),
-        cmd_tx.clone(),
-        writer_cancel.clone(),
-    ));
-    tracker.spawn(crate::sleepwake::run(
-        host.clone(),
-        cmd_tx.clone(),
-        writer_cancel.clone(),
-    ));
-    tracker.spawn(crate::tokenwatch::run(
-        cfg.token.clone(),
-        deps.gh.clone(),
-        host.clone(),
-        board.clone(),
-        writer_cancel.clone(),
-    ));
-    if crate::disk::enabled(&cfg.disk) {
-        tracker.spawn(crate::disk::run(
-            cfg.disk.clone(),
-            cfg.shared_dir.clone(),
-            board.clone(),
-            writer_cancel.clone(),
-        ));
-    }
-    tracker.spawn(crate::connwatch::run(
-        cfg.clone(),
-        host.clone(),
-        board.clone(),
-        cmd_tx.clone(),
-        writer_cancel.clone(),
-    ));
-    tracker.spawn(crate::netwatch::run(
-        cfg.clone(),
-        board.clone(),
-        writer_cancel.clone(),
-    ));
-    // The clock monitor's first round gates the slots: no registration before the first
-    // measurement (a clock fault found now pauses them from the start).
-    let mut clock = crate::clock::Monitor::new(
-        cfg.clock.clone(),
-        deps.gh.clone(),
-        host.clone(),
-        board.clone(),
-    );
-    clock.round().await;
-    tracker.spawn(clock.run(writer_cancel.clone()));
-    {
-        let (q, gh, board, cancel) = (
-            shared.deletions.clone(),
-            deps.gh.clone(),
-            board.clone(),
-            writer_cancel.clone(),
-        );
-        tracker.spawn(async move { q.run(gh, &board, cancel).await });
-    }
-    let slots = TaskTracker::new();
-    for (i, rx) in cmd_rx.into_iter().enumerate() {
-        slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
-    }
-    slots.close();
-    tracker.spawn(crate::sdnotify::run(
-        board.clone(),
-        mode.clone(),
-        cfg.runner.drain_timeout + cfg.runner.stop_grace,
-        writer_cancel.clone(),
-    ));
-    slots.wait().await;
-    // What could not be deleted gets the rest of the stop budget; the rest waits in
-    // deletions.json for the next start.
-    shared.drain_deletions().await;
+}
 
-    writer_cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    board.write_final(&status_path);
-    let c = board.snapshot().counts;
-    Ok(Summary {
-        jobs_completed: c.jobs_completed,
-        jobs_lost: c.jobs_lost,
-        job_results: c.job_results,
-        registrations: c.registrations,
-        deregistrations: c.deregistrations,
-        deletions_inherited: board.deletions_inherited(),
-        deletions_pending: c.deletions_pending,
-        ghosts_reaped: c.ghosts_reaped,
-        strays_stopped: c.strays_stopped,
-        listeners_started: c.listeners_started,
-        session_conflicts: c.session_conflicts,
-        watchdog_fires: c.watchdog_fires,
-        api_requests: c.api_requests,
-        exits: c.listener_exits,
-    })
+/// Start the monitors and the deletion queue. The clock monitor's first round is awaited:
+/// it gates the slots (no registration before the first measurement; a clock fault found
+/// now pauses them from the start).
+async fn spawn_monitors(
+    deps: &Deps,
+    shared: &Arc<Shared>,
+    slot_cmds: &SlotCmds,
+    background: &Background,
+) {
+    let (cfg, gh, host, board) = (&deps.cfg, &deps.gh, &shared.host, &shared.board);
+    background.spawn(|stop| {
+        crate::offline::run(
+            cfg.clone(),
+            gh.clone(),
+            host.clone(),
+            slot_cmds.clone(),
+            stop,
+        )
+    });
+    background.spawn(|stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), stop));
+    background.spawn(|stop| {
+        crate::tokenwatch::run(
+            cfg.token.clone(),
+            gh.clone(),
+            host.clone(),
+            board.clone(),
+            stop,
+        )
+    });
+    if crate::disk::enabled(&cfg.disk) {
+        background.spawn(|stop| {
+            crate::disk::run(
+                cfg.disk.clone(),
+                cfg.shared_dir.clone(),
+                board.clone(),
+                stop,
+            )
+        });
+    }
+    background.spawn(|stop| {
+        crate::connwatch::run(
+            cfg.clone(),
+            host.clone(),
+            board.clone(),
+            slot_cmds.clone(),
+            stop,
+        )
+    });
+    background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    let mut clock =
+        crate::clockwatch::Monitor::new(cfg.clock.clone(), gh.clone(), host.clone(), board.clone());
+    clock.round().await;
+    background.spawn(|stop| clock.run(stop));
+    let (queue, gh, board) = (shared.deletions.clone(), gh.clone(), board.clone());
+    background.spawn(|stop| async move { queue.run(gh, &board, stop).await });
+}
+
+/// Once the slots have stopped: what could not be deleted gets the rest of the stop
+/// budget (the rest waits in deletions.json for the next start); then the background
+/// tasks stop, and the final status is written.
+async fn tear_down(shared: &Shared, background: Background, status_path: &Path) {
+    shared.drain_deletions().await;
+    background.stop().await;
+    shared.board.write_final(status_path);
 }
 
 /// What the control socket may do, over the slots' shared state.
@@ -437,7 +439,7 @@ impl crate::control::Api for Control {
             ));
         }
         let mut done = vec![];
-        for (i, _) in self.shared.hoststate.listening() {
+        for (i, _) in self.shared.host.listening() {
             if slot.is_none_or(|s| s == i) && self.cmds[i].send(SlotCmd::Recycle).is_ok() {
                 tracing::info!(
                     event = "recycle",
@@ -478,6 +480,6 @@ pub fn lock_state_dir(state: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// The status file of a state directory.
-pub fn status_path(state_dir: &Path) -> std::path::PathBuf {
+pub fn status_path(state_dir: &Path) -> PathBuf {
     state_dir.join("status.json")
 }

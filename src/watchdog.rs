@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::host::Cause;
+use crate::cause::Cause;
 use crate::runner::events::RunnerEvent;
 
 /// One listener's connect-error timer.
@@ -218,7 +218,7 @@ pub fn save(path: &Path, boot: &str, slots: &[Breaker]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::{attribute, Context};
+    use crate::cause::{attribute, Context};
 
     fn ev_err() -> RunnerEvent {
         RunnerEvent::ConnectError {

@@ -61,7 +61,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     // A GitHub App signs JWTs on GitHub's time: measure the clock before the first one.
     if gh.app().is_some() {
         for server in &cfg.clock.ntp_servers {
-            match crate::clock::sntp(
+            match crate::clockwatch::sntp(
                 server,
                 &crate::clocks::SystemClocks,
                 std::time::Duration::from_secs(3),
@@ -77,13 +77,13 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
             }
         }
     }
-    let host = naming::this_host();
+    let hostname = naming::this_host();
     tracing::info!(event = "starting",
         version = env!("CARGO_PKG_VERSION"),
         api = %cfg.github.api_url,
         scope = %gh.scope().web_path(),
         slots = cfg.runner.slots,
-        host = %host,
+        host = %hostname,
         "runner-supervisor starting"
     );
     // Preflight: problems are logged; the slots back off rather than crash-loop.
@@ -115,7 +115,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     let deps = Deps {
         cfg: cfg.clone(),
         gh,
-        host,
+        hostname,
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: Arc::new(crate::clocks::SystemClocks),
         token,

@@ -68,10 +68,11 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
     let board = Arc::new(Board::new(0, cfg.health.unhealthy_after));
     board.set_service(service.mode());
     let status_path = crate::supervisor::status_path(&cfg.state_dir);
-    let cancel = CancellationToken::new();
+    // Stops the service's work and its status writer.
+    let stop_service = CancellationToken::new();
     let writer = {
-        let (board, path, cancel) = (board.clone(), status_path.clone(), cancel.clone());
-        tokio::spawn(async move { board.run_writer(path, cancel).await })
+        let (board, path, stop) = (board.clone(), status_path.clone(), stop_service.clone());
+        tokio::spawn(async move { board.run_writer(path, stop).await })
     };
     tracing::info!(
         event = "starting",
@@ -84,14 +85,14 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
             cfg.disk.clone(),
             cfg.shared_dir.clone(),
             board.clone(),
-            cancel.clone(),
+            stop_service.clone(),
         )),
         Service::Autoheal => tokio::spawn(crate::autoheal::run(
             cfg.autoheal.clone(),
             cfg.disk.docker_host.clone(),
             cfg.shared_dir.clone(),
             board.clone(),
-            cancel.clone(),
+            stop_service.clone(),
         )),
     };
     let signal = shutdown::first_signal().await;
@@ -101,7 +102,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
         signal,
         "stopping"
     );
-    cancel.cancel();
+    stop_service.cancel();
     let _ = work.await;
     let _ = writer.await;
     board.write_final(&status_path);

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{CliInput, Purpose};
 use crate::control::{self, ClientError};
-use crate::status::{SlotStatus, StatusFile};
+use crate::status::{
+    ClockInfo, Dependency, DiskInfo, KeepaliveInfo, SlotStatus, StatusFile, TokenStatus,
+};
 
 /// What to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +205,11 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
         "supervisor {} (pid {}) on {}: mode {}, health {:?}, up {}\n",
         s.version,
         s.pid,
-        if s.host.is_empty() { "-" } else { &s.host },
+        if s.hostname.is_empty() {
+            "-"
+        } else {
+            &s.hostname
+        },
         s.mode,
         s.health,
         human(now - s.started_at)
@@ -215,87 +221,20 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
     for (i, slot) in s.slots.iter().enumerate() {
         out += &slot_block(i, slot, now);
     }
+    out += &host_block(s, now);
+    out
+}
+
+/// The host's lines: token, clock, disk, dependencies, keepalive, rate limit, and the
+/// counts so far.
+fn host_block(s: &StatusFile, now: DateTime<Utc>) -> String {
     let sys = &s.system;
-    out += "\nhost\n";
-    let token = match (sys.token.valid, sys.token.expires_at) {
-        (Some(false), _) => format!("REFUSED: {}", sys.token.error.as_deref().unwrap_or("401")),
-        (Some(true), Some(e)) => format!(
-            "valid, expires {} ({} days)",
-            e.format("%Y-%m-%d"),
-            (e - now).num_days()
-        ),
-        (Some(true), None) => "valid, no expiry".into(),
-        (None, _) => "not checked yet".into(),
-    };
-    out += &format!("  token         {token}\n");
-    let c = &sys.clock;
-    let clock = match c.offset_s {
-        Some(o) => format!("{o:+.3}s from {}", c.source.as_deref().unwrap_or("?")),
-        None => "not measured yet".into(),
-    };
-    out += &format!(
-        "  clock         {clock}; chronyd {}{}\n",
-        c.chronyd.as_deref().unwrap_or("not watched"),
-        c.fault
-            .as_deref()
-            .map(|f| format!("; FAULT: {f}"))
-            .unwrap_or_default()
-    );
-    let d = &sys.disk;
-    let disk = match d.free_bytes {
-        Some(b) => format!("{:.1} GB free", b as f64 / 1e9),
-        None => "not watched (no Docker engine, or [disk] prune = off)".into(),
-    };
-    out += &format!(
-        "  disk          {disk}{}{}\n",
-        d.pruner
-            .as_deref()
-            .map(|p| format!("; pruner {p}"))
-            .unwrap_or_default(),
-        d.last_prune
-            .as_deref()
-            .map(|p| format!("; last prune {p}"))
-            .unwrap_or_else(|| "; no prune yet".into())
-    );
-    let deps: Vec<String> = sys
-        .dependencies
-        .iter()
-        .map(|d| {
-            format!(
-                "{} {}",
-                d.address,
-                if d.reachable {
-                    "reachable"
-                } else {
-                    "UNREACHABLE"
-                }
-            )
-        })
-        .collect();
-    out += &format!(
-        "  dependencies  {}\n",
-        if deps.is_empty() {
-            "none configured".into()
-        } else {
-            deps.join(", ")
-        }
-    );
-    let refused = match (sys.keepalive.listeners_on, sys.keepalive.listeners_refused) {
-        (0, 0) => String::new(),
-        (on, refused) => format!("; listeners {on} on, {refused} refused"),
-    };
-    out += &format!(
-        "  keepalive     listener: {}{refused}{}\n",
-        sys.keepalive
-            .listener
-            .as_deref()
-            .unwrap_or("no listener yet"),
-        sys.keepalive
-            .sysctls
-            .as_deref()
-            .map(|k| format!("; sysctls {k}"))
-            .unwrap_or_default()
-    );
+    let mut out = "\nhost\n".to_string();
+    out += &format!("  token         {}\n", token_word(&sys.token, now));
+    out += &clock_line(&sys.clock);
+    out += &disk_line(&sys.disk);
+    out += &format!("  dependencies  {}\n", dependencies_word(&sys.dependencies));
+    out += &keepalive_line(&sys.keepalive);
     let rl = match &sys.rate_limit {
         Some(r) => format!(
             "{}/{} requests left, resets in {}",
@@ -312,4 +251,92 @@ pub fn render(s: &StatusFile, now: DateTime<Utc>) -> String {
         k.jobs_completed, k.jobs_lost, k.listeners_started, k.api_requests
     );
     out
+}
+
+/// The token: refused, valid until, or not checked yet.
+fn token_word(t: &TokenStatus, now: DateTime<Utc>) -> String {
+    match (t.valid, t.expires_at) {
+        (Some(false), _) => format!("REFUSED: {}", t.error.as_deref().unwrap_or("401")),
+        (Some(true), Some(e)) => format!(
+            "valid, expires {} ({} days)",
+            e.format("%Y-%m-%d"),
+            (e - now).num_days()
+        ),
+        (Some(true), None) => "valid, no expiry".into(),
+        (None, _) => "not checked yet".into(),
+    }
+}
+
+/// The clock's line: its offset, chronyd, and a fault.
+fn clock_line(c: &ClockInfo) -> String {
+    let clock = match c.offset_s {
+        Some(o) => format!("{o:+.3}s from {}", c.source.as_deref().unwrap_or("?")),
+        None => "not measured yet".into(),
+    };
+    format!(
+        "  clock         {clock}; chronyd {}{}\n",
+        c.chronyd.as_deref().unwrap_or("not watched"),
+        c.fault
+            .as_deref()
+            .map(|f| format!("; FAULT: {f}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The disk's line: free space, the pruner, the last prune.
+fn disk_line(d: &DiskInfo) -> String {
+    let disk = match d.free_bytes {
+        Some(b) => format!("{:.1} GB free", b as f64 / 1e9),
+        None => "not watched (no Docker engine, or [disk] prune = off)".into(),
+    };
+    format!(
+        "  disk          {disk}{}{}\n",
+        d.pruner
+            .as_deref()
+            .map(|p| format!("; pruner {p}"))
+            .unwrap_or_default(),
+        d.last_prune
+            .as_deref()
+            .map(|p| format!("; last prune {p}"))
+            .unwrap_or_else(|| "; no prune yet".into())
+    )
+}
+
+/// Each dependency and whether it is reachable.
+fn dependencies_word(deps: &[Dependency]) -> String {
+    let deps: Vec<String> = deps
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d.address,
+                if d.reachable {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                }
+            )
+        })
+        .collect();
+    if deps.is_empty() {
+        "none configured".into()
+    } else {
+        deps.join(", ")
+    }
+}
+
+/// The host's keepalive line: the listeners' summary and counts, and the sysctls.
+fn keepalive_line(k: &KeepaliveInfo) -> String {
+    let refused = match (k.listeners_on, k.listeners_refused) {
+        (0, 0) => String::new(),
+        (on, refused) => format!("; listeners {on} on, {refused} refused"),
+    };
+    format!(
+        "  keepalive     listener: {}{refused}{}\n",
+        k.listener.as_deref().unwrap_or("no listener yet"),
+        k.sysctls
+            .as_deref()
+            .map(|k| format!("; sysctls {k}"))
+            .unwrap_or_default()
+    )
 }

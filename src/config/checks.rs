@@ -63,8 +63,8 @@ pub(crate) fn check_url(u: &str) -> Result<(), String> {
         .ok_or_else(|| {
             format!("{u:?} must start with https:// (or http:// for a local test server)")
         })?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    let hostname = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if hostname.is_empty() || hostname.contains(char::is_whitespace) {
         return Err(format!("{u:?} has no host"));
     }
     Ok(())

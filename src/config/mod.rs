@@ -1,5 +1,10 @@
 //! Configuration: defaults < TOML file < environment < CLI flags, validated in one pass.
 //!
+//! Layout: `keys.rs` declares every key; `value.rs` is what a key and a value are;
+//! `source.rs` the layers (one function each) and where each value came from; `file.rs`
+//! the TOML file; `build/` the typed config, one function per section; `checks.rs`
+//! checks of single values; `types.rs` what the rest of the supervisor reads.
+//!
 //! Every key is declared once in [`KEYS`]; that table gives its type, default, bounds,
 //! environment names and documentation, so the TOML reader, the env reader, the
 //! `--set` flag and `supervisor config` can never disagree.
@@ -7,21 +12,24 @@
 //! It must not: perform network calls or start anything.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 mod build;
 mod checks;
 mod example;
+mod file;
 mod keys;
 mod source;
 mod types;
+mod value;
 
 pub(crate) use build::*;
 pub use checks::*;
 pub use example::*;
+pub use file::*;
 pub use keys::KEYS;
 pub use source::*;
 pub use types::*;
+pub use value::*;
 
 impl Config {
     /// Resolve defaults, the file, the environment and the flags into a validated config.
@@ -40,135 +48,14 @@ impl Config {
         purpose: Purpose,
     ) -> (Result<Config, ConfigErrors>, BTreeMap<&'static str, u32>) {
         let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        let mut layered: Layered = BTreeMap::new();
-        for k in KEYS {
-            if let Some(d) = k.default {
-                let v = parse_str(k.kind, d).expect("defaults parse");
-                layered.insert(k.dotted().to_string(), (v, Source::Default));
-            }
-        }
-
-        // The file: --config, else SUPERVISOR_CONFIG.
-        let file = cli.config_path.clone().or_else(|| {
-            env.get("SUPERVISOR_CONFIG")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        });
+        let mut layered = defaults();
+        let file = config_file(env, cli);
         if let Some(path) = &file {
-            match read_bounded(path, MAX_CONFIG_FILE) {
-                Ok(text) => read_file(path, &text, &mut layered, &mut errors),
-                Err(e) => errors.push(ConfigError {
-                    key: "config file".into(),
-                    source: Some(path.display().to_string()),
-                    message: e,
-                }),
-            }
+            layer_file(path, &mut layered, &mut errors);
         }
-
-        // The environment: aliases first, the generic name last (it wins).
-        for k in KEYS {
-            let names = k
-                .aliases
-                .iter()
-                .map(|a| a.to_string())
-                .chain([k.env_name()]);
-            let mut first: Option<(String, String)> = None;
-            for name in names {
-                // An empty variable for a file or a number without a default means unset
-                // (compose's `VAR: ""`, an `Environment=VAR=` in a unit).
-                let unset_if_empty =
-                    k.default.is_none() && matches!(k.kind, Kind::Path | Kind::Int { .. });
-                if let Some(raw) = env
-                    .get(&name)
-                    .filter(|v| !(unset_if_empty && v.trim().is_empty()))
-                {
-                    if let Some((other, value)) = &first {
-                        if value.trim() != raw.trim() {
-                            let shown = |v: &str| {
-                                if matches!(k.kind, Kind::Secret) {
-                                    "<redacted>".to_string()
-                                } else {
-                                    v.to_string()
-                                }
-                            };
-                            warnings.push(format!(
-                                "{other}={} and {name}={} both set {}; {name} wins",
-                                shown(value),
-                                shown(&raw),
-                                k.dotted()
-                            ));
-                        }
-                    } else {
-                        first = Some((name.clone(), raw.clone()));
-                    }
-                    match parse_str(k.kind, &raw) {
-                        Ok(v) => {
-                            layered.insert(k.dotted().to_string(), (v, Source::Env(name)));
-                        }
-                        Err(m) => errors.push(ConfigError {
-                            key: k.dotted().to_string(),
-                            source: Some(format!("env {name}")),
-                            message: m,
-                        }),
-                    }
-                }
-            }
-        }
-        for name in env.names() {
-            if name.starts_with("SUPERVISOR_")
-                && !OTHER_ENV.contains(&name.as_str())
-                && !KEYS
-                    .iter()
-                    .any(|k| k.env_name() == name || k.aliases.contains(&name.as_str()))
-            {
-                let names: Vec<String> = KEYS
-                    .iter()
-                    .flat_map(|k| {
-                        k.aliases
-                            .iter()
-                            .map(|a| a.to_string())
-                            .chain([k.env_name()])
-                    })
-                    .chain(OTHER_ENV.iter().map(|s| s.to_string()))
-                    .collect();
-                let hint = did_you_mean(&name, names.iter().map(String::as_str))
-                    .map(|k| format!("did you mean {k}? "))
-                    .unwrap_or_default();
-                errors.push(ConfigError {
-                    key: name.clone(),
-                    source: Some("environment".into()),
-                    message: format!("unknown SUPERVISOR_ variable; {hint}names are SUPERVISOR_<SECTION>_<KEY>, see `supervisor config`"),
-                });
-            }
-        }
-
-        // The command line.
-        for (flag, dotted, raw) in &cli.sets {
-            let Some(k) = spec(dotted) else {
-                let all: Vec<&str> = KEYS.iter().map(|k| k.dotted()).collect();
-                let hint = did_you_mean(dotted, all.iter().copied())
-                    .map(|k| format!("did you mean {k}? "))
-                    .unwrap_or_default();
-                errors.push(ConfigError {
-                    key: dotted.clone(),
-                    source: Some(format!("flag {flag}")),
-                    message: format!("unknown key; {hint}see `supervisor config` for the list"),
-                });
-                continue;
-            };
-            match parse_str(k.kind, raw) {
-                Ok(v) => {
-                    layered.insert(dotted.clone(), (v, Source::Cli(flag.clone())));
-                }
-                Err(m) => errors.push(ConfigError {
-                    key: dotted.clone(),
-                    source: Some(format!("flag {flag}")),
-                    message: m,
-                }),
-            }
-        }
-
+        let warnings = layer_env(env, &mut layered, &mut errors);
+        reject_unknown_env(env, &mut errors);
+        layer_flags(&cli.sets, &mut layered, &mut errors);
         let (cfg, reads) = build(&layered, env, purpose, file, &mut errors);
         let result = if errors.is_empty() {
             let mut cfg = cfg.expect("no errors means a config");
@@ -227,7 +114,7 @@ mod tests {
             );
         }
     }
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -1,10 +1,9 @@
-//! The sources of values and their parsing: the environment (a trait, a map in tests),
-//! the TOML file (with line and column for every problem), strings from env and flags.
+//! The sources of values and their layering: defaults < the TOML file < the environment
+//! (a trait, a map in tests) < flags, each value recorded with where it came from.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::*;
 
@@ -36,183 +35,6 @@ impl Env for BTreeMap<String, String> {
     }
     fn names(&self) -> Vec<String> {
         self.keys().cloned().collect()
-    }
-}
-
-/// The type of a key, with its bounds.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    Str,
-    Secret,
-    Path,
-    Url,
-    Bool,
-    /// An integer in `[min, max]`.
-    Int {
-        min: u64,
-        max: u64,
-    },
-    /// A duration in `[min, max]`; human forms like `90s`, `15m`, `6h`, or bare seconds.
-    Duration {
-        min: Duration,
-        max: Duration,
-    },
-    /// A list of strings: a TOML array, or comma-separated in env and flags.
-    List,
-    /// A table of string to string: a TOML inline table, or `K=V,K=V` in env and flags.
-    Map,
-    /// One of these words.
-    Enum(&'static [&'static str]),
-}
-
-/// A key's declaration with the Rust type its value is read as (see `keys.rs`).
-pub struct Key<T> {
-    pub spec: KeySpec,
-    _type: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T> Key<T> {
-    /// Declare a key.
-    pub const fn new(spec: KeySpec) -> Key<T> {
-        Key {
-            spec,
-            _type: std::marker::PhantomData,
-        }
-    }
-
-    /// `section.key`.
-    pub const fn name(&self) -> &'static str {
-        self.spec.dotted
-    }
-}
-
-/// A type a key's value is read as. `None` means the value is missing or of another type.
-pub trait FromValue: Sized {
-    fn from_value(v: Option<&Value>) -> Option<Self>;
-}
-
-impl FromValue for String {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::Str(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for PathBuf {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        String::from_value(v).map(PathBuf::from)
-    }
-}
-
-impl FromValue for Secret {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        String::from_value(v).map(Secret)
-    }
-}
-
-impl FromValue for u64 {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::Int(n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for bool {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for Duration {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::Duration(d) => Some(*d),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for Vec<String> {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::List(l) => Some(l.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for BTreeMap<String, String> {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v? {
-            Value::Map(m) => Some(m.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// An optional key: unset is `None`, never a made-up value.
-impl<T: FromValue> FromValue for Option<T> {
-    fn from_value(v: Option<&Value>) -> Option<Self> {
-        match v {
-            None => Some(None),
-            Some(_) => T::from_value(v).map(Some),
-        }
-    }
-}
-
-/// Enum keys: the declaration's words, parsed into the enum.
-macro_rules! from_words {
-    ($t:ty { $($word:literal => $v:expr),* $(,)? }) => {
-        impl FromValue for $t {
-            fn from_value(v: Option<&Value>) -> Option<Self> {
-                match String::from_value(v)?.as_str() {
-                    $($word => Some($v),)*
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-
-from_words!(ListenerKeepalive { "auto" => ListenerKeepalive::Auto, "off" => ListenerKeepalive::Off });
-from_words!(Toggle { "auto" => Toggle::Auto, "on" => Toggle::On, "off" => Toggle::Off });
-from_words!(RegistrationMode { "auto" => RegistrationMode::Auto, "jit" => RegistrationMode::Jit, "token" => RegistrationMode::Token });
-from_words!(ChronycMode { "auto" => ChronycMode::Auto, "required" => ChronycMode::Required, "off" => ChronycMode::Off });
-from_words!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
-
-/// The declaration of one key.
-pub struct KeySpec {
-    pub section: &'static str,
-    pub key: &'static str,
-    /// `section.key` (made by the `keys!` macro from the two, never written by hand).
-    pub dotted: &'static str,
-    pub kind: Kind,
-    /// The default in the string form the env would use; `None` means unset.
-    pub default: Option<&'static str>,
-    /// Extra environment names (ghostrunner's, and short forms), before the generic one.
-    pub aliases: &'static [&'static str],
-    pub doc: &'static str,
-}
-
-impl KeySpec {
-    /// `section.key`.
-    pub fn dotted(&self) -> &'static str {
-        self.dotted
-    }
-    /// `SUPERVISOR_<SECTION>_<KEY>`.
-    pub fn env_name(&self) -> String {
-        format!(
-            "SUPERVISOR_{}_{}",
-            self.section.to_ascii_uppercase(),
-            self.key.to_ascii_uppercase()
-        )
     }
 }
 
@@ -256,300 +78,167 @@ impl fmt::Display for Source {
     }
 }
 
-/// A parsed value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(String),
-    Bool(bool),
-    Int(u64),
-    Duration(Duration),
-    List(Vec<String>),
-    Map(BTreeMap<String, String>),
-}
-
-impl Value {
-    pub(crate) fn display(&self, secret: bool) -> String {
-        if secret {
-            return "<redacted>".into();
-        }
-        match self {
-            Value::Str(s) => s.clone(),
-            Value::Bool(b) => b.to_string(),
-            Value::Int(i) => i.to_string(),
-            Value::Duration(d) => humantime::format_duration(*d).to_string(),
-            Value::List(l) => l.join(","),
-            Value::Map(m) => m
-                .keys()
-                .map(|k| format!("{k}=<set>"))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-}
-
+/// Every key set so far, with its value and where it came from.
 pub(crate) type Layered = BTreeMap<String, (Value, Source)>;
 
-pub(crate) fn spec(dotted: &str) -> Option<&'static KeySpec> {
-    KEYS.iter().copied().find(|k| k.dotted() == dotted)
+/// The first layer: every key's default.
+pub(crate) fn defaults() -> Layered {
+    let mut layered = Layered::new();
+    for k in KEYS {
+        if let Some(d) = k.default {
+            let v = parse_str(k.kind, d).expect("defaults parse");
+            layered.insert(k.dotted().to_string(), (v, Source::Default));
+        }
+    }
+    layered
 }
 
-/// Parse a string (from env, flags or defaults) as `kind`.
-pub(crate) fn parse_str(kind: Kind, s: &str) -> Result<Value, String> {
-    match kind {
-        Kind::Str | Kind::Secret | Kind::Path | Kind::Url => Ok(Value::Str(s.to_string())),
-        Kind::Bool => match s.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(Value::Bool(true)),
-            "0" | "false" | "no" | "off" => Ok(Value::Bool(false)),
-            _ => Err(format!("expected true or false, got {s:?}")),
-        },
-        Kind::Int { .. } => {
-            let t = s.trim();
-            if t.starts_with('-') {
-                return Err(format!("must not be negative, got {t}"));
-            }
-            t.parse::<u64>()
-                .map(Value::Int)
-                .map_err(|_| format!("expected a whole number, got {s:?}"))
-        }
-        Kind::Duration { .. } => parse_duration(s).map(Value::Duration),
-        Kind::List => Ok(Value::List(
-            s.split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect(),
-        )),
-        Kind::Map => {
-            let mut m = BTreeMap::new();
-            for pair in s.split(',').filter(|p| !p.trim().is_empty()) {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("expected NAME=value pairs, got {pair:?}"))?;
-                m.insert(k.trim().to_string(), v.to_string());
-            }
-            Ok(Value::Map(m))
-        }
-        Kind::Enum(words) => {
-            let t = s.trim().to_ascii_lowercase();
-            if words.contains(&t.as_str()) {
-                Ok(Value::Str(t))
-            } else {
-                Err(format!("expected one of {}, got {s:?}", words.join(", ")))
-            }
-        }
+/// The configuration file: `--config`, else `SUPERVISOR_CONFIG`.
+pub(crate) fn config_file(env: &dyn Env, cli: &CliInput) -> Option<PathBuf> {
+    cli.config_path.clone().or_else(|| {
+        env.get("SUPERVISOR_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// The file's layer, read bounded.
+pub(crate) fn layer_file(path: &Path, layered: &mut Layered, errors: &mut Vec<ConfigError>) {
+    match read_bounded(path, MAX_CONFIG_FILE) {
+        Ok(text) => read_file(path, &text, layered, errors),
+        Err(e) => errors.push(ConfigError {
+            key: "config file".into(),
+            source: Some(path.display().to_string()),
+            message: e,
+        }),
     }
 }
 
-/// `90s`, `15m`, `6h`, `1h 30m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.starts_with('-') {
-        return Err(format!("must not be negative, got {t:?}"));
-    }
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{t:?} is not a duration like 90s, 15m or 6h ({e})"))
-}
-
-/// Convert a TOML item to a value of `kind`.
-pub(crate) fn from_toml(kind: Kind, item: &toml_edit::Item) -> Result<Value, String> {
-    use toml_edit::Value as TV;
-    let v = item
-        .as_value()
-        .ok_or_else(|| "expected a value, found a table".to_string())?;
-    let type_name = |v: &TV| match v {
-        TV::String(_) => "a string",
-        TV::Integer(_) => "an integer",
-        TV::Float(_) => "a float",
-        TV::Boolean(_) => "a boolean",
-        TV::Datetime(_) => "a datetime",
-        TV::Array(_) => "an array",
-        TV::InlineTable(_) => "a table",
-    };
-    match (kind, v) {
-        (Kind::Str | Kind::Secret | Kind::Path | Kind::Url | Kind::Enum(_), TV::String(s)) => {
-            parse_str(kind, s.value())
-        }
-        (Kind::Bool, TV::Boolean(b)) => Ok(Value::Bool(*b.value())),
-        (Kind::Int { .. }, TV::Integer(i)) => {
-            let n = *i.value();
-            if n < 0 {
-                Err(format!("must not be negative, got {n}"))
-            } else {
-                Ok(Value::Int(n as u64))
-            }
-        }
-        (Kind::Duration { .. }, TV::String(s)) => parse_duration(s.value()).map(Value::Duration),
-        (Kind::Duration { .. }, TV::Integer(i)) => {
-            let n = *i.value();
-            if n < 0 {
-                Err(format!("must not be negative, got {n}"))
-            } else {
-                Ok(Value::Duration(Duration::from_secs(n as u64)))
-            }
-        }
-        (Kind::List, TV::Array(a)) => a
+/// The environment's layer: for each key its aliases first, the generic name last (it
+/// wins). Returns the warnings: two names of one key set to different values.
+pub(crate) fn layer_env(
+    env: &dyn Env,
+    layered: &mut Layered,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for k in KEYS {
+        let names = k
+            .aliases
             .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("expected an array of strings, found {}", type_name(x)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::List),
-        (Kind::Map, TV::InlineTable(t)) => t
-            .iter()
-            .map(|(k, x)| {
-                x.as_str()
-                    .map(|s| (k.to_string(), s.to_string()))
-                    .ok_or_else(|| format!("expected string values, {k} is {}", type_name(x)))
-            })
-            .collect::<Result<BTreeMap<_, _>, _>>()
-            .map(Value::Map),
-        (k, other) => Err(format!(
-            "expected {}, found {}",
-            match k {
-                Kind::Str | Kind::Secret | Kind::Path | Kind::Url | Kind::Enum(_) => "a string",
-                Kind::Bool => "a boolean",
-                Kind::Int { .. } => "an integer",
-                Kind::Duration { .. } => "a duration string like \"15m\" or seconds",
-                Kind::List => "an array of strings",
-                Kind::Map => "a table of strings",
-            },
-            type_name(other)
-        )),
-    }
-}
-
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
-/// Read the TOML file into layered values, collecting errors.
-pub(crate) fn read_file(path: &Path, text: &str, out: &mut Layered, errors: &mut Vec<ConfigError>) {
-    let doc = match toml_edit::ImDocument::parse(text.to_string()) {
-        Ok(d) => d,
-        Err(e) => {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            errors.push(ConfigError {
-                key: path.display().to_string(),
-                source: Some(format!("line {line}, column {col}")),
-                message: format!("malformed TOML: {}", e.message().trim()),
-            });
-            return;
-        }
-    };
-    for (section, item) in doc.as_table().iter() {
-        let pos = |span: Option<std::ops::Range<usize>>| {
-            span.map(|s| line_col(text, s.start)).unwrap_or((0, 0))
-        };
-        let Some(table) = item.as_table() else {
-            let (line, col) = pos(doc
-                .as_table()
-                .get_key_value(section)
-                .and_then(|(k, _)| k.span()));
-            errors.push(ConfigError {
-                key: section.to_string(),
-                source: Some(format!("{}:{line}:{col}", path.display())),
-                message: if KEYS.iter().any(|k| k.section == section) {
-                    format!("expected a [{section}] table")
-                } else {
-                    format!(
-                        "unknown key (top-level keys must be in a section: {})",
-                        sections().join(", ")
-                    )
-                },
-            });
-            continue;
-        };
-        if !KEYS.iter().any(|k| k.section == section) {
-            let (line, col) = pos(table.span());
-            errors.push(ConfigError {
-                key: format!("[{section}]"),
-                source: Some(format!("{}:{line}:{col}", path.display())),
-                message: format!(
-                    "unknown section; known sections are {}",
-                    sections().join(", ")
-                ),
-            });
-            continue;
-        }
-        for (key, value) in table.iter() {
-            let dotted = format!("{section}.{key}");
-            let kspan = table.get_key_value(key).and_then(|(k, _)| k.span());
-            let (line, col) = pos(kspan.or_else(|| value.span()));
-            let src = format!("{}:{line}:{col}", path.display());
-            let Some(sp) = spec(&dotted) else {
-                let known: Vec<&str> = KEYS
-                    .iter()
-                    .filter(|k| k.section == section)
-                    .map(|k| k.key)
-                    .collect();
-                let hint = did_you_mean(key, known.iter().copied())
-                    .map(|k| format!("did you mean {k}? "))
-                    .unwrap_or_default();
-                errors.push(ConfigError {
-                    key: dotted,
-                    source: Some(src),
-                    message: format!("unknown key; {hint}[{section}] has {}", known.join(", ")),
-                });
+            .map(|a| a.to_string())
+            .chain([k.env_name()]);
+        // An empty variable for a file or a number without a default means unset
+        // (compose's `VAR: ""`, an `Environment=VAR=` in a unit).
+        let unset_if_empty = k.default.is_none() && matches!(k.kind, Kind::Path | Kind::Int { .. });
+        let mut first: Option<(String, String)> = None;
+        for name in names {
+            let Some(raw) = env
+                .get(&name)
+                .filter(|v| !(unset_if_empty && v.trim().is_empty()))
+            else {
                 continue;
             };
-            match from_toml(sp.kind, value) {
+            match &first {
+                Some((other, value)) if value.trim() != raw.trim() => {
+                    warnings.push(two_names_warning(k, other, value, &name, &raw));
+                }
+                Some(_) => {}
+                None => first = Some((name.clone(), raw.clone())),
+            }
+            match parse_str(k.kind, &raw) {
                 Ok(v) => {
-                    out.insert(
-                        dotted,
-                        (
-                            v,
-                            Source::File {
-                                path: path.to_path_buf(),
-                                line,
-                            },
-                        ),
-                    );
+                    layered.insert(k.dotted().to_string(), (v, Source::Env(name)));
                 }
                 Err(m) => errors.push(ConfigError {
-                    key: dotted,
-                    source: Some(src),
+                    key: k.dotted().to_string(),
+                    source: Some(format!("env {name}")),
                     message: m,
                 }),
             }
         }
     }
+    warnings
 }
 
-pub(crate) fn sections() -> Vec<&'static str> {
-    let mut s: Vec<&str> = KEYS.iter().map(|k| k.section).collect();
-    s.dedup();
-    s
+/// `other` and `name` both set key `k`, to different values: `name` wins.
+fn two_names_warning(k: &KeySpec, other: &str, value: &str, name: &str, raw: &str) -> String {
+    let shown = |v: &str| {
+        if matches!(k.kind, Kind::Secret) {
+            "<redacted>".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    format!(
+        "{other}={} and {name}={} both set {}; {name} wins",
+        shown(value),
+        shown(raw),
+        k.dotted()
+    )
 }
 
-/// The largest configuration file read.
-pub(crate) const MAX_CONFIG_FILE: u64 = 1 << 20;
-/// The largest token file read (a token is at most a few hundred bytes).
-pub(crate) const MAX_TOKEN_FILE: u64 = 64 << 10;
-
-/// Read at most `limit` bytes of `path` as UTF-8: a device such as /dev/zero, or a file
-/// far too large, is an error rather than a hang.
-pub fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let mut buf = Vec::new();
-    f.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if buf.len() as u64 > limit {
-        return Err(format!(
-            "it is larger than {} KiB: not a file this setting can hold",
-            limit >> 10
-        ));
+/// A `SUPERVISOR_*` variable that names no key (a typo) is an error, with a suggestion.
+pub(crate) fn reject_unknown_env(env: &dyn Env, errors: &mut Vec<ConfigError>) {
+    let is_known = |name: &str| {
+        OTHER_ENV.contains(&name)
+            || KEYS
+                .iter()
+                .any(|k| k.env_name() == name || k.aliases.contains(&name))
+    };
+    for name in env.names() {
+        if !name.starts_with("SUPERVISOR_") || is_known(&name) {
+            continue;
+        }
+        let names: Vec<String> = KEYS
+            .iter()
+            .flat_map(|k| {
+                k.aliases
+                    .iter()
+                    .map(|a| a.to_string())
+                    .chain([k.env_name()])
+            })
+            .chain(OTHER_ENV.iter().map(|s| s.to_string()))
+            .collect();
+        let hint = did_you_mean(&name, names.iter().map(String::as_str))
+            .map(|k| format!("did you mean {k}? "))
+            .unwrap_or_default();
+        errors.push(ConfigError {
+            key: name.clone(),
+            source: Some("environment".into()),
+            message: format!("unknown SUPERVISOR_ variable; {hint}names are SUPERVISOR_<SECTION>_<KEY>, see `supervisor config`"),
+        });
     }
-    String::from_utf8(buf).map_err(|_| "it is not UTF-8 text".to_string())
+}
+
+/// The command line's layer: `(flag, section.key, value)` in order.
+pub(crate) fn layer_flags(
+    sets: &[(String, String, String)],
+    layered: &mut Layered,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (flag, dotted, raw) in sets {
+        let Some(k) = spec(dotted) else {
+            let all: Vec<&str> = KEYS.iter().map(|k| k.dotted()).collect();
+            let hint = did_you_mean(dotted, all.iter().copied())
+                .map(|k| format!("did you mean {k}? "))
+                .unwrap_or_default();
+            errors.push(ConfigError {
+                key: dotted.clone(),
+                source: Some(format!("flag {flag}")),
+                message: format!("unknown key; {hint}see `supervisor config` for the list"),
+            });
+            continue;
+        };
+        match parse_str(k.kind, raw) {
+            Ok(v) => {
+                layered.insert(dotted.clone(), (v, Source::Cli(flag.clone())));
+            }
+            Err(m) => errors.push(ConfigError {
+                key: dotted.clone(),
+                source: Some(format!("flag {flag}")),
+                message: m,
+            }),
+        }
+    }
 }

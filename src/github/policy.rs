@@ -78,3 +78,68 @@ pub fn parse_token_expiration(s: &str) -> Option<DateTime<Utc>> {
         .ok()
         .map(|d| d.with_timezone(&Utc))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::github::test_headers as headers;
+
+    #[test]
+    fn rate_limit_rules() {
+        let now = 1_000_000;
+        let check = |status, h: &[(&'static str, &str)], msg| {
+            rate_limit_wait(status, &headers(h), msg, now)
+        };
+        assert_eq!(
+            check(429, &[("retry-after", "7")], ""),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            check(403, &[("retry-after", "3")], ""),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            check(
+                403,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1000120")
+                ],
+                ""
+            ),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(check(429, &[], ""), Some(Duration::from_secs(60)));
+        assert_eq!(
+            check(403, &[], "You have exceeded a secondary rate limit."),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            check(
+                403,
+                &[("x-ratelimit-remaining", "4999")],
+                "Resource not accessible by personal access token"
+            ),
+            None
+        );
+        assert_eq!(check(500, &[("retry-after", "1")], ""), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_never_tight() {
+        let (base, cap) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..40 {
+            let d = backoff(base, cap, attempt);
+            let full = base.saturating_mul(1 << attempt.min(30)).min(cap);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn token_expiration_formats() {
+        let d = parse_token_expiration("2027-10-12 09:00:00 UTC").unwrap();
+        assert_eq!(d.to_rfc3339(), "2027-10-12T09:00:00+00:00");
+        assert!(parse_token_expiration("2027-10-12 09:00:00 +0200").is_some());
+        assert!(parse_token_expiration("soon").is_none());
+    }
+}

@@ -65,8 +65,8 @@ impl SlotIo {
 
     fn host(&self) -> HostFacts {
         HostFacts {
-            clock_fault: self.sh.hoststate.clock_fault(),
-            token_invalid: self.sh.hoststate.token_invalid(),
+            clock_fault: self.sh.host.clock_fault(),
+            token_invalid: self.sh.host.token_invalid(),
         }
     }
 
@@ -83,9 +83,7 @@ impl SlotIo {
                 failures,
             } => note_failure(board, slot, state, &error, failures),
             Effect::ClearFailures => clear_failure(board, slot),
-            Effect::Token { refused, message } => {
-                sh.hoststate.set_token_state(board, refused, &message)
-            }
+            Effect::Token { refused, message } => sh.host.set_token_state(board, refused, &message),
             Effect::ClockPaused(why) => {
                 tracing::warn!(event = "clock_pause", slot, reason = %why, "clock fault: registrations paused until the clock is fixed")
             }
@@ -110,7 +108,7 @@ impl SlotIo {
                     .fetch_add(1, Ordering::Relaxed);
             }
             Effect::ClockFault => sh
-                .hoststate
+                .host
                 .set_clock_fault("the runner reported clock skew (more than five minutes)"),
             Effect::ExitNoted {
                 reason,
@@ -165,8 +163,8 @@ impl SlotIo {
             Op::CheckGates if Self::stopping(mode) => Outcome::Stopping,
             Op::CheckGates => Outcome::Gates {
                 breaker: sh.breaker_open(slot),
-                clock_fault: sh.hoststate.clock_fault().then(|| {
-                    let c = sh.hoststate.clock.borrow();
+                clock_fault: sh.host.clock_fault().then(|| {
+                    let c = sh.host.clock.borrow();
                     c.reason.clone().unwrap_or_else(|| "clock fault".into())
                 }),
             },
@@ -175,7 +173,7 @@ impl SlotIo {
                 _ = sh.breaker_reset[slot].notified() => Outcome::BreakerWaited { reset: true },
             },
             Op::AwaitClock => {
-                let mut clock = sh.hoststate.clock.subscribe();
+                let mut clock = sh.host.clock.subscribe();
                 tokio::select! {
                     _ = clock.wait_for(|c| !c.fault) => Outcome::ClockFixed,
                     _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
@@ -224,7 +222,7 @@ impl SlotIo {
                 wait,
                 early_on_token,
             } => {
-                let recovered = sh.hoststate.token_recovered.notified();
+                let recovered = sh.host.token_recovered.notified();
                 tokio::select! {
                     stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::Waited },
                     _ = recovered, if early_on_token => Outcome::Waited,

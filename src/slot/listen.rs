@@ -150,62 +150,41 @@ pub(super) async fn watch_listener(
     prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
     failures: u32,
 ) -> Watched {
-    let cfg = &sh.cfg.runner;
-    let wcfg = &sh.cfg.watchdog;
-    let limits = Limits {
-        grace: wcfg.grace,
-        job_stall_timeout: wcfg.job_stall_timeout,
-        ready_timeout: cfg.ready_timeout,
-        drain_timeout: cfg.drain_timeout,
-        stable_after: cfg.stable_after,
-    };
-    let mut m = Listen::new(
-        limits,
+    let m = Listen::new(
+        listen_limits(sh),
         Instant::now(),
         failures > 0,
         prep.is_some(),
         *mode.borrow(),
     );
-    let mut stable = false;
+    let mut w = Watch {
+        sh,
+        slot,
+        m,
+        failures,
+        stable: false,
+    };
     // The connection watch inspects its sockets from now until it ends.
-    let registered = Registered::new(&sh.hoststate, slot, l.pid(), l.name());
+    let registered = Registered::new(&sh.host, slot, l.pid(), l.name());
     let mut cmds_open = true;
     let mut mode_open = true;
-    let host = || HostFacts {
-        clock_fault: sh.hoststate.clock_fault(),
-        token_invalid: sh.hoststate.token_invalid(),
-    };
     // A mode already past Run (a signal before the spawn) counts at once.
     let mut pending: Vec<Input> = vec![Input::Mode(*mode.borrow())];
     loop {
-        for input in pending.drain(..) {
-            for a in m.step(input, Instant::now(), host()) {
-                act(sh, slot, &l, a, mode, prep, (failures, &mut stable));
-            }
-        }
-        if m.stop_cause().is_some() {
+        w.feed(&mut pending, &l, mode, prep);
+        if w.m.stop_cause().is_some() {
             break;
         }
-        let deadline = m.deadline();
+        let deadline = w.m.deadline();
         tokio::select! {
             o = l.next() => match o {
                 Some(Output::Line { event: Some(ev), .. }) => {
-                    if ev == RunnerEvent::SessionConflict {
-                        sh.board.stats.session_conflicts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if matches!(ev, RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }) {
-                        // It opens connections now: inject and watch them at once.
-                        sh.hoststate.listener_rescan(slot);
-                    }
+                    note_event(sh, slot, &ev);
                     pending.push(Input::Event(ev))
                 }
                 Some(Output::Line { .. }) => {}
-                Some(Output::Exited(ended)) => {
-                    return Watched { ended, job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable }
-                }
-                None => {
-                    return Watched { ended: Ended::Code(-1), job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable }
-                }
+                Some(Output::Exited(ended)) => return w.exited(ended),
+                None => return w.exited(Ended::Code(-1)),
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 pending.push(Input::Tick);
@@ -222,19 +201,9 @@ pub(super) async fn watch_listener(
                 } else {
                     // Lines already printed (a job that started just now) come first, and
                     // go through the same step as any other.
-                    while let Some(o) = l.try_next() {
-                        match o {
-                            Output::Line { event: Some(ev), .. } => pending.push(Input::Event(ev)),
-                            Output::Line { .. } => {}
-                            Output::Exited(ended) => {
-                                for input in pending.drain(..) {
-                                    for a in m.step(input, Instant::now(), host()) {
-                                        act(sh, slot, &l, a, mode, prep, (failures, &mut stable));
-                                    }
-                                }
-                                return Watched { ended, job: m.job().cloned(), seen: m.seen, cause: None, fatal: m.fatal, stable };
-                            }
-                        }
+                    if let Some(ended) = already_printed(&mut l, &mut pending) {
+                        w.feed(&mut pending, &l, mode, prep);
+                        return w.exited(ended);
                     }
                     pending.push(Input::Mode(*mode.borrow()));
                 }
@@ -242,17 +211,108 @@ pub(super) async fn watch_listener(
         }
     }
     drop(registered);
-    let cause = m.stop_cause().cloned();
+    let cause = w.m.stop_cause().cloned();
     sh.board.set_state(slot, SlotState::Stopping);
-    let mut seen = m.seen.clone();
-    let ended = stop(&mut l, cfg.stop_grace, mode, &mut seen).await;
+    let mut seen = w.m.seen.clone();
+    let ended = stop(&mut l, sh.cfg.runner.stop_grace, mode, &mut seen).await;
     Watched {
         ended,
-        job: m.job().cloned(),
+        job: w.m.job().cloned(),
         seen,
         cause,
-        fatal: m.fatal,
-        stable,
+        fatal: w.m.fatal,
+        stable: w.stable,
+    }
+}
+
+/// The listener machine's limits, from `[runner]` and `[watchdog]`.
+fn listen_limits(sh: &Shared) -> Limits {
+    let (cfg, wcfg) = (&sh.cfg.runner, &sh.cfg.watchdog);
+    Limits {
+        grace: wcfg.grace,
+        job_stall_timeout: wcfg.job_stall_timeout,
+        ready_timeout: cfg.ready_timeout,
+        drain_timeout: cfg.drain_timeout,
+        stable_after: cfg.stable_after,
+    }
+}
+
+/// What an event means beside the machine: a session conflict is counted, and a listener
+/// that opens connections now has them injected and watched at once.
+fn note_event(sh: &Shared, slot: usize, ev: &RunnerEvent) {
+    if *ev == RunnerEvent::SessionConflict {
+        sh.board
+            .stats
+            .session_conflicts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    if matches!(
+        ev,
+        RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }
+    ) {
+        sh.host.listener_rescan(slot);
+    }
+}
+
+/// The lines the listener has already printed, as inputs; its exit, if it has exited.
+fn already_printed(l: &mut Listener, pending: &mut Vec<Input>) -> Option<Ended> {
+    while let Some(o) = l.try_next() {
+        match o {
+            Output::Line {
+                event: Some(ev), ..
+            } => pending.push(Input::Event(ev)),
+            Output::Line { .. } => {}
+            Output::Exited(ended) => return Some(ended),
+        }
+    }
+    None
+}
+
+/// A listener under watch: its machine, and what carrying out its actions needs.
+struct Watch<'a> {
+    sh: &'a Arc<Shared>,
+    slot: usize,
+    m: Listen,
+    failures: u32,
+    /// It listened for `stable_after`: the run of failures is over.
+    stable: bool,
+}
+
+impl Watch<'_> {
+    /// Step the machine through `pending`, in order, carrying out each action.
+    fn feed(
+        &mut self,
+        pending: &mut Vec<Input>,
+        l: &Listener,
+        mode: &watch::Receiver<Mode>,
+        prep: &mut Option<JoinHandle<Result<Registration, GithubError>>>,
+    ) {
+        for input in pending.drain(..) {
+            for a in self.m.step(input, Instant::now(), host_facts(self.sh)) {
+                let progress = (self.failures, &mut self.stable);
+                act(self.sh, self.slot, l, a, mode, prep, progress);
+            }
+        }
+    }
+
+    /// What the watch saw of a listener that exited by itself.
+    fn exited(self, ended: Ended) -> Watched {
+        Watched {
+            ended,
+            job: self.m.job().cloned(),
+            seen: self.m.seen,
+            cause: None,
+            fatal: self.m.fatal,
+            stable: self.stable,
+        }
+    }
+}
+
+/// What the host's state says now, for the machine.
+fn host_facts(sh: &Shared) -> HostFacts {
+    HostFacts {
+        clock_fault: sh.host.clock_fault(),
+        token_invalid: sh.host.token_invalid(),
     }
 }
 
@@ -289,8 +349,7 @@ fn act(
     match a {
         Action::Show(state) => {
             board.set_state(slot, state);
-            sh.hoststate
-                .listener_idle(slot, state == SlotState::Listening);
+            sh.host.listener_idle(slot, state == SlotState::Listening);
         }
         Action::JobStarted(name) => board.job_started(slot, name),
         Action::JobCompleted { name, result } => {
@@ -326,7 +385,7 @@ fn act(
         }
         Action::ClockSkew => {
             tracing::warn!(event = "clock_skew", slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
-            sh.hoststate
+            sh.host
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
         }
         Action::Stop(_) => {}

@@ -43,14 +43,16 @@ pub(super) const PREPARED_MAX_AGE: Duration = Duration::from_secs(3600);
 pub struct Shared {
     pub cfg: Arc<Config>,
     pub gh: GithubClient,
-    pub host: String,
+    /// The host part of runner names.
+    pub hostname: String,
     pub board: Arc<Board>,
     pub roots: Vec<PathBuf>,
     /// The environment every runner gets (allow-listed, plus configured extras).
     pub runner_env: Vec<(String, String)>,
     /// `auto` becomes `jit` or `token` on first use.
     reg_mode: Mutex<RegistrationMode>,
-    pub hoststate: Arc<Host>,
+    /// The host-level state monitors write and slots read.
+    pub host: Arc<Host>,
     /// The circuit breakers, one per slot, persisted at `breaker_path`.
     breakers: Mutex<Vec<Breaker>>,
     breaker_path: PathBuf,
@@ -68,11 +70,11 @@ impl Shared {
     pub fn new(
         cfg: Arc<Config>,
         gh: GithubClient,
-        host: String,
+        hostname: String,
         board: Arc<Board>,
         roots: Vec<PathBuf>,
         outer_env: &dyn Fn(&str) -> Option<String>,
-        hoststate: Arc<Host>,
+        host: Arc<Host>,
     ) -> Shared {
         let mut env: Vec<(String, String)> = ENV_ALLOWLIST
             .iter()
@@ -98,12 +100,12 @@ impl Shared {
         let sh = Shared {
             cfg,
             gh,
-            host,
+            hostname,
             board,
             roots,
             runner_env: env,
             reg_mode,
-            hoststate,
+            host,
             breakers,
             breaker_path,
             boot_id,
@@ -125,7 +127,7 @@ impl Shared {
     /// Show slot `slot`'s breaker in the status: fires in the window by cause, and until
     /// when it is open (as wall-clock time).
     fn publish_breaker(&self, slot: usize, b: &Breaker) {
-        let now = self.hoststate.clocks.boottime();
+        let now = self.host.clocks.boottime();
         let mut b = b.clone();
         b.prune(now, self.cfg.watchdog.window);
         let mut fires = std::collections::BTreeMap::new();
@@ -161,7 +163,7 @@ impl Shared {
         };
         let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         for &i in &which {
-            let was = all[i].open_for(self.hoststate.clocks.boottime());
+            let was = all[i].open_for(self.host.clocks.boottime());
             all[i] = Breaker::default();
             tracing::info!(
                 event = "breaker_reset",
@@ -225,7 +227,7 @@ impl Shared {
     /// and why, if the fire opened it.
     pub fn fire(&self, slot: usize, cause: Cause, detail: &str) -> Option<(Duration, String)> {
         let w = &self.cfg.watchdog;
-        let now = self.hoststate.clocks.boottime();
+        let now = self.host.clocks.boottime();
         let mut all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut all[slot];
         let verdict = b.record(cause, now, w.max_fires, w.window, w.open_for);
@@ -272,7 +274,7 @@ impl Shared {
 
     /// How long slot `slot`'s breaker stays open, and why.
     fn breaker_open(&self, slot: usize) -> Option<(Duration, String)> {
-        let now = self.hoststate.clocks.boottime();
+        let now = self.host.clocks.boottime();
         let all = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
         let b = &all[slot];
         b.open_for(now).map(|d| {

@@ -73,7 +73,7 @@ async fn register_jit(sh: &Shared, slot: usize) -> Result<Registration, GithubEr
     let c = &sh.cfg.runner;
     let mut attempt = 0;
     loop {
-        let name = naming::jit_name(&c.name_prefix, &sh.host, slot);
+        let name = naming::jit_name(&c.name_prefix, &sh.hostname, slot);
         match sh
             .gh
             .generate_jitconfig(&name, &c.labels, c.group_id, &c.work_folder)
@@ -102,7 +102,7 @@ async fn register_token(sh: &Shared, slot: usize) -> Result<Registration, Github
 fn token_registration(sh: &Shared, slot: usize, token: AuthToken) -> Registration {
     Registration {
         id: None,
-        name: naming::fixed_name(&sh.cfg.runner.name_prefix, &sh.host, slot),
+        name: naming::fixed_name(&sh.cfg.runner.name_prefix, &sh.hostname, slot),
         secret: RegSecret::Token(token),
         created: Instant::now(),
     }

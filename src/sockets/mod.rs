@@ -1,4 +1,5 @@
-//! A listener's TCP sockets, from outside the process.
+//! A listener's TCP sockets, from outside the process, and keepalive on sockets
+//! (`keepalive.rs`: set on the listeners' connections, read back on our own).
 //!
 //! With `pidfd_open` + `pidfd_getfd` (Linux ≥ 5.6) we take a duplicate of one of its
 //! descriptors: it refers to the same open socket, so options set through it (keepalive,
@@ -14,12 +15,15 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 use crate::tcpinfo::TcpInfo;
 
 mod access;
+mod keepalive;
 pub use access::{probe_getfd, refusal_of, Reach};
+pub use keepalive::{
+    keepalive_of, own_connections, read_keepalive, set_keepalive, Keepalive, SocketKeepalive,
+};
 
 /// `pidfd_open(2)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -86,41 +90,6 @@ pub fn is_tcp_connection(fd: BorrowedFd<'_>) -> bool {
 /// The peer of a connection, for logs.
 pub fn peer(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
     socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
-}
-
-/// The keepalive to set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    pub idle: Duration,
-    pub interval: Duration,
-    pub probes: u32,
-    /// `TCP_USER_TIMEOUT`; zero for none.
-    pub user_timeout: Duration,
-}
-
-/// Set `SO_KEEPALIVE`, `TCP_KEEPIDLE`/`INTVL`/`CNT` and `TCP_USER_TIMEOUT` on `fd`.
-pub fn set_keepalive(fd: BorrowedFd<'_>, k: &Keepalive) -> io::Result<()> {
-    let s = socket2::SockRef::from(&fd);
-    s.set_tcp_keepalive(
-        &socket2::TcpKeepalive::new()
-            .with_time(k.idle)
-            .with_interval(k.interval)
-            .with_retries(k.probes),
-    )?;
-    s.set_tcp_user_timeout((!k.user_timeout.is_zero()).then_some(k.user_timeout))?;
-    Ok(())
-}
-
-/// What is set on `fd`: (keepalive on, idle, interval, probes, user timeout).
-pub fn keepalive_of(fd: BorrowedFd<'_>) -> io::Result<(bool, Duration, Duration, u32, Duration)> {
-    let s = socket2::SockRef::from(&fd);
-    Ok((
-        s.keepalive()?,
-        s.keepalive_time()?,
-        s.keepalive_interval()?,
-        s.keepalive_retries()?,
-        s.tcp_user_timeout()?.unwrap_or_default(),
-    ))
 }
 
 /// `getsockopt(TCP_INFO)`.
@@ -267,6 +236,7 @@ pub fn diag(sel: Select<'_>) -> io::Result<Vec<(u64, TcpInfo)>> {
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
 
     #[test]
     fn a_duplicate_sets_options_on_the_original_and_reads_its_tcp_info() {

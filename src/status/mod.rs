@@ -1,82 +1,37 @@
 //! Shared status: what each slot is doing, counters, and the status file that
 //! `supervisor health` reads.
 //!
+//! Layout: this file is the `Board` and its snapshot; `health.rs` the conditions and the
+//! verdict; `writer.rs` the status file (and the fleet's copy); `summary.rs` the exit
+//! summary; `schema.rs`, `slot.rs`, `stats.rs` and `system.rs` what a snapshot holds.
+//!
 //! Invariant: slots write their own entry only; the writer task is the only one that
 //! touches `status.json`, and it writes atomically (temp file + rename).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::layout::write_atomic;
-
+mod health;
 mod schema;
-mod slot;
+pub mod slot;
 mod stats;
+mod summary;
 mod system;
+mod writer;
 use crate::shutdown::Mode;
+pub use health::{evaluate, Condition, Health};
 pub use schema::*;
 pub use slot::*;
 pub use stats::*;
+pub use summary::Summary;
 pub use system::SystemState;
-
-/// A host-level condition that health reports (each monitor owns its own).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Condition {
-    /// The token is refused.
-    Token,
-    /// A classic token lacks the scope runners need.
-    TokenScope,
-    /// The token expires soon.
-    TokenExpiry,
-    /// The clock is off.
-    Clock,
-    /// chronyd is not synchronised or not reachable.
-    Chronyd,
-    /// The API host does not resolve.
-    Dns,
-    /// A `[health] dependencies` entry is unreachable.
-    Dependency(String),
-    /// Free space on Docker's file system.
-    Disk,
-    /// The Docker engine.
-    Docker,
-}
-
-impl std::fmt::Display for Condition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Condition::Token => f.write_str("token"),
-            Condition::TokenScope => f.write_str("token scope"),
-            Condition::TokenExpiry => f.write_str("token expiry"),
-            Condition::Clock => f.write_str("clock"),
-            Condition::Chronyd => f.write_str("chronyd"),
-            Condition::Dns => f.write_str("dns"),
-            Condition::Dependency(d) => write!(f, "dependency {d}"),
-            Condition::Disk => f.write_str("disk"),
-            Condition::Docker => f.write_str("docker"),
-        }
-    }
-}
-
-/// Health verdict.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Ok,
-    Degraded,
-    Unhealthy,
-}
-
-/// How often the status file is rewritten even when nothing changes.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub use writer::HEARTBEAT;
 
 /// Shared status of all slots.
 pub struct Board {
@@ -212,16 +167,6 @@ impl Board {
         self.update(slot, |s| s.breaker = b);
     }
 
-    /// Also publish every status write at `path` (the fleet directory), as `host`.
-    pub fn publish_to(&self, host: &str, path: PathBuf) {
-        if let Some(dir) = path.parent() {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(event = "fleet_failed", dir = %dir.display(), error = %e, "cannot create the fleet directory; host-wide pruning will not see this supervisor's jobs");
-            }
-        }
-        let _ = self.fleet.set((host.to_string(), path));
-    }
-
     /// Whether any slot runs a job, and the earliest start among those that do.
     pub fn earliest_job(&self) -> Option<DateTime<Utc>> {
         self.slots()
@@ -294,20 +239,6 @@ impl Board {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Set or clear a host-level condition; returns true when it changed.
-    pub fn set_condition(&self, name: Condition, c: Option<(Health, String)>) -> bool {
-        let mut all = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = match &c {
-            Some(v) => all.insert(name, v.clone()).as_ref() != Some(v),
-            None => all.remove(&name).is_some(),
-        };
-        drop(all);
-        if changed {
-            self.touch();
-        }
-        changed
-    }
-
     /// The connection watch's summary for the host (`on (...)`, `refused for slot ...`,
     /// `off`), and how many listeners got keepalive and how many were refused.
     pub fn set_listener_keepalive(&self, summary: String, on: u64, refused: u64) {
@@ -316,21 +247,6 @@ impl Board {
             s.listeners_keepalive_on = on;
             s.listeners_keepalive_refused = refused;
         });
-    }
-
-    /// The verdict and its reasons.
-    pub fn health(&self, now: DateTime<Utc>) -> (Health, Vec<String>) {
-        let (mut h, mut reasons) = evaluate(&self.slots(), now, self.unhealthy_after);
-        for (name, (ch, why)) in self
-            .conditions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            h = h.max(*ch);
-            reasons.push(format!("{name}: {why}"));
-        }
-        (h, reasons)
     }
 
     /// The status now, in [`SCHEMA`].
@@ -365,7 +281,7 @@ impl Board {
             schema: SCHEMA.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            host: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
+            hostname: self.fleet.get().map(|f| f.0.clone()).unwrap_or_default(),
             started_at: self.started_at,
             updated_at: now,
             health,
@@ -382,164 +298,5 @@ impl Board {
             facts: state.facts(),
             counts,
         }
-    }
-
-    /// Write `status.json` on every change (at most every 100 ms) and every heartbeat.
-    pub async fn run_writer(&self, path: PathBuf, cancel: CancellationToken) {
-        let mut mode = self.mode.get().cloned();
-        loop {
-            let snap = self.snapshot();
-            // The file system may be slow (a laptop's disk, an overlay): never on the
-            // runtime's workers, which read the listeners' lines.
-            let (bytes, fleet) = self.encode(&snap);
-            let p = path.clone();
-            let _ = tokio::task::spawn_blocking(move || write_files(&p, fleet.as_deref(), &bytes))
-                .await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.changed.notified() => {
-                    // Coalesce a burst: changes during this pause leave a permit, and the
-                    // write after it carries them all.
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-                // The mode changed (drain, force, kill): shown at once.
-                r = async {
-                    match mode.as_mut() {
-                        Some(m) => m.changed().await,
-                        None => std::future::pending().await,
-                    }
-                } => if r.is_err() { mode = None },
-                // Idle: one wake-up per heartbeat, nothing else.
-                _ = crate::clocks::tick(HEARTBEAT) => {}
-            }
-        }
-    }
-
-    /// Write the final status (called once the slots have stopped).
-    pub fn write_final(&self, path: &Path) {
-        let mut snap = self.snapshot();
-        snap.mode = "stopped".into();
-        self.write(path, &snap);
-    }
-
-    /// Write `snap` to `path` and to the fleet directory, if published there.
-    fn write(&self, path: &Path, snap: &StatusFile) {
-        let (bytes, fleet) = self.encode(snap);
-        write_files(path, fleet.as_deref(), &bytes);
-    }
-
-    /// The bytes of `snap`, and the fleet file it also goes to.
-    fn encode(&self, snap: &StatusFile) -> (Vec<u8>, Option<PathBuf>) {
-        (
-            serde_json::to_vec_pretty(snap).unwrap_or_default(),
-            self.fleet.get().map(|(_, p)| p.clone()),
-        )
-    }
-}
-
-/// Write the status to `path` and, if given, to the fleet file.
-fn write_files(path: &Path, fleet: Option<&Path>, bytes: &[u8]) {
-    if let Err(e) = write_atomic(path, bytes) {
-        tracing::warn!(event = "status_write_failed", path = %path.display(), error = %e, "cannot write the status file");
-    }
-    if let Some(fleet) = fleet {
-        if let Err(e) = write_atomic(fleet, bytes) {
-            tracing::debug!(path = %fleet.display(), error = %e, "cannot publish the status to the fleet");
-        }
-    }
-}
-
-/// Health from slot states: a job in progress is never unhealthy because the API is down;
-/// failing slots are degraded, and unhealthy after `unhealthy_after`; a slot paused for a
-/// reason the operator must fix (a deprecated runner) is unhealthy; a slot waiting out its
-/// circuit breaker or a clock fault is degraded, and says why.
-pub fn evaluate(
-    slots: &[SlotStatus],
-    now: DateTime<Utc>,
-    unhealthy_after: Duration,
-) -> (Health, Vec<String>) {
-    let mut health = Health::Ok;
-    let mut reasons = vec![];
-    for (i, s) in slots.iter().enumerate() {
-        let why = s.error.as_deref().unwrap_or("unknown");
-        match s.state {
-            SlotState::Busy => continue,
-            SlotState::Paused => {
-                health = health.max(Health::Unhealthy);
-                reasons.push(format!("slot {i} paused: {why}"));
-                continue;
-            }
-            SlotState::BreakerOpen | SlotState::ClockFault => {
-                health = health.max(Health::Degraded);
-                reasons.push(format!("slot {i} {}: {why}", s.state));
-                continue;
-            }
-            _ => {}
-        }
-        if let Some(since) = s.failing_since {
-            // Listening again after failures: recovering (or crash-looping), not down.
-            let long = s.state != SlotState::Listening
-                && (now - since).to_std().unwrap_or_default() >= unhealthy_after;
-            health = health.max(if long {
-                Health::Unhealthy
-            } else {
-                Health::Degraded
-            });
-            reasons.push(format!(
-                "slot {i} {} ({} failures since {}): {why}",
-                s.state,
-                s.failures,
-                since.format("%H:%M:%SZ")
-            ));
-        }
-    }
-    (health, reasons)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_rules() {
-        let now = crate::clocks::wall_now();
-        let after = Duration::from_secs(180);
-        let failing = |secs: i64, state: SlotState| SlotStatus {
-            state,
-            failures: 3,
-            failing_since: Some(now - chrono::Duration::seconds(secs)),
-            error: Some("transient failure".into()),
-            ..SlotStatus::default()
-        };
-        assert_eq!(evaluate(&[SlotStatus::default()], now, after).0, Health::Ok);
-        assert_eq!(
-            evaluate(&[failing(10, SlotState::Backoff)], now, after).0,
-            Health::Degraded
-        );
-        assert_eq!(
-            evaluate(&[failing(181, SlotState::Backoff)], now, after).0,
-            Health::Unhealthy
-        );
-        // A running job is never made unhealthy by API trouble.
-        assert_eq!(
-            evaluate(&[failing(1000, SlotState::Busy)], now, after).0,
-            Health::Ok
-        );
-        let open = SlotStatus {
-            state: SlotState::BreakerOpen,
-            error: Some("6 fires (clock:6)".into()),
-            ..SlotStatus::default()
-        };
-        let (h, r) = evaluate(&[open], now, after);
-        assert_eq!(h, Health::Degraded);
-        assert!(r[0].contains("clock:6"), "{r:?}");
-        let paused = SlotStatus {
-            state: SlotState::Paused,
-            ..SlotStatus::default()
-        };
-        assert_eq!(evaluate(&[paused], now, after).0, Health::Unhealthy);
     }
 }

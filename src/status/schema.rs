@@ -25,8 +25,8 @@ pub struct StatusFile {
     pub version: String,
     pub pid: u32,
     /// The host part of this supervisor's runner names (a container's hostname).
-    #[serde(default)]
-    pub host: String,
+    #[serde(default, rename = "host")]
+    pub hostname: String,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub health: Health,

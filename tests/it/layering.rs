@@ -62,7 +62,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 const MONITORS: &[&str] = &[
-    "clock",
+    "clockwatch",
     "tokenwatch",
     "sleepwake",
     "netwatch",
@@ -81,7 +81,7 @@ const MACHINE_MAY_IMPORT: &[&str] = &[
     "crate::tcpinfo",
     "crate::watchdog::Watchdog",
     "crate::shutdown::Mode",
-    "crate::status::SlotState",
+    "crate::status::slot::SlotState",
 ];
 
 #[test]

@@ -290,7 +290,7 @@ async fn the_summary_is_json_with_json_logs() {
     let (code, out) = d.wait_exit(T).await;
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
-    let s: runner_supervisor::supervisor::Summary =
+    let s: runner_supervisor::status::Summary =
         serde_json::from_str(out.trim()).expect("the summary's fields");
     assert_eq!(s.jobs_completed, 1);
     assert_eq!(s.exits.get("job_done"), Some(&1));

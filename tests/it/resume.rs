@@ -38,7 +38,7 @@ pub fn start(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> InProcess
     let deps = Deps {
         cfg,
         gh,
-        host: "vm".into(),
+        hostname: "vm".into(),
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
         token: None,

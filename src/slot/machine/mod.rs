@@ -17,7 +17,7 @@ use crate::cause::{attribute, looks_like_network, Cause, Context, SlotCmd};
 use crate::runner::events::RunnerEvent;
 use crate::runner::exit::{classify, Ended, ExitReason, Seen};
 use crate::shutdown::Mode;
-use crate::status::SlotState;
+use crate::status::slot::SlotState;
 use crate::tcpinfo::Finding;
 use crate::watchdog::Watchdog;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::cause::{looks_like_network, Cause};
 use crate::runner::exit::{ExitReason, Seen};
-use crate::status::SlotState;
+use crate::status::slot::SlotState;
 
 use super::{after_exit, reason, Exit, HostFacts, Next, StopCause};
 

@@ -1,4 +1,4 @@
-//! The clock: measure the local clock's signed offset (SNTP, RFC 4330, against the
+//! The clock monitor: measure the local clock's signed offset (SNTP, RFC 4330, against the
 //! configured servers; GitHub's `Date` header as a fallback), watch chronyd through
 //! `chronyc -c tracking` (read-only, loopback), and turn large offsets into a clock fault
 //! that pauses registrations until the clock is fixed.
@@ -151,9 +151,9 @@ pub fn parse_tracking(line: &str) -> Option<Tracking> {
 
 /// Run chronyc against `address` (`host:port`) with `args`; stdout on success.
 async fn chronyc(address: &str, args: &[&str]) -> Result<String, String> {
-    let (host, port) = address.rsplit_once(':').ok_or("bad chronyc address")?;
+    let (hostname, port) = address.rsplit_once(':').ok_or("bad chronyc address")?;
     let mut cmd = tokio::process::Command::new("chronyc");
-    cmd.args(["-n", "-h", host, "-p", port])
+    cmd.args(["-n", "-h", hostname, "-p", port])
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -182,7 +182,6 @@ pub async fn tracking(address: &str) -> Result<Tracking, String> {
         .ok_or_else(|| format!("cannot parse chronyc output: {out:?}"))
 }
 
-/// Whether chronyc is installed.
 /// Whether chronyd is watched: `required`, or `auto` when chronyc is installed.
 pub fn watches_chronyd(mode: ChronycMode) -> bool {
     match mode {
@@ -192,6 +191,7 @@ pub fn watches_chronyd(mode: ChronycMode) -> bool {
     }
 }
 
+/// Whether chronyc is installed.
 pub fn chronyc_installed() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("chronyc").is_file()))
@@ -260,151 +260,174 @@ impl Monitor {
 
     /// One round: measure, classify, watch chronyd.
     pub async fn round(&mut self) {
-        let (cfg, host, board) = (&self.cfg, &self.host, &self.board);
         // The runner's own clock-skew line may have set the fault since the last round.
-        let runner_fault = host.clock.borrow().fault;
-        let sample = measure(cfg, &self.gh, &*host.clocks).await;
-        match &sample {
-            Some((s, source)) => {
-                board.system(|x| x.clock_offset_s = Some(s.offset));
-                // A GitHub App signs its JWTs on true time.
-                self.gh.set_clock_offset(s.offset);
-                board.system(|x| x.clock_source = Some(source.clone()));
-                let abs = s.offset.abs();
-                let level = if abs > cfg.fault_offset.as_secs_f64() {
-                    2
-                } else if abs > cfg.warn_offset.as_secs_f64() {
-                    1
-                } else {
-                    0
-                };
-                if self.first || level != self.last_level {
-                    match level {
-                        0 => {
-                            tracing::info!(event = "clock_offset", offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured")
-                        }
-                        1 => {
-                            tracing::warn!(event = "clock_offset_warn", offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset beyond {}s", cfg.warn_offset.as_secs_f64())
-                        }
-                        _ => {
-                            tracing::error!(event = "clock_fault", offset_s = format!("{:+.3}", s.offset), source = %source, "clock fault: offset beyond {}s (the runner's OAuth fails): registrations pause", cfg.fault_offset.as_secs())
-                        }
-                    }
-                } else {
-                    tracing::debug!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured");
-                }
-                self.first = false;
-                self.last_level = level;
-                if level == 2 {
-                    let reason = format!("local clock is {:+.1}s off ({source})", s.offset);
-                    host.clock.send_modify(|c| {
-                        c.fault = true;
-                        c.reason = Some(reason.clone());
-                    });
-                    board.set_condition(Condition::Clock, Some((Health::Degraded, reason)));
-                    if self.leader.is_some() && self.watch_chronyd {
-                        match chronyc(&cfg.chronyc_address, &["makestep"]).await {
-                            Ok(_) => {
-                                tracing::warn!(
-                                    event = "clock_makestep",
-                                    "asked chronyd to step the clock (chronyc makestep)"
-                                )
-                            }
-                            Err(e) => {
-                                tracing::warn!(event = "clock_makestep_failed", error = %e, "chronyc makestep failed")
-                            }
-                        }
-                    }
-                } else if level < 2 && (runner_fault || host.clock_fault()) {
-                    tracing::info!(
-                        event = "clock_fixed",
-                        offset_s = format!("{:+.3}", s.offset),
-                        "clock fixed"
-                    );
-                    host.clock.send_modify(|c| {
-                        c.fault = false;
-                        c.reason = None;
-                    });
-                    board.set_condition(Condition::Clock, None);
-                } else if level == 1 {
-                    board.set_condition(
-                        Condition::Clock,
-                        Some((
-                            Health::Ok,
-                            format!("local clock is {:+.1}s off ({source})", s.offset),
-                        )),
-                    );
-                } else {
-                    board.set_condition(Condition::Clock, None);
-                }
-                host.clock.send_modify(|c| {
-                    c.offset = Some(s.offset);
-                    c.source = Some(source.clone());
-                });
-            }
+        let runner_fault = self.host.clock.borrow().fault;
+        match measure(&self.cfg, &self.gh, &*self.host.clocks).await {
+            Some((s, source)) => self.judge(s, &source, runner_fault).await,
             None if runner_fault => {
                 // Nothing to measure with: do not pause for ever; the breaker catches repeats.
                 tracing::warn!(event = "clock_unmeasured", "cannot measure the clock (no NTP server or GitHub answered); lifting the runner's clock fault after one interval");
-                host.clock.send_modify(|c| c.fault = false);
+                self.host.clock.send_modify(|c| c.fault = false);
             }
             None => tracing::debug!("cannot measure the clock: no source answered"),
         }
         if self.watch_chronyd {
-            match tracking(&cfg.chronyc_address).await {
-                Ok(t) => {
-                    if self.chrony_failures > 0 || !self.chrony_seen {
-                        let state = if t.synchronised() {
+            self.check_chronyd().await;
+        }
+    }
+
+    /// A measured offset: publish it, log a change of level, and set or lift the fault.
+    async fn judge(&mut self, s: Sample, source: &str, runner_fault: bool) {
+        let (cfg, host, board) = (&self.cfg, &self.host, &self.board);
+        board.system(|x| x.clock_offset_s = Some(s.offset));
+        // A GitHub App signs its JWTs on true time.
+        self.gh.set_clock_offset(s.offset);
+        board.system(|x| x.clock_source = Some(source.to_string()));
+        let level = level_of(cfg, s.offset);
+        if self.first || level != self.last_level {
+            log_level(cfg, level, s.offset, source);
+        } else {
+            tracing::debug!(offset_s = format!("{:+.3}", s.offset), source = %source, "clock offset measured");
+        }
+        self.first = false;
+        self.last_level = level;
+        if level == 2 {
+            let reason = format!("local clock is {:+.1}s off ({source})", s.offset);
+            host.clock.send_modify(|c| {
+                c.fault = true;
+                c.reason = Some(reason.clone());
+            });
+            board.set_condition(Condition::Clock, Some((Health::Degraded, reason)));
+            if self.leader.is_some() && self.watch_chronyd {
+                self.makestep().await;
+            }
+        } else if level < 2 && (runner_fault || host.clock_fault()) {
+            tracing::info!(
+                event = "clock_fixed",
+                offset_s = format!("{:+.3}", s.offset),
+                "clock fixed"
+            );
+            host.clock.send_modify(|c| {
+                c.fault = false;
+                c.reason = None;
+            });
+            board.set_condition(Condition::Clock, None);
+        } else if level == 1 {
+            board.set_condition(
+                Condition::Clock,
+                Some((
+                    Health::Ok,
+                    format!("local clock is {:+.1}s off ({source})", s.offset),
+                )),
+            );
+        } else {
+            board.set_condition(Condition::Clock, None);
+        }
+        host.clock.send_modify(|c| {
+            c.offset = Some(s.offset);
+            c.source = Some(source.to_string());
+        });
+    }
+
+    /// Ask chronyd to step the clock (the holder of the host-wide lock, on a clock fault).
+    async fn makestep(&self) {
+        match chronyc(&self.cfg.chronyc_address, &["makestep"]).await {
+            Ok(_) => {
+                tracing::warn!(
+                    event = "clock_makestep",
+                    "asked chronyd to step the clock (chronyc makestep)"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(event = "clock_makestep_failed", error = %e, "chronyc makestep failed")
+            }
+        }
+    }
+
+    /// Read chronyd's tracking: report its state, and a daemon that is down.
+    async fn check_chronyd(&mut self) {
+        let (cfg, board) = (&self.cfg, &self.board);
+        match tracking(&cfg.chronyc_address).await {
+            Ok(t) => {
+                if self.chrony_failures > 0 || !self.chrony_seen {
+                    let state = if t.synchronised() {
+                        "synchronised"
+                    } else {
+                        "running, not synchronised"
+                    };
+                    tracing::info!(event = "chronyd_state", reference = %t.reference, stratum = t.stratum, "time daemon {state}");
+                }
+                self.chrony_seen = true;
+                self.chrony_failures = 0;
+                board.system(|x| {
+                    x.chronyd = Some(
+                        if t.synchronised() {
                             "synchronised"
                         } else {
-                            "running, not synchronised"
-                        };
-                        tracing::info!(event = "chronyd_state", reference = %t.reference, stratum = t.stratum, "time daemon {state}");
-                    }
-                    self.chrony_seen = true;
-                    self.chrony_failures = 0;
-                    board.system(|x| {
-                        x.chronyd = Some(
-                            if t.synchronised() {
-                                "synchronised"
-                            } else {
-                                "not synchronised"
-                            }
-                            .into(),
-                        );
-                        x.chronyd_last_offset_s = Some(t.last_offset);
-                    });
-                    if t.synchronised() {
-                        board.set_condition(Condition::Chronyd, None);
-                    } else {
-                        board.set_condition(
-                            Condition::Chronyd,
-                            Some((
-                                Health::Degraded,
-                                format!("chronyd is not synchronised (leap status {})", t.leap),
-                            )),
-                        );
-                    }
-                }
-                Err(e) => {
-                    self.chrony_failures += 1;
-                    board.system(|x| x.chronyd = Some("down".into()));
-                    if self.chrony_failures == 1 {
-                        tracing::error!(event = "chronyd_down", error = %e, address = %cfg.chronyc_address, "time daemon not running; the supervisor did not start it and cannot restart it: check `systemctl status chrony` or chronyd's configuration (`chronyd -p`)");
-                    }
-                    if self.chrony_failures >= 3 {
-                        board.set_condition(
-                            Condition::Chronyd,
-                            Some((
-                                Health::Degraded,
-                                format!(
-                                    "time daemon not running ({} consecutive failed checks): {e}",
-                                    self.chrony_failures
-                                ),
-                            )),
-                        );
-                    }
+                            "not synchronised"
+                        }
+                        .into(),
+                    );
+                    x.chronyd_last_offset_s = Some(t.last_offset);
+                });
+                if t.synchronised() {
+                    board.set_condition(Condition::Chronyd, None);
+                } else {
+                    board.set_condition(
+                        Condition::Chronyd,
+                        Some((
+                            Health::Degraded,
+                            format!("chronyd is not synchronised (leap status {})", t.leap),
+                        )),
+                    );
                 }
             }
+            Err(e) => {
+                self.chrony_failures += 1;
+                board.system(|x| x.chronyd = Some("down".into()));
+                if self.chrony_failures == 1 {
+                    tracing::error!(event = "chronyd_down", error = %e, address = %cfg.chronyc_address, "time daemon not running; the supervisor did not start it and cannot restart it: check `systemctl status chrony` or chronyd's configuration (`chronyd -p`)");
+                }
+                if self.chrony_failures >= 3 {
+                    board.set_condition(
+                        Condition::Chronyd,
+                        Some((
+                            Health::Degraded,
+                            format!(
+                                "time daemon not running ({} consecutive failed checks): {e}",
+                                self.chrony_failures
+                            ),
+                        )),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// 0 within `warn_offset`, 1 beyond it, 2 beyond `fault_offset` (a clock fault).
+fn level_of(cfg: &ClockConfig, offset: f64) -> u8 {
+    let abs = offset.abs();
+    if abs > cfg.fault_offset.as_secs_f64() {
+        2
+    } else if abs > cfg.warn_offset.as_secs_f64() {
+        1
+    } else {
+        0
+    }
+}
+
+/// Say a new level of the offset: measured, beyond the warning, or a clock fault.
+fn log_level(cfg: &ClockConfig, level: u8, offset: f64, source: &str) {
+    match level {
+        0 => {
+            tracing::info!(event = "clock_offset", offset_s = format!("{:+.3}", offset), source = %source, "clock offset measured")
+        }
+        1 => {
+            tracing::warn!(event = "clock_offset_warn", offset_s = format!("{:+.3}", offset), source = %source, "clock offset beyond {}s", cfg.warn_offset.as_secs_f64())
+        }
+        _ => {
+            tracing::error!(event = "clock_fault", offset_s = format!("{:+.3}", offset), source = %source, "clock fault: offset beyond {}s (the runner's OAuth fails): registrations pause", cfg.fault_offset.as_secs())
         }
     }
 }

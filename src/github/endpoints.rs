@@ -1,0 +1,168 @@
+//! The REST endpoints: the token's user, JIT configs, registration and remove tokens, and
+//! listing, getting and deleting runners, for repo and org scope.
+
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::transport::same_origin;
+use super::{
+    decode, next_link, parse_token_expiration, urlencode, Auth, AuthToken, GithubClient,
+    GithubError, JitConfig, Runner, RunnerApplication, TokenInfo,
+};
+use crate::config::Secret;
+
+impl GithubClient {
+    /// `GET /user`: is the token valid, what scopes, when does it expire. As a GitHub
+    /// App: the installation (JWT), and an installation token.
+    pub async fn get_user(&self) -> Result<TokenInfo, GithubError> {
+        if let Auth::App(app) = &self.auth {
+            let inst = app.lookup(self).await?;
+            app.token(self).await?;
+            return Ok(TokenInfo {
+                login: format!("{}[bot]", inst.app_slug.unwrap_or_else(|| "app".into())),
+                scopes: None,
+                expires_at: None,
+            });
+        }
+        let a = self
+            .request(Method::GET, &format!("{}/user", self.base), None)
+            .await?;
+        let v: serde_json::Value = decode(&a.body)?;
+        let scopes = a
+            .headers
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            });
+        let expires_at = a
+            .headers
+            .get("github-authentication-token-expiration")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_token_expiration);
+        Ok(TokenInfo {
+            login: v["login"].as_str().unwrap_or("").to_string(),
+            scopes,
+            expires_at,
+        })
+    }
+
+    /// `POST …/actions/runners/generate-jitconfig`.
+    pub async fn generate_jitconfig(
+        &self,
+        name: &str,
+        labels: &[String],
+        group_id: u64,
+        work_folder: &str,
+    ) -> Result<JitConfig, GithubError> {
+        let body = json!({"name": name, "runner_group_id": group_id, "labels": labels, "work_folder": work_folder});
+        let a = self
+            .request(
+                Method::POST,
+                &self.url("/actions/runners/generate-jitconfig"),
+                Some(body),
+            )
+            .await?;
+        decode(&a.body)
+    }
+
+    async fn auth_token(&self, kind: &str) -> Result<AuthToken, GithubError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            token: String,
+            expires_at: String,
+        }
+        let a = self
+            .request(
+                Method::POST,
+                &self.url(&format!("/actions/runners/{kind}")),
+                None,
+            )
+            .await?;
+        let raw: Raw = decode(&a.body)?;
+        let expires_at = DateTime::parse_from_rfc3339(&raw.expires_at)
+            .map_err(|e| GithubError::Decode(format!("expires_at {:?}: {e}", raw.expires_at)))?
+            .with_timezone(&Utc);
+        Ok(AuthToken {
+            token: Secret::new(raw.token),
+            expires_at,
+        })
+    }
+
+    /// `POST …/actions/runners/registration-token`.
+    pub async fn registration_token(&self) -> Result<AuthToken, GithubError> {
+        self.auth_token("registration-token").await
+    }
+
+    /// `POST …/actions/runners/remove-token`.
+    pub async fn remove_token(&self) -> Result<AuthToken, GithubError> {
+        self.auth_token("remove-token").await
+    }
+
+    /// `GET …/actions/runners`, every page, optionally filtered by exact name.
+    pub async fn list_runners(&self, name: Option<&str>) -> Result<Vec<Runner>, GithubError> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[allow(dead_code)]
+            total_count: u64,
+            runners: Vec<Runner>,
+        }
+        let mut url = self.url("/actions/runners?per_page=100");
+        if let Some(n) = name {
+            url.push_str("&name=");
+            url.push_str(&urlencode(n));
+        }
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let a = self.request(Method::GET, &url, None).await?;
+            let page: Page = decode(&a.body)?;
+            out.extend(page.runners);
+            match next_link(&a.headers) {
+                // Never send the token to another origin.
+                Some(next) if same_origin(&next, &self.base) => url = next,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET …/actions/runners/{id}`.
+    pub async fn get_runner(&self, id: u64) -> Result<Runner, GithubError> {
+        let a = self
+            .request(
+                Method::GET,
+                &self.url(&format!("/actions/runners/{id}")),
+                None,
+            )
+            .await?;
+        decode(&a.body)
+    }
+
+    /// `DELETE …/actions/runners/{id}`. A runner already gone counts as deleted.
+    pub async fn delete_runner(&self, id: u64) -> Result<(), GithubError> {
+        match self
+            .request(
+                Method::DELETE,
+                &self.url(&format!("/actions/runners/{id}")),
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(GithubError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET …/actions/runners/downloads`.
+    pub async fn runner_downloads(&self) -> Result<Vec<RunnerApplication>, GithubError> {
+        let a = self
+            .request(Method::GET, &self.url("/actions/runners/downloads"), None)
+            .await?;
+        decode(&a.body)
+    }
+}

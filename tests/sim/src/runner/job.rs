@@ -1,0 +1,119 @@
+//! One job: "Running job", the hooks, the steps' faults from the script, the completion
+//! message and the result line.
+
+use std::time::Duration;
+
+use super::{utc, Runner};
+use crate::protocol::{JobCompletion, JobMessage, Script};
+
+impl Runner {
+    pub(super) async fn run_job(&mut self, job: JobMessage, script: &Script) -> i32 {
+        self.term
+            .line(&format!("{}: Running job: {}", utc(), job.display_name));
+        let started = tokio::time::Instant::now();
+        let total = Duration::from_millis(job.duration_ms);
+        let mut result = job.result.clone();
+        let mut shut = false;
+        // "Set up runner": the job-started hook; its failure fails the job.
+        let hook = crate::hooks::Hook::JobStarted;
+        if crate::hooks::run(hook, &self.settings, &job, &self.root).await == Some(false) {
+            result = "Failed".into();
+        }
+        if let Script::ConnectionLoss {
+            after_ms,
+            recover_after_ms,
+            during_job: true,
+            ..
+        } = script
+        {
+            if !self
+                .sleep_or_shutdown(Duration::from_millis(*after_ms))
+                .await
+            {
+                self.connect_error("The HTTP request timed out after 00:01:00.");
+                if let Some(rec) = recover_after_ms {
+                    if !self.sleep_or_shutdown(Duration::from_millis(*rec)).await {
+                        self.reconnected();
+                    } else {
+                        shut = true;
+                    }
+                }
+            } else {
+                shut = true;
+            }
+        }
+        if let Script::Crash {
+            after_ms,
+            during_job: true,
+        } = script
+        {
+            if !self
+                .sleep_or_shutdown(Duration::from_millis(*after_ms))
+                .await
+            {
+                self.term.error(
+                    "An error occurred: Object reference not set to an instance of an object.",
+                );
+                return 2;
+            }
+        }
+        if !shut {
+            // Renew the job lock while working, as the real runner does.
+            let renew_url = self.url(&format!("/_sim/jobs/{}/renew", job.job_id));
+            loop {
+                let left = total.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                if self
+                    .sleep_or_shutdown(left.min(Duration::from_millis(500)))
+                    .await
+                {
+                    shut = true;
+                    break;
+                }
+                let _ = self
+                    .http
+                    .post(&renew_url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+            }
+        }
+        if shut {
+            self.term.line("Exiting...");
+            result = "Canceled".into();
+        }
+        // "Complete runner": before the job completes; its exit does not change the result.
+        let hook = crate::hooks::Hook::JobCompleted;
+        let _ = crate::hooks::run(hook, &self.settings, &job, &self.root).await;
+        self.term.line(&format!(
+            "{}: Job {} completed with result: {}",
+            utc(),
+            job.display_name,
+            result
+        ));
+        let _ = self
+            .http
+            .post(self.url(&format!("/_sim/jobs/{}/complete", job.job_id)))
+            .json(&JobCompletion { result })
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        self.delete_session().await;
+        if self.settings.ephemeral {
+            self.remove_config();
+        }
+        0
+    }
+
+    pub(super) fn hostile_output(&self) {
+        // A 2 MiB line, invalid UTF-8, escape sequences, a carriage return.
+        let mut huge = vec![b'A'; 2 * 1024 * 1024];
+        huge.push(b'\n');
+        self.term.raw(&huge);
+        self.term.raw(b"invalid utf-8: \xff\xfe\xc3\x28 end\n");
+        self.term
+            .raw(b"\x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b[2J\x1b[Hcursor\r\n");
+    }
+}
