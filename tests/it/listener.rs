@@ -397,15 +397,15 @@ async fn a_crash_loop_after_listening_is_backed_off_until_a_listener_is_stable()
     let gh = github(|_| {}).await;
     for _ in 0..4 {
         gh.script(Script::Crash {
-            after_ms: 300,
+            after_ms: 150,
             during_job: false,
         });
     }
     let mut env = sb.env(&gh);
-    env.insert("SUPERVISOR_RUNNER_STABLE_AFTER".into(), "2s".into());
-    // The crash-loop back-off from 100 ms instead of 2 s: the same doubling, 20 times
-    // faster.
-    env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "100ms".into());
+    env.insert("SUPERVISOR_RUNNER_STABLE_AFTER".into(), "1s".into());
+    // The crash-loop back-off from 50 ms instead of 2 s: the same doubling, 40 times
+    // faster (the four waits take 0.75 s instead of 30 s).
+    env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "50ms".into());
     // Keep the retryable-exit watchdog out of this test.
     env.insert("SUPERVISOR_WATCHDOG_RETRYABLE_EXITS".into(), "100".into());
     let mut d = Daemon::start(&env, &["run"]).await;
@@ -422,9 +422,9 @@ async fn a_crash_loop_after_listening_is_backed_off_until_a_listener_is_stable()
         vec![1, 2, 3, 4],
         "each crash after listening is one more failure: {w:?}"
     );
-    // Doubling from the configured 100 ms, jitter in the upper half.
+    // Doubling from the configured 50 ms, jitter in the upper half.
     for (i, (_, ms)) in w.iter().enumerate() {
-        let step = 100u64 << i;
+        let step = 50u64 << i;
         assert!((step / 2..=step).contains(ms), "wait {i}: {ms} ms");
     }
     // The fifth listener does not crash: after stable_after, the failures are over.
