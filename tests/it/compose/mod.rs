@@ -272,19 +272,9 @@ fn the_app_override_swaps_the_token_for_the_apps_key() {
         );
         assert_eq!(env["SUPERVISOR_GITHUB_TOKEN_FILE"], "");
         // The supervisor reads those empty values as unset: an App, no token.
-        let out = Command::new(crate::support::supervisor_bin())
-            .arg("config")
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::support::cli(&env, &["config"]);
+        let text = out.stdout;
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert!(
             text.contains("github.token_file")
                 && text
