@@ -250,6 +250,7 @@ async fn a_second_supervisor_on_the_same_state_directory_exits_1_and_touches_not
     let mut second = Daemon::start(&env, &["run"]).await;
     let (code, _) = second.wait_exit(T).await;
     assert_eq!(code, Some(1));
+    // Wording under test: the fatal error must name the holder's pid for the user.
     let holder = format!("another supervisor (pid {})", first.pid);
     assert_eq!(
         second.count_events("fatal", |e| e.has("message", &holder)),
