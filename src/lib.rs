@@ -61,4 +61,5 @@ pub mod supervisor;
 pub mod tcpinfo;
 pub mod telemetry;
 pub mod tokenwatch;
+pub mod versionwatch;
 pub mod watchdog;

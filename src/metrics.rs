@@ -108,6 +108,28 @@ fn build_info(r: &mut Registry, snap: &StatusFile) {
         "The supervisor's version and the runner's, as labels",
         info,
     );
+    let runner = &snap.system.runner;
+    if let Some(v) = &runner.version {
+        let info = Family::<Labels, Gauge>::default();
+        info.get_or_create(&vec![
+            ("version".into(), v.clone()),
+            ("latest".into(), runner.latest.clone().unwrap_or_default()),
+            ("deadline".into(), runner.deadline.clone()),
+        ])
+        .set(1);
+        r.register(
+            "runner_version_info",
+            "The installed runner version (label version), the newest release (latest) and whether GitHub dates its deadline (deadline: dated, undated, unknown, unchecked)",
+            info,
+        );
+    }
+    if let Some(at) = runner.runtime_deprecates_at {
+        r.register(
+            "runner_version_deadline_timestamp_seconds",
+            "When GitHub stops sending jobs to the installed runner version (Unix time)",
+            fgauge(at.timestamp() as f64),
+        );
+    }
 }
 
 /// Jobs by result, their duration, and the turnaround to the next listener.

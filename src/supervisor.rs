@@ -382,6 +382,7 @@ async fn spawn_monitors(
         )
     });
     background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    background.spawn(|stop| crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), stop));
     let mut clock =
         crate::clockwatch::Monitor::new(cfg.clock.clone(), gh.clone(), host.clone(), board.clone());
     clock.round().await;

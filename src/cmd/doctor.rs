@@ -244,10 +244,23 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
                 let latest = gh
                     .runner_downloads()
                     .await
-                    .map(|a| diagnose::latest_release(&a))
+                    .map(|a| crate::runner::version::latest_release(&a))
                     .map_err(|e| e.to_string());
                 if runner_ok {
-                    checks.push(diagnose::check_runner_version(installed.as_deref(), latest));
+                    let deadline = match &installed {
+                        Some(v) => gh
+                            .runner_deprecation(v)
+                            .await
+                            .map(crate::runner::version::Deadline::from_answer)
+                            .map_err(|e| e.to_string()),
+                        None => Ok(crate::runner::version::Deadline::Unchecked),
+                    };
+                    checks.push(diagnose::check_runner_version(
+                        installed.as_deref(),
+                        latest,
+                        deadline,
+                        crate::clocks::wall_now(),
+                    ));
                 }
                 checks.push(diagnose::check_ghosts(gh, cfg, &crate::naming::this_host()).await);
             }

@@ -245,12 +245,40 @@ fn host_block(s: &StatusFile, now: DateTime<Utc>) -> String {
         None => "not known yet".into(),
     };
     out += &format!("  rate limit    {rl}\n");
+    out += &format!("  runner        {}\n", runner_word(&sys.runner, now));
     let k = &s.counts;
     out += &format!(
         "  jobs          {} completed, {} lost; {} listeners started; {} API requests\n",
         k.jobs_completed, k.jobs_lost, k.listeners_started, k.api_requests
     );
     out
+}
+
+/// The runner: installed, the newest release, and GitHub's deadline for the installed one.
+fn runner_word(r: &crate::status::RunnerStatus, now: DateTime<Utc>) -> String {
+    let installed = r.version.as_deref().unwrap_or("version not known yet");
+    let newest = match (&r.latest, &r.version) {
+        (Some(l), Some(v)) if l == v => ", the newest release".to_string(),
+        (Some(l), _) => format!("; newest release {l}"),
+        (None, _) => String::new(),
+    };
+    let deadline = match (r.deadline.as_str(), r.runtime_deprecates_at) {
+        (_, Some(at)) => {
+            let past = if at <= now {
+                ": PAST, GitHub sends it no jobs"
+            } else {
+                ""
+            };
+            format!(
+                "; runtime deadline {}{past}",
+                crate::runner::version::describe_deadline(at, now)
+            )
+        }
+        ("undated", None) => "; no runtime deadline yet".to_string(),
+        ("unknown", None) => "; deadline unknown (GitHub does not say)".to_string(),
+        _ => "; deadline not checked yet".to_string(),
+    };
+    format!("{installed}{newest}{deadline}")
 }
 
 /// The token: refused, valid until, or not checked yet.

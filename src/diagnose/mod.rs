@@ -22,8 +22,7 @@ mod wsl;
 pub use docker::{check_disk, check_docker};
 pub use network::{check_dependencies, check_dns, check_reachable, check_sysctls};
 pub use runner::{
-    check_ghosts, check_leftovers, check_runner, check_runner_version, latest_release,
-    runner_version,
+    check_ghosts, check_leftovers, check_runner, check_runner_version, runner_version,
 };
 pub use wsl::check_wsl;
 
@@ -168,7 +167,7 @@ pub fn check_host() -> Check {
 #[cfg(test)]
 mod tests {
     use super::network::url_host;
-    use super::runner::parse_version;
+    use crate::runner::version::parse_version;
 
     #[test]
     fn versions_and_hosts() {

@@ -2,12 +2,14 @@
 //! `config.sh` left behind, and this host's ghosts on GitHub.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use super::{bad, ok};
 use crate::config::Config;
-use crate::github::{GithubClient, RunnerApplication};
+use chrono::{DateTime, Utc};
+
+use crate::github::GithubClient;
 use crate::preflight::{Check, Level};
+use crate::runner::version::{self, Deadline, Standing};
 
 /// `bin/Runner.Listener` exists and is executable.
 pub fn check_runner(cfg: &Config) -> Check {
@@ -56,81 +58,78 @@ pub fn check_runner(cfg: &Config) -> Check {
 
 /// The installed runner's version: `bin/Runner.Listener --version`.
 pub async fn runner_version(cfg: &Config) -> Option<String> {
-    let bin = cfg.runner.dir.join("bin/Runner.Listener");
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new(&bin)
-            .arg("--version")
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && parse_version(&v).is_some()).then_some(v)
+    version::installed(&cfg.runner.dir).await
 }
 
-pub(super) fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
-    let mut p = v.trim().trim_start_matches('v').split('.');
-    Some((
-        p.next()?.parse().ok()?,
-        p.next()?.parse().ok()?,
-        p.next()?.split(['-', '+']).next()?.parse().ok()?,
-    ))
-}
-
-/// The latest version among the downloads (from their file names).
-pub fn latest_release(apps: &[RunnerApplication]) -> Option<String> {
-    apps.iter()
-        .filter(|a| a.os == "linux")
-        .filter_map(|a| {
-            let v = a
-                .filename
-                .trim_end_matches(".tar.gz")
-                .rsplit('-')
-                .next()?
-                .to_string();
-            parse_version(&v).map(|k| (k, v))
-        })
-        .max()
-        .map(|(_, v)| v)
-}
-
-/// The installed runner against the latest release, with GitHub's 30-day rule.
+/// The installed runner against the newest release and GitHub's real deadline for it (the
+/// deprecations endpoint): a warning within [`version::WARN_DAYS`] days of the runtime
+/// deadline, a failure past it; an unknown deadline (a version GitHub does not know, or a
+/// server without the endpoint) is said, not failed.
 pub fn check_runner_version(
     installed: Option<&str>,
     latest: Result<Option<String>, String>,
+    deadline: Result<Deadline, String>,
+    now: DateTime<Utc>,
 ) -> Check {
-    const RULE: &str = "JIT runners never update themselves; GitHub stops queueing jobs to a runner 30 days after a newer version is released (at once for a critical security update), and the listener then exits with the deprecated-version line";
+    const NAME: &str = "runner version";
     let Some(inst) = installed else {
         return bad(
-            "runner version",
+            NAME,
             Level::Warn,
             "cannot tell the installed version (`bin/Runner.Listener --version` failed)",
             "check the runner install; run bin/installdependencies.sh",
         );
     };
-    match latest {
-        Err(e) => bad(
-            "runner version",
-            Level::Warn,
-            format!("{inst} installed; cannot read the latest release: {e}"),
-            "check the token and the network",
-        ),
-        Ok(None) => ok("runner version", format!("{inst} installed (no release listed)")),
-        Ok(Some(latest)) => match (parse_version(inst), parse_version(&latest)) {
-            (Some(a), Some(b)) if a < b => bad(
-                "runner version",
+    let newest = match &latest {
+        Ok(Some(l)) if version::parse_version(l) > version::parse_version(inst) => {
+            format!("; {l} is the newest release")
+        }
+        Ok(Some(_)) => ", the newest release".to_string(),
+        Ok(None) => " (no release listed)".to_string(),
+        Err(e) => format!("; cannot read the newest release: {e}"),
+    };
+    let target = match &latest {
+        Ok(Some(l)) if version::parse_version(l) > version::parse_version(inst) => l.clone(),
+        _ => "the newest release".to_string(),
+    };
+    let fix = format!(
+        "install actions/runner {target} (JIT runners never update themselves; [runner] auto_update does it between jobs), then restart the supervisor"
+    );
+    let deadline = match deadline {
+        Err(e) => {
+            return bad(
+                NAME,
                 Level::Warn,
-                format!("{inst} installed, {latest} is the latest release: {RULE}"),
-                format!("install actions/runner {latest} in the runner directory within 30 days of its release, then restart the supervisor"),
-            ),
-            _ => ok("runner version", format!("{inst} installed, the latest release")),
-        },
+                format!("{inst} installed{newest}; cannot read its deadline: {e}"),
+                "check the token and the network",
+            )
+        }
+        Ok(d) => d,
+    };
+    let said = match (&deadline, deadline.runtime()) {
+        (_, Some(at)) => format!(
+            "runtime deadline {}",
+            version::describe_deadline(at, now)
+        ),
+        (Deadline::Known { .. }, None) => "no runtime deadline yet".to_string(),
+        _ => "its deadline is unknown (GitHub does not know this version, or this server has no deprecations endpoint)".to_string(),
+    };
+    let detail = format!("{inst} installed{newest}; {said}");
+    match deadline.judge(now) {
+        Standing::Past { .. } => bad(
+            NAME,
+            Level::Fail,
+            format!("{detail}: GitHub sends this version no jobs (the listener exits with the deprecated-version line)"),
+            fix,
+        ),
+        Standing::Soon { .. } => bad(
+            NAME,
+            Level::Warn,
+            format!("{detail}: after it GitHub sends this version no jobs"),
+            fix,
+        ),
+        Standing::Fine if latest.is_err() => bad(NAME, Level::Warn, detail, "check the token and the network"),
+        Standing::Fine => ok(NAME, detail),
     }
 }
 

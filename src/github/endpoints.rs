@@ -9,7 +9,7 @@ use serde_json::json;
 use super::transport::same_origin;
 use super::{
     decode, next_link, parse_token_expiration, urlencode, Auth, AuthToken, GithubClient,
-    GithubError, JitConfig, Runner, RunnerApplication, TokenInfo,
+    GithubError, JitConfig, Runner, RunnerApplication, TokenInfo, VersionDeprecation,
 };
 use crate::config::Secret;
 
@@ -164,5 +164,20 @@ impl GithubClient {
             .request(Method::GET, &self.url("/actions/runners/downloads"), None)
             .await?;
         decode(&a.body)
+    }
+
+    /// `GET …/actions/runners/deprecations/{version}`: the version's deadlines, or `None`
+    /// when GitHub answers 404 (a version it does not know, or a server without the
+    /// endpoint, such as an older GHES): "unknown", not an error.
+    pub async fn runner_deprecation(
+        &self,
+        version: &str,
+    ) -> Result<Option<VersionDeprecation>, GithubError> {
+        let path = format!("/actions/runners/deprecations/{version}");
+        match self.request(Method::GET, &self.url(&path), None).await {
+            Ok(a) => decode(&a.body).map(Some),
+            Err(GithubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

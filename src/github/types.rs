@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Scope, Secret};
 
@@ -87,6 +87,19 @@ pub struct TokenInfo {
     pub scopes: Option<Vec<String>>,
     /// `github-authentication-token-expiration`.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET …/actions/runners/deprecations/{version}` (`actions-runs-openapi.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct VersionDeprecation {
+    pub runner_version: String,
+    /// After this a runner of this version can no longer register; null: no date.
+    #[serde(default)]
+    pub registration_deprecates_at: Option<DateTime<Utc>>,
+    /// After this GitHub sends no jobs to a runner of this version; null: no date yet
+    /// (the newest release).
+    #[serde(default)]
+    pub runtime_deprecates_at: Option<DateTime<Utc>>,
 }
 
 /// A runner application download.

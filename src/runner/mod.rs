@@ -4,3 +4,4 @@
 pub mod events;
 pub mod exit;
 pub mod process;
+pub mod version;

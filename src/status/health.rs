@@ -29,6 +29,8 @@ pub enum Condition {
     Disk,
     /// The Docker engine.
     Docker,
+    /// The runner version's deadline is near or past.
+    RunnerVersion,
 }
 
 impl std::fmt::Display for Condition {
@@ -41,6 +43,7 @@ impl std::fmt::Display for Condition {
             Condition::Chronyd => f.write_str("chronyd"),
             Condition::Dns => f.write_str("dns"),
             Condition::Dependency(d) => write!(f, "dependency {d}"),
+            Condition::RunnerVersion => f.write_str("runner version"),
             Condition::Disk => f.write_str("disk"),
             Condition::Docker => f.write_str("docker"),
         }

@@ -58,6 +58,31 @@ pub struct SystemStatus {
     pub rate_limit: Option<crate::github::RateLimit>,
     /// The runner's version, as its listener printed it.
     pub runner_version: Option<String>,
+    /// The runner's version against the newest release and GitHub's deadline for it.
+    #[serde(default)]
+    pub runner: RunnerStatus,
+}
+
+/// The installed runner version, the newest release, and GitHub's deadline for the
+/// installed one (`GET …/actions/runners/deprecations/{version}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RunnerStatus {
+    /// Installed: as the listener printed it (`bin/Runner.Listener --version` at start).
+    pub version: Option<String>,
+    /// The newest release the downloads endpoint lists.
+    pub latest: Option<String>,
+    /// `unchecked`, `unknown` (GitHub does not know the version, or the server has no
+    /// deprecations endpoint), `undated` (no date yet) or `dated`.
+    pub deadline: String,
+    /// After this GitHub sends this version no jobs.
+    pub runtime_deprecates_at: Option<DateTime<Utc>>,
+    /// After this a runner of this version can no longer register.
+    pub registration_deprecates_at: Option<DateTime<Utc>>,
+    /// Whole days to the runtime deadline; negative past it.
+    pub days_left: Option<i64>,
+    /// When the deadline was last read.
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 /// The token as last checked.

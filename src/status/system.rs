@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Board, ClockInfo, Condition, Dependency, DiskInfo, Health, KeepaliveInfo, SystemStatus,
-    TokenStatus,
+    Board, ClockInfo, Condition, Dependency, DiskInfo, Health, KeepaliveInfo, RunnerStatus,
+    SystemStatus, TokenStatus,
 };
 
 /// What the monitors know of the host.
@@ -44,6 +44,14 @@ pub struct SystemState {
     pub listeners_keepalive_on: u64,
     pub listeners_keepalive_refused: u64,
     pub runner_version: Option<String>,
+    /// The newest release the downloads endpoint lists.
+    pub runner_latest: Option<String>,
+    /// GitHub's deadline for [`Self::runner_deadline_for`] (the deprecations endpoint).
+    pub runner_deadline: crate::runner::version::Deadline,
+    /// The version the deadline was read for.
+    pub runner_deadline_for: Option<String>,
+    /// When the deadline was read.
+    pub runner_checked_at: Option<DateTime<Utc>>,
 }
 
 impl SystemState {
@@ -156,6 +164,21 @@ impl SystemState {
             },
             rate_limit,
             runner_version: self.runner_version.clone(),
+            runner: RunnerStatus {
+                version: self.runner_version.clone(),
+                latest: self.runner_latest.clone(),
+                deadline: self.runner_deadline.kind().to_string(),
+                runtime_deprecates_at: self.runner_deadline.runtime(),
+                registration_deprecates_at: match &self.runner_deadline {
+                    crate::runner::version::Deadline::Known { registration, .. } => *registration,
+                    _ => None,
+                },
+                days_left: self
+                    .runner_deadline
+                    .runtime()
+                    .map(|at| (at - now).num_days()),
+                checked_at: self.runner_checked_at,
+            },
         }
     }
 }

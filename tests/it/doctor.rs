@@ -143,7 +143,9 @@ async fn every_check_passes_exit_0_and_json_follows_the_schema() {
         assert!(c["fix"].is_null(), "a passing check needs no fix: {c}");
     }
     assert!(d.reason("runner").contains("present and executable"));
-    assert!(d.reason("runner version").contains("2.336.0"));
+    assert!(d
+        .reason("runner version")
+        .contains(&format!("{} installed", sim::protocol::RUNNER_VERSION)));
     assert!(d.reason("host").contains("kernel") && d.reason("host").contains("GiB"));
     assert_eq!(d.reason("wsl2"), "not WSL2 (kernel 6.1.0-28-amd64)");
 
@@ -163,20 +165,28 @@ async fn every_check_passes_exit_0_and_json_follows_the_schema() {
 #[tokio::test]
 async fn warnings_exit_1_and_failures_exit_2_each_with_a_fix() {
     let sb = Sandbox::new();
-    let gh = github(|o| o.latest_runner_version = "2.340.1".into()).await;
+    // The installed version's runtime deadline in 5 days, a newer release out.
+    let soon = chrono::Utc::now() + chrono::Duration::days(5) + chrono::Duration::hours(1);
+    let gh = github(|o| {
+        o.latest_runner_version = "2.340.1".into();
+        o.deprecations
+            .insert(sim::protocol::RUNNER_VERSION.into(), Some(soon));
+    })
+    .await;
     let env = healthy(&sb, &gh);
-    // A warning: a newer runner release, and config.sh leftovers.
+    // A warning: the deadline within 21 days, and config.sh leftovers.
     std::fs::write(sb.install.join(".runner"), "{}").unwrap();
     let d = doctor(&env).await;
     assert_eq!(d.code, Some(1), "{:#}", d.json);
     assert_eq!(d.json["result"], "warn");
     assert_eq!(d.status("runner version"), "warn");
-    assert!(d
-        .reason("runner version")
-        .contains("2.336.0 installed, 2.340.1 is the latest"));
     assert!(
-        d.reason("runner version").contains("30 days"),
-        "the rule is explained"
+        d.reason("runner version").contains(&format!(
+            "{} installed; 2.340.1 is the newest release; runtime deadline",
+            sim::protocol::RUNNER_VERSION
+        )) && d.reason("runner version").contains("(in 5 days)"),
+        "{}",
+        d.reason("runner version")
     );
     assert!(d.fix("runner version").contains("2.340.1"));
     assert_eq!(d.status("leftovers"), "warn");

@@ -70,6 +70,7 @@ const MONITORS: &[&str] = &[
     "offline",
     "disk",
     "autoheal",
+    "versionwatch",
 ];
 
 /// What the pure slot machine may import: types and pure functions, nothing that does IO

@@ -381,8 +381,7 @@ async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     d.wait_listening(2, T).await;
     let pid = listeners(&sb, 1)[0];
     // unshare forwards nothing; signal the supervisor (its child) directly.
-    let sup = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid)).unwrap();
-    let sup: i32 = sup.split_whitespace().next().unwrap().parse().unwrap();
+    let sup = d.supervisor_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM).unwrap();
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert!(wait_gone(pid, Duration::from_secs(5)).await);

@@ -29,4 +29,5 @@ mod shutdown;
 mod systemd;
 mod systemd_boot;
 mod token;
+mod versions;
 mod watchdog;

@@ -222,7 +222,10 @@ async fn a_scrape_after_jobs_and_faults_has_the_values_that_happened() {
     assert_eq!(
         m.must(
             &n("build_info"),
-            &[("version", version), ("runner_version", "2.336.0")]
+            &[
+                ("version", version),
+                ("runner_version", sim::protocol::RUNNER_VERSION)
+            ]
         ),
         1.0
     );

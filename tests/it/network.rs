@@ -151,13 +151,7 @@ async fn set_sysctls_auto_sets_them_only_in_a_network_namespace_of_its_own() {
         let e = d.wait_event("sysctls", T).await;
         assert!(e.is("how", how), "{wrapper:?}: {e:?}");
         // unshare --fork forwards nothing: signal the supervisor, its child, directly.
-        let child = std::fs::read_to_string(format!("/proc/{}/task/{}/children", d.pid, d.pid))
-            .unwrap_or_default();
-        let pid = child
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(d.pid);
+        let pid = d.supervisor_pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
         assert_eq!(d.wait_exit(T).await.0, Some(0));
     }

@@ -224,3 +224,22 @@ impl Daemon {
         d
     }
 }
+
+impl Daemon {
+    /// The supervisor's own PID: this process, or, under a wrapper that forks (`unshare
+    /// --fork`, which forwards no signal), its child running the supervisor binary.
+    pub fn supervisor_pid(&self) -> i32 {
+        let bin = supervisor_bin();
+        let is_ours =
+            |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == bin);
+        if is_ours(self.pid) {
+            return self.pid;
+        }
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid, self.pid))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .find(|p| is_ours(*p))
+            .unwrap_or_else(|| panic!("no supervisor under pid {}", self.pid))
+    }
+}

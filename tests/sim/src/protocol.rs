@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The runner version the fake runner claims to be (the release `src/runner/protocol.md` describes).
-pub const RUNNER_VERSION: &str = "2.336.0";
+pub const RUNNER_VERSION: &str = "2.338.0";
 
 /// The `.runner` settings file, camelCase like the real one, plus `sim*` extras.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

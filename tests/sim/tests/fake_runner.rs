@@ -118,7 +118,7 @@ async fn one_job_then_exit_0_with_the_exact_lines() {
     let s = &r.stdout;
     assert_eq!(s[0], "\u{221a} Connected to GitHub");
     assert_eq!(s[1], "");
-    assert_eq!(s[2], "Current runner version: '2.336.0'");
+    assert_eq!(s[2], "Current runner version: '2.338.0'");
     assert_eq!(stamped(&s[3]), Some("Listening for Jobs"), "{s:?}");
     assert_eq!(stamped(&s[4]), Some("Running job: build and test"));
     assert_eq!(
@@ -133,7 +133,7 @@ async fn one_job_then_exit_0_with_the_exact_lines() {
     // The diag log mirrors WriteLine, but not success messages.
     assert!(
         r.diag
-            .contains(" INFO Terminal] WRITE LINE: Current runner version: '2.336.0'"),
+            .contains(" INFO Terminal] WRITE LINE: Current runner version: '2.338.0'"),
         "{}",
         r.diag
     );
@@ -288,7 +288,7 @@ async fn scripted_faults_use_the_real_strings_and_codes() {
         (
             Script::VersionDeprecated,
             Some(7),
-            "An error occurred: Runner version v2.336.0 is deprecated and cannot receive messages.",
+            "An error occurred: Runner version v2.338.0 is deprecated and cannot receive messages.",
         ),
         (
             Script::Crash {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
@@ -84,6 +84,13 @@ pub struct Options {
     pub job_lock_timeout: Duration,
     /// The newest runner release the downloads endpoint lists.
     pub latest_runner_version: String,
+    /// What `GET .../actions/runners/deprecations/{version}` answers, by version:
+    /// `runtime_deprecates_at` (None: no date yet, JSON null). A version not listed
+    /// answers 404, as GitHub does for one it does not know.
+    pub deprecations: std::collections::BTreeMap<String, Option<DateTime<Utc>>>,
+    /// Whether the deprecations endpoint exists at all (a GHES that predates it answers
+    /// 404 for the path itself).
+    pub deprecations_endpoint: bool,
     /// A GitHub App whose installation tokens the runner endpoints also accept.
     pub app: Option<app::AppOptions>,
 }
@@ -105,9 +112,31 @@ impl Default for Options {
             public_url: None,
             job_lock_timeout: Duration::from_secs(600),
             latest_runner_version: crate::protocol::RUNNER_VERSION.to_string(),
+            deprecations: default_deprecations(),
+            deprecations_endpoint: true,
             app: None,
         }
     }
+}
+
+/// The runtime deadlines GitHub's deprecations endpoint returned (reference A8): observed
+/// for 2.333.0 to 2.336.0; 2.337.0 modelled on them (about 64 days after the next
+/// release, 2.338.0 on 2026-10-06); the newest release has no date yet.
+pub fn default_deprecations() -> std::collections::BTreeMap<String, Option<DateTime<Utc>>> {
+    let at = |d: &str| Some(format!("{d}T00:00:00Z").parse().expect("a date"));
+    [
+        ("2.333.0", at("2026-05-29")),
+        ("2.333.1", at("2026-06-30")),
+        ("2.334.0", at("2026-08-10")),
+        ("2.335.0", at("2026-08-14")),
+        ("2.335.1", at("2026-09-24")),
+        ("2.336.0", at("2026-11-05")),
+        ("2.337.0", at("2026-12-09")),
+        ("2.338.0", None),
+    ]
+    .into_iter()
+    .map(|(v, d)| (v.to_string(), d))
+    .collect()
 }
 
 /// An injected fault, matched against non-admin requests.

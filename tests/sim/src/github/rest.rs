@@ -127,6 +127,7 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
     match (m.as_str(), rest) {
         ("GET", []) => list_runners(shared, ctx, &scope),
         ("GET", ["downloads"]) => downloads(&shared.opts.latest_runner_version),
+        ("GET", ["deprecations", version]) => deprecation(&shared.opts, version),
         ("POST", ["generate-jitconfig"]) => generate_jitconfig(shared, ctx, &scope),
         ("POST", ["registration-token"]) | ("POST", ["remove-token"]) => {
             let token = random_token(29);
@@ -237,6 +238,26 @@ pub(super) fn list_runners(shared: &Shared, ctx: &Ctx, scope: &str) -> Resp {
         );
     }
     resp
+}
+
+/// `GET .../actions/runners/deprecations/{version}` (`actions-runs-openapi.json`, a
+/// hand-written path): the version's dates, or 404 for a version it does not know (or
+/// for the path itself on a server without the endpoint).
+pub(super) fn deprecation(opts: &super::Options, version: &str) -> Resp {
+    if !opts.deprecations_endpoint {
+        return basic_error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    match opts.deprecations.get(version) {
+        Some(runtime) => json_resp(
+            StatusCode::OK,
+            &json!({
+                "runner_version": version,
+                "registration_deprecates_at": null,
+                "runtime_deprecates_at": runtime.map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            }),
+        ),
+        None => basic_error(StatusCode::NOT_FOUND, "Not Found"),
+    }
 }
 
 pub(super) fn downloads(v: &str) -> Resp {

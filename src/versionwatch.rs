@@ -1,0 +1,146 @@
+//! Version watch: which runner version is installed, which is the newest release, and
+//! GitHub's real deadline for the installed one (`GET …/actions/runners/deprecations/
+//! {version}`, reference A8/B6). It reads the newest release at start and every
+//! [`LATEST_EVERY`], and a version's deadline at start and at most once per
+//! [`DEADLINE_EVERY`] per version; a 404 (a version GitHub does not know, or a server
+//! without the endpoint) is "unknown", not an error. Health says when the deadline is
+//! within [`WARN_DAYS`] days (a note) or past (degraded: GitHub sends that version no jobs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::github::GithubClient;
+use crate::runner::version::{self, describe_deadline, Deadline, Standing, WARN_DAYS};
+use crate::status::{Board, Condition, Health};
+
+/// How often the newest release is read.
+pub const LATEST_EVERY: Duration = Duration::from_secs(6 * 3600);
+/// How often one version's deadline is read, at most.
+pub const DEADLINE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How often the deadline is judged again (days pass) and the installed version looked at.
+const TICK: Duration = Duration::from_secs(3600);
+/// After a failed read, the next try.
+const RETRY: Duration = Duration::from_secs(300);
+
+/// What the watch remembers between rounds.
+#[derive(Default)]
+struct Watch {
+    next_latest: Option<Instant>,
+    /// Version → when its deadline was last read (or is due again after a failure).
+    read: HashMap<String, Instant>,
+}
+
+/// Read, judge and publish, until cancelled.
+pub async fn run(cfg: Arc<Config>, gh: GithubClient, board: Arc<Board>, stop: CancellationToken) {
+    // Every step gives way to the stop: GitHub may be unreachable, and its retries long.
+    let work = async {
+        if board.system_state().runner_version.is_none() {
+            if let Some(v) = version::installed(&cfg.runner.dir).await {
+                board.system(|s| {
+                    s.runner_version.get_or_insert(v);
+                });
+            }
+        }
+        let mut w = Watch::default();
+        loop {
+            round(&gh, &board, &mut w).await;
+            tokio::time::sleep(TICK).await;
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = work => {}
+    }
+}
+
+async fn round(gh: &GithubClient, board: &Board, w: &mut Watch) {
+    let now = Instant::now();
+    if w.next_latest.is_none_or(|t| now >= t) {
+        match gh.runner_downloads().await {
+            Ok(apps) => {
+                let latest = version::latest_release(&apps);
+                board.system(|s| s.runner_latest = latest);
+                w.next_latest = Some(now + LATEST_EVERY);
+            }
+            Err(e) => {
+                tracing::warn!(event = "runner_latest_failed", error = %e, "cannot read the newest runner release now");
+                w.next_latest = Some(now + RETRY);
+            }
+        }
+    }
+    let Some(v) = board.system_state().runner_version else {
+        return;
+    };
+    if w.read.get(&v).is_none_or(|t| now >= *t) {
+        match gh.runner_deprecation(&v).await {
+            Ok(answer) => {
+                let deadline = Deadline::from_answer(answer);
+                let wall = crate::clocks::wall_now();
+                board.system(|s| {
+                    s.runner_deadline = deadline.clone();
+                    s.runner_deadline_for = Some(v.clone());
+                    s.runner_checked_at = Some(wall);
+                });
+                log_deadline(&v, &deadline, wall);
+                w.read.insert(v.clone(), now + DEADLINE_EVERY);
+            }
+            Err(e) => {
+                tracing::warn!(event = "runner_deadline_failed", version = %v, error = %e, "cannot read the runner version's deadline now");
+                w.read.insert(v.clone(), now + RETRY);
+            }
+        }
+    }
+    judge(board, crate::clocks::wall_now());
+}
+
+fn log_deadline(v: &str, d: &Deadline, now: DateTime<Utc>) {
+    match d.runtime() {
+        Some(at) => {
+            tracing::info!(event = "runner_deadline", version = %v, deadline = d.kind(), runtime_deprecates_at = %at, days_left = (at - now).num_days(), "runner {v}: GitHub sends it jobs until {}", describe_deadline(at, now))
+        }
+        None => {
+            tracing::info!(event = "runner_deadline", version = %v, deadline = d.kind(), "runner {v}: no runtime deadline ({})", d.kind())
+        }
+    }
+}
+
+/// The health condition for the installed version's deadline, as it stands at `now`.
+pub fn judge(board: &Board, now: DateTime<Utc>) {
+    let s = board.system_state();
+    let current = s.runner_deadline_for.is_some() && s.runner_deadline_for == s.runner_version;
+    let v = s.runner_version.unwrap_or_default();
+    let newest = match s.runner_latest {
+        Some(l) if version::parse_version(&l) > version::parse_version(&v) => {
+            format!("install {l}")
+        }
+        _ => "install the newest release".to_string(),
+    };
+    let condition = match (
+        current,
+        s.runner_deadline.judge(now),
+        s.runner_deadline.runtime(),
+    ) {
+        (true, Standing::Past { .. }, Some(at)) => Some((
+            Health::Degraded,
+            format!(
+                "runner {v} is past its runtime deadline {}: GitHub sends it no jobs; {newest}",
+                describe_deadline(at, now)
+            ),
+        )),
+        (true, Standing::Soon { .. }, Some(at)) => Some((
+            Health::Ok,
+            format!(
+                "runner {v}: runtime deadline {}, within {WARN_DAYS} days; {newest}",
+                describe_deadline(at, now)
+            ),
+        )),
+        _ => None,
+    };
+    board.set_condition(Condition::RunnerVersion, condition);
+}

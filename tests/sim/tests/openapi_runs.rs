@@ -1,0 +1,110 @@
+//! Every answer of the fake GitHub's runner-version deprecations endpoint is validated
+//! against its contract in `openapi/actions-runs-openapi.json` (a copy of
+//! `../shared/github-api/actions-runs-openapi.json`; the path is hand-written there and
+//! marked so): a dated version, an undated one (null), one GitHub does not know (404),
+//! for a repository and an organisation, and a server without the endpoint (404).
+// Tests and benches measure and read real time on purpose (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sim::github::{FakeGithub, Options};
+
+const SPEC: &str = include_str!("../openapi/actions-runs-openapi.json");
+
+fn spec() -> Value {
+    serde_json::from_str(SPEC).unwrap()
+}
+
+mod common;
+use common::{resolve, to_json_schema};
+
+#[test]
+fn the_copy_matches_the_shared_contract() {
+    common::assert_copy_matches("actions-runs-openapi.json", &spec());
+}
+
+fn check(spec: &Value, template: &str, status: u16, body: &str) {
+    let op = &spec["paths"][template]["get"];
+    assert!(op.is_object(), "GET {template} not in the spec");
+    let resp = op["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("GET {template} has no {status} in the spec"));
+    let resp = resolve(spec, resp);
+    let schema = resp
+        .pointer("/content/application~1json/schema")
+        .unwrap_or_else(|| panic!("GET {template} {status} has a body"));
+    let mut s = to_json_schema(schema);
+    s["components"] = to_json_schema(&spec["components"]);
+    let v = jsonschema::validator_for(&s).expect("schema compiles");
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let errors: Vec<String> = v
+        .iter_errors(&body)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "GET {template} {status}: {errors:?}\nbody: {body}"
+    );
+}
+
+async fn get(gh: &FakeGithub, path: &str) -> (StatusCode, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", gh.url()))
+        .header("User-Agent", "openapi-test")
+        .header("Accept", "application/vnd.github+json")
+        .bearer_auth(Options::default().token)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn every_deprecations_answer_follows_the_contract() {
+    let spec = spec();
+    let gh = FakeGithub::start(Options::default()).await.unwrap();
+    for (prefix, template) in [
+        (
+            "/repos/octo/app",
+            "/repos/{owner}/{repo}/actions/runners/deprecations/{version}",
+        ),
+        (
+            "/orgs/octo",
+            "/orgs/{org}/actions/runners/deprecations/{version}",
+        ),
+    ] {
+        let path = |v: &str| format!("{prefix}/actions/runners/deprecations/{v}");
+        // Dated: a past runtime deadline.
+        let (s, b) = get(&gh, &path("2.336.0")).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        check(&spec, template, 200, &b);
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["runner_version"], "2.336.0");
+        assert_eq!(v["runtime_deprecates_at"], "2026-11-05T00:00:00Z");
+        // The newest release: no date yet.
+        let (s, b) = get(&gh, &path(sim::protocol::RUNNER_VERSION)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        check(&spec, template, 200, &b);
+        assert!(serde_json::from_str::<Value>(&b).unwrap()["runtime_deprecates_at"].is_null());
+        // A version GitHub does not know.
+        let (s, b) = get(&gh, &path("9.9.9")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        check(&spec, template, 404, &b);
+    }
+    // A server that predates the endpoint answers 404 for the path itself.
+    let old = FakeGithub::start(Options {
+        deprecations_endpoint: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (s, b) = get(&old, "/repos/octo/app/actions/runners/deprecations/2.336.0").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    check(
+        &spec,
+        "/repos/{owner}/{repo}/actions/runners/deprecations/{version}",
+        404,
+        &b,
+    );
+}
