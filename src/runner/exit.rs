@@ -13,6 +13,8 @@ pub struct Seen {
     pub registration_deleted: bool,
     pub clock_skew: bool,
     pub version_deprecated: bool,
+    /// `Current runner version: '2.336.0'`: the version it said it is.
+    pub version: Option<String>,
 }
 
 impl Seen {
@@ -24,6 +26,7 @@ impl Seen {
             RunnerEvent::RegistrationDeleted { .. } => self.registration_deleted = true,
             RunnerEvent::ClockSkew => self.clock_skew = true,
             RunnerEvent::VersionDeprecated { .. } => self.version_deprecated = true,
+            RunnerEvent::Version(v) => self.version = Some(v.clone()),
             _ => {}
         }
     }
@@ -91,16 +94,35 @@ impl ExitReason {
     }
 }
 
+/// Before 2.337.0 the runner turned any bare HTTP 403 from the broker into its
+/// deprecated-version message (actions/runner #4613, fixed by PR #4633 in 2.337.0): from
+/// such a version (or one that did not say) the line needs GitHub's confirmation.
+pub fn deprecation_needs_confirmation(version: Option<&str>) -> bool {
+    let parsed = version.and_then(|v| {
+        let mut p = v.trim().trim_start_matches('v').split('.');
+        Some((
+            p.next()?.parse::<u64>().ok()?,
+            p.next()?.parse::<u64>().ok()?,
+            p.next()?.split(['-', '+']).next()?.parse::<u64>().ok()?,
+        ))
+    });
+    parsed.is_none_or(|v| v < (2, 337, 0))
+}
+
 /// Classify an exit.
 pub fn classify(ended: Ended, seen: &Seen, stop_requested: bool) -> ExitReason {
     match ended {
         Ended::Signal(_) if stop_requested => ExitReason::Stopped,
         Ended::Signal(_) => ExitReason::Crashed,
+        // The deprecated line decides, whatever the code: 0 (through run.sh, or without
+        // the exit-code switch), 1, or 7 (reference A8).
+        Ended::Code(0 | 1 | 7) if seen.version_deprecated && !stop_requested => {
+            ExitReason::VersionDeprecated
+        }
         Ended::Code(0) if seen.registration_deleted => ExitReason::RegistrationDeleted,
         Ended::Code(0) if seen.job_completed => ExitReason::JobDone,
         Ended::Code(0) if stop_requested => ExitReason::Stopped,
         Ended::Code(0) => ExitReason::CleanExit,
-        Ended::Code(1) if seen.version_deprecated => ExitReason::VersionDeprecated,
         Ended::Code(1) if seen.clock_skew => ExitReason::ClockSkew,
         Ended::Code(1) if seen.registration_deleted => ExitReason::RegistrationDeleted,
         Ended::Code(1) => ExitReason::Terminated,
@@ -120,6 +142,19 @@ mod tests {
         let mut s = Seen::default();
         f(&mut s);
         s
+    }
+
+    #[test]
+    fn the_deprecated_line_needs_confirmation_before_2_337_0() {
+        assert!(deprecation_needs_confirmation(Some("2.336.0")));
+        assert!(deprecation_needs_confirmation(Some("v2.333.1")));
+        assert!(
+            deprecation_needs_confirmation(None),
+            "a runner that did not say"
+        );
+        assert!(!deprecation_needs_confirmation(Some("2.337.0")));
+        assert!(!deprecation_needs_confirmation(Some("2.338.0")));
+        assert!(!deprecation_needs_confirmation(Some("3.0.0")));
     }
 
     #[test]
@@ -147,6 +182,19 @@ mod tests {
             ),
             (
                 Code(1),
+                seen(|s| s.version_deprecated = true),
+                false,
+                R::VersionDeprecated,
+            ),
+            // Through run.sh (or without the exit-code switch) a deprecated runner exits 0.
+            (
+                Code(0),
+                seen(|s| s.version_deprecated = true),
+                false,
+                R::VersionDeprecated,
+            ),
+            (
+                Code(7),
                 seen(|s| s.version_deprecated = true),
                 false,
                 R::VersionDeprecated,

@@ -211,6 +211,10 @@ impl SlotIo {
             }
             Op::Start => self.start(mode).await,
             Op::Watch => self.watch(failures, mode, cmds).await,
+            Op::ConfirmDeprecation { version } => tokio::select! {
+                c = confirm_deprecation(&sh, slot, &version) => Outcome::DeprecationConfirmed(c),
+                _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
+            },
             Op::Record(fires) => {
                 let mut opened = None;
                 for (cause, detail) in &fires {
@@ -309,4 +313,44 @@ impl SlotIo {
         });
         self.sh.board.set_state(self.slot, SlotState::Stopped);
     }
+}
+
+/// Whether GitHub dates `version`'s runtime deadline in the past (the deprecations
+/// endpoint). Anything else (no date, a version it does not know, no answer) is no
+/// confirmation.
+async fn confirm_deprecation(sh: &Shared, slot: usize, version: &str) -> bool {
+    // A runner refused at its session's creation never printed its version: the one
+    // installed is the one that ran.
+    let installed = sh.board.system_state().runner_version;
+    let version = match version {
+        "" => installed.as_deref().unwrap_or(""),
+        v => v,
+    };
+    // From 2.337.0 the line comes only from the broker's typed error: no doubt.
+    if !crate::runner::exit::deprecation_needs_confirmation(Some(version).filter(|v| !v.is_empty()))
+    {
+        return true;
+    }
+    let answer = match version {
+        "" => Ok(None),
+        v => sh.gh.runner_deprecation(v).await,
+    };
+    let now = crate::clocks::wall_now();
+    let deadline = match &answer {
+        Ok(Some(d)) => d.runtime_deprecates_at,
+        _ => None,
+    };
+    let confirmed = deadline.is_some_and(|at| at <= now);
+    match (&answer, confirmed) {
+        (_, true) => {
+            tracing::warn!(event = "deprecation_confirmed", slot, version, deadline = ?deadline, "GitHub confirms: runner {version} is past its runtime deadline")
+        }
+        (Err(e), false) => {
+            tracing::warn!(event = "deprecation_unconfirmed", slot, version, error = %e, "the runner says it is deprecated, and GitHub cannot confirm it now: treated as a network fault")
+        }
+        (Ok(_), false) => {
+            tracing::warn!(event = "deprecation_unconfirmed", slot, version, deadline = ?deadline, "the runner says it is deprecated, but GitHub dates no past deadline for {version}: a 403 from the broker, treated as a network fault")
+        }
+    }
+    confirmed
 }

@@ -167,3 +167,61 @@ async fn a_server_without_the_deprecations_endpoint_means_unknown_not_an_error()
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// A runner that claims `version` (the fake reads `bin/sim-version`).
+fn claims(sb: &crate::support::Sandbox, version: &str) {
+    std::fs::write(sb.install.join("bin/sim-version"), version).unwrap();
+}
+
+#[tokio::test]
+async fn before_2_337_0_a_deprecated_line_github_does_not_confirm_is_a_network_fault_not_a_pause() {
+    // 2.336.0 with no date at GitHub: the line came from a 403 (actions/runner #4613).
+    let (sb, gh, mut env) = setup(|o| {
+        o.deprecations.insert("2.336.0".into(), None);
+    })
+    .await;
+    claims(&sb, "2.336.0");
+    gh.script(sim::protocol::Script::VersionDeprecated);
+    env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "100ms".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let exited = d.wait_event("listener_exited", T).await;
+    assert!(exited.is("reason", "version_deprecated"), "{exited:?}");
+    let e = d.wait_event("deprecation_unconfirmed", T).await;
+    assert!(e.is("version", "2.336.0"), "{e:?}");
+    let fire = d.wait_event("watchdog_fire", T).await;
+    assert!(
+        fire.is("cause", "network") && fire.has("detail", "#4613"),
+        "{fire:?}"
+    );
+    let failed = d.wait_event("listener_failed", T).await;
+    assert_eq!(failed.u64("failures"), Some(1), "{failed:?}");
+    // It goes on: the next listener listens, and the slot was never paused.
+    d.wait_listening(2, T).await;
+    assert_eq!(d.count_events("runner_deprecated", |_| true), 0);
+    let s = crate::support::status(&env);
+    assert_eq!(
+        s.slots[0].state,
+        runner_supervisor::status::SlotState::Listening
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn before_2_337_0_a_deprecation_github_confirms_pauses_the_slot() {
+    // 2.336.0: GitHub dates its runtime deadline 2026-11-05, in the past.
+    let (sb, gh, env) = setup(|_| {}).await;
+    claims(&sb, "2.336.0");
+    gh.script(sim::protocol::Script::VersionDeprecated);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let e = d.wait_event("deprecation_confirmed", T).await;
+    assert!(e.is("version", "2.336.0"), "{e:?}");
+    d.wait_event("runner_deprecated", T).await;
+    sb.wait_status(T, |s| {
+        s.slots[0].state == runner_supervisor::status::SlotState::Paused
+    })
+    .await;
+    assert_eq!(d.count_events("watchdog_fire", |_| true), 0);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::cause::{looks_like_network, Cause};
-use crate::runner::exit::{ExitReason, Seen};
+use crate::runner::exit::{deprecation_needs_confirmation, ExitReason, Seen};
 use crate::status::slot::SlotState;
 
 use super::{after_exit, reason, Exit, HostFacts, Next, StopCause};
@@ -163,6 +163,9 @@ pub enum Outcome {
     StartFailed(String),
     /// [`Op::Watch`]: it exited.
     Exited(Exited),
+    /// [`Op::ConfirmDeprecation`]: whether GitHub dates the version's runtime deadline
+    /// in the past.
+    DeprecationConfirmed(bool),
     /// [`Op::Record`]: the breaker's verdict on the fires: how long it is open and why,
     /// if they opened it.
     Recorded {
@@ -193,6 +196,9 @@ pub enum Op {
     Watch,
     /// Record watchdog fires in the breaker.
     Record(Vec<(Cause, String)>),
+    /// Ask GitHub whether `version` is past its runtime deadline: answer
+    /// [`Outcome::DeprecationConfirmed`].
+    ConfirmDeprecation { version: String },
     /// Wait, or until the supervisor stops; with `early_on_token`, also until the token
     /// works again.
     Wait {
@@ -307,6 +313,7 @@ enum Phase {
     Registering,
     Starting,
     Watching,
+    Confirming,
     Recording,
     Waiting,
     Done,
@@ -332,6 +339,8 @@ pub struct Slot {
     fixed_name: bool,
     /// What follows the recording of fires: the exit's effects and what comes after.
     after_record: Option<(Vec<Effect>, After)>,
+    /// A deprecated line awaiting GitHub's word: the exit's effects so far, the version.
+    after_confirm: Option<(Vec<Effect>, String)>,
     /// The current state shown is `paused`.
     paused: bool,
 }
@@ -349,6 +358,7 @@ impl Slot {
             prepared: false,
             fixed_name: false,
             after_record: None,
+            after_confirm: None,
             paused: false,
         }
     }
@@ -454,6 +464,7 @@ impl Slot {
             Outcome::Started => self.to(Phase::Watching, vec![Effect::ListenerStarted], Op::Watch),
             Outcome::StartFailed(error) => self.start_failed(error),
             Outcome::Exited(x) => self.exited(x),
+            Outcome::DeprecationConfirmed(confirmed) => self.deprecation_confirmed(confirmed),
             Outcome::Recorded { opened } => {
                 let (e, next) = self.after_record.take().unwrap_or((vec![], After::Now));
                 self.next(next, opened).after(e)
@@ -604,6 +615,16 @@ impl Slot {
                 });
                 After::Wait(wait)
             }
+            // Before 2.337.0 any 403 from the broker read "deprecated": GitHub decides.
+            Next::Pause if deprecation_needs_confirmation(x.seen.version.as_deref()) => {
+                let version = x.seen.version.clone().unwrap_or_default();
+                self.after_confirm = Some((e, version.clone()));
+                return self.to(
+                    Phase::Confirming,
+                    vec![],
+                    Op::ConfirmDeprecation { version },
+                );
+            }
             Next::Pause => {
                 e.push(Effect::Deprecated {
                     failures: self.failures,
@@ -618,6 +639,45 @@ impl Slot {
         // The fires first, as they happened; the rest once the breaker has said.
         self.after_record = Some((e, next));
         self.to(Phase::Recording, vec![], Op::Record(plan.fires))
+    }
+
+    /// GitHub's word on a deprecated line from a runner before 2.337.0: confirmed, the
+    /// slot pauses; otherwise it was a 403 from the broker (a proxy, a VPN, an outage:
+    /// actions/runner #4613), a network fault: a watchdog fire and a back-off, never a pause.
+    fn deprecation_confirmed(&mut self, confirmed: bool) -> Step {
+        let (mut e, version) = self.after_confirm.take().unwrap_or_default();
+        if confirmed {
+            e.push(Effect::Deprecated {
+                failures: self.failures,
+            });
+            self.paused = true;
+            return self.next(After::Wait(DEPRECATED_PAUSE), None).after(e);
+        }
+        let shown = if version.is_empty() {
+            "this version".to_string()
+        } else {
+            format!("v{version}")
+        };
+        let error = format!(
+            "the runner said {shown} is deprecated, but GitHub dates no past deadline for it: a 403 from the broker (actions/runner #4613), treated as a network fault"
+        );
+        let wait = self.backoff();
+        e.push(Effect::Failure {
+            state: SlotState::Backoff,
+            error: error.clone(),
+            failures: self.failures,
+        });
+        e.push(Effect::ListenerFailed {
+            reason: ExitReason::VersionDeprecated,
+            failures: self.failures,
+            wait,
+        });
+        self.after_record = Some((e, After::Wait(wait)));
+        self.to(
+            Phase::Recording,
+            vec![],
+            Op::Record(vec![(Cause::Network, error)]),
+        )
     }
 
     /// What follows an exit, once its fires are recorded: an opened breaker is waited out

@@ -105,6 +105,16 @@ impl Args {
     }
 }
 
+/// The version this fake runner claims: `bin/sim-version` beside it when present (tests
+/// install older or newer "releases"), else [`RUNNER_VERSION`].
+pub(crate) fn version() -> String {
+    std::fs::read_to_string(runner_root().join("bin/sim-version"))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| RUNNER_VERSION.to_string())
+}
+
 /// The runner root: the parent of the directory holding this executable.
 fn runner_root() -> PathBuf {
     std::env::current_exe()
@@ -131,7 +141,7 @@ pub fn main() -> i32 {
         let root = runner_root();
         // `Runner.Listener --version` prints the version and exits 0, as the real one does.
         if args.command.is_empty() && args.flags.iter().any(|(f, _)| f == "version") {
-            println!("{RUNNER_VERSION}");
+            println!("{}", version());
             return 0;
         }
         match args.command.as_str() {
@@ -139,7 +149,7 @@ pub fn main() -> i32 {
             "configure" => configure(&args, &root).await,
             "update-helper" => update_helper(&args).await,
             "--version" | "version" => {
-                println!("{RUNNER_VERSION}");
+                println!("{}", version());
                 0
             }
             other => {
@@ -278,10 +288,6 @@ async fn run(args: &Args, root: &Path) -> i32 {
         Err(Next::Exit(code)) => return code,
     };
     match script {
-        Script::VersionDeprecated => {
-            r.delete_session().await;
-            return r.version_deprecated();
-        }
         Script::ClockSkew => {
             r.delete_session().await;
             return r.clock_skew().await;
@@ -290,7 +296,7 @@ async fn run(args: &Args, root: &Path) -> i32 {
     }
     r.term.line("");
     r.term
-        .line(&format!("Current runner version: '{RUNNER_VERSION}'"));
+        .line(&format!("Current runner version: '{}'", version()));
     if script == Script::HostileOutput {
         r.hostile_output();
         r.term
@@ -304,6 +310,12 @@ async fn run(args: &Args, root: &Path) -> i32 {
         r.term.line(&format!("{}: Listening for Jobs", utc()));
     }
     match script {
+        // Past its runtime deadline (reference A8): it listens, then the first poll
+        // for a message is refused.
+        Script::VersionDeprecated => {
+            r.delete_session().await;
+            r.version_deprecated()
+        }
         Script::SelfUpdate { exit_code } => r.self_update(exit_code).await,
         Script::Crash {
             after_ms,

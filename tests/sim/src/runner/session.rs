@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Next, Runner};
-use crate::protocol::{Script, SessionRequest, SessionResponse, RUNNER_VERSION};
+use crate::protocol::{Script, SessionRequest, SessionResponse};
 
 impl Runner {
     pub(super) async fn delete_session(&mut self) {
@@ -22,7 +22,8 @@ impl Runner {
 
     pub(super) fn version_deprecated(&self) -> i32 {
         self.term.error(&format!(
-            "An error occurred: Runner version v{RUNNER_VERSION} is deprecated and cannot receive messages."
+            "An error occurred: Runner version v{} is deprecated and cannot receive messages.",
+            super::version()
         ));
         let env = std::env::var("ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE")
             .unwrap_or_default()
@@ -63,7 +64,7 @@ impl Runner {
             let req = SessionRequest {
                 client_id: self.creds.data.client_id.clone(),
                 local_time_ms: Utc::now().timestamp_millis(),
-                version: RUNNER_VERSION.to_string(),
+                version: super::version(),
             };
             let resp = self
                 .http
