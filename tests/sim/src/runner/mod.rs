@@ -287,12 +287,9 @@ async fn run(args: &Args, root: &Path) -> i32 {
         Ok(s) => s,
         Err(Next::Exit(code)) => return code,
     };
-    match script {
-        Script::ClockSkew => {
-            r.delete_session().await;
-            return r.clock_skew().await;
-        }
-        _ => {}
+    if script == Script::ClockSkew {
+        r.delete_session().await;
+        return r.clock_skew().await;
     }
     r.term.line("");
     r.term
