@@ -166,6 +166,48 @@ impl GithubClient {
         decode(&a.body)
     }
 
+    /// Download `url` (a runner release: no credentials are sent, redirects are followed)
+    /// into `sink`, chunk by chunk; refused past `max_bytes` or `timeout`. The bytes read.
+    pub async fn download(
+        &self,
+        url: &str,
+        max_bytes: u64,
+        timeout: std::time::Duration,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, GithubError> {
+        let transient = |what: String| GithubError::Transient(what);
+        let fetch = async {
+            let mut resp = self
+                .downloads
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| transient(format!("cannot download {url}: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(transient(format!("downloading {url}: {}", resp.status())));
+            }
+            if resp.content_length().is_some_and(|n| n > max_bytes) {
+                return Err(transient(format!("{url} is larger than {max_bytes} bytes")));
+            }
+            let mut n = 0u64;
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| transient(format!("downloading {url}: {e}")))?
+            {
+                n += chunk.len() as u64;
+                if n > max_bytes {
+                    return Err(transient(format!("{url} is larger than {max_bytes} bytes")));
+                }
+                sink(&chunk).map_err(|e| transient(format!("writing {url}: {e}")))?;
+            }
+            Ok(n)
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| transient(format!("downloading {url} took longer than {timeout:?}")))?
+    }
+
     /// `GET …/actions/runners/deprecations/{version}`: the version's deadlines, or `None`
     /// when GitHub answers 404 (a version it does not know, or a server without the
     /// endpoint, such as an older GHES): "unknown", not an error.

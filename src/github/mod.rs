@@ -40,6 +40,9 @@ pub use types::*;
 #[derive(Clone)]
 pub struct GithubClient {
     http: reqwest::Client,
+    /// The same settings, following redirects (release assets are served from a CDN),
+    /// without the API's headers: runner downloads.
+    downloads: reqwest::Client,
     base: String,
     scope: Scope,
     auth: Auth,
@@ -87,8 +90,20 @@ impl GithubClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GithubError::Transient(format!("cannot build the HTTP client: {e}")))?;
+        let downloads = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(USER_AGENT_VALUE)
+            .connect_timeout(cfg.github.connect_timeout)
+            .tcp_keepalive(keepalive.idle)
+            .tcp_keepalive_interval(keepalive.interval)
+            .tcp_keepalive_retries(keepalive.probes)
+            .tcp_user_timeout(keepalive.user_timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| GithubError::Transient(format!("cannot build the HTTP client: {e}")))?;
         Ok(GithubClient {
             http,
+            downloads,
             base: cfg.github.api_url.trim_end_matches('/').to_string(),
             scope: cfg.github.scope.clone().ok_or_else(|| {
                 GithubError::Transient("no repository or organisation is configured".into())

@@ -4,4 +4,5 @@
 pub mod events;
 pub mod exit;
 pub mod process;
+pub mod store;
 pub mod version;

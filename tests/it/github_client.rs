@@ -31,7 +31,7 @@ fn config(gh: &FakeGithub, extra: &[(&str, &str)]) -> Config {
     Config::resolve(&env, &Default::default(), Purpose::Inspect).expect("valid config")
 }
 
-fn client(gh: &FakeGithub, extra: &[(&str, &str)]) -> GithubClient {
+pub fn client(gh: &FakeGithub, extra: &[(&str, &str)]) -> GithubClient {
     let cfg = config(gh, extra);
     GithubClient::new(&cfg, cfg.github.token.clone().unwrap()).unwrap()
 }

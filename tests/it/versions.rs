@@ -225,3 +225,126 @@ async fn before_2_337_0_a_deprecation_github_confirms_pauses_the_slot() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+mod store {
+    //! The versions directory through the library: a download verified and renamed into
+    //! place, shared by two supervisors, a bad checksum refused, an interrupted install
+    //! cleaned up.
+
+    use runner_supervisor::github::GithubClient;
+    use runner_supervisor::runner::store::{Store, StoreError};
+
+    use crate::support::{github, sim_bin};
+
+    async fn fake(f: impl FnOnce(&mut sim::github::Options)) -> sim::github::FakeGithub {
+        github(|o| {
+            o.runner_binary = Some(sim_bin("fake-runner"));
+            o.latest_runner_version = "2.339.0".into();
+            f(o);
+        })
+        .await
+    }
+
+    fn client(gh: &sim::github::FakeGithub) -> GithubClient {
+        crate::github_client::client(gh, &[])
+    }
+
+    async fn newest(c: &GithubClient) -> runner_supervisor::github::RunnerApplication {
+        let apps = c.runner_downloads().await.unwrap();
+        assert_eq!(apps.len(), 1, "{apps:?}");
+        apps[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_release_is_verified_unpacked_into_place_and_downloaded_once_for_two_supervisors() {
+        let gh = fake(|_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (client(&gh), client(&gh));
+        let app = newest(&a).await;
+        let (sa, sb) = (
+            Store::open(dir.path()).unwrap(),
+            Store::open(dir.path()).unwrap(),
+        );
+        // Two supervisors sharing the directory ask at once: one downloads.
+        let (ra, rb) = tokio::join!(
+            sa.install(&a, "2.339.0", &app),
+            sb.install(&b, "2.339.0", &app)
+        );
+        let ((pa, da), (pb, db)) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(pa, pb);
+        assert!(da ^ db, "exactly one of them downloaded: {da} {db}");
+        assert_eq!(
+            gh.state(|s| s.downloads.values().sum::<u64>()),
+            1,
+            "one download per release per host"
+        );
+        // It is the release: its listener says so.
+        let out = std::process::Command::new(pa.join("bin/Runner.Listener"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.339.0");
+        assert_eq!(sa.versions(), ["2.339.0"]);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with(".partial-")),
+            "nothing half-done left: {names:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checksum_mismatch_is_refused_and_never_unpacked() {
+        let gh = fake(|o| {
+            o.bad_checksums.insert("2.339.0".into());
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let c = client(&gh);
+        let app = newest(&c).await;
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.install(&c, "2.339.0", &app).await.unwrap_err();
+        assert!(matches!(err, StoreError::Checksum { .. }), "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert!(!store.path_of("2.339.0").exists());
+        assert!(store.versions().is_empty());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != ".lock")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_install_is_never_used_and_the_next_one_cleans_it_up() {
+        let gh = fake(|_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        // What a SIGKILL in the middle of unpacking leaves: a partial directory with a
+        // listener in it, and a partial tarball.
+        let partial = dir.path().join(".partial-2.339.0-4242");
+        std::fs::create_dir_all(partial.join("bin")).unwrap();
+        std::fs::write(partial.join("bin/Runner.Listener"), "half").unwrap();
+        std::fs::write(dir.path().join(".partial-2.339.0-4242.tar.gz"), "half").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.versions().is_empty(), "a partial is no version");
+        let c = client(&gh);
+        let app = newest(&c).await;
+        let (p, downloaded) = store.install(&c, "2.339.0", &app).await.unwrap();
+        assert!(downloaded);
+        assert!(p.join("bin/Runner.Listener").is_file());
+        assert!(!partial.exists());
+        assert!(!dir.path().join(".partial-2.339.0-4242.tar.gz").exists());
+        // Keep the current and the previous version; remove older ones.
+        for old in ["2.337.0", "2.338.0"] {
+            std::fs::create_dir_all(store.path_of(old).join("bin")).unwrap();
+        }
+        assert_eq!(store.versions(), ["2.337.0", "2.338.0", "2.339.0"]);
+        assert_eq!(store.prune(&["2.339.0", "2.338.0"]), ["2.337.0"]);
+        assert_eq!(store.versions(), ["2.338.0", "2.339.0"]);
+    }
+}

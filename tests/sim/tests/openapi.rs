@@ -368,3 +368,45 @@ async fn rest_headers_are_githubs() {
     let (s, _, _) = a.call(Method::GET, "/api/v3/user", None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// With release tarballs (the fake runner at a version), the downloads listing still
+/// follows the spec, and its checksum is the served tarball's.
+#[tokio::test]
+async fn the_downloads_of_served_releases_match_the_spec_and_their_checksum() {
+    use sha2::{Digest, Sha256};
+    let spec = spec();
+    let a = api(Options {
+        runner_binary: Some(env!("CARGO_BIN_EXE_fake-runner").into()),
+        latest_runner_version: "2.339.0".into(),
+        ..Options::default()
+    })
+    .await;
+    let (s, _, b) = a
+        .call(
+            Method::GET,
+            "/repos/octo/app/actions/runners/downloads",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let schema = response_schema(
+        &spec,
+        "/repos/{owner}/{repo}/actions/runners/downloads",
+        "get",
+        200,
+    )
+    .unwrap();
+    let body: Value = serde_json::from_str(&b).unwrap();
+    check(&schema, &body, "downloads with releases");
+    let app = &body[0];
+    let tarball = reqwest::get(app["download_url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&tarball)),
+        app["sha256_checksum"].as_str().unwrap()
+    );
+}

@@ -148,6 +148,8 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = if segs.first() == Some(&"_sim") {
         sim(&shared, &ctx, &segs[1..]).await
+    } else if let ["actions", "runner", "releases", "download", tag, file] = segs[..] {
+        super::releases::serve(&shared, tag, file)
     } else if segs == ["actions", "runner-registration"] && ctx.method == Method::POST {
         runner_registration(&shared, &ctx)
     } else if let Some(resp) = super::app::route(&shared, &ctx, &segs) {

@@ -34,6 +34,7 @@ mod admin;
 pub mod app;
 mod broker;
 mod http;
+mod releases;
 mod rest;
 
 use admin::*;
@@ -88,6 +89,12 @@ pub struct Options {
     /// `runtime_deprecates_at` (None: no date yet, JSON null). A version not listed
     /// answers 404, as GitHub does for one it does not know.
     pub deprecations: std::collections::BTreeMap<String, Option<DateTime<Utc>>>,
+    /// The fake runner binary: when set, the downloads endpoint lists tarballs the fake
+    /// serves (`/actions/runner/releases/download/v{version}/{file}`), built from it at
+    /// each version, with their real SHA-256; otherwise github.com URLs and no checksum.
+    pub runner_binary: Option<std::path::PathBuf>,
+    /// Versions whose listed checksum does not match the tarball.
+    pub bad_checksums: std::collections::BTreeSet<String>,
     /// Whether the deprecations endpoint exists at all (a GHES that predates it answers
     /// 404 for the path itself).
     pub deprecations_endpoint: bool,
@@ -114,6 +121,8 @@ impl Default for Options {
             latest_runner_version: crate::protocol::RUNNER_VERSION.to_string(),
             deprecations: default_deprecations(),
             deprecations_endpoint: true,
+            runner_binary: None,
+            bad_checksums: Default::default(),
             app: None,
         }
     }
@@ -348,6 +357,10 @@ pub struct State {
     tenant_tokens: HashMap<String, String>,
     next_runner_id: u64,
     next_job_id: u64,
+    /// Release tarballs built so far, by version.
+    pub tarballs: BTreeMap<String, Bytes>,
+    /// Downloads served, by file name.
+    pub downloads: BTreeMap<String, u64>,
 }
 
 struct Shared {

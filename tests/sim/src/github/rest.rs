@@ -126,7 +126,7 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
     let m = &ctx.method;
     match (m.as_str(), rest) {
         ("GET", []) => list_runners(shared, ctx, &scope),
-        ("GET", ["downloads"]) => downloads(&shared.opts.latest_runner_version),
+        ("GET", ["downloads"]) => super::releases::downloads(shared),
         ("GET", ["deprecations", version]) => deprecation(&shared.opts, version),
         ("POST", ["generate-jitconfig"]) => generate_jitconfig(shared, ctx, &scope),
         ("POST", ["registration-token"]) | ("POST", ["remove-token"]) => {
@@ -260,7 +260,7 @@ pub(super) fn deprecation(opts: &super::Options, version: &str) -> Resp {
     }
 }
 
-pub(super) fn downloads(v: &str) -> Resp {
+pub(super) fn placeholder_downloads(v: &str) -> Resp {
     let items: Vec<Value> = [("linux", "x64"), ("linux", "arm64"), ("osx", "x64")]
         .iter()
         .map(|(os, arch)| {
