@@ -134,6 +134,10 @@ pub enum Command {
     },
     /// Exit 0 if the running supervisor is healthy (for container health checks).
     Health,
+    /// The runner versions here (the configured directory and the versions directory),
+    /// the newest release, GitHub's deadline for the installed one, and what the running
+    /// supervisor's slots run.
+    Runner,
     /// Be this Docker engine's one pruner: prune when disk runs low and no runner of the
     /// fleet runs a job (a service of its own in the compose stack).
     Pruner,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod doctor;
 pub mod health;
 pub mod run;
+pub mod runner;
 pub mod service;
 pub mod status;
 
@@ -54,6 +55,7 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
             app_key_stdin,
         } => doctor::main(input, json, token_stdin, app_key_stdin),
         Command::Status { json, watch } => status::main(input, status::Ask::Status { json, watch }),
+        Command::Runner => runner::main(input),
         Command::Breaker {
             action: BreakerAction::Reset { slot },
         } => status::main(input, status::Ask::BreakerReset { slot }),

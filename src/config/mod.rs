@@ -32,6 +32,15 @@ pub use types::*;
 pub use value::*;
 
 impl Config {
+    /// Where installed runner versions live: `[runner] versions_dir`, or
+    /// `<state dir>/runners` (a disk that survives a reboot, unlike `[state] shared_dir`).
+    pub fn versions_dir(&self) -> std::path::PathBuf {
+        self.runner
+            .versions_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("runners"))
+    }
+
     /// Resolve defaults, the file, the environment and the flags into a validated config.
     pub fn resolve(
         env: &dyn Env,

@@ -148,6 +148,8 @@ pub struct RunnerConfig {
     pub stable_after: Duration,
     /// The first back-off of a failing slot.
     pub failure_backoff: Duration,
+    /// `[runner] versions_dir` when set; see [`Config::versions_dir`].
+    pub versions_dir: Option<PathBuf>,
     /// Extra variables for the runner; values may be secrets of the user's, so never logged.
     pub env: BTreeMap<String, String>,
     /// Supervisor variables passed through, resolved at start.

@@ -348,3 +348,41 @@ mod store {
         assert_eq!(store.versions(), ["2.338.0", "2.339.0"]);
     }
 }
+
+#[tokio::test]
+async fn supervisor_runner_shows_the_versions_the_deadline_and_what_the_slots_run() {
+    let (sb, gh, mut env) = setup(|o| {
+        o.latest_runner_version = "2.339.0".into();
+        o.deprecations.insert(
+            RUNNER_VERSION.into(),
+            Some("2027-01-20T00:00:00Z".parse().unwrap()),
+        );
+    })
+    .await;
+    let versions = sb.dir.path().join("versions");
+    std::fs::create_dir_all(versions.join("2.337.0/bin")).unwrap();
+    env.insert(
+        "SUPERVISOR_RUNNER_VERSIONS_DIR".into(),
+        versions.display().to_string(),
+    );
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    let mut d = Daemon::run_listening(&env, 2, T).await;
+    let out = crate::support::Cli::new(&env, &["runner"])
+        .run_async()
+        .await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = out.stdout;
+    for want in [
+        format!("configured    {}: {RUNNER_VERSION}", sb.install.display()),
+        format!("installed     {}: 2.337.0", versions.display()),
+        "newest        2.339.0".to_string(),
+        format!("deadline      {RUNNER_VERSION}: runtime deadline 2027-01-20"),
+        format!("slots         0: {RUNNER_VERSION} (listening), 1: {RUNNER_VERSION} (listening)"),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    eprintln!("supervisor runner:\n{text}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    let _ = gh;
+}

@@ -186,6 +186,7 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         ready_timeout: r.get(&RUNNER_READY_TIMEOUT),
         stable_after: r.get(&RUNNER_STABLE_AFTER),
         failure_backoff: r.get(&RUNNER_FAILURE_BACKOFF),
+        versions_dir: r.get(&RUNNER_VERSIONS_DIR),
         env: extra_env,
         pass_env,
     }
