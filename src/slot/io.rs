@@ -143,8 +143,18 @@ impl SlotIo {
                 tracing::warn!(event = "listener_failed", slot, runner = %self.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off")
             }
             Effect::Deprecated { failures } => {
-                let msg = format!("the runner in {} is too old for GitHub: install a current actions/runner release there and restart", sh.cfg.runner.dir.display());
-                tracing::error!(event = "runner_deprecated", slot, "{msg}");
+                let sys = board.system_state();
+                let have = sys.runner_version.unwrap_or_else(|| "this version".into());
+                // The exact fix: the newest release, when GitHub listed one.
+                let install = match sys.runner_latest {
+                    Some(l) => format!("install actions/runner {l} (https://github.com/actions/runner/releases/tag/v{l})"),
+                    None => "install the newest actions/runner release".to_string(),
+                };
+                let msg = format!(
+                    "the runner in {} ({have}) is too old for GitHub: it sends it no jobs; {install} there and restart the supervisor",
+                    sh.cfg.runner.dir.display()
+                );
+                tracing::error!(event = "runner_deprecated", slot, version = %have, "{msg}");
                 note_failure(board, slot, SlotState::Paused, &msg, failures);
             }
         }

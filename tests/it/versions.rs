@@ -216,11 +216,24 @@ async fn before_2_337_0_a_deprecation_github_confirms_pauses_the_slot() {
     let mut d = Daemon::start(&env, &["run"]).await;
     let e = d.wait_event("deprecation_confirmed", T).await;
     assert!(e.is("version", "2.336.0"), "{e:?}");
-    d.wait_event("runner_deprecated", T).await;
-    sb.wait_status(T, |s| {
-        s.slots[0].state == runner_supervisor::status::SlotState::Paused
-    })
-    .await;
+    let e = d.wait_event("runner_deprecated", T).await;
+    assert!(e.is("version", "2.336.0"), "{e:?}");
+    let s = sb
+        .wait_status(T, |s| {
+            s.slots[0].state == runner_supervisor::status::SlotState::Paused
+        })
+        .await;
+    // The exact fix: the newest release by name and where to get it, once the version
+    // watch has read it (its first round runs beside the slots' start).
+    let error = s.slots[0].error.clone().unwrap_or_default();
+    let named = format!("install actions/runner {RUNNER_VERSION} (https://github.com/actions/runner/releases/tag/v{RUNNER_VERSION})");
+    assert!(
+        error.contains("(2.336.0) is too old")
+            && (error.contains(&named)
+                || error.contains("install the newest actions/runner release"))
+            && error.ends_with("and restart the supervisor"),
+        "{error}"
+    );
     assert_eq!(d.count_events("watchdog_fire", |_| true), 0);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
