@@ -360,6 +360,33 @@ mod store {
         assert_eq!(store.prune(&["2.339.0", "2.338.0"]), ["2.337.0"]);
         assert_eq!(store.versions(), ["2.338.0", "2.339.0"]);
     }
+
+    #[tokio::test]
+    async fn a_broken_release_listens_then_crashes_when_run() {
+        let gh = fake(|o| {
+            o.broken_releases.insert("2.339.0".into(), 200);
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let c = client(&gh);
+        let app = newest(&c).await;
+        let store = Store::open(dir.path()).unwrap();
+        let (path, _) = store.install(&c, "2.339.0", &app).await.unwrap();
+        // Run from it: the listener listens, then crashes (exit 2), and again.
+        let sb = crate::support::Sandbox::new();
+        let mut env = sb.env(&gh);
+        env.insert("SUPERVISOR_RUNNER_DIR".into(), path.display().to_string());
+        env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "50ms".into());
+        let mut d = crate::support::Daemon::start(&env, &["run"]).await;
+        // Wording under test: the runner's own `Current runner version` line (A1).
+        let v = d.wait_event("runner_version", super::T).await;
+        assert!(v.has("message", "2.339.0"), "{v:?}");
+        d.wait_listening(1, super::T).await;
+        let failed = d.wait_nth("listener_failed", 2, super::T).await;
+        assert!(failed.is("reason", "retryable"), "{failed:?}");
+        d.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(d.wait_exit(super::T).await.0, Some(0));
+    }
 }
 
 #[tokio::test]

@@ -95,6 +95,9 @@ pub struct Options {
     pub runner_binary: Option<std::path::PathBuf>,
     /// Versions whose listed checksum does not match the tarball.
     pub bad_checksums: std::collections::BTreeSet<String>,
+    /// Broken releases: every listener of such a version crashes this many ms after it
+    /// listens.
+    pub broken_releases: std::collections::BTreeMap<String, u64>,
     /// Whether the deprecations endpoint exists at all (a GHES that predates it answers
     /// 404 for the path itself).
     pub deprecations_endpoint: bool,
@@ -123,6 +126,7 @@ impl Default for Options {
             deprecations_endpoint: true,
             runner_binary: None,
             bad_checksums: Default::default(),
+            broken_releases: Default::default(),
             app: None,
         }
     }

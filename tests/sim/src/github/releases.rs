@@ -79,7 +79,8 @@ fn tarball(shared: &Shared, bin: &Path, version: &str) -> std::io::Result<Bytes>
     if let Some(t) = shared.lock().tarballs.get(version) {
         return Ok(t.clone());
     }
-    let t = Bytes::from(build(bin, version)?);
+    let broken = shared.opts.broken_releases.get(version).copied();
+    let t = Bytes::from(build(bin, version, broken)?);
     shared
         .lock()
         .tarballs
@@ -88,8 +89,13 @@ fn tarball(shared: &Shared, bin: &Path, version: &str) -> std::io::Result<Bytes>
 }
 
 /// A release tarball: the fake runner installed as the official layout, claiming
-/// `version`.
-pub fn build(fake_runner: &Path, version: &str) -> std::io::Result<Vec<u8>> {
+/// `version`; with `crash_after_ms`, a broken release whose listener crashes that long
+/// after it listens.
+pub fn build(
+    fake_runner: &Path,
+    version: &str,
+    crash_after_ms: Option<u64>,
+) -> std::io::Result<Vec<u8>> {
     let dir = std::env::temp_dir().join(format!(
         "sim-release-{version}-{}-{}",
         std::process::id(),
@@ -97,6 +103,9 @@ pub fn build(fake_runner: &Path, version: &str) -> std::io::Result<Vec<u8>> {
     ));
     crate::fixture::install_runner(&dir, fake_runner)?;
     std::fs::write(dir.join("bin/sim-version"), version)?;
+    if let Some(ms) = crash_after_ms {
+        std::fs::write(dir.join("bin/sim-crash-after-ms"), ms.to_string())?;
+    }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     {
         let mut ar = tar::Builder::new(&mut gz);

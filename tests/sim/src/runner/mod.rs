@@ -115,6 +115,16 @@ pub(crate) fn version() -> String {
         .unwrap_or_else(|| RUNNER_VERSION.to_string())
 }
 
+/// `bin/sim-crash-after-ms`: this "release" is broken, its listener crashes that long
+/// after it listens.
+fn broken_release() -> Option<u64> {
+    std::fs::read_to_string(runner_root().join("bin/sim-crash-after-ms"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The runner root: the parent of the directory holding this executable.
 fn runner_root() -> PathBuf {
     std::env::current_exe()
@@ -286,6 +296,15 @@ async fn run(args: &Args, root: &Path) -> i32 {
     let script = match r.create_session().await {
         Ok(s) => s,
         Err(Next::Exit(code)) => return code,
+    };
+    // A broken release (`bin/sim-crash-after-ms` in its tarball): every listener of it
+    // crashes that long after it listens, whatever the script.
+    let script = match broken_release() {
+        Some(after_ms) => Script::Crash {
+            after_ms,
+            during_job: false,
+        },
+        None => script,
     };
     if script == Script::ClockSkew {
         r.delete_session().await;
