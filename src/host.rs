@@ -44,6 +44,11 @@ pub struct Host {
     pub clocks: Arc<dyn Clocks>,
     /// The running listeners, by slot: written by slots, watched by the connection watch.
     pub listeners: watch::Sender<BTreeMap<usize, ListenerEntry>>,
+    /// The runner autopilot's policy (which version each slot's next listener runs), once
+    /// the supervisor has set it up.
+    pub autopilot: std::sync::Mutex<Option<crate::runner::autopilot::Fleet>>,
+    /// The slots' command channels, for whoever must recycle a slot.
+    pub slot_cmds: std::sync::OnceLock<SlotCmds>,
 }
 
 /// A running listener, as the monitors see it.
@@ -124,6 +129,66 @@ impl Host {
             check_token: Notify::new(),
             token_recovered: Notify::new(),
             clocks,
+            autopilot: std::sync::Mutex::new(None),
+            slot_cmds: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Run `f` on the autopilot, when there is one.
+    pub fn autopilot<R>(
+        &self,
+        f: impl FnOnce(&mut crate::runner::autopilot::Fleet) -> R,
+    ) -> Option<R> {
+        let mut a = self.autopilot.lock().unwrap_or_else(|p| p.into_inner());
+        a.as_mut().map(f)
+    }
+
+    /// Carry out what the autopilot decided: recycle the idle slots a promotion moves, or
+    /// say once that a version was rolled back.
+    pub fn autopilot_decided(&self, board: &Board, d: crate::runner::autopilot::Decision) {
+        use crate::runner::autopilot::Decision;
+        match d {
+            Decision::None => {}
+            Decision::Promoted { version, recycle } => {
+                tracing::info!(event = "runner_promoted", version = %version, recycle = ?recycle, "runner {version} proved on the canary: every slot moves to it between jobs");
+                board.system(|s| {
+                    s.runner_canary = None;
+                    s.runner_upgraded = Some(format!(
+                        "{version} at {}",
+                        crate::clocks::wall_now().format("%Y-%m-%d %H:%M UTC")
+                    ));
+                });
+                self.recycle(&recycle);
+            }
+            Decision::RolledBack {
+                version,
+                to,
+                reason,
+            } => {
+                tracing::error!(event = "runner_rolled_back", version = %version, to = %to, reason = %reason, "runner {version} failed twice on the canary ({reason}): every slot stays on {to}; {version} is not tried again until a newer release appears or `supervisor runner retry`");
+                board.system(|s| {
+                    s.runner_canary = None;
+                    s.runner_bad.push(format!("{version}: {reason}"));
+                });
+                board.set_condition(
+                    Condition::RunnerUpgrade,
+                    Some((
+                        Health::Ok,
+                        format!("runner {version} rolled back to {to}: {reason}"),
+                    )),
+                );
+            }
+        }
+    }
+
+    /// Ask these slots to replace their idle listener.
+    pub fn recycle(&self, slots: &[usize]) {
+        if let Some(cmds) = self.slot_cmds.get() {
+            for &s in slots {
+                if let Some(c) = cmds.get(s) {
+                    let _ = c.send(SlotCmd::Recycle);
+                }
+            }
         }
     }
 

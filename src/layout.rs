@@ -97,24 +97,29 @@ pub fn prepare_slots(install: &Path, state_dir: &Path, n: usize) -> io::Result<V
     let mut roots = vec![];
     for slot in 0..n {
         let root = slot_root(state_dir, slot);
-        fs::create_dir_all(&root)?;
-        for entry in fs::read_dir(&root)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name == "_work" || name == "_diag" {
-                continue;
-            }
-            let p = entry.path();
-            if entry.file_type()?.is_dir() {
-                fs::remove_dir_all(&p)?;
-            } else {
-                fs::remove_file(&p)?;
-            }
-        }
-        mirror(install, &root, true)?;
+        prepare_slot(install, &root)?;
         roots.push(root);
     }
     Ok(roots)
+}
+
+/// Rebuild one slot root from `install` (a runner version), keeping `_work` and `_diag`.
+pub fn prepare_slot(install: &Path, root: &Path) -> io::Result<()> {
+    fs::create_dir_all(root)?;
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "_work" || name == "_diag" {
+            continue;
+        }
+        let p = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    mirror(install, root, true)
 }
 
 fn mirror(src: &Path, dst: &Path, top: bool) -> io::Result<()> {

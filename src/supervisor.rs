@@ -91,6 +91,8 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     let (slot_cmds, slot_cmd_rx): (SlotCmds, Vec<_>) = (0..cfg.runner.slots)
         .map(|_| mpsc::unbounded_channel::<SlotCmd>())
         .unzip();
+    let _ = shared.host.slot_cmds.set(slot_cmds.clone());
+    start_autopilot(&deps, &shared).await;
     serve_endpoints(endpoints, &shared, &mode_tx, &slot_cmds, &background);
     spawn_monitors(&deps, &shared, &slot_cmds, &background).await;
     let slots = TaskTracker::new();
@@ -382,13 +384,46 @@ async fn spawn_monitors(
         )
     });
     background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
-    background.spawn(|stop| crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), stop));
+    background.spawn(|stop| {
+        crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), host.clone(), stop)
+    });
     let mut clock =
         crate::clockwatch::Monitor::new(cfg.clock.clone(), gh.clone(), host.clone(), board.clone());
     clock.round().await;
     background.spawn(|stop| clock.run(stop));
     let (queue, gh, board) = (shared.deletions.clone(), gh.clone(), board.clone());
     background.spawn(|stop| async move { queue.run(gh, &board, stop).await });
+}
+
+/// The runner autopilot, with `[runner] auto_update = "on"`: every slot starts on the
+/// configured runner, the version of last resort.
+async fn start_autopilot(deps: &Deps, shared: &Shared) {
+    use crate::config::AutoUpdate;
+    let cfg = &deps.cfg;
+    let word = match cfg.runner.auto_update {
+        AutoUpdate::On => "on",
+        AutoUpdate::Notify => "notify",
+        AutoUpdate::Off => "off",
+    };
+    shared.board.system(|s| s.runner_auto_update = Some(word));
+    if cfg.runner.auto_update != AutoUpdate::On {
+        return;
+    }
+    let name = crate::runner::version::installed(&cfg.runner.dir)
+        .await
+        .unwrap_or_default();
+    let fleet = crate::runner::autopilot::Fleet::new(
+        cfg.runner.slots,
+        crate::runner::autopilot::Version {
+            name,
+            dir: cfg.runner.dir.clone(),
+        },
+    );
+    *shared
+        .host
+        .autopilot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(fleet);
 }
 
 /// Once the slots have stopped: what could not be deleted gets the rest of the stop

@@ -14,8 +14,11 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::github::GithubClient;
+use crate::config::{AutoUpdate, Config};
+use crate::github::{GithubClient, RunnerApplication};
+use crate::host::Host;
+use crate::runner::autopilot::Version;
+use crate::runner::store::Store;
 use crate::runner::version::{self, describe_deadline, Deadline, Standing, WARN_DAYS};
 use crate::status::{Board, Condition, Health};
 
@@ -34,10 +37,93 @@ struct Watch {
     next_latest: Option<Instant>,
     /// Version → when its deadline was last read (or is due again after a failure).
     read: HashMap<String, Instant>,
+    /// The downloads GitHub listed last.
+    apps: Vec<RunnerApplication>,
+    /// No upgrade attempt before this (after a failed one).
+    next_upgrade: Option<Instant>,
+}
+
+/// With `[runner] auto_update = "on"`: a newer release, not marked bad, is installed into
+/// the versions directory (one download, checksum verified) and offered to the
+/// autopilot, whose canary tries it first; an idle slot is recycled to start the canary.
+async fn upgrade(cfg: &Config, gh: &GithubClient, board: &Board, host: &Host, w: &mut Watch) {
+    let now = Instant::now();
+    if w.next_upgrade.is_some_and(|t| now < t) {
+        return;
+    }
+    let Some(latest) = board.system_state().runner_latest else {
+        return;
+    };
+    let Some((current, trying, bad)) = host.autopilot(|f| {
+        (
+            f.current().name.clone(),
+            f.canary().map(|(c, _)| c.name.clone()),
+            f.bad().contains(&latest),
+        )
+    }) else {
+        return;
+    };
+    if bad
+        || trying.as_deref() == Some(latest.as_str())
+        || version::parse_version(&latest) <= version::parse_version(&current)
+    {
+        return;
+    }
+    let Some(app) = w
+        .apps
+        .iter()
+        .find(|a| a.os == "linux" && a.filename.contains(&format!("-{latest}.")))
+        .cloned()
+    else {
+        return;
+    };
+    let installed = match Store::open(&cfg.versions_dir()) {
+        Ok(store) => store.install(gh, &latest, &app).await.map(|r| (store, r)),
+        Err(e) => Err(e),
+    };
+    match installed {
+        Ok((store, (dir, downloaded))) => {
+            tracing::info!(event = "runner_downloaded", version = %latest, downloaded, dir = %dir.display(), "runner {latest} ready in {}", dir.display());
+            let _ = store.prune(&[latest.as_str(), current.as_str()]);
+            board.set_condition(Condition::RunnerUpgrade, None);
+            let idle: Vec<usize> = host.listening().into_iter().map(|(s, _)| s).collect();
+            let offered = host.autopilot(|f| {
+                f.offer(
+                    Version {
+                        name: latest.clone(),
+                        dir,
+                    },
+                    &idle,
+                )
+            });
+            if let Some(Some(Some(slot))) = offered {
+                board.system(|s| s.runner_canary = Some(format!("{latest} on slot {slot}")));
+                host.recycle(&[slot]);
+            } else if let Some(Some(None)) = offered {
+                board.system(|s| {
+                    s.runner_canary = Some(format!("{latest} on the next slot to start"))
+                });
+            }
+        }
+        Err(e) => {
+            tracing::warn!(event = "runner_upgrade_failed", version = %latest, error = %e, "cannot install runner {latest}: keeping what runs");
+            board.set_condition(
+                Condition::RunnerUpgrade,
+                Some((Health::Ok, format!("cannot install runner {latest}: {e}"))),
+            );
+            w.next_upgrade = Some(now + RETRY);
+        }
+    }
 }
 
 /// Read, judge and publish, until cancelled.
-pub async fn run(cfg: Arc<Config>, gh: GithubClient, board: Arc<Board>, stop: CancellationToken) {
+pub async fn run(
+    cfg: Arc<Config>,
+    gh: GithubClient,
+    board: Arc<Board>,
+    host: Arc<Host>,
+    stop: CancellationToken,
+) {
     // Every step gives way to the stop: GitHub may be unreachable, and its retries long.
     let work = async {
         if board.system_state().runner_version.is_none() {
@@ -50,6 +136,9 @@ pub async fn run(cfg: Arc<Config>, gh: GithubClient, board: Arc<Board>, stop: Ca
         let mut w = Watch::default();
         loop {
             round(&gh, &board, &mut w).await;
+            if cfg.runner.auto_update == AutoUpdate::On {
+                upgrade(&cfg, &gh, &board, &host, &mut w).await;
+            }
             tokio::time::sleep(TICK).await;
         }
     };
@@ -66,6 +155,7 @@ async fn round(gh: &GithubClient, board: &Board, w: &mut Watch) {
             Ok(apps) => {
                 let latest = version::latest_release(&apps);
                 board.system(|s| s.runner_latest = latest);
+                w.apps = apps;
                 w.next_latest = Some(now + LATEST_EVERY);
             }
             Err(e) => {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, RegistrationMode, Secret, Toggle,
+    AutoUpdate, ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, RegistrationMode,
+    Secret, Toggle,
 };
 
 const fn secs(s: u64) -> Duration {
@@ -96,6 +97,8 @@ keys! {
         "a listener listening this long ends a run of failures (as does a completed job); until then failures back off exponentially from failure_backoff, doubling to 5 min";
     RUNNER_FAILURE_BACKOFF: Duration = "runner" . "failure_backoff", Kind::Duration { min: Duration::from_millis(10), max: secs(300), }, Some("2s"), &[],
         "the first wait of a failing slot (a crash loop, a failed registration or start), doubling to 5 min, with jitter";
+    RUNNER_AUTO_UPDATE: AutoUpdate = "runner" . "auto_update", Kind::Enum(&["on", "notify", "off"]), Some("on"), &[],
+        "on: a newer runner release is downloaded (checksum verified) and the slots move to it between jobs, one canary slot first, rolled back after two canary failures; notify: status and doctor only say it is out; off: neither";
     RUNNER_VERSIONS_DIR: Option<PathBuf> = "runner" . "versions_dir", Kind::Path, None, &[],
         "runner versions the supervisor installs, one directory per version, shared by supervisors that point at it (default: <state dir>/runners; on a disk that survives a reboot, never a tmpfs such as /run); [runner] dir stays untouched";
     RUNNER_ENV: Option<BTreeMap<String, String>> = "runner" . "env", Kind::Map, None, &[],

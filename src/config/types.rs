@@ -150,6 +150,7 @@ pub struct RunnerConfig {
     pub failure_backoff: Duration,
     /// `[runner] versions_dir` when set; see [`Config::versions_dir`].
     pub versions_dir: Option<PathBuf>,
+    pub auto_update: AutoUpdate,
     /// Extra variables for the runner; values may be secrets of the user's, so never logged.
     pub env: BTreeMap<String, String>,
     /// Supervisor variables passed through, resolved at start.
@@ -210,6 +211,17 @@ pub enum Toggle {
     /// Decided from what the host proves (each setting says how).
     Auto,
     On,
+    Off,
+}
+
+/// `[runner] auto_update`: whether the runner autopilot upgrades by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoUpdate {
+    /// Download a newer release and move the slots to it between jobs, canary first.
+    On,
+    /// Only say that a newer release is out.
+    Notify,
+    /// Neither.
     Off,
 }
 

@@ -153,6 +153,7 @@ from_words!(ListenerKeepalive { "auto" => ListenerKeepalive::Auto, "off" => List
 from_words!(Toggle { "auto" => Toggle::Auto, "on" => Toggle::On, "off" => Toggle::Off });
 from_words!(RegistrationMode { "auto" => RegistrationMode::Auto, "jit" => RegistrationMode::Jit, "token" => RegistrationMode::Token });
 from_words!(ChronycMode { "auto" => ChronycMode::Auto, "required" => ChronycMode::Required, "off" => ChronycMode::Off });
+from_words!(AutoUpdate { "on" => AutoUpdate::On, "notify" => AutoUpdate::Notify, "off" => AutoUpdate::Off });
 from_words!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
 
 /// The declaration of one key.

@@ -91,7 +91,10 @@ impl Fleet {
     /// A verified version is ready. Refused (`None`) when it is the current one, marked
     /// bad, or already being tried; otherwise `Some(slot)`: an idle slot to recycle so
     /// that the canary starts now (`Some(None)` when none is idle: the next start is it).
-    pub fn offer(&mut self, v: Version) -> Option<Option<usize>> {
+    pub fn offer(&mut self, v: Version, idle: &[usize]) -> Option<Option<usize>> {
+        for (s, i) in self.idle.iter_mut().enumerate() {
+            *i = idle.contains(&s);
+        }
         if v.name == self.current.name
             || self.bad.contains(&v.name)
             || self.candidate.as_ref().is_some_and(|c| c.name == v.name)
@@ -147,8 +150,10 @@ impl Fleet {
         self.canary_failures = 0;
         self.previous = Some(std::mem::replace(&mut self.current, c));
         let name = self.current.name.clone();
-        let recycle = (0..self.idle.len())
-            .filter(|&s| self.idle[s] && self.running[s].as_deref() != Some(&name))
+        // Every slot not on it yet: an idle listener is replaced now, a busy one keeps
+        // its job (it moves at its next start).
+        let recycle = (0..self.running.len())
+            .filter(|&s| self.running[s].as_deref() != Some(&name))
             .collect();
         Decision::Promoted {
             version: name,
@@ -214,7 +219,7 @@ mod tests {
         f.busy(1);
         f.busy(0);
         // Slot 2 is the one idle slot: recycled so that the canary starts now.
-        assert_eq!(f.offer(v("2.339.0")), Some(Some(2)));
+        assert_eq!(f.offer(v("2.339.0"), &[2]), Some(Some(2)));
         f.listening(0);
         // Slot 2's listener is replaced first: it is the canary.
         f.ended(2);
@@ -234,7 +239,7 @@ mod tests {
             f.proved(2),
             Decision::Promoted {
                 version: "2.339.0".into(),
-                recycle: vec![0]
+                recycle: vec![0, 1]
             }
         );
         assert_eq!(f.current().name, "2.339.0");
@@ -245,7 +250,7 @@ mod tests {
     #[test]
     fn two_canary_failures_roll_back_and_the_bad_version_is_not_tried_again() {
         let mut f = fleet();
-        assert_eq!(f.offer(v("2.339.0")), Some(Some(0)));
+        assert_eq!(f.offer(v("2.339.0"), &[0, 1, 2]), Some(Some(0)));
         f.ended(0);
         assert_eq!(f.start(0).name, "2.339.0");
         assert_eq!(f.failed(0, "crashed after listening"), Decision::None);
@@ -259,9 +264,9 @@ mod tests {
             }
         );
         assert_eq!(f.start(0).name, "2.338.0");
-        assert_eq!(f.offer(v("2.339.0")), None, "marked bad");
+        assert_eq!(f.offer(v("2.339.0"), &[]), None, "marked bad");
         // A newer release is tried; retry clears the mark.
-        assert!(f.offer(v("2.340.0")).is_some());
+        assert!(f.offer(v("2.340.0"), &[]).is_some());
         f.retry();
         assert!(f.bad().is_empty());
     }
@@ -269,7 +274,7 @@ mod tests {
     #[test]
     fn failures_of_other_slots_and_proofs_of_other_slots_do_not_decide() {
         let mut f = fleet();
-        assert!(f.offer(v("2.339.0")).is_some());
+        assert!(f.offer(v("2.339.0"), &[]).is_some());
         f.ended(1);
         f.start(1);
         assert_eq!(f.failed(0, "crash"), Decision::None);
@@ -277,7 +282,7 @@ mod tests {
         assert_eq!(f.proved(0), Decision::None);
         assert_eq!(f.current().name, "2.338.0");
         assert_eq!(
-            f.offer(v("2.338.0")),
+            f.offer(v("2.338.0"), &[]),
             None,
             "the current version is no candidate"
         );

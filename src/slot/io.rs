@@ -36,6 +36,8 @@ pub(super) struct SlotIo {
     pub(super) listener: Option<Listener>,
     /// The supervisor's mode, as this slot sees it (for the stop budget of deletions).
     pub(super) mode: watch::Receiver<Mode>,
+    /// The runner version the root was last rebuilt from (None: the configured one).
+    pub(super) source: Option<PathBuf>,
 }
 
 /// A GitHub error as the slot's policy sees it.
@@ -99,7 +101,8 @@ impl SlotIo {
                 tracing::warn!(event = "registration_failed", slot, error = %error, wait_s = wait.as_secs(), "registration failed; backing off")
             }
             Effect::StartFailed { error, wait } => {
-                tracing::error!(event = "start_failed", slot, runner = %self.name, error = %error, wait_s = wait.as_secs(), "cannot start the runner; backing off")
+                tracing::error!(event = "start_failed", slot, runner = %self.name, error = %error, wait_s = wait.as_secs(), "cannot start the runner; backing off");
+                self.autopilot_failed(&format!("cannot start: {error}"));
             }
             Effect::ListenerStarted => {
                 board
@@ -129,6 +132,7 @@ impl SlotIo {
                     s.job_started_at = None;
                 });
                 tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
+                sh.host.autopilot(|f| f.ended(slot));
             }
             Effect::Deregister => {
                 if let Some(r) = self.reg.take() {
@@ -140,7 +144,8 @@ impl SlotIo {
                 failures,
                 wait,
             } => {
-                tracing::warn!(event = "listener_failed", slot, runner = %self.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off")
+                tracing::warn!(event = "listener_failed", slot, runner = %self.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
+                self.autopilot_failed(&format!("listener exited {}", reason.as_str()));
             }
             Effect::Deprecated { failures } => {
                 let sys = board.system_state();
@@ -155,8 +160,16 @@ impl SlotIo {
                     sh.cfg.runner.dir.display()
                 );
                 tracing::error!(event = "runner_deprecated", slot, version = %have, "{msg}");
+                self.autopilot_failed("a deprecated-version line");
                 note_failure(board, slot, SlotState::Paused, &msg, failures);
             }
+        }
+    }
+
+    /// The listener failed: on the canary, that counts against its runner version.
+    fn autopilot_failed(&self, why: &str) {
+        if let Some(d) = self.sh.host.autopilot(|f| f.failed(self.slot, why)) {
+            self.sh.host.autopilot_decided(&self.sh.board, d);
         }
     }
 
@@ -270,6 +283,21 @@ impl SlotIo {
             s.runner = Some(name);
             s.job = None;
         });
+        // The runner version the autopilot gives this start (between jobs, always).
+        if let Some(v) = self.sh.host.autopilot(|f| f.start(self.slot)) {
+            let from = self.source.as_ref().unwrap_or(&self.sh.cfg.runner.dir);
+            if *from != v.dir {
+                if let Err(e) = crate::layout::prepare_slot(&v.dir, &self.root) {
+                    return Outcome::StartFailed(format!(
+                        "cannot rebuild {} from runner {}: {e}",
+                        self.root.display(),
+                        v.name
+                    ));
+                }
+                tracing::info!(event = "runner_switched", slot = self.slot, version = %v.name, "slot {} now runs runner {}", self.slot, v.name);
+                self.source = Some(v.dir);
+            }
+        }
         match start(&self.sh, &self.root, reg, mode).await {
             Ok(l) => {
                 self.listener = Some(l);
@@ -285,6 +313,14 @@ impl SlotIo {
         mode: &mut watch::Receiver<Mode>,
         cmds: &mut mpsc::UnboundedReceiver<SlotCmd>,
     ) -> Outcome {
+        // A canary listener is on probation like a failing one: listening for
+        // `stable_after` proves its version.
+        let canary = self
+            .sh
+            .host
+            .autopilot(|f| f.canary().and_then(|(_, s)| s) == Some(self.slot))
+            .unwrap_or(false);
+        let failures = if canary { failures.max(1) } else { failures };
         let w = match self.listener.take() {
             Some(l) => {
                 watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures).await

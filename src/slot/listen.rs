@@ -355,6 +355,10 @@ fn act(
         Action::JobCompleted { name, result } => {
             board.job_completed(slot, &result);
             tracing::info!(event = "job_completed", slot, runner = %l.name(), job = %name, result = %result, "job completed");
+            // A job completed on the canary proves its runner version.
+            if let Some(d) = sh.host.autopilot(|f| f.proved(slot)) {
+                sh.host.autopilot_decided(board, d);
+            }
         }
         Action::PrepareNext => {
             if prep.is_none() && *mode.borrow() == Mode::Run {
@@ -366,6 +370,10 @@ fn act(
             tracing::info!(event = "listener_stable", slot, runner = %l.name(), failures, stable_s = sh.cfg.runner.stable_after.as_secs(), "listener stable: the run of failures is over");
             *stable = true;
             clear_failure(board, slot);
+            // So does listening for `stable_after`.
+            if let Some(d) = sh.host.autopilot(|f| f.proved(slot)) {
+                sh.host.autopilot_decided(board, d);
+            }
         }
         Action::RunnerVersion(v) => board.system(|s| s.runner_version = Some(v)),
         Action::DrainWaiting => {

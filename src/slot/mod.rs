@@ -324,6 +324,7 @@ pub async fn run(
         prep: None,
         listener: None,
         mode: mode.clone(),
+        source: None,
     };
     let mut outcome = Outcome::Begin;
     loop {

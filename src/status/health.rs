@@ -31,6 +31,8 @@ pub enum Condition {
     Docker,
     /// The runner version's deadline is near or past.
     RunnerVersion,
+    /// The runner autopilot rolled a version back.
+    RunnerUpgrade,
 }
 
 impl std::fmt::Display for Condition {
@@ -44,6 +46,7 @@ impl std::fmt::Display for Condition {
             Condition::Dns => f.write_str("dns"),
             Condition::Dependency(d) => write!(f, "dependency {d}"),
             Condition::RunnerVersion => f.write_str("runner version"),
+            Condition::RunnerUpgrade => f.write_str("runner upgrade"),
             Condition::Disk => f.write_str("disk"),
             Condition::Docker => f.write_str("docker"),
         }

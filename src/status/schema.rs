@@ -83,6 +83,15 @@ pub struct RunnerStatus {
     pub days_left: Option<i64>,
     /// When the deadline was last read.
     pub checked_at: Option<DateTime<Utc>>,
+    /// `[runner] auto_update`: `on`, `notify` or `off`.
+    pub auto_update: Option<String>,
+    /// The version being tried on one slot first: `2.339.0 on slot 1`.
+    pub canary: Option<String>,
+    /// The last upgrade the autopilot proved.
+    pub last_upgrade: Option<String>,
+    /// Versions rolled back after two canary failures, with the reason (not tried again
+    /// until a newer release or `supervisor runner retry`).
+    pub rolled_back: Vec<String>,
 }
 
 /// The token as last checked.

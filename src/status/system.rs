@@ -52,6 +52,14 @@ pub struct SystemState {
     pub runner_deadline_for: Option<String>,
     /// When the deadline was read.
     pub runner_checked_at: Option<DateTime<Utc>>,
+    /// The last upgrade the autopilot proved: `2.339.0 at 2026-12-03 09:10 UTC`.
+    pub runner_upgraded: Option<String>,
+    /// The version being tried on a canary slot, and which slot.
+    pub runner_canary: Option<String>,
+    /// Versions rolled back, with the reason.
+    pub runner_bad: Vec<String>,
+    /// `[runner] auto_update`.
+    pub runner_auto_update: Option<&'static str>,
 }
 
 impl SystemState {
@@ -178,6 +186,10 @@ impl SystemState {
                     .runtime()
                     .map(|at| (at - now).num_days()),
                 checked_at: self.runner_checked_at,
+                auto_update: self.runner_auto_update.map(str::to_string),
+                canary: self.runner_canary.clone(),
+                last_upgrade: self.runner_upgraded.clone(),
+                rolled_back: self.runner_bad.clone(),
             },
         }
     }

@@ -187,6 +187,7 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         stable_after: r.get(&RUNNER_STABLE_AFTER),
         failure_backoff: r.get(&RUNNER_FAILURE_BACKOFF),
         versions_dir: r.get(&RUNNER_VERSIONS_DIR),
+        auto_update: r.get(&RUNNER_AUTO_UPDATE),
         env: extra_env,
         pass_env,
     }
