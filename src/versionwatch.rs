@@ -30,6 +30,8 @@ pub const DEADLINE_EVERY: Duration = Duration::from_secs(24 * 3600);
 const TICK: Duration = Duration::from_secs(3600);
 /// After a failed read, the next try.
 const RETRY: Duration = Duration::from_secs(300);
+/// While the installed version or its deadline is not known yet, the next look.
+const UNSETTLED: Duration = Duration::from_secs(5);
 
 /// What the watch remembers between rounds.
 #[derive(Default)]
@@ -139,7 +141,11 @@ pub async fn run(
             if cfg.runner.auto_update == AutoUpdate::On {
                 upgrade(&cfg, &gh, &board, &host, &mut w).await;
             }
-            tokio::time::sleep(TICK).await;
+            // Until the installed version is known (`--version` may fail; the listener
+            // says it too) and its deadline read, look again soon.
+            let s = board.system_state();
+            let settled = s.runner_version.is_some() && s.runner_deadline_for == s.runner_version;
+            tokio::time::sleep(if settled { TICK } else { UNSETTLED }).await;
         }
     };
     tokio::select! {
