@@ -82,6 +82,16 @@ pub enum BreakerAction {
     },
 }
 
+/// `supervisor runner ...`.
+#[derive(Debug, Subcommand)]
+pub enum RunnerAction {
+    /// Look for a newer runner release now: the running supervisor downloads it and moves
+    /// the slots to it between jobs, one canary slot first (`[runner] auto_update = "on"`).
+    Upgrade,
+    /// Forget the runner versions marked bad after a rollback, and look again now.
+    Retry,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -136,8 +146,11 @@ pub enum Command {
     Health,
     /// The runner versions here (the configured directory and the versions directory),
     /// the newest release, GitHub's deadline for the installed one, and what the running
-    /// supervisor's slots run.
-    Runner,
+    /// supervisor's slots run; `upgrade` and `retry` ask the running supervisor.
+    Runner {
+        #[command(subcommand)]
+        action: Option<RunnerAction>,
+    },
     /// Be this Docker engine's one pruner: prune when disk runs low and no runner of the
     /// fleet runs a job (a service of its own in the compose stack).
     Pruner,

@@ -10,6 +10,8 @@
 //! | `POST /v1/breaker/reset[?slot=N]` | 200, `{"reset": [slots]}`; 400 for a bad slot        |
 //! | `POST /v1/drain`              | 202, `{"mode": "drain", "started": bool}`               |
 //! | `POST /v1/recycle[?slot=N]`   | 200, `{"recycled": [slots that were idle]}`             |
+//! | `POST /v1/runner/upgrade`     | 202, `{"checking": true}`: look for a newer runner now  |
+//! | `POST /v1/runner/retry`       | 200, `{"cleared": [versions]}`: forget bad-version marks |
 //!
 //! Errors are `{"error": "..."}` with 400, 404 or 405.
 //! The socket is bound under a temporary name, given mode 0660, then renamed into place,
@@ -42,6 +44,11 @@ pub trait Api: Send + Sync + 'static {
     fn drain(&self) -> bool;
     /// Replace the idle listener of `slot`, or of every idle slot; the slots asked.
     fn recycle(&self, slot: Option<usize>) -> Result<Vec<usize>, String>;
+    /// Look for a newer runner release now (the autopilot upgrades between jobs, canary
+    /// first); an error when `[runner] auto_update` is not `on`.
+    fn runner_upgrade(&self) -> Result<(), String>;
+    /// Forget the versions marked bad; the ones cleared.
+    fn runner_retry(&self) -> Vec<String>;
 }
 
 /// A request handler: method, path, query → status and JSON body.
@@ -97,9 +104,23 @@ pub fn routes(api: Arc<dyn Api>) -> Handler {
                 ),
                 Err(e) => (StatusCode::BAD_REQUEST, error(&e), json),
             },
+            (&Method::POST, "/v1/runner/upgrade") => match api.runner_upgrade() {
+                Ok(()) => (
+                    StatusCode::ACCEPTED,
+                    to_json(&serde_json::json!({ "checking": true })),
+                    json,
+                ),
+                Err(e) => (StatusCode::BAD_REQUEST, error(&e), json),
+            },
+            (&Method::POST, "/v1/runner/retry") => (
+                StatusCode::OK,
+                to_json(&serde_json::json!({ "cleared": api.runner_retry() })),
+                json,
+            ),
             (
                 _,
-                "/v1/status" | "/v1/runners" | "/v1/breaker/reset" | "/v1/drain" | "/v1/recycle",
+                "/v1/status" | "/v1/runners" | "/v1/breaker/reset" | "/v1/drain" | "/v1/recycle"
+                | "/v1/runner/upgrade" | "/v1/runner/retry",
             ) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 error(&format!("{method} is not allowed on {path}")),

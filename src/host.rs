@@ -49,6 +49,8 @@ pub struct Host {
     pub autopilot: std::sync::Mutex<Option<crate::runner::autopilot::Fleet>>,
     /// The slots' command channels, for whoever must recycle a slot.
     pub slot_cmds: std::sync::OnceLock<SlotCmds>,
+    /// Ask the version watch to look for a newer runner now (`supervisor runner upgrade`).
+    pub check_versions: Notify,
 }
 
 /// A running listener, as the monitors see it.
@@ -130,6 +132,7 @@ impl Host {
             token_recovered: Notify::new(),
             clocks,
             autopilot: std::sync::Mutex::new(None),
+            check_versions: Notify::new(),
             slot_cmds: std::sync::OnceLock::new(),
         }
     }

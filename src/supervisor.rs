@@ -443,6 +443,31 @@ struct Control {
 }
 
 impl crate::control::Api for Control {
+    fn runner_upgrade(&self) -> Result<(), String> {
+        if self.shared.host.autopilot(|_| ()).is_none() {
+            return Err("[runner] auto_update is not \"on\": nothing upgrades by itself".into());
+        }
+        self.shared.host.check_versions.notify_one();
+        Ok(())
+    }
+
+    fn runner_retry(&self) -> Vec<String> {
+        let cleared = self
+            .shared
+            .host
+            .autopilot(|f| {
+                let b: Vec<String> = f.bad().iter().cloned().collect();
+                f.retry();
+                b
+            })
+            .unwrap_or_default();
+        let board = &self.shared.board;
+        board.system(|s| s.runner_bad.clear());
+        board.set_condition(crate::status::Condition::RunnerUpgrade, None);
+        self.shared.host.check_versions.notify_one();
+        cleared
+    }
+
     fn status(&self) -> crate::status::StatusFile {
         self.shared.board.snapshot()
     }

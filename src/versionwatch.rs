@@ -145,7 +145,16 @@ pub async fn run(
             // says it too) and its deadline read, look again soon.
             let s = board.system_state();
             let settled = s.runner_version.is_some() && s.runner_deadline_for == s.runner_version;
-            tokio::time::sleep(if settled { TICK } else { UNSETTLED }).await;
+            let asked = tokio::select! {
+                _ = tokio::time::sleep(if settled { TICK } else { UNSETTLED }) => false,
+                _ = host.check_versions.notified() => true,
+            };
+            if asked {
+                // `supervisor runner upgrade` or `retry`: the newest release now, and an
+                // attempt even after a recent failure.
+                w.next_latest = None;
+                w.next_upgrade = None;
+            }
         }
     };
     tokio::select! {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{BreakerAction, Cli, Command};
+use crate::cli::{BreakerAction, Cli, Command, RunnerAction};
 use crate::config::{CliInput, Config, ConfigErrors, OsEnv, Purpose};
 
 pub mod config;
@@ -55,7 +55,13 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
             app_key_stdin,
         } => doctor::main(input, json, token_stdin, app_key_stdin),
         Command::Status { json, watch } => status::main(input, status::Ask::Status { json, watch }),
-        Command::Runner => runner::main(input),
+        Command::Runner { action: None } => runner::main(input),
+        Command::Runner {
+            action: Some(RunnerAction::Upgrade),
+        } => status::main(input, status::Ask::RunnerUpgrade),
+        Command::Runner {
+            action: Some(RunnerAction::Retry),
+        } => status::main(input, status::Ask::RunnerRetry),
         Command::Breaker {
             action: BreakerAction::Reset { slot },
         } => status::main(input, status::Ask::BreakerReset { slot }),

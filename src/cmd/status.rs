@@ -18,6 +18,8 @@ pub enum Ask {
     BreakerReset { slot: Option<usize> },
     Drain,
     Recycle { slot: Option<usize> },
+    RunnerUpgrade,
+    RunnerRetry,
 }
 
 /// Ask the running supervisor; exit 1 when none answers.
@@ -33,6 +35,8 @@ pub fn main(input: CliInput, ask: Ask) -> ExitCode {
         Ask::BreakerReset { slot } => ("POST", format!("/v1/breaker/reset{}", slot_q(slot))),
         Ask::Drain => ("POST", "/v1/drain".to_string()),
         Ask::Recycle { slot } => ("POST", format!("/v1/recycle{}", slot_q(slot))),
+        Ask::RunnerUpgrade => ("POST", "/v1/runner/upgrade".to_string()),
+        Ask::RunnerRetry => ("POST", "/v1/runner/retry".to_string()),
     };
     loop {
         let (code, body) = match control::request(sock, method, &target) {
@@ -83,6 +87,23 @@ pub fn main(input: CliInput, ask: Ask) -> ExitCode {
                     println!("draining: no new jobs; idle runners stop now, busy ones may finish their job; the supervisor exits when all have stopped");
                 } else {
                     println!("already stopping");
+                }
+            }
+            Ask::RunnerUpgrade => {
+                println!("looking for a newer runner release now: the slots move to it between jobs, one canary slot first (`supervisor runner` and `supervisor status` show it)");
+            }
+            Ask::RunnerRetry => {
+                let cleared: Vec<&str> = v["cleared"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                    .unwrap_or_default();
+                if cleared.is_empty() {
+                    println!("no runner version was marked bad; looking for a newer release now");
+                } else {
+                    println!(
+                        "cleared the bad-version mark of {}; looking for a newer release now",
+                        cleared.join(", ")
+                    );
                 }
             }
             Ask::Recycle { .. } => {

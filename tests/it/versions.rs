@@ -554,8 +554,32 @@ mod autopilot {
         );
         let (_, health) = crate::support::health(&env);
         assert!(health.contains("rolled back"), "{health}");
+        // `supervisor runner retry` forgets the mark, and it is tried again.
+        let out = crate::support::cli(&env, &["runner", "retry"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stdout
+                .contains("cleared the bad-version mark of 2.339.0"),
+            "{out:?}"
+        );
+        d.wait_events("runner_switched", |e| e.is("version", "2.339.0"), 2, T)
+            .await;
         d.signal(Signal::SIGTERM);
         assert_eq!(d.wait_exit(T).await.0, Some(0));
         let _ = gh;
+    }
+
+    #[tokio::test]
+    async fn runner_upgrade_needs_auto_update_on() {
+        let (_sb, _gh, mut env) = setup(|_| {}).await;
+        env.insert("SUPERVISOR_RUNNER_AUTO_UPDATE".into(), "off".into());
+        let mut d = Daemon::run_listening(&env, 1, T).await;
+        let out = crate::support::cli(&env, &["runner", "upgrade"]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains("auto_update"), "{out:?}");
+        let s = crate::support::status(&env);
+        assert_eq!(s.system.runner.auto_update.as_deref(), Some("off"));
+        d.signal(Signal::SIGTERM);
+        assert_eq!(d.wait_exit(T).await.0, Some(0));
     }
 }
