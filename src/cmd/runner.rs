@@ -78,25 +78,60 @@ async fn report(cfg: &Config) -> (String, bool) {
             }
         }
     }
-    out += &format!("  slots         {}\n", slots(cfg));
-    out += "  last upgrade  none\n";
+    let running = running(cfg);
+    out += &format!(
+        "  slots         {}\n",
+        match &running {
+            Ok(s) => slots(s),
+            Err(why) => why.clone(),
+        }
+    );
+    if let Ok(s) = &running {
+        let r = &s.system.runner;
+        if let Some(c) = &r.canary {
+            out += &format!("  canary        {c}\n");
+        }
+        for bad in &r.rolled_back {
+            out += &format!("  rolled back   {bad}\n");
+        }
+        if let Some(a) = &r.auto_update {
+            out += &format!("  auto_update   {a}\n");
+        }
+    }
+    let last = running
+        .as_ref()
+        .ok()
+        .and_then(|s| s.system.runner.last_upgrade.clone())
+        .unwrap_or_else(|| "none".into());
+    out += &format!("  last upgrade  {last}\n");
     (out, configured.is_some())
 }
 
-/// What the running supervisor's slots run, from its status.
-fn slots(cfg: &Config) -> String {
+/// The running supervisor's status, or why there is none.
+fn running(cfg: &Config) -> Result<StatusFile, String> {
     let body = match crate::control::request(&cfg.control.socket, "GET", "/v1/status") {
         Ok((200, body)) => body,
-        _ => return "no supervisor is running with this configuration".into(),
+        _ => return Err("no supervisor is running with this configuration".into()),
     };
-    let Ok(s) = serde_json::from_str::<StatusFile>(&body) else {
-        return "the running supervisor's status does not parse".into();
-    };
-    let v = s.system.runner.version.unwrap_or_else(|| "?".into());
+    serde_json::from_str::<StatusFile>(&body)
+        .map_err(|_| "the running supervisor's status does not parse".into())
+}
+
+/// What the running supervisor's slots run.
+fn slots(s: &StatusFile) -> String {
+    let v = s
+        .system
+        .runner
+        .version
+        .clone()
+        .unwrap_or_else(|| "?".into());
     s.slots
         .iter()
         .enumerate()
-        .map(|(i, slot)| format!("{i}: {v} ({})", slot.state))
+        .map(|(i, slot)| {
+            let on = slot.runner_version.as_deref().unwrap_or(&v);
+            format!("{i}: {on} ({})", slot.state)
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -285,6 +285,10 @@ impl SlotIo {
         });
         // The runner version the autopilot gives this start (between jobs, always).
         if let Some(v) = self.sh.host.autopilot(|f| f.start(self.slot)) {
+            let name = v.name.clone();
+            self.sh.board.update(self.slot, |s| {
+                s.runner_version = Some(name).filter(|n| !n.is_empty())
+            });
             let from = self.source.as_ref().unwrap_or(&self.sh.cfg.runner.dir);
             if *from != v.dir {
                 if let Err(e) = crate::layout::prepare_slot(&v.dir, &self.root) {

@@ -88,6 +88,9 @@ pub struct SlotStatus {
     /// Keepalive on the current listener's own connections; null without a listener.
     #[serde(default)]
     pub keepalive: Option<SlotKeepalive>,
+    /// The runner version its listener runs, when the autopilot chose it.
+    #[serde(default)]
+    pub runner_version: Option<String>,
 }
 
 /// Keepalive on one listener's own connections, judged for that listener alone.
@@ -155,6 +158,7 @@ impl Default for SlotStatus {
             last_exit_at: None,
             breaker: BreakerStatus::default(),
             keepalive: None,
+            runner_version: None,
         }
     }
 }

@@ -506,6 +506,19 @@ mod autopilot {
         );
         assert_eq!(said.last().map(String::as_str), Some("2.339.0"), "{said:?}");
         eprintln!("figures: release to every slot upgraded in {all:?}; jobs lost 0; downloads 1");
+        // `supervisor runner` says which slots run which version, and the last upgrade.
+        let out = crate::support::Cli::new(&env, &["runner"])
+            .run_async()
+            .await;
+        assert!(
+            out.stdout
+                .contains("slots         0: 2.339.0 (listening), 1: 2.339.0 (listening)")
+                && out.stdout.contains("last upgrade  2.339.0 at ")
+                && out.stdout.contains("auto_update   on"),
+            "{}",
+            out.stdout
+        );
+        eprintln!("supervisor runner:\n{}", out.stdout);
         d.signal(Signal::SIGTERM);
         assert_eq!(d.wait_exit(T).await.0, Some(0));
     }
