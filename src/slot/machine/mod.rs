@@ -450,7 +450,9 @@ pub fn after_exit(e: &Exit) -> ExitPlan {
     }
 }
 
+mod backoff;
 pub mod outer;
+mod steps;
 
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use super::*;
 use crate::cause::Cause;
-use crate::runner::exit::Ended;
+use crate::runner::exit::{Ended, Seen};
 use crate::slot::machine::{HostFacts, StopCause};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// A deprecated line, confirmed by GitHub or not.
+#[path = "outer_deprecation_tests.rs"]
+mod deprecation;
 
 fn limits() -> SlotLimits {
     SlotLimits {
@@ -487,89 +490,6 @@ fn three_exit_2_in_a_row_fire_with_the_network_as_cause() {
     );
 }
 
-fn deprecated(version: &str, code: i32) -> Exited {
-    exit(
-        Ended::Code(code),
-        Seen {
-            listening: true,
-            version_deprecated: true,
-            version: Some(version.into()),
-            ..Seen::default()
-        },
-        None,
-    )
-}
-
-const PAUSE: Op = Op::Wait {
-    wait: DEPRECATED_PAUSE,
-    early_on_token: false,
-};
-
-#[test]
-fn a_deprecated_runner_from_2_337_0_pauses_without_showing_backoff_whatever_its_code() {
-    for code in [0, 1, 7] {
-        let mut s = slot(0.0);
-        watching(&mut s);
-        let step = s.step(Outcome::Exited(deprecated("2.337.0", code)));
-        assert!(
-            step.effects.contains(&Effect::Deprecated { failures: 1 }),
-            "{code}"
-        );
-        assert!(!step.effects.contains(&Effect::Show(SlotState::Backoff)));
-        assert_eq!(step.op, PAUSE, "exit {code}");
-    }
-}
-
-#[test]
-fn before_2_337_0_a_deprecated_line_pauses_only_when_github_confirms_it() {
-    // Confirmed: paused, as from a newer runner.
-    let mut s = slot(0.0);
-    watching(&mut s);
-    let step = s.step(Outcome::Exited(deprecated("2.336.0", 7)));
-    assert_eq!(
-        step.op,
-        Op::ConfirmDeprecation {
-            version: "2.336.0".into()
-        }
-    );
-    assert_eq!(step.effects, vec![], "nothing said before GitHub's word");
-    let step = s.step(Outcome::DeprecationConfirmed(true));
-    assert!(step.effects.contains(&Effect::Deprecated { failures: 1 }));
-    assert_eq!(step.op, PAUSE);
-
-    // Unconfirmed (a 403 from the broker): a network fire, then a back-off; no pause.
-    let mut s = slot(0.0);
-    watching(&mut s);
-    s.step(Outcome::Exited(deprecated("2.336.0", 0)));
-    let step = s.step(Outcome::DeprecationConfirmed(false));
-    let Op::Record(fires) = &step.op else {
-        panic!("{step:?}")
-    };
-    assert_eq!(fires.len(), 1);
-    assert_eq!(fires[0].0, Cause::Network);
-    assert!(fires[0].1.contains("#4613"), "{}", fires[0].1);
-    let step = s.step(Outcome::Recorded { opened: None });
-    assert!(!step
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::Deprecated { .. })));
-    assert!(step.effects.iter().any(|e| matches!(
-        e,
-        Effect::Failure {
-            state: SlotState::Backoff,
-            failures: 1,
-            ..
-        }
-    )));
-    assert_eq!(
-        step.op,
-        Op::Wait {
-            wait: S(1),
-            early_on_token: false
-        }
-    );
-}
-
 #[test]
 fn other_exits_session_conflicts_updates_and_clock_skew() {
     // A fixed name's session must expire first; strays of its root may hold it.
@@ -656,47 +576,4 @@ fn stopping_at_any_point_finishes_and_a_registration_made_meanwhile_is_deleted()
     });
     assert_eq!(step.op, Op::Finish);
     assert!(step.effects.contains(&Effect::Deregister));
-}
-
-#[test]
-fn the_crash_loop_back_off_doubles_to_its_cap_and_jitter_is_deterministic() {
-    let b = Backoff {
-        base: S(2),
-        cap: FAILURE_BACKOFF_CAP,
-    };
-    for (n, lo, hi) in [
-        (1, MS(1000), MS(2000)),
-        (2, MS(2000), MS(4000)),
-        (4, MS(8000), MS(16000)),
-        (20, S(150), S(300)),
-    ] {
-        assert_eq!((b.wait(n, 0.0), b.wait(n, 1.0)), (lo, hi), "failure {n}");
-    }
-    assert_eq!(b.wait(1, 0.5), MS(1500));
-    // The configured base: a 100 ms crash-loop test backs off 50..100 ms first.
-    let fast = Backoff {
-        base: MS(100),
-        cap: FAILURE_BACKOFF_CAP,
-    };
-    assert_eq!(fast.wait(1, 0.0), MS(50));
-    // A seeded source is the same sequence for the same seed, within [0, 1].
-    let draw = |seed| {
-        let mut j = Jitter::Seeded(seed);
-        (0..100).map(|_| j.next()).collect::<Vec<f64>>()
-    };
-    assert_eq!(draw(7), draw(7));
-    assert_ne!(draw(7), draw(8));
-    assert!(draw(7).iter().all(|x| (0.0..=1.0).contains(x)));
-    // The bound: crashing 0.3 s after listening, at most 8 starts in the first
-    // 30 s and at most 20 in 10 minutes, whatever the jitter draws.
-    for seed in 0..1000 {
-        let crash = MS(300);
-        assert!(crash_loop_starts(b, S(30), crash, &mut Jitter::Seeded(seed)) <= 8);
-        assert!(crash_loop_starts(b, S(600), crash, &mut Jitter::Seeded(seed)) <= 20);
-    }
-    // 1, 2, 4, 8 s after crashes at 0.3 s: starts at 0, 1.3, 3.6, 7.9 and 16.2 s.
-    assert_eq!(
-        crash_loop_starts(b, S(30), MS(300), &mut Jitter::Fixed(0.0)),
-        5
-    );
 }
