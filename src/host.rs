@@ -51,6 +51,9 @@ pub struct Host {
     pub slot_cmds: std::sync::OnceLock<SlotCmds>,
     /// Ask the version watch to look for a newer runner now (`supervisor runner upgrade`).
     pub check_versions: Notify,
+    /// Bumped whenever the autopilot's versions change (a version offered, promoted or
+    /// rolled back): slots waiting for a newer runner look again.
+    pub runner_versions: watch::Sender<u64>,
 }
 
 /// A running listener, as the monitors see it.
@@ -133,6 +136,7 @@ impl Host {
             clocks,
             autopilot: std::sync::Mutex::new(None),
             check_versions: Notify::new(),
+            runner_versions: watch::channel(0).0,
             slot_cmds: std::sync::OnceLock::new(),
         }
     }
@@ -146,6 +150,11 @@ impl Host {
         a.as_mut().map(f)
     }
 
+    /// The autopilot's versions changed: slots waiting for a newer runner look again.
+    pub fn runner_versions_changed(&self) {
+        self.runner_versions.send_modify(|n| *n += 1);
+    }
+
     /// Carry out what the autopilot decided: recycle the idle slots a promotion moves, or
     /// say once that a version was rolled back.
     pub fn autopilot_decided(&self, board: &Board, d: crate::runner::autopilot::Decision) {
@@ -156,12 +165,14 @@ impl Host {
                 tracing::info!(event = "runner_promoted", version = %version, recycle = ?recycle, "runner {version} proved on the canary: every slot moves to it between jobs");
                 board.system(|s| {
                     s.runner_canary = None;
+                    s.runner_version = Some(version.clone());
                     s.runner_upgraded = Some(format!(
                         "{version} at {}",
                         crate::clocks::wall_now().format("%Y-%m-%d %H:%M UTC")
                     ));
                 });
                 self.recycle(&recycle);
+                self.runner_versions_changed();
             }
             Decision::RolledBack {
                 version,
@@ -180,6 +191,7 @@ impl Host {
                         format!("runner {version} rolled back to {to}: {reason}"),
                     )),
                 );
+                self.runner_versions_changed();
             }
         }
     }

@@ -412,13 +412,34 @@ async fn start_autopilot(deps: &Deps, shared: &Shared) {
     let name = crate::runner::version::installed(&cfg.runner.dir)
         .await
         .unwrap_or_default();
-    let fleet = crate::runner::autopilot::Fleet::new(
+    let mut fleet = crate::runner::autopilot::Fleet::new(
         cfg.runner.slots,
         crate::runner::autopilot::Version {
-            name,
+            name: name.clone(),
             dir: cfg.runner.dir.clone(),
         },
     );
+    // A newer version installed in the versions directory before (by this supervisor
+    // or one sharing the directory) is tried at once, on the canary: a container or a
+    // laptop back from a holiday moves on without a download, or without a network.
+    // Only complete versions are seen: an interrupted install left a `.partial-*`.
+    let newest = crate::runner::store::Store::open(&cfg.versions_dir())
+        .ok()
+        .and_then(|s| s.versions().pop().map(|v| (s.path_of(&v), v)));
+    use crate::runner::version::parse_version;
+    if let Some((dir, v)) = newest.filter(|(_, v)| parse_version(v) > parse_version(&name)) {
+        tracing::info!(event = "runner_found", version = %v, dir = %dir.display(), "runner {v} is installed in {}: the first slot to start tries it", dir.display());
+        fleet.offer(
+            crate::runner::autopilot::Version {
+                name: v.clone(),
+                dir,
+            },
+            &[],
+        );
+        shared
+            .board
+            .system(|s| s.runner_canary = Some(format!("{v} on the next slot to start")));
+    }
     *shared
         .host
         .autopilot

@@ -30,6 +30,8 @@ pub const DEADLINE_EVERY: Duration = Duration::from_secs(24 * 3600);
 const TICK: Duration = Duration::from_secs(3600);
 /// After a failed read, the next try.
 const RETRY: Duration = Duration::from_secs(300);
+/// How the condition starts when the newest release cannot be read.
+const CANNOT_LOOK: &str = "cannot look for a newer runner now";
 /// While the installed version or its deadline is not known yet, the next look.
 const UNSETTLED: Duration = Duration::from_secs(5);
 
@@ -43,6 +45,15 @@ struct Watch {
     apps: Vec<RunnerApplication>,
     /// No upgrade attempt before this (after a failed one).
     next_upgrade: Option<Instant>,
+    /// Failed upgrade attempts in a row: the wait before the next one grows with them.
+    upgrade_failures: u32,
+}
+
+/// The wait after `failures` failed upgrade attempts in a row: [`RETRY`], doubling, at
+/// most [`LATEST_EVERY`].
+pub fn upgrade_backoff(failures: u32) -> Duration {
+    let doubled = RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(LATEST_EVERY)
 }
 
 /// With `[runner] auto_update = "on"`: a newer release, not marked bad, is installed into
@@ -85,6 +96,7 @@ async fn upgrade(cfg: &Config, gh: &GithubClient, board: &Board, host: &Host, w:
     };
     match installed {
         Ok((store, (dir, downloaded))) => {
+            w.upgrade_failures = 0;
             tracing::info!(event = "runner_downloaded", version = %latest, downloaded, dir = %dir.display(), "runner {latest} ready in {}", dir.display());
             let _ = store.prune(&[latest.as_str(), current.as_str()]);
             board.set_condition(Condition::RunnerUpgrade, None);
@@ -98,6 +110,7 @@ async fn upgrade(cfg: &Config, gh: &GithubClient, board: &Board, host: &Host, w:
                     &idle,
                 )
             });
+            host.runner_versions_changed();
             if let Some(Some(Some(slot))) = offered {
                 board.system(|s| s.runner_canary = Some(format!("{latest} on slot {slot}")));
                 host.recycle(&[slot]);
@@ -108,14 +121,37 @@ async fn upgrade(cfg: &Config, gh: &GithubClient, board: &Board, host: &Host, w:
             }
         }
         Err(e) => {
-            tracing::warn!(event = "runner_upgrade_failed", version = %latest, error = %e, "cannot install runner {latest}: keeping what runs");
+            w.upgrade_failures += 1;
+            let wait = upgrade_backoff(w.upgrade_failures);
+            let mins = wait.as_secs().div_ceil(60);
+            tracing::warn!(event = "runner_upgrade_failed", version = %latest, error = %e, failures = w.upgrade_failures, retry_s = wait.as_secs(), "cannot install runner {latest}: keeping what runs; next try in {mins} min");
             board.set_condition(
                 Condition::RunnerUpgrade,
-                Some((Health::Ok, format!("cannot install runner {latest}: {e}"))),
+                Some((
+                    Health::Ok,
+                    format!("cannot install runner {latest}: {e}; keeping {current}, next try in {mins} min"),
+                )),
             );
-            w.next_upgrade = Some(now + RETRY);
+            w.next_upgrade = Some(now + wait);
         }
     }
+}
+
+/// With `auto_update` `notify` or `off`: a newer release is only said (health, status),
+/// with how to take it.
+fn hold(board: &Board, mode: AutoUpdate) {
+    let s = board.system_state();
+    let (Some(latest), Some(have)) = (s.runner_latest, s.runner_version) else {
+        return;
+    };
+    let said = (version::parse_version(&latest) > version::parse_version(&have)).then(|| {
+        let word = if mode == AutoUpdate::Notify { "notify" } else { "off" };
+        (
+            Health::Ok,
+            format!("runner {latest} is available ({have} runs); auto_update is \"{word}\": install it in the runner directory and restart, or set [runner] auto_update = \"on\""),
+        )
+    });
+    board.set_condition(Condition::RunnerUpgrade, said);
 }
 
 /// Read, judge and publish, until cancelled.
@@ -138,8 +174,9 @@ pub async fn run(
         let mut w = Watch::default();
         loop {
             round(&gh, &board, &mut w).await;
-            if cfg.runner.auto_update == AutoUpdate::On {
-                upgrade(&cfg, &gh, &board, &host, &mut w).await;
+            match cfg.runner.auto_update {
+                AutoUpdate::On => upgrade(&cfg, &gh, &board, &host, &mut w).await,
+                mode => hold(&board, mode),
             }
             // Until the installed version is known (`--version` may fail; the listener
             // says it too) and its deadline read, look again soon.
@@ -150,8 +187,8 @@ pub async fn run(
                 _ = host.check_versions.notified() => true,
             };
             if asked {
-                // `supervisor runner upgrade` or `retry`: the newest release now, and an
-                // attempt even after a recent failure.
+                // `supervisor runner upgrade` or `retry`, or a slot refused as deprecated:
+                // the newest release now, and an attempt even after a recent failure.
                 w.next_latest = None;
                 w.next_upgrade = None;
             }
@@ -168,6 +205,12 @@ async fn round(gh: &GithubClient, board: &Board, w: &mut Watch) {
     if w.next_latest.is_none_or(|t| now >= t) {
         match gh.runner_downloads().await {
             Ok(apps) => {
+                if board
+                    .condition(Condition::RunnerUpgrade)
+                    .is_some_and(|m| m.starts_with(CANNOT_LOOK))
+                {
+                    board.set_condition(Condition::RunnerUpgrade, None);
+                }
                 let latest = version::latest_release(&apps);
                 board.system(|s| s.runner_latest = latest);
                 w.apps = apps;
@@ -175,6 +218,23 @@ async fn round(gh: &GithubClient, board: &Board, w: &mut Watch) {
             }
             Err(e) => {
                 tracing::warn!(event = "runner_latest_failed", error = %e, "cannot read the newest runner release now");
+                // Said, unless something more telling (a rollback, a failed install) is.
+                if board.condition(Condition::RunnerUpgrade).is_none() {
+                    let have = board
+                        .system_state()
+                        .runner_version
+                        .unwrap_or_else(|| "the installed runner".into());
+                    board.set_condition(
+                        Condition::RunnerUpgrade,
+                        Some((
+                            Health::Ok,
+                            format!(
+                                "{CANNOT_LOOK}: {e}; keeping {have}, next look in {} min",
+                                RETRY.as_secs() / 60
+                            ),
+                        )),
+                    );
+                }
                 w.next_latest = Some(now + RETRY);
             }
         }
@@ -248,4 +308,16 @@ pub fn judge(board: &Board, now: DateTime<Utc>) {
         _ => None,
     };
     board.set_condition(Condition::RunnerVersion, condition);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_upgrades_back_off_from_five_minutes_doubling_to_six_hours() {
+        let mins: Vec<u64> = (1..=9).map(|n| upgrade_backoff(n).as_secs() / 60).collect();
+        assert_eq!(mins, [5, 10, 20, 40, 80, 160, 320, 360, 360]);
+        assert_eq!(upgrade_backoff(u32::MAX), LATEST_EVERY);
+    }
 }

@@ -186,6 +186,15 @@ pub fn table(checks: &[Check], colour: bool) -> String {
     out
 }
 
+/// The running supervisor's runner-upgrade condition (why it cannot upgrade), if one runs.
+fn running_upgrade_condition(cfg: &Config) -> Option<String> {
+    let (code, body) = crate::control::request(&cfg.control.socket, "GET", "/v1/status").ok()?;
+    let s: crate::status::StatusFile = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+    s.reasons
+        .iter()
+        .find_map(|r| r.strip_prefix("runner upgrade: ").map(str::to_string))
+}
+
 async fn run_checks(cfg: &Config) -> Vec<Check> {
     let root = HostRoot::from_env();
     let mut checks = diagnose::check_config(cfg);
@@ -194,7 +203,7 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
     let runner_ok = runner.level == Level::Ok;
     checks.push(runner);
     let installed = if runner_ok {
-        diagnose::runner_version(cfg).await
+        diagnose::effective_version(cfg, diagnose::runner_version(cfg).await)
     } else {
         None
     };
@@ -246,6 +255,12 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
                     .await
                     .map(|a| crate::runner::version::latest_release(&a))
                     .map_err(|e| e.to_string());
+                checks.push(diagnose::check_runner_upgrades(
+                    cfg,
+                    installed.as_deref(),
+                    latest.as_ref().ok().and_then(|l| l.as_deref()),
+                    running_upgrade_condition(cfg).as_deref(),
+                ));
                 if runner_ok {
                     let deadline = match &installed {
                         Some(v) => gh

@@ -51,6 +51,14 @@ async fn report(cfg: &Config) -> (String, bool) {
             installed.join(", ")
         }
     );
+    let running = running(cfg);
+    // The version the slots run: the running supervisor's, or the newest installed one
+    // the autopilot would start on.
+    let runs = running
+        .as_ref()
+        .ok()
+        .and_then(|s| s.system.runner.version.clone())
+        .or_else(|| crate::diagnose::effective_version(cfg, configured.clone()));
     let gh = match (&cfg.github.token, &cfg.github.app, &cfg.github.scope) {
         (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => GithubClient::from_config(cfg).ok(),
         _ => None,
@@ -65,7 +73,7 @@ async fn report(cfg: &Config) -> (String, bool) {
                 ),
                 Err(e) => format!("  newest        cannot read it: {e}\n"),
             };
-            if let Some(v) = &configured {
+            if let Some(v) = &runs {
                 let said = match gh.runner_deprecation(v).await.map(Deadline::from_answer) {
                     Ok(d) => match (d.runtime(), &d) {
                         (Some(at), _) => format!("runtime deadline {}", describe_deadline(at, now)),
@@ -78,7 +86,6 @@ async fn report(cfg: &Config) -> (String, bool) {
             }
         }
     }
-    let running = running(cfg);
     out += &format!(
         "  slots         {}\n",
         match &running {

@@ -4,7 +4,8 @@
 //!
 //! Layout by topic: this file has the configuration, another supervisor's lock and the
 //! host's facts; `network.rs` DNS, reachability, keepalive sysctls and dependencies;
-//! `runner.rs` the runner binary, its version, leftovers and ghosts; `docker.rs` the
+//! `runner.rs` the runner binary, its version, leftovers and ghosts; `upgrades.rs`
+//! whether the runner autopilot can work; `docker.rs` the
 //! engine and the disk; `wsl.rs` WSL2.
 //!
 //! Files of the host are read under [`HostRoot`] (`/`), so tests can give a made-up one.
@@ -18,12 +19,14 @@ use crate::preflight::{Check, Level};
 mod docker;
 mod network;
 mod runner;
+mod upgrades;
 mod wsl;
 pub use docker::{check_disk, check_docker};
 pub use network::{check_dependencies, check_dns, check_reachable, check_sysctls};
 pub use runner::{
     check_ghosts, check_leftovers, check_runner, check_runner_version, runner_version,
 };
+pub use upgrades::{check_runner_upgrades, effective_version};
 pub use wsl::check_wsl;
 
 /// Where host files are read: `/`, or (debug builds) `SUPERVISOR_DOCTOR_HOST_ROOT`.

@@ -112,6 +112,15 @@ impl Fleet {
         self.bad.clear();
     }
 
+    /// The version slot `slot`'s next listener would run, without starting it.
+    pub fn next_for(&self, slot: usize) -> &Version {
+        match (&self.candidate, self.canary) {
+            (Some(c), Some(s)) if s == slot => c,
+            (Some(c), None) => c,
+            _ => &self.current,
+        }
+    }
+
     /// Slot `slot` starts a listener: the version it runs.
     pub fn start(&mut self, slot: usize) -> Version {
         self.idle[slot] = false;

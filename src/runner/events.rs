@@ -3,6 +3,11 @@
 //! Pure: no IO. Matches the exact strings of `src/runner/protocol.md` §1; a line that
 //! matches nothing is still logged by the caller, it just carries no event.
 
+/// The heading of the box `config.sh` prints for a runner below GitHub's registration
+/// floor (reference A8), before `The minimum runner version required to register with
+/// GitHub Actions is now 2.329.0` and an exit 1.
+pub const UPDATE_REQUIRED: &str = "RUNNER UPDATE REQUIRED";
+
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {

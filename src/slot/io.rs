@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -15,7 +16,7 @@ use crate::runner::process::Listener;
 use crate::shutdown::Mode;
 use crate::status::SlotState;
 
-use super::listen::{start, wait_for_update, watch_listener};
+use super::listen::{start, wait_for_update, watch_listener, StartError};
 use super::machine::outer::{Effect, Exited, Op, Outcome, RegFailure, RegKind};
 use super::machine::HostFacts;
 use super::registration::{deregister_reg, register, RegSecret, Registration};
@@ -38,6 +39,8 @@ pub(super) struct SlotIo {
     pub(super) mode: watch::Receiver<Mode>,
     /// The runner version the root was last rebuilt from (None: the configured one).
     pub(super) source: Option<PathBuf>,
+    /// The runner version the autopilot gave the last start, when there is an autopilot.
+    pub(super) version: Option<String>,
 }
 
 /// A GitHub error as the slot's policy sees it.
@@ -147,19 +150,31 @@ impl SlotIo {
                 tracing::warn!(event = "listener_failed", slot, runner = %self.name, reason = reason.as_str(), failures, wait_ms = wait.as_millis() as u64, "listener failed; backing off");
                 self.autopilot_failed(&format!("listener exited {}", reason.as_str()));
             }
-            Effect::Deprecated { failures } => {
+            Effect::Deprecated {
+                failures,
+                upgrading,
+            } => {
                 let sys = board.system_state();
-                let have = sys.runner_version.unwrap_or_else(|| "this version".into());
-                // The exact fix: the newest release, when GitHub listed one.
-                let install = match sys.runner_latest {
-                    Some(l) => format!("install actions/runner {l} (https://github.com/actions/runner/releases/tag/v{l})"),
-                    None => "install the newest actions/runner release".to_string(),
+                let have = self
+                    .version
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                    .or(sys.runner_version)
+                    .unwrap_or_else(|| "this version".into());
+                let msg = if upgrading {
+                    format!("runner {have} is too old for GitHub: it sends it no jobs; auto_update is on: the slot goes on with the newest release as soon as it is installed")
+                } else {
+                    // The exact fix: the newest release, when GitHub listed one.
+                    let install = match sys.runner_latest {
+                        Some(l) => format!("install actions/runner {l} (https://github.com/actions/runner/releases/tag/v{l})"),
+                        None => "install the newest actions/runner release".to_string(),
+                    };
+                    format!(
+                        "the runner in {} ({have}) is too old for GitHub: it sends it no jobs; {install} there and restart the supervisor (or set [runner] auto_update = \"on\")",
+                        sh.cfg.runner.dir.display()
+                    )
                 };
-                let msg = format!(
-                    "the runner in {} ({have}) is too old for GitHub: it sends it no jobs; {install} there and restart the supervisor",
-                    sh.cfg.runner.dir.display()
-                );
-                tracing::error!(event = "runner_deprecated", slot, version = %have, "{msg}");
+                tracing::error!(event = "runner_deprecated", slot, version = %have, upgrading, "{msg}");
                 self.autopilot_failed("a deprecated-version line");
                 note_failure(board, slot, SlotState::Paused, &msg, failures);
             }
@@ -266,11 +281,35 @@ impl SlotIo {
                     false => Outcome::Waited,
                 }
             }
+            Op::AwaitRunnerUpgrade { limit } => self.await_upgrade(limit, mode).await,
             Op::AwaitUpdate => {
                 wait_for_update(&self.root, sh.cfg.runner.update_wait).await;
                 Outcome::Waited
             }
             Op::Finish => Outcome::Stopping,
+        }
+    }
+
+    /// Ask for the newest runner now, and wait until this slot's next listener would run
+    /// another version than the refused one, or for `limit`.
+    async fn await_upgrade(&self, limit: Duration, mode: &mut watch::Receiver<Mode>) -> Outcome {
+        let sh = &self.sh;
+        let mut changed = sh.host.runner_versions.subscribe();
+        sh.host.check_versions.notify_one();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let moved = sh
+                .host
+                .autopilot(|f| Some(&f.next_for(self.slot).name) != self.version.as_ref())
+                .unwrap_or(false);
+            if moved {
+                return Outcome::Waited;
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return Outcome::Waited },
+                _ = tokio::time::sleep_until(deadline) => return Outcome::Waited,
+                _ = mode.wait_for(|m| *m != Mode::Run) => return Outcome::Stopping,
+            }
         }
     }
 
@@ -286,6 +325,7 @@ impl SlotIo {
         // The runner version the autopilot gives this start (between jobs, always).
         if let Some(v) = self.sh.host.autopilot(|f| f.start(self.slot)) {
             let name = v.name.clone();
+            self.version = Some(name.clone());
             self.sh.board.update(self.slot, |s| {
                 s.runner_version = Some(name).filter(|n| !n.is_empty())
             });
@@ -307,7 +347,11 @@ impl SlotIo {
                 self.listener = Some(l);
                 Outcome::Started
             }
-            Err(msg) => Outcome::StartFailed(msg),
+            Err(StartError::Failed(msg)) => Outcome::StartFailed(msg),
+            Err(StartError::BelowFloor(msg)) => {
+                tracing::warn!(event = "registration_floor", slot = self.slot, error = %msg, "config.sh refused the runner: below GitHub's registration floor");
+                Outcome::VersionRefused(msg)
+            }
         }
     }
 

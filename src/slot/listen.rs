@@ -34,13 +34,28 @@ pub(super) struct Watched {
     pub(super) stable: bool,
 }
 
+/// Why a listener could not be started.
+#[derive(Debug)]
+pub(super) enum StartError {
+    Failed(String),
+    /// `config.sh` printed the boxed `RUNNER UPDATE REQUIRED`: the runner is below
+    /// GitHub's registration floor (reference A8).
+    BelowFloor(String),
+}
+
+impl From<String> for StartError {
+    fn from(s: String) -> Self {
+        StartError::Failed(s)
+    }
+}
+
 /// Spawn config.sh (token mode) and then the listener.
 pub(super) async fn start(
     sh: &Shared,
     root: &Path,
     reg: &mut Registration,
     mode: &mut watch::Receiver<Mode>,
-) -> Result<Listener, String> {
+) -> Result<Listener, StartError> {
     layout::remove_config_files(root);
     let mut env = sh.runner_env.clone();
     match &reg.secret {
@@ -55,7 +70,7 @@ pub(super) async fn start(
     }
     let program = root.join("bin").join("Runner.Listener");
     Listener::spawn(&reg.name, &program, &["run"], root, &env)
-        .map_err(|e| format!("cannot spawn {}: {e}", program.display()))
+        .map_err(|e| format!("cannot spawn {}: {e}", program.display()).into())
 }
 
 /// `config.sh --unattended --ephemeral --disableupdate --replace`, token in the environment.
@@ -65,7 +80,7 @@ async fn configure(
     name: &str,
     token: &AuthToken,
     mode: &mut watch::Receiver<Mode>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let c = &sh.cfg;
     let url = format!("{}/{}", c.github.web_url, sh.gh.scope().web_path());
     let labels = c.runner.labels.join(",");
@@ -92,11 +107,15 @@ async fn configure(
     let mut p = Listener::spawn(name, &script, &args, root, &env)
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     let mut last_err = String::new();
+    let mut below_floor = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut interrupted = false;
     let ended = loop {
         tokio::select! {
             o = p.next() => match o {
+                // The boxed notice, and the line under it that names the floor.
+                Some(Output::Line { text, .. }) if text.contains(crate::runner::events::UPDATE_REQUIRED) => below_floor = Some(String::new()),
+                Some(Output::Line { text, .. }) if below_floor.as_deref() == Some("") && text.contains("minimum runner version") => below_floor = Some(text.trim_matches(|c: char| c == '*' || c == '|' || c.is_whitespace()).to_string()),
                 Some(Output::Line { stream: crate::runner::events::Stream::Stderr, text, .. }) if !text.trim().is_empty() => last_err = text,
                 Some(Output::Exited(e)) => break Some(e),
                 Some(_) => {}
@@ -113,13 +132,26 @@ async fn configure(
     match ended {
         _ if interrupted => {
             p.kill_group();
-            Err("config.sh interrupted by shutdown".into())
+            Err(StartError::Failed(
+                "config.sh interrupted by shutdown".into(),
+            ))
         }
         Some(Ended::Code(0)) => Ok(()),
-        Some(e) => Err(format!("config.sh failed ({e:?}): {last_err}")),
+        Some(e) if below_floor.is_some() => Err(StartError::BelowFloor(format!(
+            "config.sh refused the runner ({e:?}): RUNNER UPDATE REQUIRED{}",
+            below_floor
+                .filter(|t| !t.is_empty())
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default()
+        ))),
+        Some(e) => Err(StartError::Failed(format!(
+            "config.sh failed ({e:?}): {last_err}"
+        ))),
         None => {
             p.kill_group();
-            Err("config.sh did not finish within 5 minutes".into())
+            Err(StartError::Failed(
+                "config.sh did not finish within 5 minutes".into(),
+            ))
         }
     }
 }
@@ -375,7 +407,16 @@ fn act(
                 sh.host.autopilot_decided(board, d);
             }
         }
-        Action::RunnerVersion(v) => board.system(|s| s.runner_version = Some(v)),
+        // The host's version is the autopilot's current one (a canary's is not yet).
+        Action::RunnerVersion(v) => {
+            let current = sh
+                .host
+                .autopilot(|f| f.current().name.clone())
+                .filter(|c| !c.is_empty());
+            if current.is_none_or(|c| c == v) {
+                board.system(|s| s.runner_version = Some(v))
+            }
+        }
         Action::DrainWaiting => {
             tracing::info!(event = "drain_waiting", slot, runner = %l.name(), drain_s = sh.cfg.runner.drain_timeout.as_secs(), "draining: letting the running job finish")
         }

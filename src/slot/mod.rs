@@ -214,6 +214,7 @@ impl Shared {
             },
             retryable_exits: self.cfg.watchdog.retryable_exits,
             session_conflict_wait: self.cfg.runner.session_conflict_wait,
+            auto_update: self.cfg.runner.auto_update == crate::config::AutoUpdate::On,
         }
     }
 
@@ -325,6 +326,7 @@ pub async fn run(
         listener: None,
         mode: mode.clone(),
         source: None,
+        version: None,
     };
     let mut outcome = Outcome::Begin;
     loop {

@@ -64,6 +64,12 @@ pub enum Health {
 
 impl Board {
     /// Set or clear a host-level condition; returns true when it changed.
+    /// A condition's message, when it is set.
+    pub fn condition(&self, name: Condition) -> Option<String> {
+        let all = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&name).map(|(_, m)| m.clone())
+    }
+
     pub fn set_condition(&self, name: Condition, c: Option<(Health, String)>) -> bool {
         let mut all = self.conditions.lock().unwrap_or_else(|p| p.into_inner());
         let changed = match &c {

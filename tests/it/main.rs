@@ -29,5 +29,6 @@ mod shutdown;
 mod systemd;
 mod systemd_boot;
 mod token;
+mod upgrades;
 mod versions;
 mod watchdog;

@@ -112,13 +112,18 @@ async fn a_deadline_within_21_days_is_shown_everywhere_and_doctor_warns_with_the
 }
 
 #[tokio::test]
-async fn past_the_deadline_health_is_degraded_and_doctor_fails() {
+async fn past_the_deadline_github_refuses_jobs_health_says_why_and_doctor_fails() {
+    // The newest release itself dated in the past: nothing newer to move to, so the
+    // broker's refusal pauses the slot.
     let past = "2026-11-05T00:00:00Z".parse().unwrap();
     let (sb, _gh, env) = setup(|o| {
         o.deprecations.insert(RUNNER_VERSION.into(), Some(past));
     })
     .await;
-    let mut d = Daemon::run_listening(&env, 1, T).await;
+    let mut d = Daemon::start(&env, &["run"]).await;
+    // The fake broker refuses it messages by date, with the runner's own line.
+    let e = d.wait_event("runner_deprecated", T).await;
+    assert!(e.is("version", RUNNER_VERSION), "{e:?}");
     let s = sb
         .wait_status(T, |s| s.system.runner.deadline == "dated")
         .await;
@@ -129,8 +134,8 @@ async fn past_the_deadline_health_is_degraded_and_doctor_fails() {
     );
     let (code, health) =
         wait_health(&env, "past its runtime deadline", Duration::from_secs(5)).await;
-    assert_eq!(code, Some(0), "degraded, not unhealthy: {health}");
-    assert!(health.starts_with("Degraded"), "{health}");
+    assert_ne!(code, Some(0), "no slot can take a job: {health}");
+    assert!(health.contains("slot 0 paused"), "{health}");
     let text = cli(&env, &["status"]).stdout;
     assert!(
         text.contains("2026-11-05") && text.contains("PAST"),
@@ -209,8 +214,10 @@ async fn before_2_337_0_a_deprecated_line_github_does_not_confirm_is_a_network_f
 
 #[tokio::test]
 async fn before_2_337_0_a_deprecation_github_confirms_pauses_the_slot() {
-    // 2.336.0: GitHub dates its runtime deadline 2026-11-05, in the past.
-    let (sb, gh, env) = setup(|_| {}).await;
+    // 2.336.0: GitHub dates its runtime deadline 2026-11-05, in the past. With
+    // auto_update off the slot pauses, naming the exact fix.
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    env.insert("SUPERVISOR_RUNNER_AUTO_UPDATE".into(), "off".into());
     claims(&sb, "2.336.0");
     gh.script(sim::protocol::Script::VersionDeprecated);
     let mut d = Daemon::start(&env, &["run"]).await;
@@ -231,7 +238,7 @@ async fn before_2_337_0_a_deprecation_github_confirms_pauses_the_slot() {
         error.contains("(2.336.0) is too old")
             && (error.contains(&named)
                 || error.contains("install the newest actions/runner release"))
-            && error.ends_with("and restart the supervisor"),
+            && error.contains("and restart the supervisor"),
         "{error}"
     );
     assert_eq!(d.count_events("watchdog_fire", |_| true), 0);

@@ -37,6 +37,7 @@ enum After {
     Wait(Duration),
     StopStraysThenWait(Duration),
     AwaitUpdate,
+    AwaitUpgrade(Duration),
 }
 
 /// Where the slot is.
@@ -196,6 +197,7 @@ impl Slot {
             Outcome::RegisterFailed(f) => self.register_failed(f),
             Outcome::Started => self.to(Phase::Watching, vec![Effect::ListenerStarted], Op::Watch),
             Outcome::StartFailed(error) => self.start_failed(error),
+            Outcome::VersionRefused(error) => self.version_refused(error),
             Outcome::Exited(x) => self.exited(x),
             Outcome::DeprecationConfirmed(confirmed) => self.deprecation_confirmed(confirmed),
             Outcome::Recorded { opened } => {
@@ -358,13 +360,7 @@ impl Slot {
                     Op::ConfirmDeprecation { version },
                 );
             }
-            Next::Pause => {
-                e.push(Effect::Deprecated {
-                    failures: self.failures,
-                });
-                self.paused = true;
-                After::Wait(DEPRECATED_PAUSE)
-            }
+            Next::Pause => self.deprecated(&mut e),
         };
         if plan.fires.is_empty() {
             return self.next(next, None).after(e);
@@ -374,17 +370,38 @@ impl Slot {
         self.to(Phase::Recording, vec![], Op::Record(plan.fires))
     }
 
+    /// A deprecation known for sure: paused; with `auto_update = "on"` only until the
+    /// autopilot has a newer runner for this slot, otherwise for [`DEPRECATED_PAUSE`].
+    fn deprecated(&mut self, e: &mut Vec<Effect>) -> After {
+        e.push(Effect::Deprecated {
+            failures: self.failures,
+            upgrading: self.limits.auto_update,
+        });
+        self.paused = true;
+        match self.limits.auto_update {
+            true => After::AwaitUpgrade(DEPRECATED_PAUSE),
+            false => After::Wait(DEPRECATED_PAUSE),
+        }
+    }
+
+    /// `config.sh` refused the runner as below the registration floor: nothing was
+    /// registered (the registration token is unused), and the version is deprecated.
+    fn version_refused(&mut self, error: String) -> Step {
+        self.failures += 1;
+        let _ = error;
+        let mut e = vec![Effect::Deregister];
+        let next = self.deprecated(&mut e);
+        self.next(next, None).after(e)
+    }
+
     /// GitHub's word on a deprecated line from a runner before 2.337.0: confirmed, the
     /// slot pauses; otherwise it was a 403 from the broker (a proxy, a VPN, an outage:
     /// actions/runner #4613), a network fault: a watchdog fire and a back-off, never a pause.
     fn deprecation_confirmed(&mut self, confirmed: bool) -> Step {
         let (mut e, version) = self.after_confirm.take().unwrap_or_default();
         if confirmed {
-            e.push(Effect::Deprecated {
-                failures: self.failures,
-            });
-            self.paused = true;
-            return self.next(After::Wait(DEPRECATED_PAUSE), None).after(e);
+            let next = self.deprecated(&mut e);
+            return self.next(next, None).after(e);
         }
         let shown = if version.is_empty() {
             "this version".to_string()
@@ -431,6 +448,7 @@ impl Slot {
             After::Now => return self.gates(vec![]),
             After::StopStraysThenWait(d) => (Op::StopStraysThenWait(d), d),
             After::AwaitUpdate => (Op::AwaitUpdate, Duration::ZERO),
+            After::AwaitUpgrade(limit) => (Op::AwaitRunnerUpgrade { limit }, limit),
             After::Wait(wait) => (
                 Op::Wait {
                     wait,

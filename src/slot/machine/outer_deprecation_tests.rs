@@ -28,7 +28,10 @@ fn a_deprecated_runner_from_2_337_0_pauses_without_showing_backoff_whatever_its_
         watching(&mut s);
         let step = s.step(Outcome::Exited(deprecated("2.337.0", code)));
         assert!(
-            step.effects.contains(&Effect::Deprecated { failures: 1 }),
+            step.effects.contains(&Effect::Deprecated {
+                failures: 1,
+                upgrading: false
+            }),
             "{code}"
         );
         assert!(!step.effects.contains(&Effect::Show(SlotState::Backoff)));
@@ -50,7 +53,10 @@ fn before_2_337_0_a_deprecated_line_pauses_only_when_github_confirms_it() {
     );
     assert_eq!(step.effects, vec![], "nothing said before GitHub's word");
     let step = s.step(Outcome::DeprecationConfirmed(true));
-    assert!(step.effects.contains(&Effect::Deprecated { failures: 1 }));
+    assert!(step.effects.contains(&Effect::Deprecated {
+        failures: 1,
+        upgrading: false
+    }));
     assert_eq!(step.op, PAUSE);
 
     // Unconfirmed (a 403 from the broker): a network fire, then a back-off; no pause.
@@ -84,4 +90,82 @@ fn before_2_337_0_a_deprecated_line_pauses_only_when_github_confirms_it() {
             early_on_token: false
         }
     );
+}
+
+/// With `auto_update = "on"` a deprecation is not waited out: the slot waits only for the
+/// autopilot's newer runner (at most the pause), and shows `paused`, never `backoff`.
+#[test]
+fn with_auto_update_on_a_deprecated_runner_awaits_the_upgrade_instead_of_the_pause() {
+    let mut s = Slot::new(
+        SlotLimits {
+            auto_update: true,
+            ..limits()
+        },
+        Jitter::Fixed(0.0),
+    );
+    watching(&mut s);
+    let step = s.step(Outcome::Exited(deprecated("2.337.0", 0)));
+    assert!(step.effects.contains(&Effect::Deprecated {
+        failures: 1,
+        upgrading: true
+    }));
+    assert!(!step.effects.contains(&Effect::Show(SlotState::Backoff)));
+    assert_eq!(
+        step.op,
+        Op::AwaitRunnerUpgrade {
+            limit: DEPRECATED_PAUSE
+        }
+    );
+    // The newer runner is there: the slot goes on at once.
+    assert_eq!(s.step(Outcome::Waited).op, Op::CheckGates);
+    // Before 2.337.0, GitHub's confirmation leads to the same wait.
+    watching(&mut s);
+    s.step(Outcome::Exited(deprecated("2.336.0", 0)));
+    let step = s.step(Outcome::DeprecationConfirmed(true));
+    assert_eq!(
+        step.op,
+        Op::AwaitRunnerUpgrade {
+            limit: DEPRECATED_PAUSE
+        }
+    );
+}
+
+/// `config.sh`'s boxed "RUNNER UPDATE REQUIRED" (below the registration floor) is a
+/// deprecation: the unused registration is deleted and the slot pauses, no back-off.
+#[test]
+fn a_registration_below_the_floor_is_a_deprecation() {
+    for auto_update in [false, true] {
+        let mut s = Slot::new(
+            SlotLimits {
+                auto_update,
+                ..limits()
+            },
+            Jitter::Fixed(0.0),
+        );
+        assert_eq!(s.step(Outcome::Begin).op, Op::CheckGates);
+        s.step(NO_GATES);
+        assert_eq!(
+            s.step(Outcome::Registered {
+                fixed_name: true,
+                stopping: false
+            })
+            .op,
+            Op::Start
+        );
+        let step = s.step(Outcome::VersionRefused("RUNNER UPDATE REQUIRED".into()));
+        assert!(step.effects.contains(&Effect::Deregister));
+        assert!(step.effects.contains(&Effect::Deprecated {
+            failures: 1,
+            upgrading: auto_update
+        }));
+        assert!(!step.effects.contains(&Effect::Show(SlotState::Backoff)));
+        let want = if auto_update {
+            Op::AwaitRunnerUpgrade {
+                limit: DEPRECATED_PAUSE,
+            }
+        } else {
+            PAUSE
+        };
+        assert_eq!(step.op, want);
+    }
 }

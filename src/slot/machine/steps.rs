@@ -80,6 +80,9 @@ pub enum Outcome {
     Started,
     /// [`Op::Start`] failed.
     StartFailed(String),
+    /// [`Op::Start`]: `config.sh` refused the runner as below GitHub's registration floor
+    /// (its boxed `RUNNER UPDATE REQUIRED`): a deprecation, known for sure.
+    VersionRefused(String),
     /// [`Op::Watch`]: it exited.
     Exited(Exited),
     /// [`Op::ConfirmDeprecation`]: whether GitHub dates the version's runtime deadline
@@ -128,6 +131,10 @@ pub enum Op {
     StopStraysThenWait(Duration),
     /// Wait for the self-update's `update.finished`.
     AwaitUpdate,
+    /// A deprecated runner with `auto_update = "on"`: ask for the newest release now, and
+    /// wait until this slot's next listener would run another version than the refused
+    /// one (the autopilot offered or promoted one), or for `limit`, or the stop.
+    AwaitRunnerUpgrade { limit: Duration },
     /// Delete what is still registered and show the slot stopped: the end.
     Finish,
 }
@@ -184,9 +191,11 @@ pub enum Effect {
         failures: u32,
         wait: Duration,
     },
-    /// A deprecated runner: the operator must install a current one (shown as `paused`).
+    /// A deprecated runner (shown as `paused`): with `upgrading`, the autopilot replaces
+    /// it now; otherwise the operator must install a current one.
     Deprecated {
         failures: u32,
+        upgrading: bool,
     },
 }
 
@@ -214,4 +223,7 @@ pub struct SlotLimits {
     pub retryable_exits: u32,
     /// How long a fixed name's stale session needs to expire.
     pub session_conflict_wait: Duration,
+    /// `[runner] auto_update = "on"`: a deprecated runner is replaced by a newer one at
+    /// once (the autopilot's canary), instead of pausing the slot until someone installs it.
+    pub auto_update: bool,
 }

@@ -12,6 +12,28 @@ use std::collections::BTreeMap;
 /// The runner version the fake runner claims to be (the release `src/runner/protocol.md` describes).
 pub const RUNNER_VERSION: &str = "2.338.0";
 
+/// The lowest runner version GitHub lets register (reference A8).
+pub const REGISTRATION_FLOOR: &str = "2.329.0";
+
+/// The first runner version whose "deprecated" line comes only from the broker's typed
+/// error; before it any bare 403 from the broker read "deprecated" (actions/runner #4613).
+pub const TYPED_DEPRECATION_FROM: &str = "2.337.0";
+
+/// The broker's typed error for a runner past its runtime deadline.
+pub const VERSION_TOO_OLD: &str = "RunnerVersionTooOld";
+
+/// `major.minor.patch` as numbers, for ordering versions.
+pub fn version_key(v: &str) -> Option<(u64, u64, u64)> {
+    let mut it = v.trim().trim_start_matches('v').split('.');
+    let mut n = || it.next()?.parse::<u64>().ok();
+    Some((n()?, n()?, n()?))
+}
+
+/// Whether version `a` is older than `b` (an unparsable one is not).
+pub fn older(a: &str, b: &str) -> bool {
+    matches!((version_key(a), version_key(b)), (Some(x), Some(y)) if x < y)
+}
+
 /// The `.runner` settings file, camelCase like the real one, plus `sim*` extras.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

@@ -173,6 +173,18 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                 // The session is gone: the runner was deleted on the server.
                 return empty(StatusCode::NOT_FOUND);
             };
+            // A runner past its runtime deadline gets no message: the broker's typed
+            // error (reference A8).
+            let version = s.runners.get(&rid).and_then(|r| r.version.clone());
+            if let Some(v) = version.filter(|v| past_deadline(&shared.opts, v)) {
+                return json_resp(
+                    StatusCode::FORBIDDEN,
+                    &json!({
+                        "errorCode": crate::protocol::VERSION_TOO_OLD,
+                        "message": format!("Runner version v{v} is deprecated and cannot receive messages."),
+                    }),
+                );
+            }
             let labels = s
                 .runners
                 .get(&rid)
@@ -208,4 +220,13 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
             return empty(StatusCode::ACCEPTED);
         }
     }
+}
+
+/// Whether the deprecations table dates `version`'s runtime deadline in the past.
+pub(super) fn past_deadline(opts: &super::Options, version: &str) -> bool {
+    opts.deprecations
+        .get(version)
+        .copied()
+        .flatten()
+        .is_some_and(|at| at <= Utc::now())
 }

@@ -404,6 +404,20 @@ pub(super) fn runner_registration(shared: &Shared, ctx: &Ctx) -> Resp {
     let Some(scope) = token.as_ref().and_then(|t| s.reg_tokens.get(t).cloned()) else {
         return basic_error(StatusCode::NOT_FOUND, "Not Found");
     };
+    // The runner says its version in its User-Agent; below the floor it may not register.
+    let version = ctx
+        .header("user-agent")
+        .and_then(|ua| ua.rsplit('/').next().map(str::to_string))
+        .unwrap_or_default();
+    if crate::protocol::older(&version, crate::protocol::REGISTRATION_FLOOR) {
+        return basic_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "The minimum runner version required to register with GitHub Actions is now {}",
+                crate::protocol::REGISTRATION_FLOOR
+            ),
+        );
+    }
     let tenant = random_token(40);
     s.tenant_tokens.insert(tenant.clone(), scope);
     json_resp(

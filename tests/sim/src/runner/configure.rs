@@ -46,6 +46,10 @@ pub(super) async fn configure(args: &Args, root: &Path) -> i32 {
     let resp = http
         .post(&reg_url)
         .header("Authorization", format!("RemoteAuth {token}"))
+        .header(
+            "User-Agent",
+            format!("GitHubActionsRunner-linux-x64/{}", super::version()),
+        )
         .json(&json!({"url": url, "runner_event": "register"}))
         .send()
         .await;
@@ -60,6 +64,23 @@ pub(super) async fn configure(args: &Args, root: &Path) -> i32 {
                 .unwrap_or("")
                 .to_string();
             let body = r.text().await.unwrap_or_default();
+            // Below the registration floor (reference A8): the boxed notice first.
+            if code == 404 && body.contains("minimum runner version") {
+                let floor = crate::protocol::REGISTRATION_FLOOR;
+                let star = "*".repeat(86);
+                term.error(&star);
+                term.error(&format!("*{:^84}*", "RUNNER UPDATE REQUIRED"));
+                term.error(&format!(
+                    "*{:^84}*",
+                    format!("The minimum runner version required to register with GitHub Actions is now {floor}")
+                ));
+                term.error(&star);
+                term.error(&format!(
+                    "Response status code does not indicate success: {code} ({}).",
+                    r_reason(code)
+                ));
+                return 1;
+            }
             term.error(&format!(
                 "Http response code: {} from 'POST {reg_url}' (Request Id: {id})",
                 dotnet_status(code)

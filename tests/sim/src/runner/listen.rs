@@ -71,6 +71,20 @@ impl Runner {
                     self.remove_config();
                     return 0;
                 }
+                // The broker's typed "too old" error; before 2.337.0 any bare 403 read
+                // the same (actions/runner #4613), from 2.337.0 a bare one is an error.
+                Ok(r)
+                    if r.status == 403
+                        && (String::from_utf8_lossy(&r.body)
+                            .contains(crate::protocol::VERSION_TOO_OLD)
+                            || crate::protocol::older(
+                                &super::version(),
+                                crate::protocol::TYPED_DEPRECATION_FROM,
+                            )) =>
+                {
+                    self.delete_session().await;
+                    return self.version_deprecated();
+                }
                 Ok(r) if (200..300).contains(&r.status) => {
                     self.poll_errors = 0;
                     self.reconnected();
