@@ -365,6 +365,9 @@ pub struct State {
     pub tarballs: BTreeMap<String, Bytes>,
     /// Downloads served, by file name.
     pub downloads: BTreeMap<String, u64>,
+    /// A release that appeared after the start: the downloads endpoint lists it as the
+    /// newest instead of `Options::latest_runner_version`.
+    pub released: Option<String>,
 }
 
 struct Shared {

@@ -25,7 +25,10 @@ fn filename(version: &str) -> String {
 
 /// `GET …/actions/runners/downloads`.
 pub(super) fn downloads(shared: &Shared) -> Resp {
-    let v = &shared.opts.latest_runner_version;
+    let released = shared.lock().released.clone();
+    let v = released
+        .as_ref()
+        .unwrap_or(&shared.opts.latest_runner_version);
     let Some(bin) = &shared.opts.runner_binary else {
         return placeholder_downloads(v);
     };
