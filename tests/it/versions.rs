@@ -186,7 +186,15 @@ async fn before_2_337_0_a_deprecated_line_github_does_not_confirm_is_a_network_f
     })
     .await;
     claims(&sb, "2.336.0");
-    gh.script(sim::protocol::Script::VersionDeprecated);
+    // The broker answers one bare 403 (a proxy, a VPN, an outage): before 2.337.0 the
+    // runner reports it as "deprecated".
+    gh.fault(sim::github::Fault {
+        method: Some("GET".into()),
+        path: Some("/message".into()),
+        body: None,
+        kind: sim::github::FaultKind::Status { status: 403 },
+        times: 1,
+    });
     env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "100ms".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     let exited = d.wait_event("listener_exited", T).await;
