@@ -153,6 +153,9 @@ fn the_shipped_compose_file_validates_and_keeps_its_invariants() {
         assert!(vols.contains(&format!("{r}-state:/var/lib/runner-supervisor")));
         assert!(vols.contains(&format!("{r}-toolcache:/opt/hostedtoolcache")));
         assert!(vols.contains("supervisor-shared:/run/runner-supervisor"));
+        // One versions volume for both runners: a release is downloaded once per host.
+        assert!(vols.contains("runner-versions:/opt/runner-versions"), "{r}");
+        assert_eq!(e["SUPERVISOR_RUNNER_VERSIONS_DIR"], "/opt/runner-versions");
         assert_eq!(
             svc["labels"]["io.github.runner-supervisor.autoheal"], "true",
             "{r} opts in to autoheal"
@@ -174,6 +177,7 @@ fn the_shipped_compose_file_validates_and_keeps_its_invariants() {
         "supervisor-shared",
         "runner-1-state",
         "runner-2-state",
+        "runner-versions",
         "mongo-data",
     ] {
         assert!(cfg["volumes"].get(v).is_some(), "named volume {v}");
