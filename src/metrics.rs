@@ -130,6 +130,40 @@ fn build_info(r: &mut Registry, snap: &StatusFile) {
             fgauge(at.timestamp() as f64),
         );
     }
+    runner_autopilot(r, snap);
+}
+
+/// The autopilot: which version each slot runs, and the versions rolled back.
+fn runner_autopilot(r: &mut Registry, snap: &StatusFile) {
+    let runner = &snap.system.runner;
+    let slots = Family::<Labels, Gauge>::default();
+    for s in &snap.slots {
+        let v = s.runner_version.clone().or_else(|| runner.version.clone());
+        if let Some(v) = v {
+            slots.get_or_create(&vec![("version".into(), v)]).inc();
+        }
+    }
+    r.register(
+        "runner_slots_by_version",
+        "Slots by the runner version their listener runs (the canary's differs while it is tried)",
+        slots,
+    );
+    if !runner.rolled_back.is_empty() {
+        let bad = Family::<Labels, Gauge>::default();
+        for b in &runner.rolled_back {
+            let (v, why) = b.split_once(": ").unwrap_or((b.as_str(), ""));
+            bad.get_or_create(&vec![
+                ("version".into(), v.to_string()),
+                ("reason".into(), why.to_string()),
+            ])
+            .set(1);
+        }
+        r.register(
+            "runner_version_rolled_back",
+            "Runner versions rolled back after two canary failures, with the reason: not tried again until a newer release or `supervisor runner retry`",
+            bad,
+        );
+    }
 }
 
 /// Jobs by result, their duration, and the turnaround to the next listener.

@@ -548,6 +548,11 @@ mod autopilot {
         .await;
         env.insert("SUPERVISOR_SLOTS".into(), "2".into());
         env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "50ms".into());
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
         env.insert(
             "SUPERVISOR_RUNNER_VERSIONS_DIR".into(),
             sb.dir.path().join("versions").display().to_string(),
@@ -582,6 +587,23 @@ mod autopilot {
         );
         let (_, health) = crate::support::health(&env);
         assert!(health.contains("rolled back"), "{health}");
+        // Metrics say it, with the reason, and every slot back on the old version.
+        let (_, _, body) = crate::metrics::http_get(metrics, "/metrics");
+        assert!(
+            body.lines().any(
+                |l| l.starts_with("runner_supervisor_runner_version_rolled_back{")
+                    && l.contains("version=\"2.339.0\"")
+                    && l.contains("reason=")
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "runner_supervisor_runner_slots_by_version{{version=\"{}\"}} 2",
+                sim::protocol::RUNNER_VERSION
+            )),
+            "{body}"
+        );
         // `supervisor runner retry` forgets the mark, and it is tried again.
         let out = crate::support::cli(&env, &["runner", "retry"]);
         assert_eq!(out.code, Some(0), "{out:?}");
