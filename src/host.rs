@@ -165,12 +165,17 @@ impl Host {
                 tracing::info!(event = "runner_promoted", version = %version, recycle = ?recycle, "runner {version} proved on the canary: every slot moves to it between jobs");
                 board.system(|s| {
                     s.runner_canary = None;
+                    // GitHub's deadline for the new version is read next (the version
+                    // watch wakes on `runner_versions`); the old one's no longer applies.
                     s.runner_version = Some(version.clone());
+                    s.runner_deadline = crate::runner::version::Deadline::Unchecked;
+                    s.runner_deadline_for = None;
                     s.runner_upgraded = Some(format!(
                         "{version} at {}",
                         crate::clocks::wall_now().format("%Y-%m-%d %H:%M UTC")
                     ));
                 });
+                board.set_condition(Condition::RunnerVersion, None);
                 self.recycle(&recycle);
                 self.runner_versions_changed();
             }

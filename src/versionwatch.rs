@@ -172,6 +172,7 @@ pub async fn run(
             }
         }
         let mut w = Watch::default();
+        let mut versions = host.runner_versions.subscribe();
         loop {
             round(&gh, &board, &mut w).await;
             match cfg.runner.auto_update {
@@ -185,6 +186,8 @@ pub async fn run(
             let asked = tokio::select! {
                 _ = tokio::time::sleep(if settled { TICK } else { UNSETTLED }) => false,
                 _ = host.check_versions.notified() => true,
+                // A version promoted: its deadline is read now.
+                _ = versions.changed() => false,
             };
             if asked {
                 // `supervisor runner upgrade` or `retry`, or a slot refused as deprecated:

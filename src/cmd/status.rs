@@ -299,7 +299,21 @@ fn runner_word(r: &crate::status::RunnerStatus, now: DateTime<Utc>) -> String {
         ("unknown", None) => "; deadline unknown (GitHub does not say)".to_string(),
         _ => "; deadline not checked yet".to_string(),
     };
-    format!("{installed}{newest}{deadline}")
+    // The autopilot: what it tries, what it rolled back, the last upgrade.
+    let mut auto = String::new();
+    if let Some(c) = &r.canary {
+        auto += &format!("; trying {c}");
+    }
+    for b in &r.rolled_back {
+        auto += &format!("; rolled back {b}");
+    }
+    if let Some(u) = &r.last_upgrade {
+        auto += &format!("; upgraded to {u}");
+    }
+    if let Some(a) = r.auto_update.as_deref().filter(|a| *a != "on") {
+        auto += &format!("; auto_update {a}");
+    }
+    format!("{installed}{newest}{deadline}{auto}")
 }
 
 /// The token: refused, valid until, or not checked yet.

@@ -121,6 +121,14 @@ impl Fleet {
         }
     }
 
+    /// Slot `slot` will start the candidate next: it is the canary from now on, so that
+    /// other slots waiting for a newer runner do not take the candidate too.
+    pub fn reserve(&mut self, slot: usize) {
+        if self.candidate.is_some() && self.canary.is_none() {
+            self.canary = Some(slot);
+        }
+    }
+
     /// Slot `slot` starts a listener: the version it runs.
     pub fn start(&mut self, slot: usize) -> Version {
         self.idle[slot] = false;
@@ -295,5 +303,25 @@ mod tests {
             None,
             "the current version is no candidate"
         );
+    }
+
+    #[test]
+    fn slots_waiting_for_a_newer_runner_see_it_and_only_one_takes_it_as_the_canary() {
+        // Every slot refused as deprecated, none listening: the offer names no slot.
+        let mut f = Fleet::new(2, v("2.338.0"));
+        assert_eq!(f.next_for(0).name, "2.338.0");
+        assert_eq!(f.offer(v("2.339.0"), &[]), Some(None));
+        assert_eq!(f.next_for(0).name, "2.339.0");
+        assert_eq!(f.next_for(1).name, "2.339.0");
+        // Slot 1 sees it first and reserves it: slot 0 keeps waiting.
+        f.reserve(1);
+        assert_eq!(f.next_for(0).name, "2.338.0");
+        f.reserve(0);
+        assert_eq!(f.start(1).name, "2.339.0");
+        assert_eq!(f.start(0).name, "2.338.0");
+        // Proved: slot 0's next listener runs it too.
+        f.listening(1);
+        assert!(matches!(f.proved(1), Decision::Promoted { .. }));
+        assert_eq!(f.next_for(0).name, "2.339.0");
     }
 }

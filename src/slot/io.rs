@@ -298,9 +298,16 @@ impl SlotIo {
         sh.host.check_versions.notify_one();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Seen and reserved at once: only one waiting slot becomes the canary.
             let moved = sh
                 .host
-                .autopilot(|f| Some(&f.next_for(self.slot).name) != self.version.as_ref())
+                .autopilot(|f| {
+                    let other = Some(&f.next_for(self.slot).name) != self.version.as_ref();
+                    if other {
+                        f.reserve(self.slot);
+                    }
+                    other
+                })
                 .unwrap_or(false);
             if moved {
                 return Outcome::Waited;

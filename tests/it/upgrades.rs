@@ -63,8 +63,9 @@ async fn a_real_deprecation_with_auto_update_on_is_upgraded_within_one_job_cycle
     })
     .await;
     versions_dir(&sb, &mut env);
-    // The download takes a while: the first listener starts on the old runner, and
-    // the broker refuses it by date.
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    // The download takes a while: the first listeners start on the old runner, and
+    // the broker refuses them by date.
     slow_downloads(&gh, 1500);
     gh.enqueue(job("after-the-upgrade", 100), 1);
     let mut d = Daemon::start(&env, &["run"]).await;
@@ -87,10 +88,29 @@ async fn a_real_deprecation_with_auto_update_on_is_upgraded_within_one_job_cycle
     eprintln!("figures: deprecated line to the slot on {NEW} in {took} ms");
     let promoted = d.wait_event("runner_promoted", T).await;
     assert!(promoted.is("version", NEW), "{promoted:?}");
+    // Every slot ends on it, and the deadline shown is the new version's.
     let s = sb
-        .wait_status(T, |s| s.system.runner.version.as_deref() == Some(NEW))
+        .wait_status(T, |s| {
+            s.system.runner.version.as_deref() == Some(NEW)
+                && s.system.runner.deadline == "undated"
+                && s.slots.iter().all(|x| {
+                    x.runner_version.as_deref() == Some(NEW) && x.state == SlotState::Listening
+                })
+        })
         .await;
-    assert_eq!(s.slots[0].runner_version.as_deref(), Some(NEW));
+    assert!(
+        s.reasons.iter().all(|r| !r.contains("runtime deadline")),
+        "{:?}",
+        s.reasons
+    );
+    // Each slot was refused once: a waiting slot never started the old runner again
+    // while another tried the new one.
+    for slot in 0..2u64 {
+        assert!(
+            d.count_events("runner_deprecated", |e| e.u64("slot") == Some(slot)) <= 1,
+            "slot {slot}"
+        );
+    }
     // Paused only until the new runner was there: never backed off, never an hour.
     assert_eq!(d.count_events("listener_failed", |_| true), 0);
     assert_eq!(d.count_events("job_lost", |_| true), 0);

@@ -12,7 +12,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: fake-github [--listen 127.0.0.1:0] [--token T] [--scopes repo,admin:org | --fine-grained]\n\
          \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]\n\
-         \x20                  [--poll-timeout-ms N] [--runner-http-timeout-ms N] [--public-url http://github:8080]"
+         \x20                  [--poll-timeout-ms N] [--runner-http-timeout-ms N] [--public-url http://github:8080]\n\
+         \x20                  [--runner-binary PATH] [--latest-runner V] [--deadline V=YYYY-MM-DD|V=none]\n\
+         \x20                  [--bad-checksum V] [--broken-release V=MS]"
     );
     std::process::exit(64)
 }
@@ -53,6 +55,27 @@ async fn main() {
             "--public-url" => opts.public_url = Some(val()),
             "--jobs" => jobs = val().parse().unwrap_or_else(|_| usage()),
             "--job-ms" => job_ms = val().parse().unwrap_or_else(|_| usage()),
+            // Release tarballs built from this fake runner binary, with real checksums.
+            "--runner-binary" => opts.runner_binary = Some(val().into()),
+            "--latest-runner" => opts.latest_runner_version = val(),
+            "--deadline" => {
+                let v = val();
+                let (version, date) = v.split_once('=').unwrap_or_else(|| usage());
+                let at = match date {
+                    "none" => None,
+                    d => Some(format!("{d}T00:00:00Z").parse().unwrap_or_else(|_| usage())),
+                };
+                opts.deprecations.insert(version.to_string(), at);
+            }
+            "--bad-checksum" => {
+                opts.bad_checksums.insert(val());
+            }
+            "--broken-release" => {
+                let v = val();
+                let (version, ms) = v.split_once('=').unwrap_or_else(|| usage());
+                opts.broken_releases
+                    .insert(version.to_string(), ms.parse().unwrap_or_else(|_| usage()));
+            }
             _ => usage(),
         }
     }

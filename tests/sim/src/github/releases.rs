@@ -109,7 +109,9 @@ pub fn build(
     if let Some(ms) = crash_after_ms {
         std::fs::write(dir.join("bin/sim-crash-after-ms"), ms.to_string())?;
     }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Stored, not compressed: a debug build of the fake runner is 80 MB, and compressing
+    // it would hold up every other request of the fake for seconds.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
     {
         let mut ar = tar::Builder::new(&mut gz);
         ar.follow_symlinks(true);
