@@ -54,6 +54,9 @@ pub struct Host {
     /// Bumped whenever the autopilot's versions change (a version offered, promoted or
     /// rolled back): slots waiting for a newer runner look again.
     pub runner_versions: watch::Sender<u64>,
+    /// The runner versions directory, once the autopilot runs (where rollbacks are
+    /// remembered).
+    pub versions_store: std::sync::OnceLock<crate::runner::store::Store>,
 }
 
 /// A running listener, as the monitors see it.
@@ -137,6 +140,7 @@ impl Host {
             autopilot: std::sync::Mutex::new(None),
             check_versions: Notify::new(),
             runner_versions: watch::channel(0).0,
+            versions_store: std::sync::OnceLock::new(),
             slot_cmds: std::sync::OnceLock::new(),
         }
     }
@@ -184,6 +188,11 @@ impl Host {
                 to,
                 reason,
             } => {
+                if let Some(st) = self.versions_store.get() {
+                    if let Err(e) = st.mark_bad(&version, &reason) {
+                        tracing::warn!(event = "runner_mark_failed", version = %version, error = %e, "cannot remember the rollback of {version}: {e}");
+                    }
+                }
                 tracing::error!(event = "runner_rolled_back", version = %version, to = %to, reason = %reason, "runner {version} failed twice on the canary ({reason}): every slot stays on {to}; {version} is not tried again until a newer release appears or `supervisor runner retry`");
                 board.system(|s| {
                     s.runner_canary = None;

@@ -423,9 +423,26 @@ async fn start_autopilot(deps: &Deps, shared: &Shared) {
     // or one sharing the directory) is tried at once, on the canary: a container or a
     // laptop back from a holiday moves on without a download, or without a network.
     // Only complete versions are seen: an interrupted install left a `.partial-*`.
-    let newest = crate::runner::store::Store::open(&cfg.versions_dir())
-        .ok()
-        .and_then(|s| s.versions().pop().map(|v| (s.path_of(&v), v)));
+    let store = crate::runner::store::Store::open(&cfg.versions_dir()).ok();
+    // Rollbacks remembered in the directory (by this supervisor before a restart, or one
+    // sharing it) stand until a newer release or `supervisor runner retry`.
+    let bad = store.as_ref().map(|s| s.bad()).unwrap_or_default();
+    for (v, why) in &bad {
+        fleet.forbid(v);
+        shared
+            .board
+            .system(|s| s.runner_bad.push(format!("{v}: {why}")));
+    }
+    let newest = store.as_ref().and_then(|s| {
+        s.versions()
+            .into_iter()
+            .rev()
+            .find(|v| !bad.iter().any(|(b, _)| b == v))
+            .map(|v| (s.path_of(&v), v))
+    });
+    if let Some(s) = store {
+        let _ = shared.host.versions_store.set(s);
+    }
     use crate::runner::version::parse_version;
     if let Some((dir, v)) = newest.filter(|(_, v)| parse_version(v) > parse_version(&name)) {
         tracing::info!(event = "runner_found", version = %v, dir = %dir.display(), "runner {v} is installed in {}: the first slot to start tries it", dir.display());
@@ -484,6 +501,9 @@ impl crate::control::Api for Control {
             .unwrap_or_default();
         let board = &self.shared.board;
         board.system(|s| s.runner_bad.clear());
+        if let Some(st) = self.shared.host.versions_store.get() {
+            st.clear_bad();
+        }
         board.set_condition(crate::status::Condition::RunnerUpgrade, None);
         self.shared.host.check_versions.notify_one();
         cleared

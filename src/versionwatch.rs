@@ -47,6 +47,8 @@ struct Watch {
     next_upgrade: Option<Instant>,
     /// Failed upgrade attempts in a row: the wait before the next one grows with them.
     upgrade_failures: u32,
+    /// Rolled-back versions already said to be skipped.
+    skipped: std::collections::HashSet<String>,
 }
 
 /// The wait after `failures` failed upgrade attempts in a row: [`RETRY`], doubling, at
@@ -76,6 +78,9 @@ async fn upgrade(cfg: &Config, gh: &GithubClient, board: &Board, host: &Host, w:
     }) else {
         return;
     };
+    if bad && w.skipped.insert(latest.clone()) {
+        tracing::info!(event = "runner_skipped", version = %latest, "runner {latest} was rolled back: not tried again until a newer release appears or `supervisor runner retry`");
+    }
     if bad
         || trying.as_deref() == Some(latest.as_str())
         || version::parse_version(&latest) <= version::parse_version(&current)

@@ -107,6 +107,11 @@ impl Fleet {
         Some(self.idle.iter().position(|&i| i))
     }
 
+    /// Mark `version` bad (a rollback remembered from before a restart).
+    pub fn forbid(&mut self, version: &str) {
+        self.bad.insert(version.to_string());
+    }
+
     /// Clear every bad-version mark (`supervisor runner retry`).
     pub fn retry(&mut self) {
         self.bad.clear();

@@ -145,6 +145,36 @@ impl Store {
         Ok((dest, true))
     }
 
+    /// Mark `version` bad (rolled back), with why: every supervisor sharing the directory,
+    /// and this one after a restart, leaves it alone until a newer release or `retry`.
+    pub fn mark_bad(&self, version: &str, why: &str) -> Result<(), StoreError> {
+        let p = self.dir.join(format!(".bad-{version}"));
+        fs::write(&p, why).map_err(|e| io("cannot write", &p, e))
+    }
+
+    /// The versions marked bad, with why.
+    pub fn bad(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_prefix(".bad-")?.to_string();
+                let why = fs::read_to_string(e.path()).unwrap_or_default();
+                Some((name, why.trim().to_string()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Forget every bad mark (`supervisor runner retry`).
+    pub fn clear_bad(&self) {
+        for (v, _) in self.bad() {
+            let _ = fs::remove_file(self.dir.join(format!(".bad-{v}")));
+        }
+    }
+
     /// Remove every version but `keep`.
     pub fn prune(&self, keep: &[&str]) -> Vec<String> {
         let mut removed = vec![];
