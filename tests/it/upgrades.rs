@@ -360,6 +360,83 @@ async fn an_upgrade_killed_half_way_is_never_used_and_the_next_start_installs_a_
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
 
+#[tokio::test]
+async fn a_bad_auto_update_value_is_refused_naming_the_key_and_its_values() {
+    let (_sb, _gh, mut env) = setup(|_| {}).await;
+    env.insert("SUPERVISOR_RUNNER_AUTO_UPDATE".into(), "maybe".into());
+    let out = crate::support::Cli::new(&env, &["config"])
+        .run_async()
+        .await;
+    assert_eq!(out.code, Some(64), "{out:?}");
+    for part in [
+        "runner.auto_update",
+        "SUPERVISOR_RUNNER_AUTO_UPDATE",
+        "on",
+        "notify",
+        "off",
+    ] {
+        assert!(out.stderr.contains(part), "{part}: {}", out.stderr);
+    }
+}
+
+#[tokio::test]
+async fn a_versions_directory_that_cannot_be_written_is_said_and_what_runs_keeps_running() {
+    let (sb, gh, mut env) = setup(releases).await;
+    // A file where the directory should be: nothing can be made under it.
+    let file = sb.dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let dir = file.join("versions");
+    env.insert(
+        "SUPERVISOR_RUNNER_VERSIONS_DIR".into(),
+        dir.display().to_string(),
+    );
+    let doc = crate::doctor::doctor(&env).await;
+    assert_eq!(doc.status("runner upgrades"), "fail", "{:#}", doc.json);
+    assert!(doc.reason("runner upgrades").contains("cannot be written"));
+    assert!(doc.fix("runner upgrades").contains("ReadWritePaths"));
+    gh.enqueue(job("meanwhile", 100), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let failed = d.wait_event("runner_upgrade_failed", T).await;
+    assert!(failed.has("error", "cannot create"), "{failed:?}");
+    assert!(
+        gh.wait_for(T, |s| s.completed.iter().any(|j| j.name == "meanwhile"))
+            .await
+    );
+    assert_eq!(d.count_events("runner_switched", |_| true), 0);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
+
+#[tokio::test]
+async fn doctor_warns_when_the_versions_directory_is_on_a_tmpfs() {
+    if nix::sys::statfs::statfs("/dev/shm")
+        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(true)
+    {
+        // Debian mounts a tmpfs there; the check below needs one.
+        panic!("/dev/shm is not a tmpfs on this machine");
+    }
+    let (_sb, _gh, mut env) = setup(releases).await;
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    env.insert(
+        "SUPERVISOR_RUNNER_VERSIONS_DIR".into(),
+        tmp.path().join("runners").display().to_string(),
+    );
+    let doc = crate::doctor::doctor(&env).await;
+    assert_eq!(doc.status("runner upgrades"), "warn", "{:#}", doc.json);
+    assert!(doc.reason("runner upgrades").contains("tmpfs"));
+    // With auto_update off, doctor says a newer release is there and nothing installs it.
+    env.insert("SUPERVISOR_RUNNER_AUTO_UPDATE".into(), "off".into());
+    let doc = crate::doctor::doctor(&env).await;
+    assert_eq!(doc.status("runner upgrades"), "warn", "{:#}", doc.json);
+    assert!(
+        doc.reason("runner upgrades")
+            .contains(&format!("runner {NEW} is available")),
+        "{}",
+        doc.reason("runner upgrades")
+    );
+}
+
 mod autopilot {
     //! `[runner] auto_update = "on"` through the binary: a newer release is downloaded
     //! once, tried on one idle slot first, then every slot moves, a busy one after its job;
