@@ -157,6 +157,7 @@ async fn resume(dir: &Path) -> Vec<f64> {
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
         token: None,
+        hook_exe: None,
     };
     let mode = Arc::new(tokio::sync::watch::channel(Mode::Run).0);
     let task = tokio::spawn(supervisor::run(deps, mode.clone()));

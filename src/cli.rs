@@ -151,6 +151,28 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<RunnerAction>,
     },
+    /// The jobs this supervisor's slots ran: who each was (repository, workflow, job, run
+    /// and attempt, from the runner's job hooks), when, and how it ended; lost ones with
+    /// their cause.
+    Jobs {
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the lost jobs.
+        #[arg(long)]
+        lost: bool,
+    },
+    /// Run by the runner's job hooks (never by hand): report the job to the running
+    /// supervisor, within 2 s, and always exit 0.
+    #[command(hide = true)]
+    Hook {
+        /// `job-started` or `job-completed`.
+        #[arg(value_parser = ["job-started", "job-completed"])]
+        which: String,
+        /// The supervisor's control socket.
+        #[arg(long)]
+        socket: std::path::PathBuf,
+    },
     /// Be this Docker engine's one pruner: prune when disk runs low and no runner of the
     /// fleet runs a job (a service of its own in the compose stack).
     Pruner,

@@ -49,6 +49,15 @@ pub trait Api: Send + Sync + 'static {
     fn runner_upgrade(&self) -> Result<(), String>;
     /// Forget the versions marked bad; the ones cleared.
     fn runner_retry(&self) -> Vec<String>;
+    /// A job hook's report (`supervisor hook`): taken only for the runner of one of this
+    /// supervisor's listening or busy slots.
+    fn job_hook(
+        &self,
+        hook: crate::jobs::hooks::Hook,
+        id: crate::jobs::JobIdentity,
+    ) -> Result<usize, String>;
+    /// The job records (only the lost ones with `lost_only`).
+    fn jobs(&self, lost_only: bool) -> Result<Vec<crate::jobs::JobRecord>, String>;
 }
 
 /// A request handler: method, path, query → status and JSON body.
@@ -59,11 +68,29 @@ pub type Handler =
 pub fn routes(api: Arc<dyn Api>) -> Handler {
     Arc::new(move |method: &Method, path: &str, query: &str| {
         let json = "application/json";
-        let slot = match query_slot(query) {
+        let slot = match query_slot(query).or_else(|e| {
+            if path.starts_with("/v1/hooks/") || path == "/v1/jobs" {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }) {
             Ok(s) => s,
             Err(e) => return (StatusCode::BAD_REQUEST, error(&e), json),
         };
+        if let Some(word) = path.strip_prefix("/v1/hooks/") {
+            return hook_route(&*api, method, word, query);
+        }
         match (method, path) {
+            (&Method::GET, "/v1/jobs") => {
+                let lost = query
+                    .split('&')
+                    .any(|p| p == "lost" || p == "lost=1" || p == "lost=true");
+                match api.jobs(lost) {
+                    Ok(v) => (StatusCode::OK, to_json(&v), json),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, error(&e), json),
+                }
+            }
             (&Method::GET, "/v1/status") => (StatusCode::OK, to_json(&api.status()), json),
             (&Method::GET, "/v1/runners") => {
                 let runners: Vec<_> = api
@@ -120,7 +147,7 @@ pub fn routes(api: Arc<dyn Api>) -> Handler {
             (
                 _,
                 "/v1/status" | "/v1/runners" | "/v1/breaker/reset" | "/v1/drain" | "/v1/recycle"
-                | "/v1/runner/upgrade" | "/v1/runner/retry",
+                | "/v1/runner/upgrade" | "/v1/runner/retry" | "/v1/jobs",
             ) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 error(&format!("{method} is not allowed on {path}")),
@@ -133,6 +160,50 @@ pub fn routes(api: Arc<dyn Api>) -> Handler {
             ),
         }
     })
+}
+
+/// `POST /v1/hooks/job-started` or `job-completed`, the identity in the query.
+fn hook_route(
+    api: &dyn Api,
+    method: &Method,
+    word: &str,
+    query: &str,
+) -> (StatusCode, String, &'static str) {
+    use crate::jobs::hooks::Hook;
+    let json = "application/json";
+    let hook = match word {
+        "job-started" => Hook::Started,
+        "job-completed" => Hook::Completed,
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                error(&format!("no such hook: {word}")),
+                json,
+            )
+        }
+    };
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            error(&format!("{method} is not allowed on /v1/hooks/{word}")),
+            json,
+        );
+    }
+    let Some(id) = crate::jobs::JobIdentity::from_query(query) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            error("the report names no runner or no repository"),
+            json,
+        );
+    };
+    match api.job_hook(hook, id) {
+        Ok(slot) => (
+            StatusCode::OK,
+            to_json(&serde_json::json!({ "slot": slot })),
+            json,
+        ),
+        Err(e) => (StatusCode::NOT_FOUND, error(&e), json),
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {

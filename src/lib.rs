@@ -43,6 +43,7 @@ pub mod docker;
 pub mod fleet;
 pub mod github;
 pub mod host;
+pub mod jobs;
 pub mod layout;
 pub mod metrics;
 pub mod naming;

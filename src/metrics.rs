@@ -179,6 +179,14 @@ fn jobs(r: &mut Registry, c: &Counts, st: &Stats) {
         "Jobs by the result the runner printed (Succeeded, Failed, Canceled...); lost: the listener ended mid-job",
         counters("result", results),
     );
+    r.register(
+        "jobs_lost",
+        "Jobs lost with their host, by cause (killed, crashed, stalled, stop_timeout, supervisor)",
+        counters(
+            "cause",
+            c.jobs_lost_by_cause.iter().map(|(k, v)| (k.as_str(), *v)),
+        ),
+    );
     r.register_with_unit(
         "job_duration",
         "From \"Running job\" to its completion",

@@ -39,6 +39,9 @@ pub struct Deps {
     pub clocks: Arc<dyn Clocks>,
     /// What preflight learnt of the token (shown in the status from the start).
     pub token: Option<crate::github::TokenInfo>,
+    /// This binary, which the job hooks run (`supervisor hook`); `None` (in-process
+    /// tests and benches) gives the listeners no hook of ours.
+    pub hook_exe: Option<PathBuf>,
 }
 
 /// Delete offline runners whose names say they are this host's, and the registrations
@@ -271,6 +274,32 @@ async fn reap_ghosts_at_start(
     }
 }
 
+/// The job records: records a killed supervisor left open are closed as lost (cause
+/// `supervisor`). `None` (said once) when the store cannot be opened.
+fn open_jobs(cfg: &Config) -> (Option<Arc<crate::jobs::Journal>>, usize) {
+    let path = cfg.state_dir.join("jobs.redb");
+    let store = match crate::jobs::store::JobStore::open(&path, cfg.jobs.keep, cfg.jobs.keep_for) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(event = "jobs_store_failed", error = %e, "cannot keep job records: {e}");
+            return (None, 0);
+        }
+    };
+    let closed = match store.close_open("supervisor", "recorded", crate::clocks::wall_now()) {
+        Ok(ids) => {
+            if !ids.is_empty() {
+                tracing::warn!(event = "jobs_lost_with_supervisor", records = ?ids, "{} job(s) were running when the supervisor last stopped without seeing them end: recorded as lost (cause supervisor)", ids.len());
+            }
+            ids.len()
+        }
+        Err(e) => {
+            tracing::warn!(event = "jobs_store_failed", error = %e, "cannot close the open job records: {e}");
+            0
+        }
+    };
+    (Some(Arc::new(crate::jobs::Journal::start(store))), closed)
+}
+
 /// The state slots and monitors share: the `Host`, and the slots' `Shared` with its
 /// deletion queue, which takes the registrations `requeue` names (retried in the
 /// background, and counted as left by an earlier run).
@@ -281,7 +310,7 @@ fn build_shared(
     requeue: Vec<(u64, String)>,
 ) -> Arc<Shared> {
     let host = Arc::new(Host::new(deps.clocks.clone()));
-    let shared = Arc::new(Shared::new(
+    let mut sh = Shared::new(
         deps.cfg.clone(),
         deps.gh.clone(),
         deps.hostname.clone(),
@@ -289,7 +318,25 @@ fn build_shared(
         roots,
         &*deps.outer_env,
         host,
-    ));
+    );
+    let cfg = &deps.cfg;
+    if let Some(exe) = &deps.hook_exe {
+        let dir = cfg.state_dir.join("hooks");
+        match crate::jobs::hooks::install(&dir, exe, &cfg.control.socket, &mut sh.runner_env) {
+            Ok(()) => {
+                tracing::debug!(event = "hooks_installed", dir = %dir.display(), "job hooks in {}", dir.display())
+            }
+            Err(e) => {
+                tracing::warn!(event = "hooks_failed", dir = %dir.display(), error = %e, "cannot write the job hooks: jobs are known by their display name only")
+            }
+        }
+    }
+    let (jobs, closed) = open_jobs(cfg);
+    sh.jobs = jobs;
+    for _ in 0..closed {
+        board.stats.jobs_lost_by.add("supervisor");
+    }
+    let shared = Arc::new(sh);
     for (id, name) in requeue {
         shared.deletions.add(id, &name);
     }
@@ -511,6 +558,46 @@ impl crate::control::Api for Control {
 
     fn status(&self) -> crate::status::StatusFile {
         self.shared.board.snapshot()
+    }
+
+    fn job_hook(
+        &self,
+        hook: crate::jobs::hooks::Hook,
+        id: crate::jobs::JobIdentity,
+    ) -> Result<usize, String> {
+        use crate::status::SlotState;
+        let board = &self.shared.board;
+        let slot = board
+            .snapshot()
+            .slots
+            .iter()
+            .position(|s| {
+                s.runner.as_deref() == Some(id.runner.as_str())
+                    && matches!(s.state, SlotState::Listening | SlotState::Busy)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no listening or busy slot of this supervisor runs {:?}",
+                    id.runner
+                )
+            })?;
+        tracing::info!(event = "job_hook", slot, hook = hook.word(), runner = %id.runner, repository = %id.repository, run_id = id.run_id, run_attempt = id.run_attempt, job = %id.job, workflow = %id.workflow, "{} {} run {} attempt {} job {}", hook.word(), id.repository, id.run_id, id.run_attempt, id.job);
+        if hook == crate::jobs::hooks::Hook::Started {
+            if let Some(j) = &self.shared.jobs {
+                j.identified(slot, id.clone());
+            }
+            board.update(slot, |s| s.job_of = Some(id));
+        }
+        Ok(slot)
+    }
+
+    fn jobs(&self, lost_only: bool) -> Result<Vec<crate::jobs::JobRecord>, String> {
+        match &self.shared.jobs {
+            Some(j) => j.list(lost_only).map_err(|e| e.to_string()),
+            None => {
+                Err("this supervisor keeps no job records (see its log: jobs_store_failed)".into())
+            }
+        }
     }
 
     fn reset_breaker(&self, slot: Option<usize>) -> Result<Vec<usize>, String> {

@@ -10,6 +10,7 @@ use crate::config::{CliInput, Config, ConfigErrors, OsEnv, Purpose};
 pub mod config;
 pub mod doctor;
 pub mod health;
+pub mod jobs;
 pub mod run;
 pub mod runner;
 pub mod service;
@@ -68,6 +69,8 @@ pub fn dispatch(cmd: Command, input: CliInput) -> ExitCode {
         Command::Drain => status::main(input, status::Ask::Drain),
         Command::Recycle { slot } => status::main(input, status::Ask::Recycle { slot }),
         Command::Health => health::main(input),
+        Command::Jobs { json, lost } => jobs::main(input, json, lost),
+        Command::Hook { which, socket } => jobs::hook(&which, &socket),
         Command::Pruner => service::main(input, service::Service::Pruner),
         Command::Autoheal => service::main(input, service::Service::Autoheal),
     }

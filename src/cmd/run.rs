@@ -119,6 +119,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: Arc::new(crate::clocks::SystemClocks),
         token,
+        hook_exe: std::env::current_exe().ok(),
     };
     let summary = supervisor::run(deps, tx).await;
     reaper.cancel();

@@ -158,6 +158,12 @@ fn slot_block(i: usize, s: &SlotStatus, now: DateTime<Utc>) -> String {
         _ => "-".into(),
     };
     out += &format!("  job        {job}\n");
+    if let Some(i) = &s.job_of {
+        out += &format!(
+            "  of         {}, workflow {}, job {}, run {} attempt {}\n",
+            i.repository, i.workflow, i.job, i.run_id, i.run_attempt
+        );
+    }
     let exit = match (&s.last_exit, s.last_exit_at) {
         (Some(e), Some(t)) => format!("{e}, {}", ago(t, now)),
         (Some(e), None) => e.clone(),

@@ -199,6 +199,10 @@ keys! {
         "restarts of one container within the window; past that it is left alone (no restart storm)";
     AUTOHEAL_WINDOW: Duration = "autoheal" . "window", Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, Some("1h"), &[],
         "the sliding window of max_restarts";
+    JOBS_KEEP: u64 = "jobs" . "keep", Kind::Int { min: 10, max: 1_000_000 }, Some("1000"), &[],
+        "job records kept in <state dir>/jobs.redb (supervisor jobs); the oldest go first";
+    JOBS_KEEP_FOR: Duration = "jobs" . "keep_for", Kind::Duration { min: secs(3600), max: secs(3650 * 24 * 3600) }, Some("30d"), &[],
+        "job records older than this go too";
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],
         "the control socket (HTTP on a Unix socket, mode 0660: status, breaker reset, drain, recycle) that supervisor status, breaker and drain use; <state dir>/control.sock when unset";
     METRICS_LISTEN: Option<String> = "metrics" . "listen", Kind::Str, None, &[],

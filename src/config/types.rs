@@ -292,6 +292,15 @@ pub struct ControlConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// `[jobs]`: the job records.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Records kept, at most.
+    pub keep: usize,
+    /// Records older than this go.
+    pub keep_for: std::time::Duration,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -325,6 +334,7 @@ pub struct Config {
     pub shared_dir: PathBuf,
     pub log: LogConfig,
     pub control: ControlConfig,
+    pub jobs: JobsConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
     /// The config file read, if any.

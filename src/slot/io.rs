@@ -123,7 +123,18 @@ impl SlotIo {
             } => {
                 board.stats.exit(reason.as_str());
                 if let Some(job) = lost_job {
-                    tracing::warn!(event = "job_lost", slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
+                    let cause = crate::jobs::lost_cause(reason, ended);
+                    if let Some(j) = &sh.jobs {
+                        j.ended(
+                            slot,
+                            crate::jobs::Outcome::Lost {
+                                cause: cause.into(),
+                                action: "recorded".into(),
+                            },
+                        );
+                    }
+                    board.stats.jobs_lost_by.add(cause);
+                    tracing::warn!(event = "job_lost", cause, slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
                     board.job_lost(slot);
                 }
                 board.update(slot, |s| {
@@ -132,6 +143,7 @@ impl SlotIo {
                     // Its registration is gone (GitHub's after a job, or deleted next).
                     s.runner = None;
                     s.job = None;
+                    s.job_of = None;
                     s.job_started_at = None;
                 });
                 tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
@@ -410,6 +422,7 @@ impl SlotIo {
         }
         self.sh.board.update(self.slot, |s| {
             s.job = None;
+            s.job_of = None;
             s.runner = None;
         });
         self.sh.board.set_state(self.slot, SlotState::Stopped);

@@ -383,8 +383,21 @@ fn act(
             board.set_state(slot, state);
             sh.host.listener_idle(slot, state == SlotState::Listening);
         }
-        Action::JobStarted(name) => board.job_started(slot, name),
+        Action::JobStarted(name) => {
+            if let Some(j) = &sh.jobs {
+                j.started(slot, l.name(), &name);
+            }
+            board.job_started(slot, name)
+        }
         Action::JobCompleted { name, result } => {
+            if let Some(j) = &sh.jobs {
+                j.ended(
+                    slot,
+                    crate::jobs::Outcome::Done {
+                        result: result.clone(),
+                    },
+                );
+            }
             board.job_completed(slot, &result);
             tracing::info!(event = "job_completed", slot, runner = %l.name(), job = %name, result = %result, "job completed");
             // A job completed on the canary proves its runner version.

@@ -63,6 +63,8 @@ pub struct Shared {
     stop_deadline: Mutex<Option<tokio::time::Instant>>,
     /// Woken when an operator resets a slot's breaker (a slot waiting it out goes on).
     breaker_reset: Vec<tokio::sync::Notify>,
+    /// The job records, when they can be kept.
+    pub jobs: Option<Arc<crate::jobs::Journal>>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             deletions,
             stop_deadline: Mutex::new(None),
             breaker_reset,
+            jobs: None,
         };
         let all = sh
             .breakers

@@ -265,6 +265,7 @@ impl Board {
         let counts = Counts {
             jobs_completed: st.jobs_completed.load(Ordering::Relaxed),
             jobs_lost: st.jobs_lost.load(Ordering::Relaxed),
+            jobs_lost_by_cause: st.jobs_lost_by.get(),
             job_results: st.job_results.get(),
             listeners_started: st.listeners_started.load(Ordering::Relaxed),
             listener_exits: st.exits(),

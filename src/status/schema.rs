@@ -164,6 +164,9 @@ pub struct Counts {
     pub jobs_completed: u64,
     /// Jobs whose listener ended before it reported them completed.
     pub jobs_lost: u64,
+    /// Lost jobs by cause.
+    #[serde(default)]
+    pub jobs_lost_by_cause: BTreeMap<String, u64>,
     pub job_results: BTreeMap<String, u64>,
     pub listeners_started: u64,
     pub listener_exits: BTreeMap<String, u64>,

@@ -91,6 +91,10 @@ pub struct SlotStatus {
     /// The runner version its listener runs, when the autopilot chose it.
     #[serde(default)]
     pub runner_version: Option<String>,
+    /// Who the current job is (repository, run, attempt, job, workflow), once its
+    /// job-started hook said.
+    #[serde(default)]
+    pub job_of: Option<crate::jobs::JobIdentity>,
 }
 
 /// Keepalive on one listener's own connections, judged for that listener alone.
@@ -159,6 +163,7 @@ impl Default for SlotStatus {
             breaker: BreakerStatus::default(),
             keepalive: None,
             runner_version: None,
+            job_of: None,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Stats {
     pub exits: Tally,
     /// Completed jobs by the result the runner printed (`Succeeded`, `Failed`, ...).
     pub job_results: Tally,
+    /// Lost jobs by cause (`killed`, `crashed`, `stalled`, `stop_timeout`, `supervisor`).
+    pub jobs_lost_by: Tally,
     /// Watchdog fires by cause.
     pub fires: Tally,
     /// Seconds from "Running job" to its completion.
@@ -73,6 +75,7 @@ impl Default for Stats {
             session_conflicts: AtomicU64::new(0),
             exits: Tally::default(),
             job_results: Tally::default(),
+            jobs_lost_by: Tally::default(),
             fires: Tally::default(),
             job_duration: Histogram::new(JOB_BUCKETS),
             turnaround: Histogram::new(TURNAROUND_BUCKETS),

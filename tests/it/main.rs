@@ -17,6 +17,7 @@ mod doctor;
 mod events;
 mod github_client;
 mod health;
+mod job_records;
 mod jobs;
 mod layering;
 mod listener;

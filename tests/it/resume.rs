@@ -42,6 +42,7 @@ pub fn start(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> InProcess
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
         token: None,
+        hook_exe: None,
     };
     let mode = Arc::new(watch::channel(Mode::Run).0);
     let task = tokio::spawn(supervisor::run(deps, mode.clone()));

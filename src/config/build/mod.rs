@@ -94,6 +94,10 @@ fn build_with(
         autoheal,
         shared_dir,
         control,
+        jobs: JobsConfig {
+            keep: r.get(&JOBS_KEEP) as usize,
+            keep_for: r.get(&JOBS_KEEP_FOR),
+        },
         log,
         entries,
         file,

@@ -1,0 +1,265 @@
+//! Every job a slot runs (issue 18 §1): who it is (the runner's job hooks report the
+//! job's repository, run, attempt, job and workflow to the supervisor over its control
+//! socket) and what became of it, kept as records in the state directory.
+//!
+//! - [`hooks`]: the hook scripts the listeners get, and the `supervisor hook` client.
+//! - [`store`]: the records, in an embedded crash-safe store, bounded by count and age.
+
+pub mod hooks;
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Who a job is, as its hooks tell (`GITHUB_*` and `RUNNER_NAME` of the job's environment).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobIdentity {
+    /// `owner/repo`.
+    pub repository: String,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    /// The job's key in the workflow (`GITHUB_JOB`).
+    pub job: String,
+    pub workflow: String,
+    /// The runner it ran on (`RUNNER_NAME`).
+    pub runner: String,
+}
+
+impl JobIdentity {
+    /// From the query the hook sends (`repository=…&run_id=…`): `None` when the runner
+    /// name or the repository is missing.
+    pub fn from_query(q: &str) -> Option<JobIdentity> {
+        let mut id = JobIdentity::default();
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            match k.as_ref() {
+                "repository" => id.repository = v.into_owned(),
+                "run_id" => id.run_id = v.parse().unwrap_or(0),
+                "run_attempt" => id.run_attempt = v.parse().unwrap_or(0),
+                "job" => id.job = v.into_owned(),
+                "workflow" => id.workflow = v.into_owned(),
+                "runner" => id.runner = v.into_owned(),
+                _ => {}
+            }
+        }
+        (!id.runner.is_empty() && !id.repository.is_empty()).then_some(id)
+    }
+
+    /// The query the hook sends.
+    pub fn to_query(&self) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("repository", &self.repository)
+            .append_pair("run_id", &self.run_id.to_string())
+            .append_pair("run_attempt", &self.run_attempt.to_string())
+            .append_pair("job", &self.job)
+            .append_pair("workflow", &self.workflow)
+            .append_pair("runner", &self.runner)
+            .finish()
+    }
+}
+
+/// Why a job was lost with its listener: `killed` by a signal (SIGKILL: the OOM killer
+/// or someone's kill -9), `stalled` (the watchdog replaced a busy listener), `stop_timeout`
+/// (a drain ran out), otherwise `crashed`.
+pub fn lost_cause(
+    reason: crate::runner::exit::ExitReason,
+    ended: crate::runner::exit::Ended,
+) -> &'static str {
+    use crate::runner::exit::{Ended, ExitReason};
+    match (reason, ended) {
+        (ExitReason::Watchdog, _) => "stalled",
+        (ExitReason::Stopped, _) => "stop_timeout",
+        (_, Ended::Signal(9)) => "killed",
+        _ => "crashed",
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still running (or the supervisor has not seen it end).
+    Running,
+    /// Ended by itself, with the runner's result (`Succeeded`, `Failed`, ...).
+    Done { result: String },
+    /// Lost with its host: why, and what was done about it.
+    Lost { cause: String, action: String },
+}
+
+/// One job's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    /// The record's number in this state directory.
+    pub id: u64,
+    pub slot: usize,
+    pub runner: String,
+    /// The name the listener printed (`Running job: …`).
+    pub display_name: String,
+    /// Who it is, once its hook said.
+    pub identity: Option<JobIdentity>,
+    /// GitHub's id of the job, once looked up.
+    pub job_id: Option<u64>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Outcome,
+}
+
+impl JobRecord {
+    /// Seconds from its start to its end, once ended.
+    pub fn duration_s(&self) -> Option<f64> {
+        self.ended_at
+            .map(|e| (e - self.started_at).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// Whether it was lost.
+    pub fn lost(&self) -> bool {
+        matches!(self.outcome, Outcome::Lost { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_goes_through_the_query_unchanged() {
+        let id = JobIdentity {
+            repository: "octo/app".into(),
+            run_id: 9_876_543_210,
+            run_attempt: 2,
+            job: "e2e tests".into(),
+            workflow: "CI & deploy/ü".into(),
+            runner: "ci-host-0-abc123".into(),
+        };
+        assert_eq!(JobIdentity::from_query(&id.to_query()), Some(id));
+        assert_eq!(JobIdentity::from_query("repository=octo%2Fapp"), None);
+    }
+}
+
+/// A change to the records, applied in order by the journal's own thread (a store commit
+/// waits for the disk; the slots never do).
+#[derive(Debug)]
+enum Op {
+    Start {
+        slot: usize,
+        runner: String,
+        display_name: String,
+        at: DateTime<Utc>,
+    },
+    Identify {
+        slot: usize,
+        identity: JobIdentity,
+    },
+    End {
+        slot: usize,
+        outcome: Outcome,
+        at: DateTime<Utc>,
+    },
+}
+
+/// The job records as the slots write them: one open record per busy slot.
+pub struct Journal {
+    store: std::sync::Arc<store::JobStore>,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Op>>,
+}
+
+impl Journal {
+    /// Start the journal's writer over `store`.
+    pub fn start(store: store::JobStore) -> Journal {
+        let store = std::sync::Arc::new(store);
+        let (tx, rx) = std::sync::mpsc::channel::<Op>();
+        let s = store.clone();
+        std::thread::Builder::new()
+            .name("job-records".into())
+            .spawn(move || write_loop(&s, rx))
+            .expect("a thread for the job records");
+        Journal {
+            store,
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+
+    fn send(&self, op: Op) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = tx.send(op);
+    }
+
+    /// Slot `slot`'s listener took a job.
+    pub fn started(&self, slot: usize, runner: &str, display_name: &str) {
+        self.send(Op::Start {
+            slot,
+            runner: runner.into(),
+            display_name: display_name.into(),
+            at: crate::clocks::wall_now(),
+        });
+    }
+
+    /// Its hook said who it is.
+    pub fn identified(&self, slot: usize, identity: JobIdentity) {
+        self.send(Op::Identify { slot, identity });
+    }
+
+    /// It ended: by itself, or lost.
+    pub fn ended(&self, slot: usize, outcome: Outcome) {
+        self.send(Op::End {
+            slot,
+            outcome,
+            at: crate::clocks::wall_now(),
+        });
+    }
+
+    /// The records (read directly: the store serves readers beside its writer).
+    pub fn list(&self, lost_only: bool) -> Result<Vec<JobRecord>, store::StoreError> {
+        self.store.list(lost_only)
+    }
+}
+
+fn write_loop(store: &store::JobStore, rx: std::sync::mpsc::Receiver<Op>) {
+    let mut open: std::collections::HashMap<usize, u64> = Default::default();
+    let warn = |e: store::StoreError| tracing::warn!(event = "jobs_store_failed", error = %e, "cannot write a job record: {e}");
+    for op in rx {
+        match op {
+            Op::Start {
+                slot,
+                runner,
+                display_name,
+                at,
+            } => {
+                let rec = JobRecord {
+                    id: 0,
+                    slot,
+                    runner,
+                    display_name,
+                    identity: None,
+                    job_id: None,
+                    started_at: at,
+                    ended_at: None,
+                    outcome: Outcome::Running,
+                };
+                match store.add(rec, at) {
+                    Ok(id) => {
+                        open.insert(slot, id);
+                    }
+                    Err(e) => warn(e),
+                }
+            }
+            Op::Identify { slot, identity } => {
+                if let Some(&id) = open.get(&slot) {
+                    if let Err(e) = store.update(id, |r| r.identity = Some(identity)) {
+                        warn(e)
+                    }
+                }
+            }
+            Op::End { slot, outcome, at } => {
+                if let Some(id) = open.remove(&slot) {
+                    let r = store.update(id, |r| {
+                        r.ended_at = Some(at);
+                        r.outcome = outcome;
+                    });
+                    if let Err(e) = r {
+                        warn(e)
+                    }
+                }
+            }
+        }
+    }
+}
