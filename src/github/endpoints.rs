@@ -222,4 +222,40 @@ impl GithubClient {
             Err(e) => Err(e),
         }
     }
+
+    /// The jobs of one attempt of a run (`GET /repos/{repository}/actions/runs/{run_id}/
+    /// attempts/{attempt}/jobs`, `actions-runs-openapi.json`): where a job's id is found
+    /// from its hook's identity (the job whose `runner_name` is ours). One page of 100.
+    pub async fn attempt_jobs(
+        &self,
+        repository: &str,
+        run_id: u64,
+        attempt: u32,
+    ) -> Result<Vec<AttemptJob>, GithubError> {
+        let url = format!(
+            "{}/repos/{repository}/actions/runs/{run_id}/attempts/{attempt}/jobs?per_page=100",
+            self.base
+        );
+        let a = self.request(Method::GET, &url, None).await?;
+        let page: AttemptJobs = decode(&a.body)?;
+        Ok(page.jobs)
+    }
+}
+
+/// One page of an attempt's jobs.
+#[derive(Debug, Deserialize)]
+struct AttemptJobs {
+    jobs: Vec<AttemptJob>,
+}
+
+/// A job of an attempt, as far as the supervisor reads it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct AttemptJob {
+    pub id: u64,
+    pub name: String,
+    pub status: String,
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    #[serde(default)]
+    pub runner_name: Option<String>,
 }

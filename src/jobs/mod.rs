@@ -135,6 +135,36 @@ mod tests {
     }
 }
 
+/// Find the GitHub id of the job `of` describes (the job of its run attempt whose
+/// `runner_name` is its runner): one API call; said in the log and kept in its record.
+pub async fn look_up(
+    gh: crate::github::GithubClient,
+    journal: std::sync::Arc<Journal>,
+    slot: usize,
+    of: JobIdentity,
+) {
+    match gh
+        .attempt_jobs(&of.repository, of.run_id, of.run_attempt)
+        .await
+    {
+        Ok(jobs) => match jobs
+            .iter()
+            .find(|j| j.runner_name.as_deref() == Some(of.runner.as_str()))
+        {
+            Some(j) => {
+                tracing::info!(event = "job_looked_up", slot, job_id = j.id, repository = %of.repository, run_id = of.run_id, run_attempt = of.run_attempt, status = %j.status, "job {} of run {} attempt {} is GitHub's job {}", of.job, of.run_id, of.run_attempt, j.id);
+                journal.job_id(slot, of.run_id, of.run_attempt, j.id);
+            }
+            None => {
+                tracing::warn!(event = "job_lookup_failed", slot, repository = %of.repository, run_id = of.run_id, "no job of run {} attempt {} ran on {}", of.run_id, of.run_attempt, of.runner)
+            }
+        },
+        Err(e) => {
+            tracing::warn!(event = "job_lookup_failed", slot, repository = %of.repository, run_id = of.run_id, error = %e, "cannot look up job {} of run {}: {e}", of.job, of.run_id)
+        }
+    }
+}
+
 /// A change to the records, applied in order by the journal's own thread (a store commit
 /// waits for the disk; the slots never do).
 #[derive(Debug)]
@@ -153,6 +183,12 @@ enum Op {
         slot: usize,
         outcome: Outcome,
         at: DateTime<Utc>,
+    },
+    JobId {
+        slot: usize,
+        run_id: u64,
+        run_attempt: u32,
+        job_id: u64,
     },
 }
 
@@ -207,6 +243,16 @@ impl Journal {
         });
     }
 
+    /// GitHub's id of slot `slot`'s job of run `run_id` attempt `run_attempt`, looked up.
+    pub fn job_id(&self, slot: usize, run_id: u64, run_attempt: u32, job_id: u64) {
+        self.send(Op::JobId {
+            slot,
+            run_id,
+            run_attempt,
+            job_id,
+        });
+    }
+
     /// The records (read directly: the store serves readers beside its writer).
     pub fn list(&self, lost_only: bool) -> Result<Vec<JobRecord>, store::StoreError> {
         self.store.list(lost_only)
@@ -245,6 +291,26 @@ fn write_loop(store: &store::JobStore, rx: std::sync::mpsc::Receiver<Op>) {
             Op::Identify { slot, identity } => {
                 if let Some(&id) = open.get(&slot) {
                     if let Err(e) = store.update(id, |r| r.identity = Some(identity)) {
+                        warn(e)
+                    }
+                }
+            }
+            Op::JobId {
+                slot,
+                run_id,
+                run_attempt,
+                job_id,
+            } => {
+                let found = store.list(false).ok().and_then(|all| {
+                    all.into_iter().rev().find(|r| {
+                        r.slot == slot
+                            && r.identity
+                                .as_ref()
+                                .is_some_and(|i| i.run_id == run_id && i.run_attempt == run_attempt)
+                    })
+                });
+                if let Some(r) = found {
+                    if let Err(e) = store.update(r.id, |r| r.job_id = Some(job_id)) {
                         warn(e)
                     }
                 }

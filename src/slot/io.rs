@@ -124,6 +124,15 @@ impl SlotIo {
                 board.stats.exit(reason.as_str());
                 if let Some(job) = lost_job {
                     let cause = crate::jobs::lost_cause(reason, ended);
+                    // Its id at GitHub, looked up once (a re-run needs it).
+                    let of = board
+                        .snapshot()
+                        .slots
+                        .get(slot)
+                        .and_then(|s| s.job_of.clone());
+                    if let (Some(of), Some(j)) = (of, sh.jobs.clone()) {
+                        tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));
+                    }
                     if let Some(j) = &sh.jobs {
                         j.ended(
                             slot,

@@ -91,6 +91,14 @@ async fn every_job_gets_a_record_with_who_it_was_from_its_hooks() {
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<Vec<JobRecord>>(&body).unwrap(), all);
     assert!(records(&env, &["--lost"]).await.is_empty());
+    // A job that ended by itself needs no lookup at GitHub.
+    assert_eq!(
+        gh.calls()
+            .iter()
+            .filter(|c| c.path.contains("/attempts/"))
+            .count(),
+        0
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     // With no supervisor running, `supervisor jobs` reads the file.
@@ -210,7 +218,22 @@ async fn a_listener_killed_mid_job_is_recorded_lost_with_its_cause() {
     }
     let lost = d.wait_event("job_lost", T).await;
     assert!(lost.is("cause", "killed"), "{lost:?}");
-    let recs = wait_records(&env, &["--lost"], |r| !r.is_empty()).await;
+    // Its id at GitHub, looked up once: the job of its run attempt that ran on it.
+    let found = d.wait_event("job_looked_up", T).await;
+    let github_id = gh.state(|s| *s.actions_jobs.keys().next().unwrap());
+    assert_eq!(found.u64("job_id"), Some(github_id), "{found:?}");
+    let recs = wait_records(&env, &["--lost"], |r| {
+        r.first().is_some_and(|x| x.job_id.is_some())
+    })
+    .await;
+    assert_eq!(recs[0].job_id, Some(github_id));
+    assert_eq!(
+        gh.calls()
+            .iter()
+            .filter(|c| c.path.contains("/attempts/"))
+            .count(),
+        1
+    );
     assert_eq!(recs.len(), 1);
     assert_eq!(
         recs[0].outcome,

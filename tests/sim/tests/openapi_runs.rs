@@ -108,3 +108,56 @@ async fn every_deprecations_answer_follows_the_contract() {
         &b,
     );
 }
+
+#[tokio::test]
+async fn every_attempt_jobs_answer_follows_the_contract() {
+    let spec = spec();
+    let template = "/repos/{owner}/{repo}/actions/runs/{run_id}/attempts/{attempt_number}/jobs";
+    let gh = FakeGithub::start(Options::default()).await.unwrap();
+    gh.enqueue(sim::github::JobSpec::default(), 1);
+    let id = gh.state(|s| *s.actions_jobs.keys().next().unwrap());
+    let path = format!("/repos/octo/app/actions/runs/{id}/attempts/1/jobs");
+    // Queued, then in progress on a runner, then completed: each as the contract says.
+    let (s, b) = get(&gh, &path).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    check(&spec, template, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["total_count"], 1);
+    assert_eq!(v["jobs"][0]["status"], "queued");
+    assert!(v["jobs"][0]["runner_name"].is_null());
+    gh.state(|s| {
+        let j = s.actions_jobs.get_mut(&id).unwrap();
+        j.status = "in_progress".into();
+        j.runner_id = Some(1000);
+        j.runner_name = Some("ci-host-0-abc123".into());
+        j.started_at = Some(chrono::Utc::now());
+    });
+    let (_, b) = get(&gh, &path).await;
+    check(&spec, template, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["jobs"][0]["runner_name"], "ci-host-0-abc123");
+    gh.state(|s| {
+        let j = s.actions_jobs.get_mut(&id).unwrap();
+        j.status = "completed".into();
+        j.conclusion = Some("failure".into());
+        j.completed_at = Some(chrono::Utc::now());
+    });
+    let (_, b) = get(&gh, &path).await;
+    check(&spec, template, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (
+            v["jobs"][0]["status"].as_str(),
+            v["jobs"][0]["conclusion"].as_str()
+        ),
+        (Some("completed"), Some("failure"))
+    );
+    // An attempt that does not exist.
+    let (s, b) = get(
+        &gh,
+        &format!("/repos/octo/app/actions/runs/{id}/attempts/2/jobs"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    check(&spec, template, 404, &b);
+}

@@ -46,6 +46,7 @@ pub(super) async fn sim(shared: &Arc<Shared>, ctx: &Ctx, segs: &[&str]) -> Resp 
                 .get(&rid)
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
+            super::conclude(&mut s, id, &done.result);
             s.completed.push(CompletedJob {
                 job_id: id,
                 name: job.name,
@@ -201,6 +202,13 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     r.busy = true;
                 }
                 s.running.insert(jid, (rid, job.clone()));
+                let runner_name = s.runners.get(&rid).map(|r| r.name.clone());
+                if let Some(a) = s.actions_jobs.get_mut(&jid) {
+                    a.status = "in_progress".into();
+                    a.runner_id = Some(rid);
+                    a.runner_name = runner_name;
+                    a.started_at = Some(Utc::now());
+                }
                 s.locks.insert(jid, std::time::Instant::now());
                 drop(s);
                 shared.changed.notify_waiters();

@@ -368,6 +368,53 @@ pub struct State {
     /// A release that appeared after the start: the downloads endpoint lists it as the
     /// newest instead of `Options::latest_runner_version`.
     pub released: Option<String>,
+    /// The jobs as the Actions REST API shows them (`…/runs/{run_id}/attempts/{n}/jobs`),
+    /// by job id: each enqueued job is its own run, attempt 1.
+    pub actions_jobs: BTreeMap<u64, ActionsJob>,
+}
+
+/// A job as `GET …/actions/runs/{run_id}/attempts/{n}/jobs` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionsJob {
+    pub id: u64,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub name: String,
+    /// `queued`, `in_progress`, `completed`.
+    pub status: String,
+    /// Once completed: `success`, `failure`, `cancelled`.
+    pub conclusion: Option<String>,
+    pub runner_id: Option<u64>,
+    pub runner_name: Option<String>,
+    pub labels: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl ActionsJob {
+    /// Completed, with the conclusion GitHub gives the runner's result (a job whose runner
+    /// vanished is a `failure`: "The self-hosted runner lost communication with the server").
+    fn complete(&mut self, result: &str) {
+        self.status = "completed".into();
+        self.conclusion = Some(
+            match result {
+                "Succeeded" | "SucceededWithIssues" => "success",
+                "Canceled" => "cancelled",
+                "Skipped" => "skipped",
+                _ => "failure",
+            }
+            .into(),
+        );
+        self.completed_at = Some(Utc::now());
+    }
+}
+
+/// Mark job `id` completed with `result`, as the Actions API shows it.
+pub(super) fn conclude(s: &mut State, id: u64, result: &str) {
+    if let Some(j) = s.actions_jobs.get_mut(&id) {
+        j.complete(result);
+    }
 }
 
 struct Shared {
@@ -540,6 +587,23 @@ fn enqueue_jobs(s: &mut State, job: JobSpec, count: usize) {
     for _ in 0..count {
         let id = s.next_job_id;
         s.next_job_id += 1;
+        s.actions_jobs.insert(
+            id,
+            ActionsJob {
+                id,
+                run_id: id,
+                run_attempt: 1,
+                name: job.name.clone(),
+                status: "queued".into(),
+                conclusion: None,
+                runner_id: None,
+                runner_name: None,
+                labels: job.labels.clone(),
+                created_at: Utc::now(),
+                started_at: None,
+                completed_at: None,
+            },
+        );
         s.queue.push_back((id, job.clone()));
     }
 }
@@ -603,6 +667,7 @@ fn expire_locks(s: &mut State, timeout: Duration) {
                 runner: name,
                 result: "Abandoned".into(),
             });
+            conclude(s, jid, "Abandoned");
         }
     }
 }

@@ -112,6 +112,10 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
         }
         return json_resp(StatusCode::OK, &u);
     }
+    if let ["repos", o, r, "actions", "runs", run, "attempts", n, "jobs"] = segs {
+        expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);
+        return attempt_jobs(shared, o, r, run, n);
+    }
     let (scope, rest) = match segs {
         ["repos", o, r, "actions", "runners", rest @ ..] => (
             format!("repos/{}/{}", o.to_lowercase(), r.to_lowercase()),
@@ -423,5 +427,59 @@ pub(super) fn runner_registration(shared: &Shared, ctx: &Ctx) -> Resp {
     json_resp(
         StatusCode::OK,
         &json!({"url": shared.base_url, "token": tenant, "token_schema": "OAuthAccessToken", "use_v2_flow": true}),
+    )
+}
+
+/// `GET /repos/{owner}/{repo}/actions/runs/{run_id}/attempts/{attempt_number}/jobs`
+/// (`actions-runs-openapi.json`): the jobs of one attempt of one run.
+fn attempt_jobs(shared: &Shared, owner: &str, repo: &str, run: &str, attempt: &str) -> Resp {
+    let (Ok(run), Ok(attempt)) = (run.parse::<u64>(), attempt.parse::<u32>()) else {
+        return basic_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let s = shared.lock();
+    let jobs: Vec<&super::ActionsJob> = s
+        .actions_jobs
+        .values()
+        .filter(|j| j.run_id == run && j.run_attempt == attempt)
+        .collect();
+    if jobs.is_empty() {
+        return basic_error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let base = &shared.base_url;
+    let web = "https://github.com";
+    let ts = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let list: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.id,
+                "run_id": j.run_id,
+                "run_url": format!("{base}/repos/{owner}/{repo}/actions/runs/{}", j.run_id),
+                "run_attempt": j.run_attempt,
+                "node_id": format!("CR_kwDO{:08}", j.id),
+                "head_sha": "009b8a3a9ccbb128af87f9b1c0f4c62e8a304f6d",
+                "url": format!("{base}/repos/{owner}/{repo}/actions/jobs/{}", j.id),
+                "html_url": format!("{web}/{owner}/{repo}/actions/runs/{}/job/{}", j.run_id, j.id),
+                "status": j.status,
+                "conclusion": j.conclusion,
+                "created_at": ts(&j.created_at),
+                "started_at": ts(&j.started_at.unwrap_or(j.created_at)),
+                "completed_at": j.completed_at.as_ref().map(ts),
+                "name": j.name,
+                "steps": [],
+                "check_run_url": format!("{base}/repos/{owner}/{repo}/check-runs/{}", j.id),
+                "labels": j.labels,
+                "runner_id": j.runner_id,
+                "runner_name": j.runner_name,
+                "runner_group_id": j.runner_id.map(|_| 1),
+                "runner_group_name": j.runner_id.map(|_| "Default"),
+                "workflow_name": "CI",
+                "head_branch": "main",
+            })
+        })
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        &json!({"total_count": list.len(), "jobs": list}),
     )
 }

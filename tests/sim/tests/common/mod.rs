@@ -15,6 +15,12 @@ pub fn to_json_schema(v: &Value) -> Value {
             if m.get("nullable") == Some(&Value::Bool(true)) {
                 if let Some(Value::String(t)) = m.get("type") {
                     out.insert("type".into(), json!([t, "null"]));
+                    // A nullable enum takes null too (OpenAPI 3.0 reads it so).
+                    if let Some(Value::Array(e)) = out.get_mut("enum") {
+                        if !e.contains(&Value::Null) {
+                            e.push(Value::Null);
+                        }
+                    }
                 } else if m.contains_key("anyOf")
                     || m.contains_key("oneOf")
                     || m.contains_key("allOf")
