@@ -75,6 +75,10 @@ pub fn looks_like_network(message: &str) -> bool {
 pub enum SlotCmd {
     /// The host resumed: an idle listener's long-poll is dead; replace it. A busy one stays.
     Recycle,
+    /// The host resumed after a suspend longer than the job lease (`[jobs] lease`): a
+    /// busy listener's job is gone at GitHub; replace it too (its job is lost, cause
+    /// `suspend`).
+    LeaseLost,
     /// GitHub shows the listening runner offline: replace it (a watchdog fire).
     Replace(Cause),
     /// The connections of listener `pid` show a dead path or a silent hang (a watchdog

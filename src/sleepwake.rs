@@ -165,6 +165,7 @@ impl WallWatch {
 pub async fn run(
     host: Arc<Host>,
     cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
+    lease: Duration,
     cancel: CancellationToken,
 ) {
     let mut det = Detector::new(&*host.clocks);
@@ -184,8 +185,10 @@ pub async fn run(
             _ = async { simulated.expect("guarded").notified().await }, if simulated.is_some() => {}
         }
         for jump in det.tick(&*host.clocks) {
+            let mut lease_lost = false;
             let recycle = match jump {
                 Jump::Suspend(d) => {
+                    lease_lost = d > lease;
                     tracing::warn!(event = "resume", suspended_s = d.as_secs(), "host resumed after a suspend of {}: measuring the clock, checking the token, recycling idle listeners", humantime::format_duration(Duration::from_secs(d.as_secs())));
                     true
                 }
@@ -204,8 +207,14 @@ pub async fn run(
             host.measure_clock.notify_one();
             if recycle {
                 host.check_token.notify_one();
+                // Past the job lease a busy listener's job is gone too.
+                let cmd = if lease_lost {
+                    SlotCmd::LeaseLost
+                } else {
+                    SlotCmd::Recycle
+                };
                 for c in &cmds {
-                    let _ = c.send(SlotCmd::Recycle);
+                    let _ = c.send(cmd.clone());
                 }
             }
         }

@@ -401,7 +401,9 @@ async fn spawn_monitors(
             stop,
         )
     });
-    background.spawn(|stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), stop));
+    let lease = cfg.jobs.lease;
+    background
+        .spawn(move |stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop));
     background.spawn(|stop| {
         crate::tokenwatch::run(
             cfg.token.clone(),

@@ -201,6 +201,8 @@ keys! {
         "the sliding window of max_restarts";
     JOBS_KEEP: u64 = "jobs" . "keep", Kind::Int { min: 10, max: 1_000_000 }, Some("1000"), &[],
         "job records kept in <state dir>/jobs.redb (supervisor jobs); the oldest go first";
+    JOBS_LEASE: Duration = "jobs" . "lease", Kind::Duration { min: secs(60), max: secs(24 * 3600) }, Some("15m"), &[],
+        "a suspend longer than this while a slot is busy loses its job (the runner renews it every 60 s, each renewal holding about 10 min): its listener is replaced at once on resume";
     JOBS_KEEP_FOR: Duration = "jobs" . "keep_for", Kind::Duration { min: secs(3600), max: secs(3650 * 24 * 3600) }, Some("30d"), &[],
         "job records older than this go too";
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],

@@ -299,6 +299,8 @@ pub struct JobsConfig {
     pub keep: usize,
     /// Records older than this go.
     pub keep_for: std::time::Duration,
+    /// A suspend longer than this while busy loses the job.
+    pub lease: std::time::Duration,
 }
 
 /// `[log]`.

@@ -57,8 +57,8 @@ impl JobIdentity {
     }
 }
 
-/// Why a job was lost with its listener: `killed` by a signal (SIGKILL: the OOM killer
-/// or someone's kill -9), `stalled` (the watchdog replaced a busy listener), `stop_timeout`
+/// Why a job was lost with its listener: `suspend` (the host slept past the job lease),
+/// `killed` by a signal (SIGKILL: the OOM killer or someone's kill -9), `stalled` (the watchdog replaced a busy listener), `stop_timeout`
 /// (a drain ran out), otherwise `crashed`.
 pub fn lost_cause(
     reason: crate::runner::exit::ExitReason,
@@ -66,6 +66,8 @@ pub fn lost_cause(
 ) -> &'static str {
     use crate::runner::exit::{Ended, ExitReason};
     match (reason, ended) {
+        // Only a suspend past the job lease recycles a busy listener.
+        (ExitReason::Recycled, _) => "suspend",
         (ExitReason::Watchdog, _) => "stalled",
         (ExitReason::Stopped, _) => "stop_timeout",
         (_, Ended::Signal(9)) => "killed",

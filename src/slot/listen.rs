@@ -436,6 +436,9 @@ fn act(
         Action::RecycleIdle => {
             tracing::info!(event = "recycle", slot, runner = %l.name(), "host resumed: recycling the idle listener (its long-poll is dead)")
         }
+        Action::LeaseLost => {
+            tracing::warn!(event = "lease_lost", slot, runner = %l.name(), lease_s = sh.cfg.jobs.lease.as_secs(), "host resumed after a suspend longer than the job lease: GitHub has given up the job; replacing the busy listener now")
+        }
         Action::KeepBusyOnResume => {
             tracing::info!(event = "resume_busy", slot, runner = %l.name(), "host resumed: the busy listener keeps its job, under watch")
         }

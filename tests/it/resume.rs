@@ -129,6 +129,55 @@ async fn a_resume_recycles_idle_listeners_and_keeps_busy_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspend_longer_than_the_job_lease_replaces_the_busy_listener_at_once_and_loses_its_job()
+{
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    let sup = start(&sb, &gh, &[]);
+    assert!(
+        gh.wait_for(T, |s| s.runners.values().any(|r| r.session.is_some()))
+            .await
+    );
+    gh.enqueue(
+        JobSpec {
+            name: "long".into(),
+            duration_ms: 60_000,
+            ..Default::default()
+        },
+        1,
+    );
+    assert!(
+        gh.wait_for(T, |s| s.calls.iter().any(|c| c.path.ends_with("/renew")))
+            .await
+    );
+    let busy = gh.state(|s| {
+        s.running
+            .values()
+            .next()
+            .map(|(rid, _)| s.runners[rid].name.clone())
+            .unwrap()
+    });
+    // 20 minutes asleep, past the default lease of 15: GitHub has given the job up.
+    sup.clocks.suspend(Duration::from_secs(20 * 60));
+    let s = sb
+        .wait_status(T, |s| {
+            s.counts.jobs_lost_by_cause.get("suspend") == Some(&1)
+        })
+        .await;
+    assert_eq!(s.counts.jobs_lost, 1);
+    // Replaced at once by a fresh listener; the old runner is gone.
+    assert!(
+        gh.wait_for(T, |s| s.deleted.contains(&busy)
+            && s.runners
+                .values()
+                .any(|r| r.session.is_some() && r.name != busy))
+            .await
+    );
+    let summary = sup.stop().await;
+    assert_eq!(summary.exits.get("recycled"), Some(&1), "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_04_repeated_sleep_wake_each_jump_handled_once_without_tripping_the_breaker() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;

@@ -97,6 +97,7 @@ fn build_with(
         jobs: JobsConfig {
             keep: r.get(&JOBS_KEEP) as usize,
             keep_for: r.get(&JOBS_KEEP_FOR),
+            lease: r.get(&JOBS_LEASE),
         },
         log,
         entries,

@@ -34,6 +34,9 @@ pub enum StopCause {
     Watchdog(Cause, String),
     /// The host resumed and this listener was idle.
     Recycle,
+    /// The host slept past the job lease while this listener was busy: its job is gone
+    /// at GitHub, whatever the runner says of it afterwards.
+    LeaseLost,
 }
 
 /// The limits a listener is watched with.
@@ -99,6 +102,8 @@ pub enum Action {
     RunnerVersion(String),
     /// Draining: the running job may finish until the drain deadline.
     DrainWaiting,
+    /// The host slept past the job lease: the busy listener's job is gone; replaced.
+    LeaseLost,
     /// The host resumed: a busy listener keeps its job.
     KeepBusyOnResume,
     /// The host resumed: an idle listener's long-poll is dead.
@@ -213,7 +218,11 @@ impl Listen {
                 }
             }
             Input::Cmd(SlotCmd::Recycle) if self.busy => out.push(Action::KeepBusyOnResume),
-            Input::Cmd(SlotCmd::Recycle) => {
+            Input::Cmd(SlotCmd::LeaseLost) if self.busy => {
+                out.push(Action::LeaseLost);
+                return self.decide(StopCause::LeaseLost, out);
+            }
+            Input::Cmd(SlotCmd::Recycle | SlotCmd::LeaseLost) => {
                 out.push(Action::RecycleIdle);
                 return self.decide(StopCause::Recycle, out);
             }
@@ -275,6 +284,10 @@ impl Listen {
                     out.push(Action::PrepareNext);
                 }
             }
+            // Stopped past the job lease: the runner's "completed" (its cancellation) is
+            // no completion; GitHub gave the job up. It stays this listener's lost job.
+            RunnerEvent::JobCompleted { .. }
+                if matches!(self.stop, Some(StopCause::LeaseLost)) => {}
             RunnerEvent::JobCompleted { name, result } => {
                 self.busy = false;
                 self.job = None;
@@ -343,7 +356,7 @@ pub fn reason(cause: Option<&StopCause>, ended: Ended, seen: &Seen) -> ExitReaso
         Some(StopCause::NotReady) if seen.clock_skew => ExitReason::ClockSkew,
         Some(StopCause::NotReady) => ExitReason::Unknown,
         Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
-        Some(StopCause::Recycle) => ExitReason::Recycled,
+        Some(StopCause::Recycle | StopCause::LeaseLost) => ExitReason::Recycled,
         Some(StopCause::Shutdown) | None => classify(ended, seen, cause.is_some()),
     }
 }

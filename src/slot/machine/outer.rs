@@ -318,7 +318,9 @@ impl Slot {
         }
         // A job that started and never completed is lost with its listener: known from
         // the listener's own events.
-        let lost_job = x.job.filter(|_| !x.seen.job_completed);
+        // Past the job lease it is lost even if the runner printed its cancellation.
+        let lease_lost = matches!(x.cause, Some(StopCause::LeaseLost));
+        let lost_job = x.job.filter(|_| !x.seen.job_completed || lease_lost);
         e.push(Effect::ExitNoted {
             reason: why,
             ended: x.ended,

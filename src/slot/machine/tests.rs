@@ -275,6 +275,23 @@ fn a_resume_recycles_an_idle_listener_and_keeps_a_busy_one() {
 }
 
 #[test]
+fn a_suspend_past_the_job_lease_replaces_a_busy_listener_at_once() {
+    let (mut m, t) = machine(false);
+    m.step(ev(JOB), t, H);
+    assert_eq!(
+        m.step(Input::Cmd(SlotCmd::LeaseLost), t, H),
+        vec![Action::LeaseLost, Action::Stop(StopCause::LeaseLost)]
+    );
+    // An idle one is recycled as on any resume.
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    assert_eq!(
+        m.step(Input::Cmd(SlotCmd::LeaseLost), t, H),
+        vec![Action::RecycleIdle, Action::Stop(StopCause::Recycle)]
+    );
+}
+
+#[test]
 fn failures_end_only_after_listening_for_stable_after() {
     let (mut m, t) = machine(true);
     m.step(ev(LISTENING), t, H);
