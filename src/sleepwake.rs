@@ -214,7 +214,7 @@ pub async fn run(
                     SlotCmd::Recycle
                 };
                 for c in &cmds {
-                    let _ = c.send(cmd.clone());
+                    let _ = c.send(cmd);
                 }
             }
         }
