@@ -286,3 +286,47 @@ async fn a_job_left_running_by_a_killed_supervisor_is_closed_as_lost_at_the_next
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn the_records_survive_a_sigkill_in_the_middle_of_a_stream_of_writes() {
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    env.insert("SUPERVISOR_SLOTS".into(), "2".into());
+    gh.enqueue(job("quick", 20), 400);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    // Jobs end and start every few milliseconds on both slots: records are being written.
+    d.wait_events("job_completed", |_| true, 30, T).await;
+    let listeners = crate::support::listeners(&sb, 2);
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(T).await;
+    for pid in listeners {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        assert!(crate::support::wait_gone(pid, T).await);
+    }
+    // Readable, numbered without a gap, and complete: every job the fake saw completed
+    // before the kill and that has a record is recorded done; at most one per slot open.
+    let recs = records(&env, &[]).await;
+    assert!(recs.len() >= 30, "{}", recs.len());
+    for w in recs.windows(2) {
+        assert_eq!(w[1].id, w[0].id + 1, "no record lost or half written");
+    }
+    let open = recs
+        .iter()
+        .filter(|r| r.outcome == Outcome::Running)
+        .count();
+    assert!(open <= 2, "{open} open");
+    let done = recs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Done { .. }))
+        .count();
+    assert!(done + open == recs.len(), "nothing else: {recs:#?}");
+    // The next start closes the open ones as lost with the supervisor.
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_listening(2, T).await;
+    let after = records(&env, &["--lost"]).await;
+    assert_eq!(after.len(), open);
+    assert!(after
+        .iter()
+        .all(|r| matches!(&r.outcome, Outcome::Lost { cause, .. } if cause == "supervisor")));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

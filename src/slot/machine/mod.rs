@@ -286,8 +286,8 @@ impl Listen {
             }
             // Stopped past the job lease: the runner's "completed" (its cancellation) is
             // no completion; GitHub gave the job up. It stays this listener's lost job.
-            RunnerEvent::JobCompleted { .. }
-                if matches!(self.stop, Some(StopCause::LeaseLost)) => {}
+            RunnerEvent::JobCompleted { .. } if matches!(self.stop, Some(StopCause::LeaseLost)) => {
+            }
             RunnerEvent::JobCompleted { name, result } => {
                 self.busy = false;
                 self.job = None;
