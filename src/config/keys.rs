@@ -205,6 +205,10 @@ keys! {
         "a suspend longer than this while a slot is busy loses its job (the runner renews it every 60 s, each renewal holding about 10 min): its listener is replaced at once on resume";
     JOBS_KEEP_FOR: Duration = "jobs" . "keep_for", Kind::Duration { min: secs(3600), max: secs(3650 * 24 * 3600) }, Some("30d"), &[],
         "job records older than this go too";
+    JOB_OOM_SCORE_ADJ: u64 = "job" . "oom_score_adj", Kind::Int { min: 0, max: 1000 }, Some("500"), &[],
+        "set on each job's Runner.Worker as soon as it appears (its processes inherit it): under memory pressure the kernel kills the job, not the listener or the supervisor";
+    JOB_NICE: u64 = "job" . "nice", Kind::Int { min: 0, max: 19 }, Some("0"), &[],
+        "nice value set on each job's Runner.Worker (its processes inherit it)";
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],
         "the control socket (HTTP on a Unix socket, mode 0660: status, breaker reset, drain, recycle) that supervisor status, breaker and drain use; <state dir>/control.sock when unset";
     METRICS_LISTEN: Option<String> = "metrics" . "listen", Kind::Str, None, &[],

@@ -301,6 +301,10 @@ pub struct JobsConfig {
     pub keep_for: std::time::Duration,
     /// A suspend longer than this while busy loses the job.
     pub lease: std::time::Duration,
+    /// `[job] oom_score_adj` for each job's `Runner.Worker`.
+    pub oom_score_adj: i32,
+    /// `[job] nice` for each job's `Runner.Worker`.
+    pub nice: i32,
 }
 
 /// `[log]`.

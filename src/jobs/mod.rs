@@ -4,8 +4,10 @@
 //!
 //! - [`hooks`]: the hook scripts the listeners get, and the `supervisor hook` client.
 //! - [`store`]: the records, in an embedded crash-safe store, bounded by count and age.
+//! - [`protect`]: the job's `Runner.Worker` made the OOM killer's first choice.
 
 pub mod hooks;
+pub mod protect;
 pub mod store;
 
 use chrono::{DateTime, Utc};

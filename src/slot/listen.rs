@@ -387,6 +387,25 @@ fn act(
             if let Some(j) = &sh.jobs {
                 j.started(slot, l.name(), &name);
             }
+            // The job, not the listener, is what the OOM killer should take.
+            let (pid, oom, nice) = (l.pid(), sh.cfg.jobs.oom_score_adj, sh.cfg.jobs.nice);
+            tokio::spawn(async move {
+                match crate::jobs::protect::protect(pid, oom, nice).await {
+                    Ok(w) => {
+                        tracing::info!(
+                            event = "worker_protected",
+                            slot,
+                            pid = w,
+                            oom_score_adj = oom,
+                            nice,
+                            "Runner.Worker {w}: oom_score_adj {oom}, nice {nice}"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "worker_protect_failed", slot, error = %e, "{e}")
+                    }
+                }
+            });
             board.job_started(slot, name)
         }
         Action::JobCompleted { name, result } => {

@@ -330,3 +330,37 @@ async fn the_records_survive_a_sigkill_in_the_middle_of_a_stream_of_writes() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// `/proc/<pid>/stat`'s nice value (field 19).
+fn nice_of(pid: i32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_jobs_runner_worker_gets_the_oom_score_adj_and_nice_configured_not_the_listener() {
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    env.insert("SUPERVISOR_JOB_OOM_SCORE_ADJ".into(), "700".into());
+    env.insert("SUPERVISOR_JOB_NICE".into(), "5".into());
+    gh.enqueue(job("heavy", 5000), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let e = d.wait_event("worker_protected", T).await;
+    let worker = e.u64("pid").unwrap() as i32;
+    // The fake runner's Runner.Worker, a child of the listener, while the job runs.
+    let listener = crate::support::listeners(&sb, 1)[0];
+    assert_eq!(
+        runner_supervisor::jobs::protect::find_worker(listener),
+        Some(worker)
+    );
+    let adj = std::fs::read_to_string(format!("/proc/{worker}/oom_score_adj")).unwrap();
+    assert_eq!(adj.trim(), "700");
+    assert_eq!(nice_of(worker), 5);
+    // The listener keeps its own.
+    let own = std::fs::read_to_string(format!("/proc/{listener}/oom_score_adj")).unwrap();
+    assert_ne!(own.trim(), "700");
+    assert_eq!(nice_of(listener), 0);
+    d.wait_event("job_completed", T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

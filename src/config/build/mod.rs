@@ -98,6 +98,8 @@ fn build_with(
             keep: r.get(&JOBS_KEEP) as usize,
             keep_for: r.get(&JOBS_KEEP_FOR),
             lease: r.get(&JOBS_LEASE),
+            oom_score_adj: r.get(&JOB_OOM_SCORE_ADJ) as i32,
+            nice: r.get(&JOB_NICE) as i32,
         },
         log,
         entries,

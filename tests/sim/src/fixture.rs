@@ -75,6 +75,13 @@ pub fn install_runner(dir: &Path, fake_runner: &Path) -> io::Result<()> {
         fs::copy(fake_runner, &listener)?;
     }
     fs::set_permissions(&listener, fs::Permissions::from_mode(0o755))?;
+    // The job's process, as the real runner has it (`Runner.Worker spawnclient …`).
+    let worker = bin.join("Runner.Worker");
+    let _ = fs::remove_file(&worker);
+    if fs::hard_link(fake_runner, &worker).is_err() {
+        fs::copy(fake_runner, &worker)?;
+    }
+    fs::set_permissions(&worker, fs::Permissions::from_mode(0o755))?;
     write_script(
         &dir.join("config.sh"),
         "#!/bin/bash\n# Stand-in for the runner's config.sh.\ncd \"$(dirname \"$0\")\"\nexec ./bin/Runner.Listener configure \"$@\"\n",

@@ -12,6 +12,16 @@ impl Runner {
             .line(&format!("{}: Running job: {}", utc(), job.display_name));
         let started = tokio::time::Instant::now();
         let total = Duration::from_millis(job.duration_ms);
+        // The job runs in a `Runner.Worker` child, as with the real runner; it ends with
+        // the job (its stdin closed), or with this listener.
+        let worker = tokio::process::Command::new(self.root.join("bin/Runner.Worker"))
+            .args(["spawnclient", "0", "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok();
         let mut result = job.result.clone();
         let mut shut = false;
         // "Set up runner": the job-started hook; its failure fails the job.
@@ -83,6 +93,10 @@ impl Runner {
         if shut {
             self.term.line("Exiting...");
             result = "Canceled".into();
+        }
+        if let Some(mut w) = worker {
+            drop(w.stdin.take());
+            let _ = w.wait().await;
         }
         // "Complete runner": before the job completes; its exit does not change the result.
         let hook = crate::hooks::Hook::JobCompleted;

@@ -155,6 +155,13 @@ pub fn main() -> i32 {
             return 0;
         }
         match args.command.as_str() {
+            // `Runner.Worker spawnclient`: the job's process; it lives until the listener
+            // closes its end of the pipe (the job is done, or the listener died).
+            "spawnclient" => {
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+                0
+            }
             "run" => run(&args, &root).await,
             "configure" => configure(&args, &root).await,
             "update-helper" => update_helper(&args).await,
