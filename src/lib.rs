@@ -50,6 +50,7 @@ pub mod naming;
 pub mod netwatch;
 pub mod offline;
 pub mod preflight;
+pub mod pressure;
 pub mod procs;
 pub mod runner;
 pub mod sdnotify;

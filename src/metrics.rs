@@ -131,6 +131,13 @@ fn build_info(r: &mut Registry, snap: &StatusFile) {
         );
     }
     runner_autopilot(r, snap);
+    if let Some(p) = snap.system.memory_pressure {
+        r.register(
+            "memory_pressure_some_avg10",
+            "Memory pressure: the share of the last 10 s in which some task waited for memory (PSI, percent)",
+            fgauge(p),
+        );
+    }
 }
 
 /// The autopilot: which version each slot runs, and the versions rolled back.

@@ -433,6 +433,8 @@ async fn spawn_monitors(
         )
     });
     background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    let warn = cfg.jobs.memory_pressure_warn;
+    background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
     background.spawn(|stop| {
         crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), host.clone(), stop)
     });

@@ -272,6 +272,9 @@ fn host_block(s: &StatusFile, now: DateTime<Utc>) -> String {
         None => "not known yet".into(),
     };
     out += &format!("  rate limit    {rl}\n");
+    if let Some(p) = sys.memory_pressure {
+        out += &format!("  memory        pressure {p:.1}% (PSI some avg10)\n");
+    }
     out += &format!("  runner        {}\n", runner_word(&sys.runner, now));
     let k = &s.counts;
     out += &format!(

@@ -207,6 +207,8 @@ keys! {
         "job records older than this go too";
     JOB_OOM_SCORE_ADJ: u64 = "job" . "oom_score_adj", Kind::Int { min: 0, max: 1000 }, Some("500"), &[],
         "set on each job's Runner.Worker as soon as it appears (its processes inherit it): under memory pressure the kernel kills the job, not the listener or the supervisor";
+    JOB_MEMORY_PRESSURE_WARN: u64 = "job" . "memory_pressure_warn", Kind::Int { min: 1, max: 100 }, Some("10"), &[],
+        "memory pressure (PSI some avg10, percent) above which an episode is logged once; shown in status and metrics";
     JOB_NICE: u64 = "job" . "nice", Kind::Int { min: 0, max: 19 }, Some("0"), &[],
         "nice value set on each job's Runner.Worker (its processes inherit it)";
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],

@@ -41,10 +41,11 @@ impl Env for BTreeMap<String, String> {
 /// Environment names that are not keys but are ours.
 pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_CONFIG",
-    // Test hooks, read by debug builds only (see `sdnotify`, `runner::process` and `diagnose`).
+    // Test hooks, read by debug builds only (see `sdnotify`, `runner::process`, `diagnose` and `pressure`).
     "SUPERVISOR_TEST_STALL_AFTER",
     "SUPERVISOR_TEST_REAP_DELAY",
     "SUPERVISOR_DOCTOR_HOST_ROOT",
+    "SUPERVISOR_PSI_MEMORY",
 ];
 
 /// Where a value came from.

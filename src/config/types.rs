@@ -305,6 +305,8 @@ pub struct JobsConfig {
     pub oom_score_adj: i32,
     /// `[job] nice` for each job's `Runner.Worker`.
     pub nice: i32,
+    /// `[job] memory_pressure_warn`, percent.
+    pub memory_pressure_warn: f64,
 }
 
 /// `[log]`.

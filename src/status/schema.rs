@@ -61,6 +61,10 @@ pub struct SystemStatus {
     /// The runner's version against the newest release and GitHub's deadline for it.
     #[serde(default)]
     pub runner: RunnerStatus,
+    /// Memory pressure: the kernel's PSI `some avg10` (percent of the last 10 s in which
+    /// some task waited for memory); null without PSI.
+    #[serde(default)]
+    pub memory_pressure: Option<f64>,
 }
 
 /// The installed runner version, the newest release, and GitHub's deadline for the

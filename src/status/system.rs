@@ -60,6 +60,8 @@ pub struct SystemState {
     pub runner_bad: Vec<String>,
     /// `[runner] auto_update`.
     pub runner_auto_update: Option<&'static str>,
+    /// Memory pressure: PSI `some avg10`, percent.
+    pub memory_pressure: Option<f64>,
 }
 
 impl SystemState {
@@ -172,6 +174,7 @@ impl SystemState {
             },
             rate_limit,
             runner_version: self.runner_version.clone(),
+            memory_pressure: self.memory_pressure,
             runner: RunnerStatus {
                 version: self.runner_version.clone(),
                 latest: self.runner_latest.clone(),

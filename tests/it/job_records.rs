@@ -364,3 +364,48 @@ async fn the_jobs_runner_worker_gets_the_oom_score_adj_and_nice_configured_not_t
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn memory_pressure_is_shown_and_logged_once_per_episode() {
+    let (sb, _gh, mut env) = setup(|_| {}).await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
+    // A made-up PSI file (debug builds read it instead of /proc/pressure/memory).
+    let psi = sb.dir.path().join("psi-memory");
+    let write = |avg10: &str| {
+        std::fs::write(
+            &psi,
+            format!("some avg10={avg10} avg60=0.00 avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"),
+        )
+        .unwrap()
+    };
+    write("0.00");
+    env.insert("SUPERVISOR_PSI_MEMORY".into(), psi.display().to_string());
+    let mut d = Daemon::run_listening(&env, 1, T).await;
+    sb.wait_status(T, |s| s.system.memory_pressure == Some(0.0))
+        .await;
+    write("35.50");
+    let e = d.wait_event("memory_pressure", T).await;
+    assert_eq!(e.str("some_avg10").as_deref(), Some("35.5"), "{e:?}");
+    sb.wait_status(T, |s| s.system.memory_pressure == Some(35.5))
+        .await;
+    let text = crate::support::cli(&env, &["status"]).stdout;
+    assert!(text.contains("pressure 35.5%"), "{text}");
+    let (_, _, body) = crate::metrics::http_get(metrics, "/metrics");
+    assert!(
+        body.contains("runner_supervisor_memory_pressure_some_avg10 35.5"),
+        "{body}"
+    );
+    // Still high: no second line; below half the threshold: over.
+    write("20.00");
+    sb.wait_status(T, |s| s.system.memory_pressure == Some(20.0))
+        .await;
+    write("1.00");
+    d.wait_event("memory_pressure_over", T).await;
+    assert_eq!(d.count_events("memory_pressure", |_| true), 1);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

@@ -71,6 +71,7 @@ const MONITORS: &[&str] = &[
     "disk",
     "autoheal",
     "versionwatch",
+    "pressure",
 ];
 
 /// What the pure slot machine may import: types and pure functions, nothing that does IO

@@ -100,6 +100,7 @@ fn build_with(
             lease: r.get(&JOBS_LEASE),
             oom_score_adj: r.get(&JOB_OOM_SCORE_ADJ) as i32,
             nice: r.get(&JOB_NICE) as i32,
+            memory_pressure_warn: r.get(&JOB_MEMORY_PRESSURE_WARN) as f64,
         },
         log,
         entries,
