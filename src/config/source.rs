@@ -46,6 +46,7 @@ pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_TEST_REAP_DELAY",
     "SUPERVISOR_DOCTOR_HOST_ROOT",
     "SUPERVISOR_PSI_MEMORY",
+    "SUPERVISOR_MEMORY_EVENTS",
 ];
 
 /// Where a value came from.

@@ -60,11 +60,13 @@ impl JobIdentity {
 }
 
 /// Why a job was lost with its listener: `suspend` (the host slept past the job lease),
-/// `killed` by a signal (SIGKILL: the OOM killer or someone's kill -9), `stalled` (the watchdog replaced a busy listener), `stop_timeout`
+/// `oom` (SIGKILL, and the kernel counted an OOM kill in this cgroup during the job),
+/// `killed` by another SIGKILL, `stalled` (the watchdog replaced a busy listener), `stop_timeout`
 /// (a drain ran out), otherwise `crashed`.
 pub fn lost_cause(
     reason: crate::runner::exit::ExitReason,
     ended: crate::runner::exit::Ended,
+    oom_killed: bool,
 ) -> &'static str {
     use crate::runner::exit::{Ended, ExitReason};
     match (reason, ended) {
@@ -72,6 +74,7 @@ pub fn lost_cause(
         (ExitReason::Recycled, _) => "suspend",
         (ExitReason::Watchdog, _) => "stalled",
         (ExitReason::Stopped, _) => "stop_timeout",
+        (_, Ended::Signal(9)) if oom_killed => "oom",
         (_, Ended::Signal(9)) => "killed",
         _ => "crashed",
     }

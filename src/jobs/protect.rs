@@ -66,3 +66,30 @@ pub async fn protect(listener: i32, oom_score_adj: i32, nice: i32) -> Result<i32
     }
     Ok(pid)
 }
+
+/// Debug builds only: read this file instead of this cgroup's `memory.events` (tests).
+pub const MEMORY_EVENTS_ENV: &str = "SUPERVISOR_MEMORY_EVENTS";
+
+/// This process's cgroup (v2) `memory.events`, where the kernel counts its OOM kills
+/// (`oom_kill`); the listeners and their jobs live in the same cgroup.
+fn memory_events() -> Option<std::path::PathBuf> {
+    #[cfg(debug_assertions)]
+    if let Some(p) = std::env::var_os(MEMORY_EVENTS_ENV) {
+        return Some(p.into());
+    }
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(path.trim_start_matches('/'))
+            .join("memory.events"),
+    )
+}
+
+/// How many times the kernel's OOM killer has killed in this cgroup, where it says.
+pub fn oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string(memory_events()?).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}

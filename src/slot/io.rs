@@ -123,7 +123,15 @@ impl SlotIo {
             } => {
                 board.stats.exit(reason.as_str());
                 if let Some(job) = lost_job {
-                    let cause = crate::jobs::lost_cause(reason, ended);
+                    let before = sh
+                        .oom_at_job_start
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(slot)
+                        .copied()
+                        .flatten();
+                    let oom = matches!((before, crate::jobs::protect::oom_kills()), (Some(b), Some(n)) if n > b);
+                    let cause = crate::jobs::lost_cause(reason, ended, oom);
                     // Its id at GitHub, looked up once (a re-run needs it).
                     let of = board
                         .snapshot()

@@ -387,6 +387,14 @@ fn act(
             if let Some(j) = &sh.jobs {
                 j.started(slot, l.name(), &name);
             }
+            if let Some(n) = sh
+                .oom_at_job_start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(slot)
+            {
+                *n = crate::jobs::protect::oom_kills();
+            }
             // The job, not the listener, is what the OOM killer should take.
             let (pid, oom, nice) = (l.pid(), sh.cfg.jobs.oom_score_adj, sh.cfg.jobs.nice);
             tokio::spawn(async move {

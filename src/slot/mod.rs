@@ -65,6 +65,9 @@ pub struct Shared {
     breaker_reset: Vec<tokio::sync::Notify>,
     /// The job records, when they can be kept.
     pub jobs: Option<Arc<crate::jobs::Journal>>,
+    /// Each slot's count of the cgroup's OOM kills when its job started (where the kernel
+    /// tells): more at the loss means the OOM killer took it.
+    pub oom_at_job_start: Mutex<Vec<Option<u64>>>,
 }
 
 impl Shared {
@@ -92,6 +95,7 @@ impl Shared {
             "1".into(),
         ));
         let reg_mode = Mutex::new(cfg.runner.registration);
+        let slots = cfg.runner.slots;
         let breaker_path = cfg.state_dir.join("breaker.json");
         let boot_id = watchdog::boot_id();
         let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
@@ -113,6 +117,7 @@ impl Shared {
             boot_id,
             deletions,
             stop_deadline: Mutex::new(None),
+            oom_at_job_start: Mutex::new(vec![None; slots]),
             breaker_reset,
             jobs: None,
         };

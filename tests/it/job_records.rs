@@ -409,3 +409,36 @@ async fn memory_pressure_is_shown_and_logged_once_per_episode() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+#[tokio::test]
+async fn a_listener_the_oom_killer_took_mid_job_is_lost_with_cause_oom() {
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    // A made-up cgroup memory.events (debug builds read it instead of this cgroup's).
+    let events = sb.dir.path().join("memory.events");
+    let write = |n: u64| {
+        std::fs::write(
+            &events,
+            format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\noom_group_kill 0\n"),
+        )
+        .unwrap()
+    };
+    write(0);
+    env.insert(
+        "SUPERVISOR_MEMORY_EVENTS".into(),
+        events.display().to_string(),
+    );
+    gh.enqueue(job("hungry", 60_000), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    sb.wait_status(T, |s| s.slots[0].job_of.is_some()).await;
+    // The kernel counts an OOM kill in the cgroup, and the listener dies of SIGKILL.
+    write(1);
+    for pid in crate::support::listeners(&sb, 1) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let lost = d.wait_event("job_lost", T).await;
+    assert!(lost.is("cause", "oom"), "{lost:?}");
+    let recs = wait_records(&env, &["--lost"], |r| !r.is_empty()).await;
+    assert!(matches!(&recs[0].outcome, Outcome::Lost { cause, .. } if cause == "oom"));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
