@@ -70,6 +70,11 @@ pub fn runner_tarball(work: &Path, dest: &Path) -> String {
     let listener = dir.join("bin/Runner.Listener");
     std::fs::remove_file(&listener).unwrap();
     std::fs::copy(sim_bin("fake-runner"), &listener).unwrap();
+    // A copy, not a hard link, for the worker too: tar fails on a file whose link count
+    // (its ctime) other tests change while it reads.
+    let worker = dir.join("bin/Runner.Worker");
+    let _ = std::fs::remove_file(&worker);
+    std::fs::copy(sim_bin("fake-runner"), &worker).unwrap();
     write_exec(
         &dir.join("bin/installdependencies.sh"),
         "#!/bin/sh\n# Stand-in: the fake runner needs no .NET dependencies.\necho 'dependencies: nothing to install'\n",
