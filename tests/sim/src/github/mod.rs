@@ -30,7 +30,13 @@ use crate::protocol::{
     RegisterResponse, RunnerSettings, Script, SessionRequest, SessionResponse,
 };
 
+mod actions;
 mod admin;
+mod faults;
+use actions::conclude;
+pub use actions::ActionsJob;
+pub use faults::{Fault, FaultKind};
+pub use releases::default_deprecations;
 pub mod app;
 mod broker;
 mod http;
@@ -130,71 +136,6 @@ impl Default for Options {
             app: None,
         }
     }
-}
-
-/// The runtime deadlines GitHub's deprecations endpoint returned (reference A8): observed
-/// for 2.333.0 to 2.336.0; 2.337.0 modelled on them (about 64 days after the next
-/// release, 2.338.0 on 2026-10-06); the newest release has no date yet.
-pub fn default_deprecations() -> std::collections::BTreeMap<String, Option<DateTime<Utc>>> {
-    let at = |d: &str| Some(format!("{d}T00:00:00Z").parse().expect("a date"));
-    [
-        ("2.333.0", at("2026-05-29")),
-        ("2.333.1", at("2026-06-30")),
-        ("2.334.0", at("2026-08-10")),
-        ("2.335.0", at("2026-08-14")),
-        ("2.335.1", at("2026-09-24")),
-        ("2.336.0", at("2026-11-05")),
-        ("2.337.0", at("2026-12-09")),
-        ("2.338.0", None),
-    ]
-    .into_iter()
-    .map(|(v, d)| (v.to_string(), d))
-    .collect()
-}
-
-/// An injected fault, matched against non-admin requests.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Fault {
-    /// Only requests with this method (any when absent).
-    #[serde(default)]
-    pub method: Option<String>,
-    /// Only requests whose path contains this (any when absent).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Only requests whose body contains this, e.g. one runner's name prefix (any when absent).
-    #[serde(default)]
-    pub body: Option<String>,
-    pub kind: FaultKind,
-    /// How many matching requests it hits; 0 means for ever.
-    #[serde(default = "one")]
-    pub times: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// What a fault does.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum FaultKind {
-    /// Delay the answer.
-    Latency { ms: u64 },
-    /// Answer with this status (5xx) and a basic-error body.
-    Status { status: u16 },
-    /// A rate limit: primary (`x-ratelimit-remaining: 0` + reset) or secondary.
-    RateLimit {
-        status: u16,
-        #[serde(default)]
-        retry_after: Option<u64>,
-        #[serde(default)]
-        primary: bool,
-    },
-    /// Reset the TCP connection (RST) without answering.
-    Reset,
-    /// Send the response headers (200, with a body length) and then nothing, holding the
-    /// connection open: a peer or middlebox gone silent after the headers.
-    Silent,
 }
 
 /// One request as the fake saw it.
@@ -371,50 +312,6 @@ pub struct State {
     /// The jobs as the Actions REST API shows them (`…/runs/{run_id}/attempts/{n}/jobs`),
     /// by job id: each enqueued job is its own run, attempt 1.
     pub actions_jobs: BTreeMap<u64, ActionsJob>,
-}
-
-/// A job as `GET …/actions/runs/{run_id}/attempts/{n}/jobs` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActionsJob {
-    pub id: u64,
-    pub run_id: u64,
-    pub run_attempt: u32,
-    pub name: String,
-    /// `queued`, `in_progress`, `completed`.
-    pub status: String,
-    /// Once completed: `success`, `failure`, `cancelled`.
-    pub conclusion: Option<String>,
-    pub runner_id: Option<u64>,
-    pub runner_name: Option<String>,
-    pub labels: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-impl ActionsJob {
-    /// Completed, with the conclusion GitHub gives the runner's result (a job whose runner
-    /// vanished is a `failure`: "The self-hosted runner lost communication with the server").
-    fn complete(&mut self, result: &str) {
-        self.status = "completed".into();
-        self.conclusion = Some(
-            match result {
-                "Succeeded" | "SucceededWithIssues" => "success",
-                "Canceled" => "cancelled",
-                "Skipped" => "skipped",
-                _ => "failure",
-            }
-            .into(),
-        );
-        self.completed_at = Some(Utc::now());
-    }
-}
-
-/// Mark job `id` completed with `result`, as the Actions API shows it.
-pub(super) fn conclude(s: &mut State, id: u64, result: &str) {
-    if let Some(j) = s.actions_jobs.get_mut(&id) {
-        j.complete(result);
-    }
 }
 
 struct Shared {

@@ -123,3 +123,24 @@ pub fn build(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }
+
+/// The runtime deadlines GitHub's deprecations endpoint returned (reference A8): observed
+/// for 2.333.0 to 2.336.0; 2.337.0 modelled on them (about 64 days after the next
+/// release, 2.338.0 on 2026-10-06); the newest release has no date yet.
+pub fn default_deprecations(
+) -> std::collections::BTreeMap<String, Option<chrono::DateTime<chrono::Utc>>> {
+    let at = |d: &str| Some(format!("{d}T00:00:00Z").parse().expect("a date"));
+    [
+        ("2.333.0", at("2026-05-29")),
+        ("2.333.1", at("2026-06-30")),
+        ("2.334.0", at("2026-08-10")),
+        ("2.335.0", at("2026-08-14")),
+        ("2.335.1", at("2026-09-24")),
+        ("2.336.0", at("2026-11-05")),
+        ("2.337.0", at("2026-12-09")),
+        ("2.338.0", None),
+    ]
+    .into_iter()
+    .map(|(v, d)| (v.to_string(), d))
+    .collect()
+}
