@@ -73,7 +73,9 @@ pub fn lost_cause(
         // Only a suspend past the job lease recycles a busy listener.
         (ExitReason::Recycled, _) => "suspend",
         (ExitReason::Watchdog, _) => "stalled",
-        (ExitReason::Stopped, _) => "stop_timeout",
+        // Our stop at the drain's end (or a forced stop): the runner cancels the job and
+        // exits as after a job, or is stopped.
+        (ExitReason::Stopped | ExitReason::JobDone, _) => "stop_timeout",
         (_, Ended::Signal(9)) if oom_killed => "oom",
         (_, Ended::Signal(9)) => "killed",
         _ => "crashed",

@@ -55,6 +55,9 @@ async fn scenario_15_drain_timeout_cancels_the_job_and_deregisters() {
     let pid = listeners(&sb, 1)[0];
     d.signal(Signal::SIGTERM);
     d.wait_event("drain_timeout", T).await;
+    // The job the drain cancelled is a lost job (issue 18 §2), whatever the runner prints.
+    let lost = d.wait_event("job_lost", T).await;
+    assert!(lost.is("cause", "stop_timeout"), "{lost:?}");
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");
     assert!(wait_gone(pid, Duration::from_secs(5)).await);

@@ -141,6 +141,9 @@ async fn a_busy_listener_gets_the_job_stall_timeout_not_the_grace() {
         (3.0..5.0).contains(&after),
         "fired {after:.2}s after the error"
     );
+    // The stalled job is a lost job (issue 18 §2).
+    let lost = d.wait_event("job_lost", T).await;
+    assert!(lost.is("cause", "stalled"), "{lost:?}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
     assert_eq!(gh.state(|s| s.completed[0].result.clone()), "Canceled");

@@ -135,6 +135,8 @@ pub struct Listen {
     drain_deadline: Option<Instant>,
     stable_at: Option<Instant>,
     stop: Option<StopCause>,
+    /// The stop was decided while a job ran: the job is lost, whatever follows.
+    stopped_busy: bool,
 }
 
 impl Listen {
@@ -147,6 +149,7 @@ impl Listen {
             fatal: None,
             wd: Watchdog::new(limits.grace, limits.job_stall_timeout),
             busy: false,
+            stopped_busy: false,
             job: None,
             mode,
             failing,
@@ -284,10 +287,10 @@ impl Listen {
                     out.push(Action::PrepareNext);
                 }
             }
-            // Stopped past the job lease: the runner's "completed" (its cancellation) is
-            // no completion; GitHub gave the job up. It stays this listener's lost job.
-            RunnerEvent::JobCompleted { .. } if matches!(self.stop, Some(StopCause::LeaseLost)) => {
-            }
+            // Stopped by us while busy (past the job lease, at the drain's end, by the
+            // watchdog): the runner's "completed" that follows is its cancellation, no
+            // completion. It stays this listener's lost job.
+            RunnerEvent::JobCompleted { .. } if self.stopped_busy => {}
             RunnerEvent::JobCompleted { name, result } => {
                 self.busy = false;
                 self.job = None;
@@ -342,6 +345,7 @@ impl Listen {
     }
 
     fn decide(&mut self, cause: StopCause, mut out: Vec<Action>) -> Vec<Action> {
+        self.stopped_busy = self.busy;
         self.stop = Some(cause.clone());
         out.push(Action::Stop(cause));
         out

@@ -318,9 +318,9 @@ impl Slot {
         }
         // A job that started and never completed is lost with its listener: known from
         // the listener's own events.
-        // Past the job lease it is lost even if the runner printed its cancellation.
-        let lease_lost = matches!(x.cause, Some(StopCause::LeaseLost));
-        let lost_job = x.job.filter(|_| !x.seen.job_completed || lease_lost);
+        // A job still held when our own stop ends the listener (the stop was decided while
+        // it ran) is lost even if the runner printed its cancellation.
+        let lost_job = x.job.filter(|_| !x.seen.job_completed || x.cause.is_some());
         e.push(Effect::ExitNoted {
             reason: why,
             ended: x.ended,
