@@ -120,52 +120,7 @@ impl SlotIo {
                 reason,
                 ended,
                 lost_job,
-            } => {
-                board.stats.exit(reason.as_str());
-                if let Some(job) = lost_job {
-                    let before = sh
-                        .oom_at_job_start
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(slot)
-                        .copied()
-                        .flatten();
-                    let oom = matches!((before, crate::jobs::protect::oom_kills()), (Some(b), Some(n)) if n > b);
-                    let cause = crate::jobs::lost_cause(reason, ended, oom);
-                    // Its id at GitHub, looked up once (a re-run needs it).
-                    let of = board
-                        .snapshot()
-                        .slots
-                        .get(slot)
-                        .and_then(|s| s.job_of.clone());
-                    if let (Some(of), Some(j)) = (of, sh.jobs.clone()) {
-                        tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));
-                    }
-                    if let Some(j) = &sh.jobs {
-                        j.ended(
-                            slot,
-                            crate::jobs::Outcome::Lost {
-                                cause: cause.into(),
-                                action: "recorded".into(),
-                            },
-                        );
-                    }
-                    board.stats.jobs_lost_by.add(cause);
-                    tracing::warn!(event = "job_lost", cause, slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
-                    board.job_lost(slot);
-                }
-                board.update(slot, |s| {
-                    s.last_exit = Some(format!("{} ({ended:?})", reason.as_str()));
-                    s.last_exit_at = Some(crate::clocks::wall_now());
-                    // Its registration is gone (GitHub's after a job, or deleted next).
-                    s.runner = None;
-                    s.job = None;
-                    s.job_of = None;
-                    s.job_started_at = None;
-                });
-                tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
-                sh.host.autopilot(|f| f.ended(slot));
-            }
+            } => self.exit_noted(reason, ended, lost_job),
             Effect::Deregister => {
                 if let Some(r) = self.reg.take() {
                     deregister_reg(sh, &r, Self::stopping(&self.mode)).await;
@@ -182,32 +137,94 @@ impl SlotIo {
             Effect::Deprecated {
                 failures,
                 upgrading,
-            } => {
-                let sys = board.system_state();
-                let have = self
-                    .version
-                    .clone()
-                    .filter(|v| !v.is_empty())
-                    .or(sys.runner_version)
-                    .unwrap_or_else(|| "this version".into());
-                let msg = if upgrading {
-                    format!("runner {have} is too old for GitHub: it sends it no jobs; auto_update is on: the slot goes on with the newest release as soon as it is installed")
-                } else {
-                    // The exact fix: the newest release, when GitHub listed one.
-                    let install = match sys.runner_latest {
-                        Some(l) => format!("install actions/runner {l} (https://github.com/actions/runner/releases/tag/v{l})"),
-                        None => "install the newest actions/runner release".to_string(),
-                    };
-                    format!(
-                        "the runner in {} ({have}) is too old for GitHub: it sends it no jobs; {install} there and restart the supervisor (or set [runner] auto_update = \"on\")",
-                        sh.cfg.runner.dir.display()
-                    )
-                };
-                tracing::error!(event = "runner_deprecated", slot, version = %have, upgrading, "{msg}");
-                self.autopilot_failed("a deprecated-version line");
-                note_failure(board, slot, SlotState::Paused, &msg, failures);
-            }
+            } => self.deprecated(failures, upgrading),
         }
+    }
+
+    /// The listener exited: counted, shown, and its job, if it had one, recorded lost
+    /// with its cause (and looked up at GitHub once).
+    fn exit_noted(
+        &self,
+        reason: crate::runner::exit::ExitReason,
+        ended: crate::runner::exit::Ended,
+        lost_job: Option<String>,
+    ) {
+        let (sh, slot) = (&self.sh, self.slot);
+        let board = &sh.board;
+        board.stats.exit(reason.as_str());
+        if let Some(job) = lost_job {
+            let before = sh
+                .oom_at_job_start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(slot)
+                .copied()
+                .flatten();
+            let oom =
+                matches!((before, crate::jobs::protect::oom_kills()), (Some(b), Some(n)) if n > b);
+            let cause = crate::jobs::lost_cause(reason, ended, oom);
+            // Its id at GitHub, looked up once (a re-run needs it).
+            let of = board
+                .snapshot()
+                .slots
+                .get(slot)
+                .and_then(|s| s.job_of.clone());
+            if let (Some(of), Some(j)) = (of, sh.jobs.clone()) {
+                tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));
+            }
+            if let Some(j) = &sh.jobs {
+                j.ended(
+                    slot,
+                    crate::jobs::Outcome::Lost {
+                        cause: cause.into(),
+                        action: "recorded".into(),
+                    },
+                );
+            }
+            board.stats.jobs_lost_by.add(cause);
+            tracing::warn!(event = "job_lost", cause, slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
+            board.job_lost(slot);
+        }
+        board.update(slot, |s| {
+            s.last_exit = Some(format!("{} ({ended:?})", reason.as_str()));
+            s.last_exit_at = Some(crate::clocks::wall_now());
+            // Its registration is gone (GitHub's after a job, or deleted next).
+            s.runner = None;
+            s.job = None;
+            s.job_of = None;
+            s.job_started_at = None;
+        });
+        tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
+        sh.host.autopilot(|f| f.ended(slot));
+    }
+
+    /// A deprecated runner: paused, with the exact fix, or until the autopilot upgrades it.
+    fn deprecated(&self, failures: u32, upgrading: bool) {
+        let (sh, slot) = (&self.sh, self.slot);
+        let board = &sh.board;
+        let sys = board.system_state();
+        let have = self
+            .version
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or(sys.runner_version)
+            .unwrap_or_else(|| "this version".into());
+        let msg = if upgrading {
+            format!("runner {have} is too old for GitHub: it sends it no jobs; auto_update is on: the slot goes on with the newest release as soon as it is installed")
+        } else {
+            // The exact fix: the newest release, when GitHub listed one.
+            let install = match sys.runner_latest {
+                Some(l) => format!("install actions/runner {l} (https://github.com/actions/runner/releases/tag/v{l})"),
+                None => "install the newest actions/runner release".to_string(),
+            };
+            format!(
+                "the runner in {} ({have}) is too old for GitHub: it sends it no jobs; {install} there and restart the supervisor (or set [runner] auto_update = \"on\")",
+                sh.cfg.runner.dir.display()
+            )
+        };
+        tracing::error!(event = "runner_deprecated", slot, version = %have, upgrading, "{msg}");
+        self.autopilot_failed("a deprecated-version line");
+        note_failure(board, slot, SlotState::Paused, &msg, failures);
     }
 
     /// The listener failed: on the canary, that counts against its runner version.

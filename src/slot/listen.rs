@@ -383,39 +383,7 @@ fn act(
             board.set_state(slot, state);
             sh.host.listener_idle(slot, state == SlotState::Listening);
         }
-        Action::JobStarted(name) => {
-            if let Some(j) = &sh.jobs {
-                j.started(slot, l.name(), &name);
-            }
-            if let Some(n) = sh
-                .oom_at_job_start
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(slot)
-            {
-                *n = crate::jobs::protect::oom_kills();
-            }
-            // The job, not the listener, is what the OOM killer should take.
-            let (pid, oom, nice) = (l.pid(), sh.cfg.jobs.oom_score_adj, sh.cfg.jobs.nice);
-            tokio::spawn(async move {
-                match crate::jobs::protect::protect(pid, oom, nice).await {
-                    Ok(w) => {
-                        tracing::info!(
-                            event = "worker_protected",
-                            slot,
-                            pid = w,
-                            oom_score_adj = oom,
-                            nice,
-                            "Runner.Worker {w}: oom_score_adj {oom}, nice {nice}"
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(event = "worker_protect_failed", slot, error = %e, "{e}")
-                    }
-                }
-            });
-            board.job_started(slot, name)
-        }
+        Action::JobStarted(name) => job_started(sh, board, slot, l, name),
         Action::JobCompleted { name, result } => {
             if let Some(j) = &sh.jobs {
                 j.ended(
@@ -515,4 +483,46 @@ async fn stop(
             r = mode.changed(), if !killed => { let _ = r; }
         }
     }
+}
+
+/// A job started: recorded, its OOM-kill baseline taken, its `Runner.Worker` protected,
+/// and shown.
+fn job_started(
+    sh: &Arc<Shared>,
+    board: &crate::status::Board,
+    slot: usize,
+    l: &Listener,
+    name: String,
+) {
+    if let Some(j) = &sh.jobs {
+        j.started(slot, l.name(), &name);
+    }
+    if let Some(n) = sh
+        .oom_at_job_start
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(slot)
+    {
+        *n = crate::jobs::protect::oom_kills();
+    }
+    // The job, not the listener, is what the OOM killer should take.
+    let (pid, oom, nice) = (l.pid(), sh.cfg.jobs.oom_score_adj, sh.cfg.jobs.nice);
+    tokio::spawn(async move {
+        match crate::jobs::protect::protect(pid, oom, nice).await {
+            Ok(w) => {
+                tracing::info!(
+                    event = "worker_protected",
+                    slot,
+                    pid = w,
+                    oom_score_adj = oom,
+                    nice,
+                    "Runner.Worker {w}: oom_score_adj {oom}, nice {nice}"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(event = "worker_protect_failed", slot, error = %e, "{e}")
+            }
+        }
+    });
+    board.job_started(slot, name)
 }

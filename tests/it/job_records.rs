@@ -261,13 +261,7 @@ async fn a_job_left_running_by_a_killed_supervisor_is_closed_as_lost_at_the_next
     })
     .await;
     assert_eq!(open[0].outcome, Outcome::Running);
-    let listeners = crate::support::listeners(&sb, 1);
-    d.signal(Signal::SIGKILL);
-    d.wait_exit(T).await;
-    for pid in listeners {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        assert!(crate::support::wait_gone(pid, T).await);
-    }
+    d.kill_with_listeners(&sb, 1, T).await;
     let mut d = Daemon::start(&env, &["run"]).await;
     let e = d.wait_event("jobs_lost_with_supervisor", T).await;
     assert!(e.has("records", "1"), "{e:?}");
@@ -295,13 +289,7 @@ async fn the_records_survive_a_sigkill_in_the_middle_of_a_stream_of_writes() {
     let mut d = Daemon::start(&env, &["run"]).await;
     // Jobs end and start every few milliseconds on both slots: records are being written.
     d.wait_events("job_completed", |_| true, 30, T).await;
-    let listeners = crate::support::listeners(&sb, 2);
-    d.signal(Signal::SIGKILL);
-    d.wait_exit(T).await;
-    for pid in listeners {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        assert!(crate::support::wait_gone(pid, T).await);
-    }
+    d.kill_with_listeners(&sb, 2, T).await;
     // Readable, numbered without a gap, and complete: every job the fake saw completed
     // before the kill and that has a record is recorded done; at most one per slot open.
     let recs = records(&env, &[]).await;

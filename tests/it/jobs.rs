@@ -342,13 +342,7 @@ async fn registrations_left_online_by_a_killed_run_are_deleted_at_the_next_start
         .collect();
     // Killed with its listeners, as a watchdog kill or a power cut would: no cleanup, and
     // GitHub still shows both runners online.
-    let listeners = crate::support::listeners(&sb, 2);
-    d.signal(Signal::SIGKILL);
-    d.wait_exit(T).await;
-    for pid in listeners {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        assert!(crate::support::wait_gone(pid, T).await);
-    }
+    d.kill_with_listeners(&sb, 2, T).await;
     assert!(gh
         .runners()
         .iter()

@@ -325,13 +325,7 @@ async fn an_upgrade_killed_half_way_is_never_used_and_the_next_start_installs_a_
     })
     .await;
     assert!(began, "the download began");
-    let listeners = crate::support::listeners(&sb, 1);
-    d.signal(Signal::SIGKILL);
-    d.wait_exit(T).await;
-    for pid in listeners {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        assert!(crate::support::wait_gone(pid, T).await);
-    }
+    d.kill_with_listeners(&sb, 1, T).await;
     let left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

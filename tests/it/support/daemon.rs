@@ -140,6 +140,21 @@ impl Daemon {
     }
 
     /// Send a signal to the supervisor.
+    /// SIGKILL the supervisor, as a power cut or the OOM killer would, then its listeners
+    /// in `sb`'s `slots` slots (nothing is left to stop them), and wait until all are gone.
+    pub async fn kill_with_listeners(&mut self, sb: &Sandbox, slots: usize, timeout: Duration) {
+        let listeners = listeners(sb, slots);
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait_exit(timeout).await;
+        for pid in listeners {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            assert!(wait_gone(pid, timeout).await, "listener {pid} is gone");
+        }
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
             .expect("signal supervisor");
