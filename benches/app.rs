@@ -135,6 +135,7 @@ async fn main() {
                 duration_ms: 100,
                 result: "Succeeded".into(),
                 labels: vec![],
+                workflow: None,
             },
             2,
         );
@@ -173,6 +174,7 @@ async fn main() {
             duration_ms: 100,
             result: "Succeeded".into(),
             labels: vec![],
+            workflow: None,
         },
         1,
     );

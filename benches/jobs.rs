@@ -39,6 +39,7 @@ fn main() {
             started_at: now,
             ended_at: None,
             outcome: Outcome::Running,
+            rerun: None,
         };
         let t = Instant::now();
         let id = store.add(rec, now).unwrap();

@@ -114,6 +114,7 @@ async fn bench() {
                             duration_ms: JOB_MS,
                             result: "Succeeded".into(),
                             labels: vec![],
+                            workflow: None,
                         },
                         1,
                     );

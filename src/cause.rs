@@ -79,6 +79,9 @@ pub enum SlotCmd {
     /// busy listener's job is gone at GitHub; replace it too (its job is lost, cause
     /// `suspend`).
     LeaseLost,
+    /// Intake closed (`[intake]`): stop an idle listener (its registration is deleted);
+    /// a busy one finishes its job.
+    CloseIntake,
     /// GitHub shows the listening runner offline: replace it (a watchdog fire).
     Replace(Cause),
     /// The connections of listener `pid` show a dead path or a silent hang (a watchdog

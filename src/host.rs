@@ -57,6 +57,8 @@ pub struct Host {
     /// The runner versions directory, once the autopilot runs (where rollbacks are
     /// remembered).
     pub versions_store: std::sync::OnceLock<crate::runner::store::Store>,
+    /// Why intake is closed (`[intake]`), or `None` while the host takes jobs.
+    pub intake: watch::Sender<Option<String>>,
 }
 
 /// A running listener, as the monitors see it.
@@ -142,6 +144,7 @@ impl Host {
             runner_versions: watch::channel(0).0,
             versions_store: std::sync::OnceLock::new(),
             slot_cmds: std::sync::OnceLock::new(),
+            intake: watch::channel(None).0,
         }
     }
 
@@ -208,6 +211,25 @@ impl Host {
                 self.runner_versions_changed();
             }
         }
+    }
+
+    /// Intake closed (`Some(why)`) or open: when it closes, every slot stops its idle
+    /// listener (a busy one finishes its job); no slot registers while it is closed.
+    pub fn set_intake(&self, closed: Option<String>) {
+        let closing = closed.is_some() && self.intake.borrow().is_none();
+        self.intake.send_replace(closed);
+        if closing {
+            if let Some(cmds) = self.slot_cmds.get() {
+                for c in cmds {
+                    let _ = c.send(SlotCmd::CloseIntake);
+                }
+            }
+        }
+    }
+
+    /// Why intake is closed, while it is.
+    pub fn intake_closed(&self) -> Option<String> {
+        self.intake.borrow().clone()
     }
 
     /// Ask these slots to replace their idle listener.

@@ -24,7 +24,8 @@
 //!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
 //!   one pruner per engine, aware of every runner's job through the [`fleet`];
 //!   [`autoheal`] restarts labelled unhealthy containers; [`docker`] is the engine;
-//!   [`offline`] replaces a listener GitHub shows offline.
+//!   [`offline`] replaces a listener GitHub shows offline; [`keepawake`] keeps the
+//!   machine (and Windows under WSL2) awake while a job runs.
 //! - [`cause`] (pure) is what a watchdog fire is attributed to, and the commands
 //!   monitors send to slots.
 
@@ -43,7 +44,9 @@ pub mod docker;
 pub mod fleet;
 pub mod github;
 pub mod host;
+pub mod intake;
 pub mod jobs;
+pub mod keepawake;
 pub mod layout;
 pub mod metrics;
 pub mod naming;

@@ -54,6 +54,7 @@ pub fn state_label(s: SlotState) -> &'static str {
         SlotState::Paused => "paused",
         SlotState::BreakerOpen => "breaker_open",
         SlotState::ClockFault => "clock_fault",
+        SlotState::Closed => "closed",
         SlotState::Registering => "registering",
         SlotState::Starting => "starting",
         SlotState::Finishing => "finishing",
@@ -62,13 +63,14 @@ pub fn state_label(s: SlotState) -> &'static str {
     }
 }
 
-const STATES: [SlotState; 11] = [
+const STATES: [SlotState; 12] = [
     SlotState::Listening,
     SlotState::Busy,
     SlotState::Backoff,
     SlotState::Paused,
     SlotState::BreakerOpen,
     SlotState::ClockFault,
+    SlotState::Closed,
     SlotState::Registering,
     SlotState::Starting,
     SlotState::Finishing,
@@ -138,6 +140,39 @@ fn build_info(r: &mut Registry, snap: &StatusFile) {
             fgauge(p),
         );
     }
+    keep_awake(r, snap);
+}
+
+/// Whether the machine (and Windows, under WSL2) is kept awake now.
+fn keep_awake(r: &mut Registry, snap: &StatusFile) {
+    let held = |w: &String| fgauge(if w == "held" { 1.0 } else { 0.0 });
+    if let Some(w) = &snap.system.inhibitor {
+        r.register(
+            "inhibitor_held",
+            "1 while the systemd-logind inhibitor lock on sleep and shutdown is held (a slot runs a job), else 0 (also when [host] inhibit is off or logind is unavailable)",
+            held(w),
+        );
+    }
+    if let Some(w) = &snap.system.windows_keep_awake {
+        r.register(
+            "windows_keep_awake_held",
+            "WSL2: 1 while the Windows helper keeps Windows awake (a slot runs a job), else 0",
+            held(w),
+        );
+    }
+    if let Some(i) = &snap.system.intake {
+        let g = Family::<Labels, Gauge>::default();
+        g.get_or_create(&vec![(
+            "reason".to_string(),
+            i.reason.clone().unwrap_or_default(),
+        )])
+        .set(i64::from(i.open));
+        r.register(
+            "intake_open",
+            "1 while the host takes jobs; 0 while [intake] closes it (on battery, low battery, quiet hours), with the reason",
+            g,
+        );
+    }
 }
 
 /// The autopilot: which version each slot runs, and the versions rolled back.
@@ -193,6 +228,19 @@ fn jobs(r: &mut Registry, c: &Counts, st: &Stats) {
             "cause",
             c.jobs_lost_by_cause.iter().map(|(k, v)| (k.as_str(), *v)),
         ),
+    );
+    r.register(
+        "jobs_rerun",
+        "Re-runs of lost jobs, by result (accepted: GitHub made the next attempt; refused: GitHub said no; given_up; skipped: never_rerun)",
+        counters(
+            "result",
+            c.jobs_rerun_by_result.iter().map(|(k, v)| (k.as_str(), *v)),
+        ),
+    );
+    r.register(
+        "jobs_rerun_pending",
+        "Lost jobs whose re-run waits for their run to complete",
+        fgauge(c.reruns_pending as f64),
     );
     r.register_with_unit(
         "job_duration",

@@ -121,6 +121,48 @@ pub async fn check_token(
     (out, Some(info))
 }
 
+/// Whether lost jobs can be re-run (`[jobs] rerun_lost`): `POST …/actions/jobs/{id}/rerun`
+/// needs a classic token's `repo` scope, or the Actions permission with write (a GitHub App's
+/// installation, a fine-grained token). A token without it disables only the re-runs
+/// (each is refused and recorded), never the runners: a warning, not a failure. A
+/// fine-grained token's permissions cannot be read ahead: said, and left to the first re-run.
+pub fn check_reruns(enabled: bool, gh: &GithubClient, info: Option<&TokenInfo>) -> Option<Check> {
+    if !enabled {
+        return Some(Check::ok(
+            "reruns",
+            "lost jobs are recorded, not re-run ([jobs] rerun_lost = false)",
+        ));
+    }
+    let fix = crate::jobs::rerun::permission_fix(gh.app().is_some());
+    if let Some(app) = gh.app() {
+        let inst = app.installation()?;
+        return Some(match inst.permissions.get("actions").map(String::as_str) {
+            Some("write") => Check::ok("reruns", "lost jobs are re-run: the installation grants actions: write"),
+            have => Check::bad(
+                "reruns",
+                Level::Warn,
+                format!("lost jobs cannot be re-run: the installation grants actions: {} (re-runs need write; the runners are not affected)", have.unwrap_or("none")),
+                fix,
+            ),
+        });
+    }
+    Some(match info?.scopes.as_deref() {
+        Some(s) if s.iter().any(|x| x == "repo") => {
+            Check::ok("reruns", "lost jobs are re-run: the classic token has the repo scope")
+        }
+        Some(_) => Check::bad(
+            "reruns",
+            Level::Warn,
+            "lost jobs cannot be re-run: the classic token lacks the repo scope (the runners are not affected)",
+            fix,
+        ),
+        None => Check::ok(
+            "reruns",
+            "lost jobs are re-run if the fine-grained token has the repository permission Actions: Read and write (it cannot be read ahead; a refused re-run is recorded with the fix)",
+        ),
+    })
+}
+
 /// A GitHub App: the installation covers the scope, grants what runners need, and
 /// gives a token.
 async fn check_app(

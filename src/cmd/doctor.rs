@@ -249,6 +249,11 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
                 }
             });
             checks.extend(c.into_iter().filter(|x| reachable || x.name != "token"));
+            checks.extend(preflight::check_reruns(
+                cfg.jobs.rerun.enabled,
+                gh,
+                info.as_ref(),
+            ));
             if reachable {
                 let latest = gh
                     .runner_downloads()
@@ -290,6 +295,8 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
     checks.push(diagnose::check_sysctls(&root, cfg));
     checks.push(diagnose::check_host());
     checks.extend(diagnose::check_wsl(&root));
+    checks.push(diagnose::check_inhibit(cfg).await);
+    checks.extend(diagnose::check_windows_keep_awake(cfg, &root));
     checks.extend(diagnose::check_dependencies(cfg).await);
     checks
 }

@@ -92,6 +92,7 @@ async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> 
     for c in checks
         .iter()
         .chain(preflight::check_clock(&gh, &cfg.clock).iter())
+        .chain(preflight::check_reruns(cfg.jobs.rerun.enabled, &gh, token.as_ref()).iter())
         .chain(std::iter::once(&preflight::check_privileges()))
     {
         match c.level {

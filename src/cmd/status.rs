@@ -275,12 +275,38 @@ fn host_block(s: &StatusFile, now: DateTime<Utc>) -> String {
     if let Some(p) = sys.memory_pressure {
         out += &format!("  memory        pressure {p:.1}% (PSI some avg10)\n");
     }
+    if let Some(w) = &sys.inhibitor {
+        let windows = sys.windows_keep_awake.as_deref();
+        let windows = windows
+            .map(|x| format!("; Windows {x}"))
+            .unwrap_or_default();
+        out += &format!("  keep awake    inhibitor {w}{windows}\n");
+    }
+    if let Some(i) = sys.intake.as_ref().filter(|i| !i.open) {
+        out += &format!(
+            "  intake        closed for {}: {}\n",
+            human(now - i.since),
+            i.reason.as_deref().unwrap_or("")
+        );
+    }
     out += &format!("  runner        {}\n", runner_word(&sys.runner, now));
     let k = &s.counts;
     out += &format!(
         "  jobs          {} completed, {} lost; {} listeners started; {} API requests\n",
         k.jobs_completed, k.jobs_lost, k.listeners_started, k.api_requests
     );
+    let r = &k.jobs_rerun_by_result;
+    if k.reruns_pending > 0 || !r.is_empty() {
+        let n = |w: &str| r.get(w).copied().unwrap_or(0);
+        out += &format!(
+            "  reruns        {} accepted, {} refused, {} given up, {} skipped; {} waiting for their run\n",
+            n("accepted"),
+            n("refused"),
+            n("given_up"),
+            n("skipped"),
+            k.reruns_pending
+        );
+    }
     out
 }
 

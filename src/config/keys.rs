@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    AutoUpdate, ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, RegistrationMode,
-    Secret, Toggle,
+    AutoUpdate, ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, OnBattery,
+    RegistrationMode, Secret, Toggle,
 };
+use super::{Inhibit, WindowsKeepAwake};
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -205,12 +206,36 @@ keys! {
         "a suspend longer than this while a slot is busy loses its job (the runner renews it every 60 s, each renewal holding about 10 min): its listener is replaced at once on resume";
     JOBS_KEEP_FOR: Duration = "jobs" . "keep_for", Kind::Duration { min: secs(3600), max: secs(3650 * 24 * 3600) }, Some("30d"), &[],
         "job records older than this go too";
+    JOBS_RERUN_LOST: bool = "jobs" . "rerun_lost", Kind::Bool, Some("true"), &[],
+        "re-run a job the host lost (its listener died, the host slept past the lease, the supervisor was killed, a drain ran out) once its run has completed and if it did not succeed (needs the Actions write permission: classic token repo, fine-grained Actions read and write, GitHub App actions: write)";
+    JOBS_RERUN_WITHIN: Duration = "jobs" . "rerun_within", Kind::Duration { min: secs(60), max: secs(7 * 24 * 3600) }, Some("6h"), &[],
+        "give up re-running a lost job whose run has not completed within this time";
+    JOBS_NEVER_RERUN: Option<Vec<String>> = "jobs" . "never_rerun", Kind::List, None, &[],
+        "workflows (by name, as GITHUB_WORKFLOW) whose lost jobs are only recorded, never re-run, e.g. [\"Deploy\"]";
+    JOBS_MAX_RERUNS: u64 = "jobs" . "max_reruns", Kind::Int { min: 1, max: 10 }, Some("1"), &[],
+        "re-runs of one job across its attempts";
+    JOBS_MAX_RERUNS_PER_HOUR: u64 = "jobs" . "max_reruns_per_hour", Kind::Int { min: 1, max: 1000 }, Some("10"), &[],
+        "re-runs this supervisor requests in any hour: a host that keeps losing jobs does not loop";
     JOB_OOM_SCORE_ADJ: u64 = "job" . "oom_score_adj", Kind::Int { min: 0, max: 1000 }, Some("500"), &[],
         "set on each job's Runner.Worker as soon as it appears (its processes inherit it): under memory pressure the kernel kills the job, not the listener or the supervisor";
     JOB_MEMORY_PRESSURE_WARN: u64 = "job" . "memory_pressure_warn", Kind::Int { min: 1, max: 100 }, Some("10"), &[],
         "memory pressure (PSI some avg10, percent) above which an episode is logged once; shown in status and metrics";
     JOB_NICE: u64 = "job" . "nice", Kind::Int { min: 0, max: 19 }, Some("0"), &[],
         "nice value set on each job's Runner.Worker (its processes inherit it)";
+    HOST_INHIBIT: Inhibit = "host" . "inhibit", Kind::Enum(&["block", "delay", "off"]), Some("block"), &[],
+        "while any slot runs a job, hold a systemd-logind inhibitor lock on sleep and shutdown: block (they wait until the last job ends), delay (logind's short delay only), off";
+    HOST_WINDOWS_KEEP_AWAKE: WindowsKeepAwake = "host" . "windows_keep_awake", Kind::Enum(&["auto", "off"]), Some("auto"), &[],
+        "WSL2 with Windows interop: while any slot runs a job, keep Windows itself from sleeping through a powershell.exe helper (auto = wherever interop works; systemd/README.md says its limits)";
+    INTAKE_ON_BATTERY: OnBattery = "intake" . "on_battery", Kind::Enum(&["continue", "stop"]), Some("continue"), &[],
+        "stop: while the host runs on battery, take no new jobs (idle listeners stop and their registrations are deleted; busy ones finish; GitHub keeps the jobs queued)";
+    INTAKE_MIN_BATTERY: Option<u64> = "intake" . "min_battery", Kind::Int { min: 1, max: 100 }, None, &[],
+        "on battery, take no new jobs below this charge (percent)";
+    INTAKE_QUIET_HOURS: Option<Vec<String>> = "intake" . "quiet_hours", Kind::List, None, &[],
+        "local-time windows in which no new jobs are taken, e.g. [\"22:00-07:00\"] (a window may span midnight)";
+    INTAKE_POWER_SUPPLY_DIR: PathBuf = "intake" . "power_supply_dir", Kind::Path, Some("/sys/class/power_supply"), &[],
+        "where the power supplies are read (a host's sysfs mounted elsewhere in a container)";
+    INTAKE_INTERVAL: Duration = "intake" . "interval", Kind::Duration { min: Duration::from_millis(100), max: secs(3600) }, Some("30s"), &[],
+        "how often power is read (quiet hours begin and end on the minute)";
     CONTROL_SOCKET: Option<PathBuf> = "control" . "socket", Kind::Path, None, &[],
         "the control socket (HTTP on a Unix socket, mode 0660: status, breaker reset, drain, recycle) that supervisor status, breaker and drain use; <state dir>/control.sock when unset";
     METRICS_LISTEN: Option<String> = "metrics" . "listen", Kind::Str, None, &[],

@@ -41,12 +41,15 @@ impl Env for BTreeMap<String, String> {
 /// Environment names that are not keys but are ours.
 pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_CONFIG",
-    // Test hooks, read by debug builds only (see `sdnotify`, `runner::process`, `diagnose` and `pressure`).
+    // Test hooks, read by debug builds only (see `sdnotify`, `runner::process`, `diagnose`,
+    // `pressure`, `keepawake` and `jobs::rerun`).
     "SUPERVISOR_TEST_STALL_AFTER",
     "SUPERVISOR_TEST_REAP_DELAY",
     "SUPERVISOR_DOCTOR_HOST_ROOT",
     "SUPERVISOR_PSI_MEMORY",
     "SUPERVISOR_MEMORY_EVENTS",
+    "SUPERVISOR_TEST_WSL_INTEROP",
+    "SUPERVISOR_RERUN_CHECK_MS",
 ];
 
 /// Where a value came from.

@@ -225,6 +225,109 @@ pub enum AutoUpdate {
     Off,
 }
 
+/// `[host] inhibit`: the logind inhibitor lock held while a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inhibit {
+    /// Sleep and shutdown wait until the last job ends.
+    Block,
+    /// logind delays them for its `InhibitDelayMaxSec` only.
+    Delay,
+    /// No lock.
+    Off,
+}
+
+impl Inhibit {
+    /// The mode as logind's `Inhibit` takes it (`off` is never sent).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inhibit::Block => "block",
+            Inhibit::Delay => "delay",
+            Inhibit::Off => "off",
+        }
+    }
+}
+
+/// `[host] windows_keep_awake`: keep Windows awake while busy (WSL2 with interop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowsKeepAwake {
+    /// Wherever WSL2's interop can start `powershell.exe`.
+    Auto,
+    Off,
+}
+
+/// `[intake] on_battery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBattery {
+    Continue,
+    Stop,
+}
+
+/// A local-time window of `[intake] quiet_hours`, `HH:MM-HH:MM`; it may span midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietWindow {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+impl QuietWindow {
+    /// Whether local time `t` is inside: from `start` (included) to `end` (excluded).
+    pub fn contains(&self, t: chrono::NaiveTime) -> bool {
+        if self.start <= self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
+}
+
+impl std::str::FromStr for QuietWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a local-time window HH:MM-HH:MM (e.g. \"22:00-07:00\")");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let t = |x: &str| chrono::NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|_| bad());
+        let w = QuietWindow {
+            start: t(a)?,
+            end: t(b)?,
+        };
+        if w.start == w.end {
+            return Err(format!(
+                "{s:?} is an empty window (start and end are the same)"
+            ));
+        }
+        Ok(w)
+    }
+}
+
+impl std::fmt::Display for QuietWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-{}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M")
+        )
+    }
+}
+
+/// `[intake]`: when the host takes jobs.
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    pub on_battery: OnBattery,
+    /// On battery, below this charge (percent).
+    pub min_battery: Option<u8>,
+    pub quiet_hours: Vec<QuietWindow>,
+    pub power_supply_dir: PathBuf,
+    pub interval: Duration,
+}
+
+/// `[host]`: keeping the machine awake while a job runs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub inhibit: Inhibit,
+    pub windows_keep_awake: WindowsKeepAwake,
+}
+
 /// How chronyd is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChronycMode {
@@ -307,6 +410,23 @@ pub struct JobsConfig {
     pub nice: i32,
     /// `[job] memory_pressure_warn`, percent.
     pub memory_pressure_warn: f64,
+    /// What is done about a lost job.
+    pub rerun: RerunPolicy,
+}
+
+/// `[jobs] rerun_*`: re-running the jobs the host lost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerunPolicy {
+    /// `rerun_lost`.
+    pub enabled: bool,
+    /// `rerun_within`: give up when the run has not completed by then.
+    pub within: std::time::Duration,
+    /// `never_rerun`: workflows whose lost jobs are only recorded.
+    pub never: Vec<String>,
+    /// `max_reruns`: per job, across its attempts.
+    pub max_per_job: u32,
+    /// `max_reruns_per_hour`: per supervisor.
+    pub max_per_hour: u32,
 }
 
 /// `[log]`.
@@ -343,6 +463,9 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub jobs: JobsConfig,
+    /// `[host]`: keeping the machine awake while busy.
+    pub host: HostConfig,
+    pub intake: IntakeConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
     /// The config file read, if any.

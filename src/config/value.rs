@@ -154,6 +154,9 @@ from_words!(Toggle { "auto" => Toggle::Auto, "on" => Toggle::On, "off" => Toggle
 from_words!(RegistrationMode { "auto" => RegistrationMode::Auto, "jit" => RegistrationMode::Jit, "token" => RegistrationMode::Token });
 from_words!(ChronycMode { "auto" => ChronycMode::Auto, "required" => ChronycMode::Required, "off" => ChronycMode::Off });
 from_words!(AutoUpdate { "on" => AutoUpdate::On, "notify" => AutoUpdate::Notify, "off" => AutoUpdate::Off });
+from_words!(OnBattery { "continue" => OnBattery::Continue, "stop" => OnBattery::Stop });
+from_words!(Inhibit { "block" => Inhibit::Block, "delay" => Inhibit::Delay, "off" => Inhibit::Off });
+from_words!(WindowsKeepAwake { "auto" => WindowsKeepAwake::Auto, "off" => WindowsKeepAwake::Off });
 from_words!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
 
 /// The declaration of one key.

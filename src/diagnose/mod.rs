@@ -1,12 +1,14 @@
 //! The host checks `supervisor doctor` adds to [`crate::preflight`]'s: configuration,
 //! reachability and DNS, the runner binary and its version, leftovers, ghosts, another
-//! supervisor, Docker, disk, keepalive sysctls, host facts, WSL2, dependencies.
+//! supervisor, Docker, disk, keepalive sysctls, host facts, WSL2, dependencies, and
+//! keeping the machine awake while busy.
 //!
 //! Layout by topic: this file has the configuration, another supervisor's lock and the
 //! host's facts; `network.rs` DNS, reachability, keepalive sysctls and dependencies;
 //! `runner.rs` the runner binary, its version, leftovers and ghosts; `upgrades.rs`
 //! whether the runner autopilot can work; `docker.rs` the
-//! engine and the disk; `wsl.rs` WSL2.
+//! engine and the disk; `wsl.rs` WSL2; `awake.rs` logind's inhibitor and Windows'
+//! keep-awake.
 //!
 //! Files of the host are read under [`HostRoot`] (`/`), so tests can give a made-up one.
 //! It must not: change anything, on the host or on GitHub.
@@ -16,11 +18,13 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::preflight::{Check, Level};
 
+mod awake;
 mod docker;
 mod network;
 mod runner;
 mod upgrades;
 mod wsl;
+pub use awake::{check_inhibit, check_windows_keep_awake};
 pub use docker::{check_disk, check_docker};
 pub use network::{check_dependencies, check_dns, check_reachable, check_sysctls};
 pub use runner::{

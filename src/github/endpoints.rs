@@ -242,6 +242,48 @@ impl GithubClient {
     }
 }
 
+impl GithubClient {
+    /// `GET /repos/{repository}/actions/runs/{run_id}`: the run's status and its latest
+    /// attempt (`actions-runs-openapi.json`).
+    pub async fn workflow_run(
+        &self,
+        repository: &str,
+        run_id: u64,
+    ) -> Result<WorkflowRun, GithubError> {
+        let url = format!(
+            "{}/repos/{repository}/actions/runs/{run_id}?exclude_pull_requests=true",
+            self.base
+        );
+        let a = self.request(Method::GET, &url, None).await?;
+        decode(&a.body)
+    }
+
+    /// `POST /repos/{repository}/actions/jobs/{job_id}/rerun`: re-run a job of a completed
+    /// run (201; 403 without the Actions write permission, or when the run has not
+    /// completed). It creates the run's next attempt.
+    pub async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {
+        let url = format!(
+            "{}/repos/{repository}/actions/jobs/{job_id}/rerun",
+            self.base
+        );
+        self.request(Method::POST, &url, None).await.map(|_| ())
+    }
+}
+
+/// A workflow run, as far as the supervisor reads it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct WorkflowRun {
+    pub id: u64,
+    /// `queued`, `in_progress`, `completed`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// The run's latest attempt.
+    #[serde(default)]
+    pub run_attempt: Option<u32>,
+}
+
 /// One page of an attempt's jobs.
 #[derive(Debug, Deserialize)]
 struct AttemptJobs {

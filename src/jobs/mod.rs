@@ -8,6 +8,7 @@
 
 pub mod hooks;
 pub mod protect;
+pub mod rerun;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -110,6 +111,85 @@ pub struct JobRecord {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub outcome: Outcome,
+    /// A lost job's re-run, once one was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<Rerun>,
+}
+
+/// A lost job's re-run (issue 18 §3), as far as it went; kept in the job's record, so the
+/// queue of pending re-runs is the records whose re-run still waits, and survives restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rerun {
+    pub state: RerunState,
+    /// When it was planned (the job was lost).
+    pub since: DateTime<Utc>,
+    /// While waiting: when the run is checked next.
+    #[serde(default)]
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// Checks of the run so far.
+    #[serde(default)]
+    pub checks: u32,
+    /// When the run was first seen completed.
+    #[serde(default)]
+    pub run_completed_at: Option<DateTime<Utc>>,
+    /// When the re-run was requested from GitHub.
+    #[serde(default)]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Where a re-run is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RerunState {
+    /// Waiting for the run to complete (GitHub re-runs only completed runs).
+    Waiting,
+    /// Asked for; a restart finds out from the run whether GitHub made the attempt.
+    Requested,
+    /// GitHub made the next attempt.
+    Accepted { attempt: u32 },
+    /// GitHub said no: its status and message, and the fix.
+    Refused {
+        status: u16,
+        message: String,
+        fix: String,
+    },
+    /// Not re-run, and why (the run did not complete in time, the job succeeded after
+    /// all, `max_reruns` or the hourly budget reached, ...).
+    GivenUp { why: String },
+    /// Its workflow is in `never_rerun`: only recorded.
+    Skipped { why: String },
+}
+
+impl RerunState {
+    /// Still to be done.
+    pub fn pending(&self) -> bool {
+        matches!(self, RerunState::Waiting | RerunState::Requested)
+    }
+
+    /// The metric's `result` label once done.
+    pub fn result(&self) -> Option<&'static str> {
+        match self {
+            RerunState::Waiting | RerunState::Requested => None,
+            RerunState::Accepted { .. } => Some("accepted"),
+            RerunState::Refused { .. } => Some("refused"),
+            RerunState::GivenUp { .. } => Some("given_up"),
+            RerunState::Skipped { .. } => Some("skipped"),
+        }
+    }
+
+    /// What was done about the lost job, in words (its record's `action`).
+    pub fn action(&self) -> String {
+        match self {
+            RerunState::Waiting => "re-run once its run completes".into(),
+            RerunState::Requested => "re-run requested".into(),
+            RerunState::Accepted { attempt } => format!("re-run as attempt {attempt}"),
+            RerunState::Refused {
+                status, message, ..
+            } => format!("re-run refused ({status}): {message}"),
+            RerunState::GivenUp { why } => format!("not re-run: {why}"),
+            RerunState::Skipped { why } => format!("recorded only: {why}"),
+        }
+    }
 }
 
 impl JobRecord {
@@ -204,23 +284,43 @@ enum Op {
 /// The job records as the slots write them: one open record per busy slot.
 pub struct Journal {
     store: std::sync::Arc<store::JobStore>,
+    reruns: Option<std::sync::Arc<rerun::Reruns>>,
     tx: std::sync::Mutex<std::sync::mpsc::Sender<Op>>,
 }
 
 impl Journal {
-    /// Start the journal's writer over `store`.
-    pub fn start(store: store::JobStore) -> Journal {
-        let store = std::sync::Arc::new(store);
+    /// Start the journal's writer over `store`; lost jobs get their re-run planned by
+    /// `reruns`.
+    pub fn start(
+        store: std::sync::Arc<store::JobStore>,
+        reruns: Option<std::sync::Arc<rerun::Reruns>>,
+    ) -> Journal {
         let (tx, rx) = std::sync::mpsc::channel::<Op>();
-        let s = store.clone();
+        let (s, r) = (store.clone(), reruns.clone());
         std::thread::Builder::new()
             .name("job-records".into())
-            .spawn(move || write_loop(&s, rx))
+            .spawn(move || write_loop(&s, r.as_deref(), rx))
             .expect("a thread for the job records");
         Journal {
             store,
+            reruns,
             tx: std::sync::Mutex::new(tx),
         }
+    }
+
+    /// The re-run policy, when lost jobs are re-run at all.
+    pub fn reruns(&self) -> Option<&rerun::Reruns> {
+        self.reruns.as_deref()
+    }
+
+    /// The same, shared.
+    pub fn reruns_arc(&self) -> Option<std::sync::Arc<rerun::Reruns>> {
+        self.reruns.clone()
+    }
+
+    /// The store the records are in.
+    pub fn store(&self) -> std::sync::Arc<store::JobStore> {
+        self.store.clone()
     }
 
     fn send(&self, op: Op) {
@@ -268,7 +368,11 @@ impl Journal {
     }
 }
 
-fn write_loop(store: &store::JobStore, rx: std::sync::mpsc::Receiver<Op>) {
+fn write_loop(
+    store: &store::JobStore,
+    reruns: Option<&rerun::Reruns>,
+    rx: std::sync::mpsc::Receiver<Op>,
+) {
     let mut open: std::collections::HashMap<usize, u64> = Default::default();
     let warn = |e: store::StoreError| tracing::warn!(event = "jobs_store_failed", error = %e, "cannot write a job record: {e}");
     for op in rx {
@@ -289,6 +393,7 @@ fn write_loop(store: &store::JobStore, rx: std::sync::mpsc::Receiver<Op>) {
                     started_at: at,
                     ended_at: None,
                     outcome: Outcome::Running,
+                    rerun: None,
                 };
                 match store.add(rec, at) {
                     Ok(id) => {
@@ -329,9 +434,15 @@ fn write_loop(store: &store::JobStore, rx: std::sync::mpsc::Receiver<Op>) {
                     let r = store.update(id, |r| {
                         r.ended_at = Some(at);
                         r.outcome = outcome;
+                        if let Some(p) = reruns {
+                            p.plan(r, at);
+                        }
                     });
                     if let Err(e) = r {
                         warn(e)
+                    }
+                    if let Some(p) = reruns {
+                        p.wake();
                     }
                 }
             }

@@ -122,12 +122,13 @@ impl JobStore {
     }
 
     /// Every record still open (a job the supervisor never saw end) closed as lost with
-    /// `cause`; their ids.
+    /// `cause`, then given to `then`; their ids.
     pub fn close_open(
         &self,
         cause: &str,
         action: &str,
         now: DateTime<Utc>,
+        then: impl Fn(&mut JobRecord),
     ) -> Result<Vec<u64>, StoreError> {
         let open: Vec<JobRecord> = self
             .list(false)?
@@ -142,6 +143,7 @@ impl JobStore {
                     cause: cause.into(),
                     action: action.into(),
                 };
+                then(r);
             })?;
             ids.push(r.id);
         }
@@ -180,6 +182,7 @@ mod tests {
             started_at: at,
             ended_at: None,
             outcome: Outcome::Running,
+            rerun: None,
         }
     }
 
@@ -207,7 +210,7 @@ mod tests {
         drop(s);
         let s = JobStore::open(&path, 3, Duration::from_secs(3600)).unwrap();
         assert_eq!(
-            s.close_open("supervisor", "recorded", now).unwrap(),
+            s.close_open("supervisor", "recorded", now, |_| {}).unwrap(),
             [3, 4, 5]
         );
         let lost = s.list(true).unwrap();

@@ -169,8 +169,11 @@ impl SlotIo {
                 .slots
                 .get(slot)
                 .and_then(|s| s.job_of.clone());
+            // The re-run looks it up once its run completes; otherwise, now.
             if let (Some(of), Some(j)) = (of, sh.jobs.clone()) {
-                tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));
+                if j.reruns().is_none_or(|r| r.looks_up_at_once(&of)) {
+                    tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));
+                }
             }
             if let Some(j) = &sh.jobs {
                 j.ended(
@@ -251,7 +254,20 @@ impl SlotIo {
                     let c = sh.host.clock.borrow();
                     c.reason.clone().unwrap_or_else(|| "clock fault".into())
                 }),
+                intake_closed: sh.host.intake_closed(),
             },
+            Op::AwaitIntake => {
+                if let Some(h) = self.prep.take() {
+                    if let Ok(Ok(r)) = h.await {
+                        deregister_reg(&sh, &r, false).await;
+                    }
+                }
+                let mut intake = sh.host.intake.subscribe();
+                tokio::select! {
+                    _ = intake.wait_for(|c| c.is_none()) => Outcome::IntakeOpened,
+                    _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
+                }
+            }
             Op::AwaitBreaker(wait) => tokio::select! {
                 stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::BreakerWaited { reset: false } },
                 _ = sh.breaker_reset[slot].notified() => Outcome::BreakerWaited { reset: true },

@@ -33,6 +33,8 @@ pub enum Condition {
     RunnerVersion,
     /// The runner autopilot rolled a version back.
     RunnerUpgrade,
+    /// Intake is closed (`[intake]`): said, never a fault.
+    Intake,
 }
 
 impl std::fmt::Display for Condition {
@@ -47,6 +49,7 @@ impl std::fmt::Display for Condition {
             Condition::Dependency(d) => write!(f, "dependency {d}"),
             Condition::RunnerVersion => f.write_str("runner version"),
             Condition::RunnerUpgrade => f.write_str("runner upgrade"),
+            Condition::Intake => f.write_str("intake"),
             Condition::Disk => f.write_str("disk"),
             Condition::Docker => f.write_str("docker"),
         }
@@ -113,7 +116,8 @@ pub fn evaluate(
     for (i, s) in slots.iter().enumerate() {
         let why = s.error.as_deref().unwrap_or("unknown");
         match s.state {
-            SlotState::Busy => continue,
+            // Closed intake is a choice: said by the intake condition, never a fault.
+            SlotState::Busy | SlotState::Closed => continue,
             SlotState::Paused => {
                 health = health.max(Health::Unhealthy);
                 reasons.push(format!("slot {i} paused: {why}"));

@@ -266,6 +266,8 @@ impl Board {
             jobs_completed: st.jobs_completed.load(Ordering::Relaxed),
             jobs_lost: st.jobs_lost.load(Ordering::Relaxed),
             jobs_lost_by_cause: st.jobs_lost_by.get(),
+            jobs_rerun_by_result: st.jobs_rerun_by.get(),
+            reruns_pending: st.reruns_pending.load(Ordering::Relaxed),
             job_results: st.job_results.get(),
             listeners_started: st.listeners_started.load(Ordering::Relaxed),
             listener_exits: st.exits(),

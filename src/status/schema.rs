@@ -65,6 +65,31 @@ pub struct SystemStatus {
     /// some task waited for memory); null without PSI.
     #[serde(default)]
     pub memory_pressure: Option<f64>,
+    /// The systemd-logind inhibitor lock on sleep and shutdown, taken while any slot runs
+    /// a job (`[host] inhibit`): `held`, `released`, `off` or `unavailable (reason)`.
+    #[serde(default)]
+    pub inhibitor: Option<String>,
+    /// Windows kept awake while busy (WSL2, `[host] windows_keep_awake`): `held`,
+    /// `released`, `off` or `unavailable (reason)`; null off WSL2.
+    #[serde(default)]
+    pub windows_keep_awake: Option<String>,
+    /// Whether the host takes jobs now (`[intake]`), and why not.
+    #[serde(default)]
+    pub intake: Option<IntakeStatus>,
+}
+
+/// Intake (`[intake]`): open, or closed and why (on battery, low battery, quiet hours).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IntakeStatus {
+    pub open: bool,
+    /// Why it is closed.
+    pub reason: Option<String>,
+    /// Since when it has been open or closed.
+    pub since: DateTime<Utc>,
+    /// What the power supplies said.
+    pub on_battery: bool,
+    /// The battery's charge, percent, when there is one.
+    pub battery: Option<u8>,
 }
 
 /// The installed runner version, the newest release, and GitHub's deadline for the
@@ -171,6 +196,13 @@ pub struct Counts {
     /// Lost jobs by cause.
     #[serde(default)]
     pub jobs_lost_by_cause: BTreeMap<String, u64>,
+    /// Re-runs of lost jobs by result: `accepted` (GitHub made the next attempt),
+    /// `refused` (GitHub said no), `given_up`, `skipped` (`never_rerun`).
+    #[serde(default)]
+    pub jobs_rerun_by_result: BTreeMap<String, u64>,
+    /// Lost jobs whose re-run waits for their run to complete.
+    #[serde(default)]
+    pub reruns_pending: u64,
     pub job_results: BTreeMap<String, u64>,
     pub listeners_started: u64,
     pub listener_exits: BTreeMap<String, u64>,

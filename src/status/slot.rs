@@ -31,6 +31,9 @@ pub enum SlotState {
     BreakerOpen,
     /// Registrations paused until the clock is fixed.
     ClockFault,
+    /// Intake is closed (`[intake]`: on battery, low battery, quiet hours): no listener,
+    /// no registration, until it reopens by itself. A choice, not a fault.
+    Closed,
     /// The slot has ended (the supervisor stops).
     Stopped,
 }
@@ -49,6 +52,7 @@ impl SlotState {
             SlotState::Paused => "paused",
             SlotState::BreakerOpen => "breaker-open",
             SlotState::ClockFault => "clock-fault",
+            SlotState::Closed => "closed",
             SlotState::Stopped => "stopped",
         }
     }

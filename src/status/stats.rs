@@ -53,6 +53,10 @@ pub struct Stats {
     pub job_results: Tally,
     /// Lost jobs by cause (`killed`, `crashed`, `stalled`, `stop_timeout`, `supervisor`).
     pub jobs_lost_by: Tally,
+    /// Re-runs of lost jobs by result (`accepted`, `refused`, `given_up`, `skipped`).
+    pub jobs_rerun_by: Tally,
+    /// Lost jobs waiting for their run to complete before their re-run.
+    pub reruns_pending: AtomicU64,
     /// Watchdog fires by cause.
     pub fires: Tally,
     /// Seconds from "Running job" to its completion.
@@ -76,6 +80,8 @@ impl Default for Stats {
             exits: Tally::default(),
             job_results: Tally::default(),
             jobs_lost_by: Tally::default(),
+            jobs_rerun_by: Tally::default(),
+            reruns_pending: AtomicU64::new(0),
             fires: Tally::default(),
             job_duration: Histogram::new(JOB_BUCKETS),
             turnaround: Histogram::new(TURNAROUND_BUCKETS),

@@ -62,6 +62,12 @@ pub struct SystemState {
     pub runner_auto_update: Option<&'static str>,
     /// Memory pressure: PSI `some avg10`, percent.
     pub memory_pressure: Option<f64>,
+    /// logind's inhibitor lock: `held`, `released`, `off` or `unavailable (reason)`.
+    pub inhibitor: Option<String>,
+    /// The Windows keep-awake helper (WSL2): the same words; `None` off WSL2.
+    pub windows_keep_awake: Option<String>,
+    /// Intake (`[intake]`), once judged.
+    pub intake: Option<crate::status::IntakeStatus>,
 }
 
 impl SystemState {
@@ -175,6 +181,9 @@ impl SystemState {
             rate_limit,
             runner_version: self.runner_version.clone(),
             memory_pressure: self.memory_pressure,
+            inhibitor: self.inhibitor.clone(),
+            windows_keep_awake: self.windows_keep_awake.clone(),
+            intake: self.intake.clone(),
             runner: RunnerStatus {
                 version: self.runner_version.clone(),
                 latest: self.runner_latest.clone(),
@@ -201,6 +210,29 @@ impl SystemState {
 impl Board {
     /// Change the host-wide state; the status is rewritten only when it changed (the
     /// runner's version, written at every start, is no reason to write).
+    /// Intake judged: closed (why) or open, with the power it was judged on. Health
+    /// says why it is closed, and stays healthy: closed intake is a choice.
+    pub fn set_intake(&self, closed: Option<String>, on_battery: bool, battery: Option<u8>) {
+        let now = crate::clocks::wall_now();
+        self.system(|s| {
+            let since = match &s.intake {
+                Some(i) if i.open == closed.is_none() => i.since,
+                _ => now,
+            };
+            s.intake = Some(crate::status::IntakeStatus {
+                open: closed.is_none(),
+                reason: closed.clone(),
+                since,
+                on_battery,
+                battery,
+            });
+        });
+        self.set_condition(
+            crate::status::Condition::Intake,
+            closed.map(|why| (crate::status::Health::Ok, format!("closed: {why}"))),
+        );
+    }
+
     pub fn system(&self, f: impl FnOnce(&mut SystemState)) {
         let mut s = self.system.lock().unwrap_or_else(|p| p.into_inner());
         let before = s.clone();

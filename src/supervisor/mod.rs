@@ -279,7 +279,7 @@ async fn reap_ghosts_at_start(
 
 /// The job records: records a killed supervisor left open are closed as lost (cause
 /// `supervisor`). `None` (said once) when the store cannot be opened.
-fn open_jobs(cfg: &Config) -> (Option<Arc<crate::jobs::Journal>>, usize) {
+fn open_jobs(cfg: &Config, board: &Arc<Board>) -> (Option<Arc<crate::jobs::Journal>>, usize) {
     let path = cfg.state_dir.join("jobs.redb");
     let store = match crate::jobs::store::JobStore::open(&path, cfg.jobs.keep, cfg.jobs.keep_for) {
         Ok(s) => s,
@@ -288,7 +288,23 @@ fn open_jobs(cfg: &Config) -> (Option<Arc<crate::jobs::Journal>>, usize) {
             return (None, 0);
         }
     };
-    let closed = match store.close_open("supervisor", "recorded", crate::clocks::wall_now()) {
+    let reruns = cfg.jobs.rerun.enabled.then(|| {
+        let (b1, b2) = (board.clone(), board.clone());
+        crate::jobs::rerun::Reruns::new(
+            cfg.jobs.rerun.clone(),
+            crate::jobs::rerun::Reporter {
+                result: Box::new(move |r| b1.stats.jobs_rerun_by.add(r)),
+                pending: Box::new(move |n| b2.stats.reruns_pending.store(n, Ordering::Relaxed)),
+            },
+        )
+    });
+    let now = crate::clocks::wall_now();
+    let plan = |r: &mut crate::jobs::JobRecord| {
+        if let Some(p) = &reruns {
+            p.plan(r, now)
+        }
+    };
+    let closed = match store.close_open("supervisor", "recorded", now, plan) {
         Ok(ids) => {
             if !ids.is_empty() {
                 tracing::warn!(event = "jobs_lost_with_supervisor", records = ?ids, "{} job(s) were running when the supervisor last stopped without seeing them end: recorded as lost (cause supervisor)", ids.len());
@@ -300,7 +316,13 @@ fn open_jobs(cfg: &Config) -> (Option<Arc<crate::jobs::Journal>>, usize) {
             0
         }
     };
-    (Some(Arc::new(crate::jobs::Journal::start(store))), closed)
+    (
+        Some(Arc::new(crate::jobs::Journal::start(
+            Arc::new(store),
+            reruns,
+        ))),
+        closed,
+    )
 }
 
 /// The state slots and monitors share: the `Host`, and the slots' `Shared` with its
@@ -334,7 +356,7 @@ fn build_shared(
             }
         }
     }
-    let (jobs, closed) = open_jobs(cfg);
+    let (jobs, closed) = open_jobs(cfg, board);
     sh.jobs = jobs;
     for _ in 0..closed {
         board.stats.jobs_lost_by.add("supervisor");
@@ -436,8 +458,15 @@ async fn spawn_monitors(
         )
     });
     background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    if intake_judged(&cfg.intake) {
+        background.spawn(|stop| {
+            crate::intake::run(cfg.intake.clone(), host.clone(), board.clone(), stop)
+        });
+    }
     let warn = cfg.jobs.memory_pressure_warn;
     background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
+    let awake = cfg.host.clone();
+    background.spawn(move |stop| crate::keepawake::run(awake, board.clone(), stop));
     background.spawn(|stop| {
         crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), host.clone(), stop)
     });
@@ -445,8 +474,23 @@ async fn spawn_monitors(
         crate::clockwatch::Monitor::new(cfg.clock.clone(), gh.clone(), host.clone(), board.clone());
     clock.round().await;
     background.spawn(|stop| clock.run(stop));
+    if let Some(j) = shared.jobs.clone().filter(|j| j.reruns().is_some()) {
+        let (app, gh) = (cfg.github.app.is_some(), gh.clone());
+        background.spawn(move |stop| async move {
+            if let Some(r) = j.reruns_arc() {
+                crate::jobs::rerun::run(r, j.store(), gh, app, stop).await
+            }
+        });
+    }
     let (queue, gh, board) = (shared.deletions.clone(), gh.clone(), board.clone());
     background.spawn(|stop| async move { queue.run(gh, &board, stop).await });
+}
+
+/// Whether `[intake]` can ever close: battery rules (where power is reported) or quiet hours.
+fn intake_judged(c: &crate::config::IntakeConfig) -> bool {
+    c.on_battery == crate::config::OnBattery::Stop
+        || c.min_battery.is_some()
+        || !c.quiet_hours.is_empty()
 }
 
 /// The runner autopilot, with `[runner] auto_update = "on"`: every slot starts on the

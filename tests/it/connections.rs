@@ -317,6 +317,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
             duration_ms: 4_000,
             result: "Succeeded".into(),
             labels: vec![],
+            workflow: None,
         },
         1,
     );

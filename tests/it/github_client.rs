@@ -168,6 +168,7 @@ async fn errors_are_typed() {
         s.token_kind = Some(TokenKind::FineGrained {
             administration: "read".into(),
             organization_self_hosted_runners: "none".into(),
+            actions: "write".into(),
         })
     });
     match c.registration_token().await {

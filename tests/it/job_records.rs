@@ -15,7 +15,7 @@ use crate::support::{job, setup, Cli, Daemon};
 
 const T: Duration = Duration::from_secs(60);
 
-async fn records(env: &BTreeMap<String, String>, args: &[&str]) -> Vec<JobRecord> {
+pub async fn records(env: &BTreeMap<String, String>, args: &[&str]) -> Vec<JobRecord> {
     let mut a = vec!["jobs", "--json"];
     a.extend_from_slice(args);
     let out = Cli::new(env, &a).run_async().await;
@@ -25,7 +25,7 @@ async fn records(env: &BTreeMap<String, String>, args: &[&str]) -> Vec<JobRecord
 
 /// Wait (at most `T`) until the records satisfy `cond`; they are written by the
 /// supervisor's own thread, just after the event that tells of them.
-async fn wait_records(
+pub async fn wait_records(
     env: &BTreeMap<String, String>,
     args: &[&str],
     cond: impl Fn(&[JobRecord]) -> bool,
@@ -209,7 +209,9 @@ async fn a_report_for_a_runner_that_is_not_one_of_ours_is_refused() {
 
 #[tokio::test]
 async fn a_listener_killed_mid_job_is_recorded_lost_with_its_cause() {
-    let (sb, gh, env) = setup(|_| {}).await;
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    // Only recorded (and looked up at once): re-runs are tests/it/reruns.rs.
+    env.insert("SUPERVISOR_JOBS_RERUN_LOST".into(), "false".into());
     gh.enqueue(job("long", 60_000), 1);
     let mut d = Daemon::start(&env, &["run"]).await;
     sb.wait_status(T, |s| s.slots[0].job_of.is_some()).await;
@@ -251,7 +253,8 @@ async fn a_listener_killed_mid_job_is_recorded_lost_with_its_cause() {
 
 #[tokio::test]
 async fn a_job_left_running_by_a_killed_supervisor_is_closed_as_lost_at_the_next_start() {
-    let (sb, gh, env) = setup(|_| {}).await;
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    env.insert("SUPERVISOR_JOBS_RERUN_LOST".into(), "false".into());
     gh.enqueue(job("long", 60_000), 1);
     let mut d = Daemon::start(&env, &["run"]).await;
     sb.wait_status(T, |s| s.slots[0].job_of.is_some()).await;

@@ -72,6 +72,8 @@ const MONITORS: &[&str] = &[
     "autoheal",
     "versionwatch",
     "pressure",
+    "intake",
+    "keepawake",
 ];
 
 /// What the pure slot machine may import: types and pure functions, nothing that does IO

@@ -42,7 +42,8 @@ pub fn start(sb: &Sandbox, gh: &FakeGithub, extra: &[(&str, &str)]) -> InProcess
         outer_env: Box::new(|k| std::env::var(k).ok()),
         clocks: clocks.clone(),
         token: None,
-        hook_exe: None,
+        // The listeners' job hooks call the real binary, as under `supervisor run`.
+        hook_exe: Some(env!("CARGO_BIN_EXE_supervisor").into()),
     };
     let mode = Arc::new(watch::channel(Mode::Run).0);
     let task = tokio::spawn(supervisor::run(deps, mode.clone()));
@@ -132,7 +133,8 @@ async fn a_resume_recycles_idle_listeners_and_keeps_busy_ones() {
 async fn a_suspend_longer_than_the_job_lease_replaces_the_busy_listener_at_once_and_loses_its_job()
 {
     let sb = Sandbox::new();
-    let gh = github(|_| {}).await;
+    // The fake gives a vanished runner's job up after 1 s (GitHub: about 10 minutes).
+    let gh = github(|o| o.job_lock_timeout = Duration::from_secs(1)).await;
     let sup = start(&sb, &gh, &[]);
     assert!(
         gh.wait_for(T, |s| s.runners.values().any(|r| r.session.is_some()))
@@ -141,7 +143,7 @@ async fn a_suspend_longer_than_the_job_lease_replaces_the_busy_listener_at_once_
     gh.enqueue(
         JobSpec {
             name: "long".into(),
-            duration_ms: 60_000,
+            duration_ms: 6_000,
             ..Default::default()
         },
         1,
@@ -150,6 +152,10 @@ async fn a_suspend_longer_than_the_job_lease_replaces_the_busy_listener_at_once_
         gh.wait_for(T, |s| s.calls.iter().any(|c| c.path.ends_with("/renew")))
             .await
     );
+    // Its hook said who it is (a re-run needs that).
+    sb.wait_status(T, |s| s.slots[0].job_of.is_some()).await;
+    // Its hook said who it is (a re-run needs that).
+    sb.wait_status(T, |s| s.slots[0].job_of.is_some()).await;
     let busy = gh.state(|s| {
         s.running
             .values()
@@ -173,6 +179,18 @@ async fn a_suspend_longer_than_the_job_lease_replaces_the_busy_listener_at_once_
                 .any(|r| r.session.is_some() && r.name != busy))
             .await
     );
+    // Re-run once its run completed (the first check is 10 s after the loss), and
+    // attempt 2 reaches the fresh listener.
+    let s = sb
+        .wait_status(Duration::from_secs(60), |s| {
+            s.slots[0]
+                .job_of
+                .as_ref()
+                .is_some_and(|o| o.run_attempt == 2)
+        })
+        .await;
+    assert_eq!(s.counts.jobs_rerun_by_result.get("accepted"), Some(&1));
+    assert_eq!(gh.state(|s| s.reruns.len()), 1);
     let summary = sup.stop().await;
     assert_eq!(summary.exits.get("recycled"), Some(&1), "{summary:?}");
 }

@@ -51,6 +51,7 @@ async fn scenario_21_a_fine_grained_token_passes_preflight_by_a_capability_probe
             o.token_kind = TokenKind::FineGrained {
                 administration: perm.into(),
                 organization_self_hosted_runners: "none".into(),
+                actions: "write".into(),
             }
         })
         .await;

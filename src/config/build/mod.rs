@@ -71,6 +71,7 @@ fn build_with(
     let autoheal = autoheal(r, p);
     let disk = disk(r, p);
     let shared_dir = shared_dir(r, p);
+    let intake = intake(r, p);
     let entries = entries(p.l);
     if github.scope.is_none() && purpose == Purpose::Run {
         return None;
@@ -101,7 +102,19 @@ fn build_with(
             oom_score_adj: r.get(&JOB_OOM_SCORE_ADJ) as i32,
             nice: r.get(&JOB_NICE) as i32,
             memory_pressure_warn: r.get(&JOB_MEMORY_PRESSURE_WARN) as f64,
+            rerun: RerunPolicy {
+                enabled: r.get(&JOBS_RERUN_LOST),
+                within: r.get(&JOBS_RERUN_WITHIN),
+                never: r.get(&JOBS_NEVER_RERUN).unwrap_or_default(),
+                max_per_job: r.get(&JOBS_MAX_RERUNS) as u32,
+                max_per_hour: r.get(&JOBS_MAX_RERUNS_PER_HOUR) as u32,
+            },
         },
+        host: HostConfig {
+            inhibit: r.get(&HOST_INHIBIT),
+            windows_keep_awake: r.get(&HOST_WINDOWS_KEEP_AWAKE),
+        },
+        intake,
         log,
         entries,
         file,
@@ -198,6 +211,24 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         auto_update: r.get(&RUNNER_AUTO_UPDATE),
         env: extra_env,
         pass_env,
+    }
+}
+
+/// `[intake]`: quiet hours are `HH:MM-HH:MM` windows.
+fn intake(r: &Reader, p: &mut Problems) -> IntakeConfig {
+    let mut quiet_hours = vec![];
+    for w in r.get(&INTAKE_QUIET_HOURS).unwrap_or_default() {
+        match w.parse::<QuietWindow>() {
+            Ok(q) => quiet_hours.push(q),
+            Err(e) => p.add(INTAKE_QUIET_HOURS.name(), e),
+        }
+    }
+    IntakeConfig {
+        on_battery: r.get(&INTAKE_ON_BATTERY),
+        min_battery: r.get(&INTAKE_MIN_BATTERY).map(|v| v as u8),
+        quiet_hours,
+        power_supply_dir: r.get(&INTAKE_POWER_SUPPLY_DIR),
+        interval: r.get(&INTAKE_INTERVAL),
     }
 }
 

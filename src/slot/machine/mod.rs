@@ -37,6 +37,8 @@ pub enum StopCause {
     /// The host slept past the job lease while this listener was busy: its job is gone
     /// at GitHub, whatever the runner says of it afterwards.
     LeaseLost,
+    /// Intake closed while this listener was idle.
+    Intake,
 }
 
 /// The limits a listener is watched with.
@@ -229,6 +231,8 @@ impl Listen {
                 out.push(Action::RecycleIdle);
                 return self.decide(StopCause::Recycle, out);
             }
+            Input::Cmd(SlotCmd::CloseIntake) if self.busy => {}
+            Input::Cmd(SlotCmd::CloseIntake) => return self.decide(StopCause::Intake, out),
             Input::Cmd(SlotCmd::Replace(_)) if self.busy => {}
             Input::Cmd(SlotCmd::Replace(cause)) => {
                 return self.decide(
@@ -361,6 +365,7 @@ pub fn reason(cause: Option<&StopCause>, ended: Ended, seen: &Seen) -> ExitReaso
         Some(StopCause::NotReady) => ExitReason::Unknown,
         Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
         Some(StopCause::Recycle | StopCause::LeaseLost) => ExitReason::Recycled,
+        Some(StopCause::Intake) => ExitReason::Stopped,
         Some(StopCause::Shutdown) | None => classify(ended, seen, cause.is_some()),
     }
 }

@@ -167,6 +167,22 @@ impl Slot {
                 ],
                 Op::AwaitClock,
             ),
+            Outcome::Gates {
+                intake_closed: Some(why),
+                ..
+            } => {
+                // The registration made in advance is deleted while waiting.
+                self.prepared = false;
+                self.to(
+                    Phase::Gates,
+                    vec![
+                        Effect::Error(Some(format!("intake closed: {why}"))),
+                        Effect::Show(SlotState::Closed),
+                    ],
+                    Op::AwaitIntake,
+                )
+            }
+            Outcome::IntakeOpened => self.gates(vec![Effect::Error(None)]),
             Outcome::BreakerWaited { reset } => {
                 // Open no longer: the fires that opened it leave the status too.
                 let shown = [Effect::Error(None), Effect::BreakerShown];

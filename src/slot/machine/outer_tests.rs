@@ -34,6 +34,7 @@ fn slot(jitter: f64) -> Slot {
 const NO_GATES: Outcome = Outcome::Gates {
     breaker: None,
     clock_fault: None,
+    intake_closed: None,
 };
 
 /// A slot through its gates to a listener being watched.
@@ -150,6 +151,7 @@ fn gates_an_open_breaker_first_then_a_clock_fault() {
             "circuit breaker open for 600s after 6 fires (clock:6)".into(),
         )),
         clock_fault: Some("offset +400s".into()),
+        intake_closed: None,
     };
     let step = s.step(both);
     assert_eq!(
@@ -171,6 +173,7 @@ fn gates_an_open_breaker_first_then_a_clock_fault() {
     let step = s.step(Outcome::Gates {
         breaker: None,
         clock_fault: Some("offset +400s".into()),
+        intake_closed: None,
     });
     assert_eq!(
         step.effects,
@@ -188,9 +191,36 @@ fn gates_an_open_breaker_first_then_a_clock_fault() {
     s.step(Outcome::Gates {
         breaker: Some((S(60), "open".into())),
         clock_fault: None,
+        intake_closed: None,
     });
     let step = s.step(Outcome::BreakerWaited { reset: true });
     assert_eq!(step.effects, [Effect::Error(None), Effect::BreakerShown]);
+}
+
+#[test]
+fn closed_intake_waits_without_a_registration_and_goes_on_when_it_opens() {
+    let mut s = slot(0.0);
+    s.step(Outcome::Begin);
+    let step = s.step(Outcome::Gates {
+        breaker: None,
+        clock_fault: None,
+        intake_closed: Some("the host is on battery".into()),
+    });
+    assert_eq!(
+        step.effects,
+        [
+            Effect::Error(Some("intake closed: the host is on battery".into())),
+            Effect::Show(SlotState::Closed)
+        ]
+    );
+    assert_eq!(step.op, Op::AwaitIntake);
+    let step = s.step(Outcome::IntakeOpened);
+    assert_eq!(
+        (step.effects, step.op),
+        (vec![Effect::Error(None)], Op::CheckGates)
+    );
+    let step = s.step(NO_GATES);
+    assert_eq!(step.op, Op::Register);
 }
 
 #[test]

@@ -59,7 +59,11 @@ pub enum Outcome {
     Gates {
         breaker: Option<(Duration, String)>,
         clock_fault: Option<String>,
+        /// Why intake is closed (`[intake]`).
+        intake_closed: Option<String>,
     },
+    /// Intake is open again.
+    IntakeOpened,
     /// A breaker wait ended: `reset` when an operator closed it.
     BreakerWaited {
         reset: bool,
@@ -108,6 +112,8 @@ pub enum Op {
     AwaitBreaker(Duration),
     /// Wait until the clock is fixed.
     AwaitClock,
+    /// Drop any registration made in advance, then wait until intake opens again.
+    AwaitIntake,
     /// Take the registration made in advance into hand: answer [`Outcome::Prepared`].
     TakePrepared,
     /// Make a registration.

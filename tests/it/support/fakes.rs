@@ -23,6 +23,7 @@ pub fn job(name: &str, ms: u64) -> sim::github::JobSpec {
         duration_ms: ms,
         result: "Succeeded".into(),
         labels: vec![],
+        workflow: None,
     }
 }
 /// A real chronyd, started with `-x` (it never touches the system clock), serving NTP and

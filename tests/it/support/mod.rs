@@ -1,13 +1,14 @@
 //! Test support, one concern per file: the sandbox (a runner install, a state directory
 //! and the typed status the supervisor writes there), the daemon (the real binary, its
-//! typed log events), the CLI runner, the fakes (GitHub, jobs, chronyd, libfaketime), the
-//! network helpers, Docker and root filesystems. Tests wait on explicit signals, never on
-//! sleeps.
+//! typed log events), the CLI runner, the fakes (GitHub, jobs, chronyd, libfaketime), a
+//! private D-Bus with a fake logind, the network helpers, Docker and root filesystems.
+//! Tests wait on explicit signals, never on sleeps.
 
 #![allow(dead_code)]
 
 pub mod cli;
 pub mod daemon;
+pub mod dbus;
 pub mod dockerd;
 pub mod events;
 pub mod fakes;

@@ -58,6 +58,10 @@ pub fn supervisor_env(
         ("SUPERVISOR_NETWORK_SET_SYSCTLS", "off".into()),
         // Nor is the machine's Docker (a test opts in with its own dockerd).
         ("SUPERVISOR_DISK_PRUNE", "off".into()),
+        // Nor its logind (the system bus) or, under WSL2, Windows' sleep: tests opt in
+        // against a private dbus-daemon and a fake powershell.exe (tests/it/keepawake.rs).
+        ("SUPERVISOR_HOST_INHIBIT", "off".into()),
+        ("SUPERVISOR_HOST_WINDOWS_KEEP_AWAKE", "off".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

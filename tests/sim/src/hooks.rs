@@ -54,6 +54,16 @@ pub async fn run(
     } else {
         "sh"
     };
+    let run_id = if job.run_id == 0 {
+        job.job_id
+    } else {
+        job.run_id
+    };
+    let workflow = if job.workflow.is_empty() {
+        "CI"
+    } else {
+        &job.workflow
+    };
     let work = root.join(&settings.work_folder);
     let _ = std::fs::create_dir_all(&work);
     let status = tokio::process::Command::new(shell)
@@ -63,11 +73,11 @@ pub async fn run(
         .env("GITHUB_ACTIONS", "true")
         .env("CI", "true")
         .env("GITHUB_REPOSITORY", &repo)
-        .env("GITHUB_RUN_ID", job.job_id.to_string())
-        .env("GITHUB_RUN_ATTEMPT", "1")
-        .env("GITHUB_RUN_NUMBER", job.job_id.to_string())
+        .env("GITHUB_RUN_ID", run_id.to_string())
+        .env("GITHUB_RUN_ATTEMPT", job.run_attempt.max(1).to_string())
+        .env("GITHUB_RUN_NUMBER", run_id.to_string())
         .env("GITHUB_JOB", &job.display_name)
-        .env("GITHUB_WORKFLOW", "CI")
+        .env("GITHUB_WORKFLOW", workflow)
         .env("RUNNER_NAME", &settings.agent_name)
         .env("GITHUB_WORKSPACE", &work)
         .stdin(Stdio::null())

@@ -174,6 +174,13 @@ pub struct JobMessage {
     pub display_name: String,
     pub duration_ms: u64,
     pub result: String,
+    /// The job's run and attempt, and its workflow's name (the job's `GITHUB_*`).
+    #[serde(default)]
+    pub run_id: u64,
+    #[serde(default)]
+    pub run_attempt: u32,
+    #[serde(default)]
+    pub workflow: String,
 }
 
 /// `POST /_sim/jobs/{id}/complete`.

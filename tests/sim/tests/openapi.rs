@@ -256,6 +256,7 @@ async fn error_answers_are_basic_errors() {
         s.token_kind = Some(TokenKind::FineGrained {
             administration: "read".into(),
             organization_self_hosted_runners: "none".into(),
+            actions: "write".into(),
         })
     });
     let (s, h, b) = a

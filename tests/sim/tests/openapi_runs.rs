@@ -25,8 +25,12 @@ fn the_copy_matches_the_shared_contract() {
 }
 
 fn check(spec: &Value, template: &str, status: u16, body: &str) {
-    let op = &spec["paths"][template]["get"];
-    assert!(op.is_object(), "GET {template} not in the spec");
+    check_op(spec, "get", template, status, body)
+}
+
+fn check_op(spec: &Value, method: &str, template: &str, status: u16, body: &str) {
+    let op = &spec["paths"][template][method];
+    assert!(op.is_object(), "{method} {template} not in the spec");
     let resp = op["responses"]
         .get(status.to_string())
         .unwrap_or_else(|| panic!("GET {template} has no {status} in the spec"));
@@ -160,4 +164,98 @@ async fn every_attempt_jobs_answer_follows_the_contract() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     check(&spec, template, 404, &b);
+}
+
+async fn post(gh: &FakeGithub, path: &str, token: &str) -> (StatusCode, String, Option<String>) {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", gh.url()))
+        .header("User-Agent", "openapi-test")
+        .header("Accept", "application/vnd.github+json")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let accepted = r
+        .headers()
+        .get("x-accepted-github-permissions")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status(), r.text().await.unwrap(), accepted)
+}
+
+#[tokio::test]
+async fn every_run_and_rerun_answer_follows_the_contract() {
+    let spec = spec();
+    let run_t = "/repos/{owner}/{repo}/actions/runs/{run_id}";
+    let rerun_t = "/repos/{owner}/{repo}/actions/jobs/{job_id}/rerun";
+    let token = Options::default().token;
+    let gh = FakeGithub::start(Options::default()).await.unwrap();
+    gh.enqueue(sim::github::JobSpec::default(), 1);
+    let id = gh.state(|s| *s.actions_jobs.keys().next().unwrap());
+    let run = format!("/repos/octo/app/actions/runs/{id}");
+    let (s, b) = get(&gh, &run).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    check(&spec, run_t, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["run_attempt"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+    // Not completed: GitHub refuses the re-run.
+    let rerun = format!("/repos/octo/app/actions/jobs/{id}/rerun");
+    let (s, b, _) = post(&gh, &rerun, &token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    check_op(&spec, "post", rerun_t, 403, &b);
+    // Its runner vanished: concluded failure, the run completed; the re-run is accepted
+    // and makes attempt 2, queued again.
+    gh.state(|s| {
+        let j = s.actions_jobs.get_mut(&id).unwrap();
+        j.status = "completed".into();
+        j.conclusion = Some("failure".into());
+        j.completed_at = Some(chrono::Utc::now());
+    });
+    let (_, b) = get(&gh, &run).await;
+    check(&spec, run_t, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["conclusion"].as_str()),
+        (Some("completed"), Some("failure"))
+    );
+    let (s, b, _) = post(&gh, &rerun, &token).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    check_op(&spec, "post", rerun_t, 201, &b);
+    let (_, b) = get(&gh, &run).await;
+    check(&spec, run_t, 200, &b);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["run_attempt"].as_u64()),
+        (Some("queued"), Some(2))
+    );
+    assert!(v["previous_attempt_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/attempts/1"));
+    let (s, b) = get(&gh, &format!("{run}/attempts/2/jobs")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Queued again (behind the original, which no runner took in this test).
+    let last = gh.state(|s| s.queue.back().map(|(j, _)| *j)).unwrap();
+    assert_eq!(gh.state(|s| s.actions_jobs[&last].run_attempt), 2);
+    // A fine-grained token with Actions read only: 403 naming the permission.
+    let ro = FakeGithub::start(Options {
+        token_kind: sim::github::TokenKind::FineGrained {
+            administration: "write".into(),
+            organization_self_hosted_runners: "none".into(),
+            actions: "read".into(),
+        },
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    ro.enqueue(sim::github::JobSpec::default(), 1);
+    let (s, b, accepted) = post(&ro, "/repos/octo/app/actions/jobs/1/rerun", &token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    check_op(&spec, "post", rerun_t, 403, &b);
+    assert_eq!(accepted.as_deref(), Some("actions=write"));
+    // A run it does not know.
+    let (s, _) = get(&gh, "/repos/octo/app/actions/runs/999999").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }

@@ -133,6 +133,7 @@ async fn main() {
                 duration_ms: 400 + (i as u64 % 3) * 300,
                 result: result.into(),
                 labels: vec![],
+                workflow: None,
             },
             1,
         );

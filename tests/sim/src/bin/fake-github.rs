@@ -14,7 +14,8 @@ fn usage() -> ! {
          \x20                  [--time-scale F] [--startup-ms N] [--no-jit] [--jobs N] [--job-ms N]\n\
          \x20                  [--poll-timeout-ms N] [--runner-http-timeout-ms N] [--public-url http://github:8080]\n\
          \x20                  [--runner-binary PATH] [--latest-runner V] [--deadline V=YYYY-MM-DD|V=none]\n\
-         \x20                  [--bad-checksum V] [--broken-release V=MS]"
+         \x20                  [--bad-checksum V] [--broken-release V=MS] [--job-lock-timeout-ms N]\n\
+         \x20                  [--actions none|read|write]"
     );
     std::process::exit(64)
 }
@@ -40,6 +41,7 @@ async fn main() {
                 opts.token_kind = TokenKind::FineGrained {
                     administration: "write".into(),
                     organization_self_hosted_runners: "write".into(),
+                    actions: "write".into(),
                 }
             }
             "--time-scale" => opts.time_scale = val().parse().unwrap_or_else(|_| usage()),
@@ -66,6 +68,20 @@ async fn main() {
                     d => Some(format!("{d}T00:00:00Z").parse().unwrap_or_else(|_| usage())),
                 };
                 opts.deprecations.insert(version.to_string(), at);
+            }
+            // How long a job whose runner stopped renewing it is kept (GitHub: about 10
+            // minutes) before it is concluded `failure` and its run completes.
+            "--job-lock-timeout-ms" => {
+                opts.job_lock_timeout =
+                    Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
+            }
+            // A fine-grained token with this Actions permission (re-runs need write).
+            "--actions" => {
+                opts.token_kind = TokenKind::FineGrained {
+                    administration: "write".into(),
+                    organization_self_hosted_runners: "write".into(),
+                    actions: val(),
+                }
             }
             "--bad-checksum" => {
                 opts.bad_checksums.insert(val());

@@ -37,6 +37,7 @@ impl AppOptions {
             permissions: [
                 ("administration", "write"),
                 ("organization_self_hosted_runners", "write"),
+                ("actions", "write"),
                 ("metadata", "read"),
             ]
             .into_iter()
@@ -262,11 +263,8 @@ pub(super) fn check_installation_token(
     if !app.covers.contains(&scope) {
         return Some(Err(basic_error(StatusCode::NOT_FOUND, "Not Found")));
     }
-    let name = if org {
-        "organization_self_hosted_runners"
-    } else {
-        "administration"
-    };
+    let _ = org;
+    let name = super::rest::permission_for(segs);
     let write = ctx.method != Method::GET;
     let perm = app
         .permissions

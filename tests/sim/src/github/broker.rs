@@ -210,6 +210,10 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     a.started_at = Some(Utc::now());
                 }
                 s.locks.insert(jid, std::time::Instant::now());
+                let (run_id, run_attempt) = s
+                    .actions_jobs
+                    .get(&jid)
+                    .map_or((jid, 1), |a| (a.run_id, a.run_attempt));
                 drop(s);
                 shared.changed.notify_waiters();
                 let msg = JobMessage {
@@ -217,6 +221,9 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     display_name: job.name,
                     duration_ms: job.duration_ms,
                     result: job.result,
+                    run_id,
+                    run_attempt,
+                    workflow: job.workflow.unwrap_or_else(|| "CI".into()),
                 };
                 return json_resp(
                     StatusCode::OK,

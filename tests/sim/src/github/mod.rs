@@ -62,6 +62,9 @@ pub enum TokenKind {
         administration: String,
         /// `organization_self_hosted_runners`: "none", "read" or "write".
         organization_self_hosted_runners: String,
+        /// `actions` on repositories (runs, jobs, re-runs): "none", "read" or "write".
+        #[serde(default = "write_permission")]
+        actions: String,
     },
 }
 
@@ -235,6 +238,13 @@ pub struct JobSpec {
     /// Labels a runner must carry to take it.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Its workflow's name (`GITHUB_WORKFLOW`); `CI` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+
+fn write_permission() -> String {
+    "write".into()
 }
 
 fn default_job_name() -> String {
@@ -254,6 +264,7 @@ impl Default for JobSpec {
             duration_ms: default_duration(),
             result: default_result(),
             labels: vec![],
+            workflow: None,
         }
     }
 }
@@ -312,6 +323,8 @@ pub struct State {
     /// The jobs as the Actions REST API shows them (`…/runs/{run_id}/attempts/{n}/jobs`),
     /// by job id: each enqueued job is its own run, attempt 1.
     pub actions_jobs: BTreeMap<u64, ActionsJob>,
+    /// Re-runs accepted: (run id, the job re-run, the attempt made).
+    pub reruns: Vec<(u64, u64, u32)>,
 }
 
 struct Shared {
@@ -377,6 +390,11 @@ impl FakeGithub {
     }
 
     /// The bound address.
+    /// When it started, the zero of [`Call::at_ms`].
+    pub fn started_at(&self) -> DateTime<Utc> {
+        Utc::now() - chrono::Duration::from_std(self.shared.started.elapsed()).unwrap_or_default()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -499,6 +517,7 @@ fn enqueue_jobs(s: &mut State, job: JobSpec, count: usize) {
                 created_at: Utc::now(),
                 started_at: None,
                 completed_at: None,
+                spec: job.clone(),
             },
         );
         s.queue.push_back((id, job.clone()));
@@ -538,13 +557,13 @@ fn new_runner(
 
 /// Abandon jobs whose lock expired: the service gives up on a runner that died mid-job.
 fn expire_locks(s: &mut State, timeout: Duration) {
-    let expired: Vec<u64> = s
+    let expired: Vec<(u64, Duration)> = s
         .locks
         .iter()
         .filter(|(_, t)| t.elapsed() > timeout)
-        .map(|(id, _)| *id)
+        .map(|(id, t)| (*id, t.elapsed() - timeout))
         .collect();
-    for jid in expired {
+    for (jid, ago) in expired {
         s.locks.remove(&jid);
         if let Some((rid, job)) = s.running.remove(&jid) {
             let name = s
@@ -565,6 +584,11 @@ fn expire_locks(s: &mut State, timeout: Duration) {
                 result: "Abandoned".into(),
             });
             conclude(s, jid, "Abandoned");
+            // Completed when the lock ran out, whenever this request noticed it.
+            if let Some(j) = s.actions_jobs.get_mut(&jid) {
+                j.completed_at =
+                    Some(Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default());
+            }
         }
     }
 }

@@ -60,14 +60,13 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
             Some(TokenKind::FineGrained {
                 administration,
                 organization_self_hosted_runners,
+                actions,
             }) => {
-                let (perm, name) = if org {
-                    (
-                        organization_self_hosted_runners,
-                        "organization_self_hosted_runners",
-                    )
-                } else {
-                    (administration, "administration")
+                let name = permission_for(segs);
+                let perm = match name {
+                    "actions" => actions,
+                    "organization_self_hosted_runners" => organization_self_hosted_runners,
+                    _ => administration,
                 };
                 let ok = perm == "write" || (perm == "read" && !write);
                 if !ok {
@@ -87,6 +86,17 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The fine-grained permission (or the App's) a path needs: `actions` for the Actions
+/// endpoints (runs, jobs, re-runs), `organization_self_hosted_runners` or `administration`
+/// for the runner endpoints.
+pub(super) fn permission_for(segs: &[&str]) -> &'static str {
+    match segs {
+        ["repos", _, _, "actions", "runs" | "jobs", ..] => "actions",
+        ["orgs", ..] => "organization_self_hosted_runners",
+        _ => "administration",
+    }
 }
 
 pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
@@ -115,6 +125,16 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
     if let ["repos", o, r, "actions", "runs", run, "attempts", n, "jobs"] = segs {
         expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);
         return attempt_jobs(shared, o, r, run, n);
+    }
+    if let (["repos", o, r, "actions", "runs", run], &Method::GET) = (segs, &ctx.method) {
+        expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);
+        return super::actions::workflow_run(shared, o, r, run);
+    }
+    if let (["repos", o, r, "actions", "jobs", job, "rerun"], &Method::POST) = (segs, &ctx.method) {
+        expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);
+        let r = super::actions::rerun_job(shared, o, r, job);
+        shared.changed.notify_waiters();
+        return r;
     }
     let (scope, rest) = match segs {
         ["repos", o, r, "actions", "runners", rest @ ..] => (
@@ -473,7 +493,7 @@ fn attempt_jobs(shared: &Shared, owner: &str, repo: &str, run: &str, attempt: &s
                 "runner_name": j.runner_name,
                 "runner_group_id": j.runner_id.map(|_| 1),
                 "runner_group_name": j.runner_id.map(|_| "Default"),
-                "workflow_name": "CI",
+                "workflow_name": j.spec.workflow.as_deref().unwrap_or("CI"),
                 "head_branch": "main",
             })
         })
