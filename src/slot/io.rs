@@ -188,6 +188,11 @@ impl SlotIo {
             tracing::warn!(event = "job_lost", cause, slot, runner = %self.name, job = %job, reason = reason.as_str(), ended = ?ended, "the listener ended mid-job: the job {job:?} is lost (GitHub fails it when the runner does not come back)");
             board.job_lost(slot);
         }
+        // No longer busy: its registration is deleted next (GitHub may refuse that for a
+        // while after a lost job), and the slot goes on from there.
+        if board.state(slot) == Some(SlotState::Busy) {
+            board.set_state(slot, SlotState::Finishing);
+        }
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({ended:?})", reason.as_str()));
             s.last_exit_at = Some(crate::clocks::wall_now());
