@@ -4,7 +4,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::State;
+use std::time::Duration;
+
+use super::{CompletedJob, JobSpec, State};
 
 /// A job as `GET …/actions/runs/{run_id}/attempts/{n}/jobs` lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,4 +211,68 @@ pub(super) fn rerun_job(
     s.queue.push_back((id, j.spec.clone()));
     s.reruns.push((j.run_id, job_id, latest + 1));
     json_resp(StatusCode::CREATED, &serde_json::json!({}))
+}
+
+pub(crate) fn enqueue_jobs(s: &mut State, job: JobSpec, count: usize) {
+    for _ in 0..count {
+        let id = s.next_job_id;
+        s.next_job_id += 1;
+        s.actions_jobs.insert(
+            id,
+            ActionsJob {
+                id,
+                run_id: id,
+                run_attempt: 1,
+                name: job.name.clone(),
+                status: "queued".into(),
+                conclusion: None,
+                runner_id: None,
+                runner_name: None,
+                labels: job.labels.clone(),
+                created_at: Utc::now(),
+                started_at: None,
+                completed_at: None,
+                spec: job.clone(),
+            },
+        );
+        s.queue.push_back((id, job.clone()));
+    }
+}
+
+/// Abandon jobs whose lock expired: the service gives up on a runner that died mid-job.
+pub(crate) fn expire_locks(s: &mut State, timeout: Duration) {
+    let expired: Vec<(u64, Duration)> = s
+        .locks
+        .iter()
+        .filter(|(_, t)| t.elapsed() > timeout)
+        .map(|(id, t)| (*id, t.elapsed() - timeout))
+        .collect();
+    for (jid, ago) in expired {
+        s.locks.remove(&jid);
+        if let Some((rid, job)) = s.running.remove(&jid) {
+            let name = s
+                .runners
+                .get(&rid)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            if let Some(r) = s.runners.get_mut(&rid) {
+                r.busy = false;
+                if let Some(sid) = r.session.take() {
+                    s.sessions.remove(&sid);
+                }
+            }
+            s.completed.push(CompletedJob {
+                job_id: jid,
+                name: job.name,
+                runner: name,
+                result: "Abandoned".into(),
+            });
+            conclude(s, jid, "Abandoned");
+            // Completed when the lock ran out, whenever this request noticed it.
+            if let Some(j) = s.actions_jobs.get_mut(&jid) {
+                j.completed_at =
+                    Some(Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default());
+            }
+        }
+    }
 }

@@ -33,8 +33,8 @@ use crate::protocol::{
 mod actions;
 mod admin;
 mod faults;
-use actions::conclude;
 pub use actions::ActionsJob;
+use actions::{conclude, enqueue_jobs, expire_locks};
 pub use faults::{Fault, FaultKind};
 pub use releases::default_deprecations;
 pub mod app;
@@ -498,32 +498,6 @@ impl FakeGithub {
     }
 }
 
-fn enqueue_jobs(s: &mut State, job: JobSpec, count: usize) {
-    for _ in 0..count {
-        let id = s.next_job_id;
-        s.next_job_id += 1;
-        s.actions_jobs.insert(
-            id,
-            ActionsJob {
-                id,
-                run_id: id,
-                run_attempt: 1,
-                name: job.name.clone(),
-                status: "queued".into(),
-                conclusion: None,
-                runner_id: None,
-                runner_name: None,
-                labels: job.labels.clone(),
-                created_at: Utc::now(),
-                started_at: None,
-                completed_at: None,
-                spec: job.clone(),
-            },
-        );
-        s.queue.push_back((id, job.clone()));
-    }
-}
-
 fn new_runner(
     s: &mut State,
     scope: &str,
@@ -553,44 +527,6 @@ fn new_runner(
         },
     );
     id
-}
-
-/// Abandon jobs whose lock expired: the service gives up on a runner that died mid-job.
-fn expire_locks(s: &mut State, timeout: Duration) {
-    let expired: Vec<(u64, Duration)> = s
-        .locks
-        .iter()
-        .filter(|(_, t)| t.elapsed() > timeout)
-        .map(|(id, t)| (*id, t.elapsed() - timeout))
-        .collect();
-    for (jid, ago) in expired {
-        s.locks.remove(&jid);
-        if let Some((rid, job)) = s.running.remove(&jid) {
-            let name = s
-                .runners
-                .get(&rid)
-                .map(|r| r.name.clone())
-                .unwrap_or_default();
-            if let Some(r) = s.runners.get_mut(&rid) {
-                r.busy = false;
-                if let Some(sid) = r.session.take() {
-                    s.sessions.remove(&sid);
-                }
-            }
-            s.completed.push(CompletedJob {
-                job_id: jid,
-                name: job.name,
-                runner: name,
-                result: "Abandoned".into(),
-            });
-            conclude(s, jid, "Abandoned");
-            // Completed when the lock ran out, whenever this request noticed it.
-            if let Some(j) = s.actions_jobs.get_mut(&jid) {
-                j.completed_at =
-                    Some(Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default());
-            }
-        }
-    }
 }
 
 fn delete_runner(s: &mut State, id: u64) -> Option<SimRunner> {
