@@ -56,6 +56,7 @@ pub mod preflight;
 pub mod pressure;
 pub mod procs;
 pub mod runner;
+pub mod scaleset;
 pub mod sdnotify;
 pub mod shutdown;
 pub mod sleepwake;

@@ -240,7 +240,11 @@ fn jobs(r: &mut Registry, c: &Counts, st: &Stats) {
     r.register(
         "jobs_rerun_pending",
         "Lost jobs whose re-run waits for their run to complete",
-        fgauge(c.reruns_pending as f64),
+        {
+            let g: Gauge = Gauge::default();
+            g.set(c.reruns_pending as i64);
+            g
+        },
     );
     r.register_with_unit(
         "job_duration",

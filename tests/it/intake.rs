@@ -48,6 +48,11 @@ fn power(dir: &Path, on_battery: bool) {
 #[tokio::test]
 async fn on_battery_intake_closes_idle_registrations_go_and_on_ac_it_reopens() {
     let (sb, gh, mut env) = setup(|_| {}).await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
     let sys = sb.dir.path().join("power_supply");
     power(&sys, false);
     for (k, v) in [
@@ -95,6 +100,15 @@ async fn on_battery_intake_closes_idle_registrations_go_and_on_ac_it_reopens() {
     assert_eq!(health.code, Some(0), "{health:?}");
     let text = crate::support::cli(&env, &["status"]).stdout;
     assert!(text.contains("intake        closed"), "{text}");
+    let scrape = crate::metrics::http_get(metrics, "/metrics").2;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("runner_supervisor_intake_open{")
+                && l.contains("on battery")
+                && l.ends_with(" 0")),
+        "{scrape}"
+    );
     // Plugged in: intake reopens by itself and the waiting job runs.
     power(&sys, false);
     d.wait_event("intake_opened", T).await;

@@ -70,7 +70,12 @@ fn calls_to(gh: &FakeGithub, method: &str, suffix: &str) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_listener_killed_mid_job_is_rerun_exactly_once_after_its_run_completed() {
-    let (sb, gh, env) = rerun_setup(|_| {}).await;
+    let (sb, gh, mut env) = rerun_setup(|_| {}).await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
     gh.enqueue(job("e2e", 4_000), 1);
     let mut d = Daemon::start(&env, &["run"]).await;
     kill_busy_listener(&sb, "e2e", 1).await;
@@ -128,6 +133,15 @@ async fn a_listener_killed_mid_job_is_rerun_exactly_once_after_its_run_completed
     assert_eq!(s.counts.reruns_pending, 0);
     let text = crate::support::cli(&env, &["status"]).stdout;
     assert!(text.contains("reruns        1 accepted"), "{text}");
+    let scrape = crate::metrics::http_get(metrics, "/metrics").2;
+    for line in [
+        "runner_supervisor_jobs_lost_total{cause=\"killed\"} 2",
+        "runner_supervisor_jobs_rerun_total{result=\"accepted\"} 1",
+        "runner_supervisor_jobs_rerun_total{result=\"given_up\"} 1",
+        "runner_supervisor_jobs_rerun_pending 0",
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line}:\n{scrape}");
+    }
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }

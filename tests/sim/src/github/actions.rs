@@ -268,6 +268,7 @@ pub(crate) fn expire_locks(s: &mut State, timeout: Duration) {
                 result: "Abandoned".into(),
             });
             conclude(s, jid, "Abandoned");
+            super::scaleset::job_abandoned(s, jid);
             // Completed when the lock ran out, whenever this request noticed it.
             if let Some(j) = s.actions_jobs.get_mut(&jid) {
                 j.completed_at =

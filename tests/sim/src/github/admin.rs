@@ -100,6 +100,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, ctx: &Ctx, path: &str) -> Resp {
                 }),
             )
         }
+        (_, p) if p.starts_with("/_admin/scalesets") => super::scaleset::admin(shared, ctx, p),
         _ => empty(StatusCode::NOT_FOUND),
     };
     shared.changed.notify_waiters();

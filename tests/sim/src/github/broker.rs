@@ -47,6 +47,7 @@ pub(super) async fn sim(shared: &Arc<Shared>, ctx: &Ctx, segs: &[&str]) -> Resp 
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
             super::conclude(&mut s, id, &done.result);
+            super::scaleset::job_finished(&mut s, id, &done.result);
             s.completed.push(CompletedJob {
                 job_id: id,
                 name: job.name,
@@ -191,13 +192,20 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                 .get(&rid)
                 .map(|r| r.labels.clone())
                 .unwrap_or_default();
-            let pos = s.queue.iter().position(|(_, j)| {
-                j.labels
+            let picked = match super::scaleset::runner_pick(&mut s, &shared.opts.scaleset, rid) {
+                // A scale-set runner takes only its scale set's assigned jobs.
+                Some(picked) => picked,
+                None => s
+                    .queue
                     .iter()
-                    .all(|l| labels.iter().any(|rl| rl.eq_ignore_ascii_case(l)))
-            });
-            if let Some(pos) = pos {
-                let (jid, job) = s.queue.remove(pos).expect("position is valid");
+                    .position(|(_, j)| {
+                        j.labels
+                            .iter()
+                            .all(|l| labels.iter().any(|rl| rl.eq_ignore_ascii_case(l)))
+                    })
+                    .and_then(|pos| s.queue.remove(pos)),
+            };
+            if let Some((jid, job)) = picked {
                 if let Some(r) = s.runners.get_mut(&rid) {
                     r.busy = true;
                 }

@@ -83,6 +83,8 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
         .strip_prefix("/api/v3")
         .unwrap_or(&ctx.path)
         .to_string();
+    // The scale-set service may be told to live under a prefix (`ScaleSetOptions::service_path`).
+    let path = super::scaleset::strip_service_path(&shared.opts.scaleset, &path);
     if path.starts_with("/_admin") {
         return admin(&shared, &ctx, &path).await;
     }
@@ -148,6 +150,8 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = if segs.first() == Some(&"_sim") {
         sim(&shared, &ctx, &segs[1..]).await
+    } else if let Some(resp) = super::scaleset::route(&shared, &ctx, &segs).await {
+        resp
     } else if let ["actions", "runner", "releases", "download", tag, file] = segs[..] {
         super::releases::serve(&shared, tag, file)
     } else if segs == ["actions", "runner-registration"] && ctx.method == Method::POST {
@@ -203,6 +207,12 @@ pub(super) fn log_call(shared: &Shared, ctx: &Ctx, status: u16) {
         accept: ctx.header("accept"),
         api_version: ctx.header("x-github-api-version"),
         auth_scheme,
+        query: ctx
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        max_capacity: ctx.header("x-scalesetmaxcapacity"),
     };
     shared.lock().calls.push(call);
     shared.changed.notify_waiters();
@@ -215,7 +225,8 @@ pub(super) fn finish(
     mut resp: Resp,
     extra: Vec<(&'static str, String)>,
 ) -> Resp {
-    let is_rest = !ctx.path.contains("/_sim");
+    // The Actions service (runner and scale-set sides) sends no rate-limit headers.
+    let is_rest = !ctx.path.contains("/_sim") && !super::scaleset::is_service_path(&ctx.path);
     let h = resp.headers_mut();
     let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     h.insert("date", HeaderValue::from_str(&date).expect("ascii date"));

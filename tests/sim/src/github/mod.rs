@@ -42,6 +42,7 @@ mod broker;
 mod http;
 mod releases;
 mod rest;
+pub mod scaleset;
 
 use admin::*;
 use broker::*;
@@ -112,6 +113,8 @@ pub struct Options {
     pub deprecations_endpoint: bool,
     /// A GitHub App whose installation tokens the runner endpoints also accept.
     pub app: Option<app::AppOptions>,
+    /// The runner scale-set service (`scaleset`): hold times, expiries, flows.
+    pub scaleset: scaleset::ScaleSetOptions,
 }
 
 impl Default for Options {
@@ -137,6 +140,7 @@ impl Default for Options {
             bad_checksums: Default::default(),
             broken_releases: Default::default(),
             app: None,
+            scaleset: scaleset::ScaleSetOptions::default(),
         }
     }
 }
@@ -154,6 +158,12 @@ pub struct Call {
     pub api_version: Option<String>,
     /// The auth scheme used (`Bearer`, `token`, `RemoteAuth`), never the secret.
     pub auth_scheme: Option<String>,
+    /// The query string's parameters.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// `X-ScaleSetMaxCapacity`, as sent (scale-set message polls).
+    #[serde(default)]
+    pub max_capacity: Option<String>,
 }
 
 /// A runner registration as the fake keeps it.
@@ -325,6 +335,8 @@ pub struct State {
     pub actions_jobs: BTreeMap<u64, ActionsJob>,
     /// Re-runs accepted: (run id, the job re-run, the attempt made).
     pub reruns: Vec<(u64, u64, u32)>,
+    /// The runner scale-set service's state.
+    pub scalesets: scaleset::ScaleSets,
 }
 
 struct Shared {

@@ -442,11 +442,13 @@ pub(super) fn runner_registration(shared: &Shared, ctx: &Ctx) -> Resp {
             ),
         );
     }
-    let tenant = random_token(40);
+    // The admin connection: a JWT with `exp` (the scale-set client parses it) and the
+    // service URL, which config.sh's registration also uses.
+    let (url, tenant) = super::scaleset::admin_connection(shared, &mut s, &scope);
     s.tenant_tokens.insert(tenant.clone(), scope);
     json_resp(
         StatusCode::OK,
-        &json!({"url": shared.base_url, "token": tenant, "token_schema": "OAuthAccessToken", "use_v2_flow": true}),
+        &json!({"url": url, "token": tenant, "token_schema": "OAuthAccessToken", "use_v2_flow": true}),
     )
 }
 
