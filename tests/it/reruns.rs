@@ -336,3 +336,43 @@ async fn doctor_checks_the_rerun_permission_and_a_token_without_it_only_warns() 
         d.reason("reruns")
     );
 }
+
+#[tokio::test]
+async fn a_pending_rerun_survives_a_restart_of_the_supervisor() {
+    // GitHub gives the vanished runner's job up only 10 s after the kill.
+    let (sb, gh, env) = rerun_setup(|o| o.job_lock_timeout = Duration::from_secs(10)).await;
+    gh.enqueue(job("e2e", 3_000), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    kill_busy_listener(&sb, "e2e", 1).await;
+    d.wait_event("job_lost", T).await;
+    // The re-run waits for the run; the supervisor dies meanwhile.
+    let waiting = wait_records(&env, &["--lost"], |r| {
+        r.first().is_some_and(|x| {
+            x.rerun
+                .as_ref()
+                .is_some_and(|y| y.state == RerunState::Waiting)
+        })
+    })
+    .await;
+    assert!(gh.state(|s| s.reruns.is_empty()));
+    // The host loses power: the queue is only what the records say.
+    d.kill_with_listeners(&sb, 1, T).await;
+    assert_eq!(
+        records(&env, &["--lost"]).await[0]
+            .rerun
+            .as_ref()
+            .unwrap()
+            .state,
+        RerunState::Waiting,
+        "still queued in the records: {waiting:?}"
+    );
+    // The next start takes the queue up: re-run once the run completed.
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let done = d
+        .wait_events("job_rerun", |e| e.is("result", "accepted"), 1, T)
+        .await;
+    assert_eq!(done.u64("attempt"), Some(2));
+    assert_eq!(gh.state(|s| s.reruns.len()), 1);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

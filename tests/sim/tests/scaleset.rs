@@ -12,10 +12,15 @@ use std::time::Duration;
 use sim::github::scaleset::ScaleSetOptions;
 use sim::github::{FakeGithub, JobSpec, Options};
 
+#[path = "scaleset/client.rs"]
 mod client;
+#[path = "scaleset/faults.rs"]
 mod faults;
+#[path = "scaleset/flows.rs"]
 mod flows;
+#[path = "scaleset/jobs.rs"]
 mod jobs;
+#[path = "scaleset/sessions.rs"]
 mod sessions;
 
 use client::Client;

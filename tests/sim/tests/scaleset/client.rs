@@ -8,7 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sim::github::{FakeGithub, Options};
 
-pub const UA: &str = r#"{"system":"runner-supervisor","version":"test","subsystem":"listener","kind":"scaleset"}"#;
+pub const UA: &str =
+    r#"{"system":"runner-supervisor","version":"test","subsystem":"listener","kind":"scaleset"}"#;
 
 /// An answer: status, body text, and the body as JSON (Null when it is not).
 #[derive(Debug)]
@@ -78,7 +79,10 @@ impl Client {
                 "{}/api/v3/{}/actions/runners/registration-token",
                 self.gh, self.scope
             ))
-            .header("Authorization", format!("Bearer {}", Options::default().token))
+            .header(
+                "Authorization",
+                format!("Bearer {}", Options::default().token),
+            )
             .header("Content-Type", "application/vnd.github.v3+json")
             .header("User-Agent", UA)
             .send()
@@ -86,7 +90,10 @@ impl Client {
             .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         let token: Value = r.json().await.unwrap();
-        let config_url = format!("https://github.com/{}", self.scope.split_once('/').unwrap().1);
+        let config_url = format!(
+            "https://github.com/{}",
+            self.scope.split_once('/').unwrap().1
+        );
         let r = self
             .http
             .post(format!("{}/api/v3/actions/runner-registration", self.gh))

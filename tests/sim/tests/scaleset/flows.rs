@@ -66,11 +66,18 @@ async fn happy_path_from_a_registration_token_to_a_completed_job() {
     )
     .unwrap();
     let now = chrono::Utc::now().timestamp();
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
     assert!((claims["iat"].as_i64().unwrap() - now).abs() < 5);
     // The default group, looked up without case.
     let g = c
-        .call(Method::GET, "_apis/runtime/runnergroups/?groupName=default", None)
+        .call(
+            Method::GET,
+            "_apis/runtime/runnergroups/?groupName=default",
+            None,
+        )
         .await;
     assert_eq!(
         g.json,
@@ -95,7 +102,10 @@ async fn happy_path_from_a_registration_token_to_a_completed_job() {
     assert!(is_uuid(a.json["sessionId"].as_str().unwrap()));
     assert_eq!(a.json["ownerName"], "myhost");
     assert_eq!(a.json["runnerScaleSet"]["id"], id);
-    assert_eq!(a.json["messageQueueUrl"], format!("{}/scalesets/message", gh.url()));
+    assert_eq!(
+        a.json["messageQueueUrl"],
+        format!("{}/scalesets/message", gh.url())
+    );
     assert_eq!(a.json["statistics"]["totalIdleRunners"], 0);
     let s = Session::from(&a.json);
     // A job: `JobAssigned` directly, message 100000001, runnerRequestId 0.
@@ -153,28 +163,50 @@ async fn happy_path_from_a_registration_token_to_a_completed_job() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("Running job: build"), "{stdout}");
-    assert!(stdout.contains("Job build completed with result: Succeeded"), "{stdout}");
+    assert!(
+        stdout.contains("Job build completed with result: Succeeded"),
+        "{stdout}"
+    );
     let done = gh.state(|s| s.completed.clone());
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].job_id, done[0].runner.as_str()), (run, "runner-1a2b3c4d"));
+    assert_eq!(
+        (done[0].job_id, done[0].runner.as_str()),
+        (run, "runner-1a2b3c4d")
+    );
     // `JobStarted`, then `JobCompleted{succeeded}`, statistics back to zero.
     let mut last = 100_000_001;
     let seen = collect_until(&c, &s, &mut last, "JobCompleted").await;
-    let kinds: Vec<&str> = seen.iter().map(|j| j["messageType"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|j| j["messageType"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["JobStarted", "JobCompleted"]);
     for j in &seen {
         assert_eq!(j["jobId"], assigned["jobId"]);
-        assert_eq!((j["runnerId"].as_u64(), j["runnerName"].as_str()), (Some(rid), Some("runner-1a2b3c4d")));
+        assert_eq!(
+            (j["runnerId"].as_u64(), j["runnerName"].as_str()),
+            (Some(rid), Some("runner-1a2b3c4d"))
+        );
     }
     assert_eq!(seen[1]["result"], "succeeded");
     assert!(seen[1]["finishTime"].is_string());
-    let a = c.call(Method::GET, &format!("_apis/runtime/runnerscalesets/{id}"), None).await;
+    let a = c
+        .call(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{id}"),
+            None,
+        )
+        .await;
     let zero = json!({"totalAvailableJobs": 0, "totalAcquiredJobs": 0, "totalAssignedJobs": 0,
         "totalRunningJobs": 0, "totalRegisteredRunners": 0, "totalBusyRunners": 0, "totalIdleRunners": 0});
     assert_eq!(a.json["statistics"], zero);
     // The ephemeral runner's record is gone.
     let a = c
-        .call(Method::GET, "_apis/distributedtask/pools/0/agents?agentName=runner-1a2b3c4d", None)
+        .call(
+            Method::GET,
+            "_apis/distributedtask/pools/0/agents?agentName=runner-1a2b3c4d",
+            None,
+        )
         .await;
     assert_eq!(a.json, json!({"count": 0, "value": []}));
     assert!(gh.runners().is_empty());
@@ -206,7 +238,11 @@ async fn messages_are_redelivered_until_deleted_even_to_a_new_session() {
     let held = c.poll(&s, 100_000_001, Some(5)).await;
     assert_eq!(held.status, StatusCode::ACCEPTED);
     assert!(held.text.is_empty());
-    assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        t.elapsed()
+    );
     // A new session replays it: the queue is the scale set's.
     assert_eq!(c.close(id, &s.id).await.status, StatusCode::NO_CONTENT);
     let s2 = c.session(id).await;
@@ -218,7 +254,10 @@ async fn messages_are_redelivered_until_deleted_even_to_a_new_session() {
     gh.enqueue_scaleset_job(job("laptop"));
     let second = c.poll(&s2, 100_000_001, Some(5)).await;
     assert_eq!(second.json["messageId"], 100_000_002);
-    assert_ne!(jobs(&second.json)[0]["jobId"], jobs(&first.json)[0]["jobId"]);
+    assert_ne!(
+        jobs(&second.json)[0]["jobId"],
+        jobs(&first.json)[0]["jobId"]
+    );
     assert_eq!(c.poll(&s2, 0, Some(5)).await.json["messageId"], 100_000_001);
     assert_eq!(c.ack(&s2, 100_000_001).await, StatusCode::NO_CONTENT);
     assert_eq!(c.poll(&s2, 0, Some(5)).await.json["messageId"], 100_000_002);
@@ -252,14 +291,29 @@ async fn assignments_stay_within_the_capacity_of_each_poll() {
     last = m.json["messageId"].as_u64().unwrap();
     c.ack(&s, last).await;
     // A runner busy with one still counts: no third at capacity 2.
-    let jit = c.jit(id, "r1").await.json["encodedJITConfig"].as_str().unwrap().to_string();
+    let jit = c.jit(id, "r1").await.json["encodedJITConfig"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let rs = runner_session(&gh, &jit).await;
     let taken = runner_take(&gh, &rs).await.expect("an assigned job");
     let m = c.poll(&s, last, Some(2)).await;
     assert_eq!(types(&m.json), ["JobStarted"]);
     let st = &m.json["statistics"];
-    assert_eq!((st["totalAssignedJobs"].as_u64(), st["totalRunningJobs"].as_u64()), (Some(2), Some(1)));
-    assert_eq!((st["totalBusyRunners"].as_u64(), st["totalRegisteredRunners"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            st["totalAssignedJobs"].as_u64(),
+            st["totalRunningJobs"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (
+            st["totalBusyRunners"].as_u64(),
+            st["totalRegisteredRunners"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     last = m.json["messageId"].as_u64().unwrap();
     c.ack(&s, last).await;
     assert_eq!(c.poll(&s, last, Some(2)).await.status, StatusCode::ACCEPTED);
@@ -291,4 +345,19 @@ async fn zero_capacity_blindness_hides_jobs_from_that_session() {
     c.close(id, &s.id).await;
     let s2 = c.session(id).await;
     assert_eq!(types(&c.poll(&s2, 0, Some(1)).await.json), ["JobAssigned"]);
+}
+
+#[tokio::test]
+async fn a_message_holds_at_most_50_job_messages() {
+    let (gh, c, id) = setup(opts()).await;
+    let s = c.session(id).await;
+    for _ in 0..60 {
+        gh.enqueue_scaleset_job(job("laptop"));
+    }
+    let m = c.poll(&s, 0, None).await;
+    assert_eq!(jobs(&m.json).len(), 50);
+    assert_eq!(m.json["statistics"]["totalAssignedJobs"], 60);
+    let m = c.poll(&s, 100_000_001, None).await;
+    assert_eq!(m.json["messageId"], 100_000_002);
+    assert_eq!(jobs(&m.json).len(), 10);
 }

@@ -13,7 +13,13 @@ use crate::{job, opts, setup};
 fn exception(v: &Value, type_name: &str, message: &str) {
     assert_eq!(v["typeName"], type_name, "{v}");
     assert_eq!(v["message"], message, "{v}");
-    let key = type_name.split(',').next().unwrap().rsplit('.').next().unwrap();
+    let key = type_name
+        .split(',')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap();
     assert_eq!(v["typeKey"], key);
     assert_eq!(v["$id"], "1");
 }
@@ -47,7 +53,10 @@ async fn a_second_session_conflicts_until_the_dead_one_expires() {
     assert!(opened >= Duration::from_millis(750), "{opened:?}");
     assert!(opened < Duration::from_millis(1500), "{opened:?}");
     // The dead session's token is refused, its refresh is 404.
-    assert_eq!(c.poll(&s, 0, Some(1)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c.poll(&s, 0, Some(1)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(c.refresh(id, &s.id).await.status, StatusCode::NOT_FOUND);
 }
 
@@ -80,7 +89,11 @@ async fn a_client_that_drops_its_poll_leaves_a_session_that_expires() {
         assert!(gone.elapsed() < Duration::from_secs(5), "still 409");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(gone.elapsed() >= Duration::from_millis(700), "{:?}", gone.elapsed());
+    assert!(
+        gone.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        gone.elapsed()
+    );
     assert_eq!(gh.state(|st| st.scalesets.expired_sessions.clone()), [s.id]);
 }
 
@@ -107,10 +120,16 @@ async fn an_expired_queue_token_is_401_until_the_session_is_refreshed() {
     assert_eq!(a.json["runnerScaleSet"]["id"], id);
     assert!(a.json["statistics"].is_object());
     assert_eq!(c.poll(&s2, 0, Some(1)).await.status, StatusCode::ACCEPTED);
-    assert_eq!(c.poll(&s, 0, Some(1)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c.poll(&s, 0, Some(1)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // The test hook does the same at once.
     gh.expire_queue_tokens(id);
-    assert_eq!(c.poll(&s2, 0, Some(1)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c.poll(&s2, 0, Some(1)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let s3 = Session::from(&c.refresh(id, &s.id).await.json);
     assert_eq!(c.poll(&s3, 0, Some(1)).await.status, StatusCode::ACCEPTED);
 }
@@ -149,11 +168,19 @@ async fn a_scale_set_deleted_while_idle_is_not_found_and_can_be_registered_again
     o.scaleset.dormant_after = Duration::from_millis(600);
     let (gh, c, id) = setup(o).await;
     let s = c.session(id).await;
-    let idle_runner = c.jit(id, "idle-1").await.json["runner"]["id"].as_u64().unwrap();
+    let idle_runner = c.jit(id, "idle-1").await.json["runner"]["id"]
+        .as_u64()
+        .unwrap();
     assert_eq!(c.close(id, &s.id).await.status, StatusCode::NO_CONTENT);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let missing = format!("No runner scale set found with identifier {id}.");
-    let a = c.call(Method::GET, &format!("_apis/runtime/runnerscalesets/{id}"), None).await;
+    let a = c
+        .call(
+            Method::GET,
+            &format!("_apis/runtime/runnerscalesets/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     exception(&a.json, errors::SCALE_SET_NOT_FOUND, &missing);
     let a = c.create_session(id, "a").await;
@@ -176,7 +203,10 @@ async fn a_scale_set_deleted_while_idle_is_not_found_and_can_be_registered_again
     assert_eq!(m.json["messageId"], 100_000_001);
     // Deleted by the test with a session open: the poll is 401, the refresh 404.
     assert!(gh.delete_scale_set(id2));
-    assert_eq!(c.poll(&s2, 0, Some(1)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c.poll(&s2, 0, Some(1)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let a = c.refresh(id2, &s2.id).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.json["typeName"], errors::SCALE_SET_NOT_FOUND);
@@ -188,17 +218,29 @@ async fn an_expired_admin_token_is_401_invalid_token_until_minted_again() {
     o.scaleset.admin_token_ttl = Duration::from_secs(1);
     let (gh, c, id) = setup(o).await;
     let path = format!("_apis/runtime/runnerscalesets/{id}");
-    assert_eq!(c.call(Method::GET, &path, None).await.status, StatusCode::OK);
+    assert_eq!(
+        c.call(Method::GET, &path, None).await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let a = c.call(Method::GET, &path, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert!(a.json["typeName"].as_str().unwrap().contains("InvalidTokenException"));
+    assert!(a.json["typeName"]
+        .as_str()
+        .unwrap()
+        .contains("InvalidTokenException"));
     assert_eq!(a.json["typeKey"], "InvalidTokenException");
     // Minted again: works; the test hook expires it at once.
     let c2 = Client::connect(&gh, "orgs/octo").await;
-    assert_eq!(c2.call(Method::GET, &path, None).await.status, StatusCode::OK);
+    assert_eq!(
+        c2.call(Method::GET, &path, None).await.status,
+        StatusCode::OK
+    );
     gh.expire_admin_tokens();
-    assert_eq!(c2.call(Method::GET, &path, None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        c2.call(Method::GET, &path, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // The queue token is not the admin token: sessions live on.
     let c3 = Client::connect(&gh, "orgs/octo").await;
     let s = c3.session(id).await;
@@ -206,5 +248,8 @@ async fn an_expired_admin_token_is_401_invalid_token_until_minted_again() {
     assert_eq!(c3.poll(&s, 0, Some(1)).await.status, StatusCode::ACCEPTED);
     // Another scope's admin token does not see the set.
     let other = Client::connect(&gh, "repos/octo/app").await;
-    assert_eq!(other.call(Method::GET, &path, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        other.call(Method::GET, &path, None).await.status,
+        StatusCode::NOT_FOUND
+    );
 }

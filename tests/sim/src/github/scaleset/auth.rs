@@ -8,7 +8,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 
 /// The admin connection for `scope`: the service URL and a new admin JWT.
-pub(in crate::github) fn admin_connection(shared: &Shared, s: &mut State, scope: &str) -> (String, String) {
+pub(in crate::github) fn admin_connection(
+    shared: &Shared,
+    s: &mut State,
+    scope: &str,
+) -> (String, String) {
     let opts = &shared.opts.scaleset;
     let url = service_url(shared);
     let now = Utc::now().timestamp() + s.scalesets.admin_clock_skew_secs;

@@ -33,6 +33,18 @@
 //! - a poll, ack or acquire with the token of a session that is gone (expired, evicted,
 //!   deleted, or its scale set deleted) is 401, as for an expired token: the client's
 //!   refresh then meets the 404 (the path of actions/scaleset PR #123);
+//! - the capacity caps assigned-and-unfinished jobs (waiting or running) on each poll; GHES
+//!   acquisition is not gated (the listener decides, ARC#3446);
+//! - jobs route to the lowest-id scale set whose labels include all of the job's;
+//! - `JobAssigned` carries no `queueTime` (the live dump); unset times are left out;
+//! - `totalAcquiredJobs` counts GHES jobs acquired and not yet started (0 on github.com);
+//! - the lapse timer is [`ScaleSetOptions::lapse_after`] (60 s, the docs' figure), with no
+//!   back-off between re-assignments;
+//! - deleting a scale set with a busy runner is 400 `…JobStillRunningException`; a name
+//!   taken in a group is 409 `RunnerScaleSetExistsException`;
+//! - acknowledging an id that is not queued (again, or never) is 204;
+//! - the admin JWT carries `iat` and `nbf`; it is refused only after the TTL the server
+//!   keeps, whatever its claims say (see [`PollFaults::admin_clock_skew_secs`]);
 //! - exception type names not seen live are in [`errors`].
 
 use super::*;
@@ -82,6 +94,9 @@ pub struct ScaleSetOptions {
     pub drop_extra_labels: bool,
     /// At most this many job messages in one message ("at most 50").
     pub batch_max: usize,
+    /// A scale-set runner offline (never connected, or its session gone) and idle this
+    /// long is removed (GitHub: 1 day).
+    pub offline_runner_ttl: Duration,
 }
 
 impl Default for ScaleSetOptions {
@@ -99,6 +114,7 @@ impl Default for ScaleSetOptions {
             zero_capacity_blindness: false,
             drop_extra_labels: false,
             batch_max: 50,
+            offline_runner_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -194,6 +210,9 @@ pub struct ScaleSets {
     pub jobs: Vec<SsJob>,
     /// Runners registered through `generatejitconfig`: runner id → scale set id.
     pub runners: BTreeMap<u64, u64>,
+    /// Since when each of those runners has been offline (registration, or a tick that
+    /// saw it without a session).
+    offline_since: BTreeMap<u64, Instant>,
     pub hints: LifecycleHints,
     /// Polls to hold for ever (never answered).
     pub blackhole_polls: u32,
@@ -279,7 +298,11 @@ pub(in crate::github) fn uuid() -> String {
 }
 
 /// The scale-set routes; `None` when the path is not the service's.
-pub(in crate::github) async fn route(shared: &Arc<Shared>, ctx: &Ctx, segs: &[&str]) -> Option<Resp> {
+pub(in crate::github) async fn route(
+    shared: &Arc<Shared>,
+    ctx: &Ctx,
+    segs: &[&str],
+) -> Option<Resp> {
     let m = ctx.method.as_str();
     let resp = match (m, segs) {
         ("POST", ["enterprises", e, "actions", "runners", "registration-token"]) => {
@@ -400,6 +423,7 @@ pub(in crate::github) fn tick(s: &mut State, opts: &ScaleSetOptions) {
         }
     }
     jobs::lapse_due(s, opts, now);
+    runners::remove_offline(s, opts, now);
     let dormant: Vec<u64> = s
         .scalesets
         .sets

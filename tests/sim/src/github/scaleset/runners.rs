@@ -3,6 +3,7 @@
 //! `.credentials_rsaparams`), for an ephemeral runner of the scale set: a fake runner started
 //! with it takes only its scale set's assigned jobs (`jobs::runner_pick`). The `runner`
 //! reference carries `id`, `name` and `runnerScaleSetId` only (the Go type's fields).
+//! An offline ephemeral runner is removed after [`ScaleSetOptions::offline_runner_ttl`].
 
 use super::*;
 
@@ -46,6 +47,7 @@ pub(super) fn jit(s: &mut State, ctx: &Ctx, set_id: u64, shared: &Shared) -> Res
     }
     let rid = new_runner(s, &set.scope, &name, set.labels.clone(), set.group_id, true);
     s.scalesets.runners.insert(rid, set_id);
+    s.scalesets.offline_since.insert(rid, Instant::now());
     let runner = s.runners[&rid].clone();
     let mut settings = settings_for(shared, &runner, &set.scope, &work);
     settings.disable_update = set.disable_update;
@@ -125,4 +127,32 @@ pub(super) fn delete(s: &mut State, id: &str, scope: &str) -> Resp {
     s.scalesets.runners.remove(&r.id);
     delete_runner(s, r.id);
     empty(StatusCode::NO_CONTENT)
+}
+
+/// Remove the scale sets' runners that have been offline and idle for
+/// `offline_runner_ttl`; forget those gone otherwise.
+pub(in crate::github) fn remove_offline(s: &mut State, opts: &ScaleSetOptions, now: Instant) {
+    let mut expired = vec![];
+    for rid in s.scalesets.runners.keys().copied().collect::<Vec<_>>() {
+        match s.runners.get(&rid) {
+            None => {
+                s.scalesets.runners.remove(&rid);
+                s.scalesets.offline_since.remove(&rid);
+            }
+            Some(r) if r.session.is_some() || r.busy => {
+                s.scalesets.offline_since.remove(&rid);
+            }
+            Some(_) => {
+                let since = *s.scalesets.offline_since.entry(rid).or_insert(now);
+                if now.duration_since(since) >= opts.offline_runner_ttl {
+                    expired.push(rid);
+                }
+            }
+        }
+    }
+    for rid in expired {
+        s.scalesets.runners.remove(&rid);
+        s.scalesets.offline_since.remove(&rid);
+        delete_runner(s, rid);
+    }
 }
