@@ -1,11 +1,12 @@
 //! GitHub's runner scale-set service (issue 19), the protocol layer: its JSON
 //! ([`types`]), its errors and what each means ([`errors`]), and when the admin token is
-//! refreshed ([`admin_token_refresh_due`]). Facts and their certainty are in
+//! refreshed ([`admin_token_refresh_due`]), and its calls ([`client`]). Facts and their certainty are in
 //! `../shared/reference/scaleset-protocol.md` (cited by section).
 //!
 //! Scale-set mode itself (one session per host, a runner per assigned job) builds on
 //! this; it is not wired into `supervisor run` yet.
 
+pub mod client;
 pub mod errors;
 pub mod types;
 
