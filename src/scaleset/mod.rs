@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod errors;
+pub mod session;
 pub mod types;
 
 use base64::Engine;

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use runner_supervisor::github::GithubClient;
 use runner_supervisor::scaleset::client::{Admin, Service};
 use runner_supervisor::scaleset::errors::ServiceError;
+use runner_supervisor::scaleset::session::{Connection, Target};
 use runner_supervisor::scaleset::types::JobMessage;
 use sim::github::{FakeGithub, JobSpec, Options};
 
@@ -124,4 +126,81 @@ async fn a_session_polls_acknowledges_and_tells_every_error_apart() {
         .unwrap();
     assert_ne!(again.id, set.id);
     svc.create_session(&a, again.id, "laptop").await.unwrap();
+}
+
+/// A connection for this host against `gh`, through the supervisor's own GitHub client.
+fn connection(gh: &FakeGithub, sb: &crate::support::Sandbox) -> Connection {
+    let env = sb.env(gh);
+    let cfg = runner_supervisor::config::Config::resolve(
+        &env,
+        &Default::default(),
+        runner_supervisor::config::Purpose::Run,
+    )
+    .expect("config");
+    let client = GithubClient::new(&cfg, cfg.github.token.clone().unwrap()).unwrap();
+    Connection::new(
+        Service::new("runner-supervisor-test", Duration::from_secs(10)).unwrap(),
+        client,
+        Target {
+            api_url: gh.url(),
+            config_url: "https://github.com/octo/app".into(),
+            name: "ci-laptop".into(),
+            runner_group: "Default".into(),
+            labels: vec![],
+            owner: "laptop".into(),
+            conflict_limit: Duration::from_secs(30),
+        },
+        Box::new(|| 0.0),
+    )
+}
+
+#[tokio::test]
+async fn one_session_survives_a_crash_conflict_eviction_token_expiry_and_a_deleted_scale_set() {
+    let mut o = Options::default();
+    o.scaleset.service_path = "/rest".into();
+    o.scaleset.poll_hold = Duration::from_millis(300);
+    // A dead session blocks a new one for 1 s here (github.com: about 50 s).
+    o.scaleset.session_expiry = Duration::from_secs(1);
+    let gh = FakeGithub::start(o).await.unwrap();
+    let sb = crate::support::Sandbox::new();
+    let quiet = |_: u64, _: &str| {};
+    // A supervisor opens the session, then dies without closing it.
+    let mut first = connection(&gh, &sb);
+    first.open(&quiet).await.unwrap();
+    assert_eq!(first.sets_created, 1);
+    drop(first);
+    // Its successor waits the conflict out, and is told each time.
+    let mut c = connection(&gh, &sb);
+    let heard = std::sync::Mutex::new(0u64);
+    let waiting = |n: u64, _: &str| *heard.lock().unwrap() = n;
+    let s = c.open(&waiting).await.unwrap();
+    assert!(c.conflicts_waited >= 1 && *heard.lock().unwrap() == c.conflicts_waited);
+    assert_eq!(c.sets_created, 0, "found by name, not created again");
+    let set = c.scale_set().unwrap().id;
+    // Evicted: the next poll opens a new session by itself; the job then arrives.
+    gh.evict_sessions(set);
+    assert_eq!(c.poll(0, 2, &quiet).await.unwrap(), None);
+    assert_ne!(c.session().unwrap().session_id, s.session_id);
+    gh.enqueue_scaleset_job(JobSpec {
+        labels: vec!["ci-laptop".into()],
+        ..JobSpec::default()
+    });
+    let m = c.poll(0, 2, &quiet).await.unwrap().expect("the job");
+    c.ack(m.id).await.unwrap();
+    // An expired queue token: refreshed, and the same poll answers.
+    gh.expire_queue_tokens(set);
+    let before = c.session().unwrap().message_queue_access_token.clone();
+    assert_eq!(c.poll(m.id, 2, &quiet).await.unwrap(), None);
+    assert_ne!(c.session().unwrap().message_queue_access_token, before);
+    // An expired admin token: minted again.
+    gh.expire_admin_tokens();
+    c.reset();
+    assert_eq!(c.poll(m.id, 2, &quiet).await.unwrap(), None);
+    // The scale set deleted while the host slept: created again, the session too.
+    gh.delete_scale_set(set);
+    assert_eq!(c.poll(m.id, 2, &quiet).await.unwrap(), None);
+    assert_eq!(c.sets_created, 1);
+    assert_ne!(c.scale_set().unwrap().id, set);
+    c.close().await;
+    assert!(c.session().is_none());
 }
