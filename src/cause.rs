@@ -82,6 +82,9 @@ pub enum SlotCmd {
     /// Intake closed (`[intake]`): stop an idle listener (its registration is deleted);
     /// a busy one finishes its job.
     CloseIntake,
+    /// Scale-set mode: no assigned job needs this idle runner any more (its assignment
+    /// lapsed, or warm runners are over `min_runners`): stop it; a busy one goes on.
+    Surplus,
     /// GitHub shows the listening runner offline: replace it (a watchdog fire).
     Replace(Cause),
     /// The connections of listener `pid` show a dead path or a silent hang (a watchdog

@@ -59,6 +59,9 @@ pub struct Host {
     pub versions_store: std::sync::OnceLock<crate::runner::store::Store>,
     /// Why intake is closed (`[intake]`), or `None` while the host takes jobs.
     pub intake: watch::Sender<Option<String>>,
+    /// Bumped at each resume (or a wall-clock step treated as one): the scale-set
+    /// session is rebuilt at once.
+    pub resumed: watch::Sender<u64>,
 }
 
 /// A running listener, as the monitors see it.
@@ -145,6 +148,7 @@ impl Host {
             versions_store: std::sync::OnceLock::new(),
             slot_cmds: std::sync::OnceLock::new(),
             intake: watch::channel(None).0,
+            resumed: watch::channel(0).0,
         }
     }
 

@@ -55,6 +55,7 @@ pub fn state_label(s: SlotState) -> &'static str {
         SlotState::BreakerOpen => "breaker_open",
         SlotState::ClockFault => "clock_fault",
         SlotState::Closed => "closed",
+        SlotState::Waiting => "waiting",
         SlotState::Registering => "registering",
         SlotState::Starting => "starting",
         SlotState::Finishing => "finishing",
@@ -63,7 +64,7 @@ pub fn state_label(s: SlotState) -> &'static str {
     }
 }
 
-const STATES: [SlotState; 12] = [
+const STATES: [SlotState; 13] = [
     SlotState::Listening,
     SlotState::Busy,
     SlotState::Backoff,
@@ -71,6 +72,7 @@ const STATES: [SlotState; 12] = [
     SlotState::BreakerOpen,
     SlotState::ClockFault,
     SlotState::Closed,
+    SlotState::Waiting,
     SlotState::Registering,
     SlotState::Starting,
     SlotState::Finishing,
@@ -141,6 +143,86 @@ fn build_info(r: &mut Registry, snap: &StatusFile) {
         );
     }
     keep_awake(r, snap);
+    scaleset(r, snap);
+}
+
+/// Scale-set mode: the session, the service's statistics, this host's runners.
+fn scaleset(r: &mut Registry, snap: &StatusFile) {
+    let Some(ss) = &snap.system.scaleset else {
+        return;
+    };
+    let state = Family::<Labels, Gauge>::default();
+    for s in [
+        "connecting",
+        "conflict",
+        "polling",
+        "rebuilding",
+        "failing",
+        "closed",
+    ] {
+        state
+            .get_or_create(&vec![("state".into(), s.into())])
+            .set(i64::from(ss.session == s));
+    }
+    r.register(
+        "scaleset_session",
+        "Scale-set mode: 1 for the session's state (polling when healthy)",
+        state,
+    );
+    r.register(
+        "scaleset_last_message_id",
+        "Scale-set mode: the last queue message taken and acknowledged",
+        fgauge(ss.last_message_id as f64),
+    );
+    r.register(
+        "scaleset_conflicts_waited",
+        "Scale-set mode: session conflicts (409) waited out",
+        counter(ss.conflicts_waited),
+    );
+    r.register(
+        "scaleset_polls_timed_out",
+        "Scale-set mode: long polls that neither answered nor failed within [scaleset] poll_timeout",
+        counter(ss.polls_timed_out),
+    );
+    r.register(
+        "scaleset_runners_started",
+        "Scale-set mode: runners started, one per assigned job (plus warm ones)",
+        counter(ss.runners_started),
+    );
+    let ours = Family::<Labels, Gauge>::default();
+    for (k, v) in [
+        ("starting", ss.runners_starting),
+        ("idle", ss.runners_idle),
+        ("busy", ss.runners_busy),
+    ] {
+        ours.get_or_create(&vec![("state".into(), k.into())])
+            .set(v as i64);
+    }
+    r.register(
+        "scaleset_runners",
+        "Scale-set mode: this host's runners by state",
+        ours,
+    );
+    if let Some(st) = &ss.statistics {
+        let f = Family::<Labels, Gauge>::default();
+        for (k, v) in [
+            ("assigned_jobs", st.total_assigned_jobs),
+            ("running_jobs", st.total_running_jobs),
+            ("available_jobs", st.total_available_jobs),
+            ("acquired_jobs", st.total_acquired_jobs),
+            ("registered_runners", st.total_registered_runners),
+            ("idle_runners", st.total_idle_runners),
+            ("busy_runners", st.total_busy_runners),
+        ] {
+            f.get_or_create(&vec![("kind".into(), k.into())])
+                .set(v as i64);
+        }
+        r.register(
+            "scaleset_statistics",
+            "Scale-set mode: the statistics the service sent with its last message",
+            f,
+        );
+    }
 }
 
 /// Whether the machine (and Windows, under WSL2) is kept awake now.

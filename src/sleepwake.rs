@@ -207,6 +207,7 @@ pub async fn run(
             host.measure_clock.notify_one();
             if recycle {
                 host.check_token.notify_one();
+                host.resumed.send_modify(|n| *n += 1);
                 // Past the job lease a busy listener's job is gone too.
                 let cmd = if lease_lost {
                     SlotCmd::LeaseLost

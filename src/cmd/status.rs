@@ -289,6 +289,9 @@ fn host_block(s: &StatusFile, now: DateTime<Utc>) -> String {
             i.reason.as_deref().unwrap_or("")
         );
     }
+    if let Some(ss) = &sys.scaleset {
+        out += &scaleset_lines(ss, now);
+    }
     out += &format!("  runner        {}\n", runner_word(&sys.runner, now));
     let k = &s.counts;
     out += &format!(
@@ -437,4 +440,33 @@ fn keepalive_line(k: &KeepaliveInfo) -> String {
             .map(|k| format!("; sysctls {k}"))
             .unwrap_or_default()
     )
+}
+
+/// Scale-set mode: the session, this host's runners and what the service says.
+fn scaleset_lines(ss: &crate::status::ScaleSetStatus, now: DateTime<Utc>) -> String {
+    let id = ss.id.map(|i| format!(" (id {i})")).unwrap_or_default();
+    let since = ss
+        .since
+        .map(|t| format!(" for {}", human(now - t)))
+        .unwrap_or_default();
+    let detail = ss
+        .detail
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "  scale set     {}{id}, session {}{since}{detail}; last message {}, {} conflicts waited out, {} polls timed out\n",
+        ss.name, ss.session, ss.last_message_id, ss.conflicts_waited, ss.polls_timed_out
+    );
+    out += &format!(
+        "                jobs use runs-on: {}; runners {} starting, {} idle, {} busy (max {}, min {}); {} started, {} assignments lapsed\n",
+        ss.name, ss.runners_starting, ss.runners_idle, ss.runners_busy, ss.max_runners, ss.min_runners, ss.runners_started, ss.assignments_lapsed
+    );
+    if let Some(st) = &ss.statistics {
+        out += &format!(
+            "                the service says: {} assigned, {} running, {} registered, {} idle, {} busy runners\n",
+            st.total_assigned_jobs, st.total_running_jobs, st.total_registered_runners, st.total_idle_runners, st.total_busy_runners
+        );
+    }
+    out
 }

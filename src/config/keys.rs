@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{
     AutoUpdate, ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, OnBattery,
-    RegistrationMode, Secret, Toggle,
+    RegistrationMode, RunnerMode, Secret, Toggle,
 };
 use super::{Inhibit, WindowsKeepAwake};
 
@@ -84,6 +84,8 @@ keys! {
         "job work folder, relative to the runner root";
     RUNNER_REGISTRATION: RegistrationMode = "runner" . "registration", Kind::Enum(&["auto", "jit", "token"]), Some("auto"), &[],
         "jit, token (config.sh fallback), or auto (jit, falling back when the server has none)";
+    RUNNER_MODE: RunnerMode = "runner" . "mode", Kind::Enum(&["slots", "scaleset"]), Some("slots"), &[],
+        "slots: each slot keeps an idle Runner.Listener registered and long-polling; scaleset: one long-poll for the whole host through GitHub's runner scale-set API ([scaleset]), and a just-in-time runner only when a job is assigned (jobs must use runs-on: <scale set name>)";
     RUNNER_DRAIN_TIMEOUT: Duration = "runner" . "drain_timeout", Kind::Duration { min: secs(0), max: secs(7 * 24 * 3600), }, Some("15m"), &[],
         "on SIGTERM, how long a busy runner may finish its job";
     RUNNER_STOP_GRACE: Duration = "runner" . "stop_grace", Kind::Duration { min: secs(1), max: secs(600), }, Some("30s"), &[],
@@ -106,6 +108,22 @@ keys! {
         "extra environment for the runner and its jobs, NAME = value";
     RUNNER_PASS_ENV: Option<Vec<String>> = "runner" . "pass_env", Kind::List, None, &[],
         "names of supervisor environment variables passed on to the runner";
+    SCALESET_NAME: Option<String> = "scaleset" . "name", Kind::Str, None, &[],
+        "the scale set's name, what jobs name in runs-on (default <name_prefix>-<host>); give each host its own";
+    SCALESET_RUNNER_GROUP: String = "scaleset" . "runner_group", Kind::Str, Some("Default"), &[],
+        "the runner group the scale set is in, by name";
+    SCALESET_LABELS: Option<Vec<String>> = "scaleset" . "labels", Kind::List, None, &[],
+        "extra labels of the scale set, after its name (GitHub does not reliably route on them: use runs-on: <name>)";
+    SCALESET_MAX_RUNNERS: Option<u64> = "scaleset" . "max_runners", Kind::Int { min: 1, max: 100 }, None, &[],
+        "at most this many runners at once (default [runner] slots); sent as X-ScaleSetMaxCapacity";
+    SCALESET_MIN_RUNNERS: u64 = "scaleset" . "min_runners", Kind::Int { min: 0, max: 100 }, Some("0"), &[],
+        "warm runners kept registered and listening while no job is assigned (0: no idle listener at all)";
+    SCALESET_POLL_TIMEOUT: Duration = "scaleset" . "poll_timeout", Kind::Duration { min: Duration::from_millis(100), max: secs(600) }, Some("70s"), &[],
+        "a long poll that neither answers nor fails this long is dead (GitHub holds a poll about 50 s): a new connection polls again";
+    SCALESET_CONFLICT_LIMIT: Duration = "scaleset" . "conflict_limit", Kind::Duration { min: secs(1), max: secs(3600) }, Some("5m"), &[],
+        "wait out a session conflict (a crashed session lasts about 50 s) this long before saying another host uses the name";
+    SCALESET_SURPLUS_GRACE: Duration = "scaleset" . "surplus_grace", Kind::Duration { min: Duration::from_millis(10), max: secs(3600) }, Some("30s"), &[],
+        "a listening runner no assigned job needs (its assignment lapsed or was cancelled) is stopped and removed after this long";
     STATE_DIR: PathBuf = "state" . "dir", Kind::Path, Some("/var/lib/runner-supervisor"), &[],
         "state directory: per-slot runner roots, status, breaker";
     STATE_SHARED_DIR: PathBuf = "state" . "shared_dir", Kind::Path, Some("/run/runner-supervisor"), &[],

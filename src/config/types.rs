@@ -92,6 +92,28 @@ impl Scope {
     }
 }
 
+/// `[runner] mode`: idle listeners per slot, or one scale-set session for the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerMode {
+    Slots,
+    ScaleSet,
+}
+
+/// `[scaleset]`: the runner scale set of `[runner] mode = "scaleset"`.
+#[derive(Debug, Clone)]
+pub struct ScaleSetConfig {
+    /// What jobs name in `runs-on`.
+    pub name: String,
+    pub runner_group: String,
+    /// Extra labels, after the name.
+    pub labels: Vec<String>,
+    pub max_runners: usize,
+    pub min_runners: usize,
+    pub poll_timeout: Duration,
+    pub conflict_limit: Duration,
+    pub surplus_grace: Duration,
+}
+
 /// How runners are registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistrationMode {
@@ -140,6 +162,8 @@ pub struct RunnerConfig {
     pub group_id: u64,
     pub work_folder: String,
     pub registration: RegistrationMode,
+    /// `slots` or `scaleset`.
+    pub mode: RunnerMode,
     pub drain_timeout: Duration,
     pub stop_grace: Duration,
     pub session_conflict_wait: Duration,
@@ -466,6 +490,8 @@ pub struct Config {
     /// `[host]`: keeping the machine awake while busy.
     pub host: HostConfig,
     pub intake: IntakeConfig,
+    /// `[scaleset]`, used when `runner.mode` is `scaleset`.
+    pub scaleset: ScaleSetConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
     /// The config file read, if any.

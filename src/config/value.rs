@@ -151,6 +151,7 @@ macro_rules! from_words {
 
 from_words!(ListenerKeepalive { "auto" => ListenerKeepalive::Auto, "off" => ListenerKeepalive::Off });
 from_words!(Toggle { "auto" => Toggle::Auto, "on" => Toggle::On, "off" => Toggle::Off });
+from_words!(RunnerMode { "slots" => RunnerMode::Slots, "scaleset" => RunnerMode::ScaleSet });
 from_words!(RegistrationMode { "auto" => RegistrationMode::Auto, "jit" => RegistrationMode::Jit, "token" => RegistrationMode::Token });
 from_words!(ChronycMode { "auto" => ChronycMode::Auto, "required" => ChronycMode::Required, "off" => ChronycMode::Off });
 from_words!(AutoUpdate { "on" => AutoUpdate::On, "notify" => AutoUpdate::Notify, "off" => AutoUpdate::Off });

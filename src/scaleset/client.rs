@@ -43,9 +43,32 @@ fn transport(e: reqwest::Error) -> ServiceError {
 impl Service {
     /// `poll_timeout` bounds a long poll (the service holds it about 50 s).
     pub fn new(user_agent: &str, poll_timeout: Duration) -> Result<Service, String> {
+        let k = crate::sockets::Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(10),
+            probes: 3,
+            user_timeout: Duration::from_secs(60),
+        };
+        Service::tuned(user_agent, poll_timeout, &k)
+    }
+
+    /// With keepalive and `TCP_USER_TIMEOUT` on every connection (what the official
+    /// listener never sets on its own): a dead path fails by itself, not after the poll's
+    /// timeout. `timeout` bounds every call, the long poll included.
+    pub fn tuned(
+        user_agent: &str,
+        timeout: Duration,
+        k: &crate::sockets::Keepalive,
+    ) -> Result<Service, String> {
         let http = reqwest::Client::builder()
-            .timeout(poll_timeout)
-            .tcp_keepalive(Duration::from_secs(60))
+            .use_rustls_tls()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(30).min(timeout))
+            .tcp_keepalive(k.idle)
+            .tcp_keepalive_interval(k.interval)
+            .tcp_keepalive_retries(k.probes)
+            .tcp_user_timeout(k.user_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the scale-set client: {e}"))?;
         Ok(Service {
@@ -293,6 +316,32 @@ impl Service {
             ) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// §2.6 (GHES): acquire jobs by `runnerRequestId`, with the queue token; the ids
+    /// acquired.
+    pub async fn acquire_jobs(
+        &self,
+        admin: &Admin,
+        session: &Session,
+        set_id: u64,
+        ids: &[i64],
+    ) -> Result<Vec<i64>, ServiceError> {
+        let url = format!(
+            "{}/_apis/runtime/runnerscalesets/{set_id}/acquirejobs?api-version=6.0-preview",
+            admin.url.trim_end_matches('/')
+        );
+        let req = self
+            .http
+            .post(url)
+            .header(
+                "Authorization",
+                format!("Bearer {}", session.message_queue_access_token),
+            )
+            .body(serde_json::to_string(ids).expect("numbers"));
+        let (_, text) = self.send(Call::Queue, req).await?;
+        let l: List<i64> = decode(&text)?;
+        Ok(l.value)
     }
 
     /// §2.8: a JIT config for a runner of the scale set (200, `encodedJITConfig`).

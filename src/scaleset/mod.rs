@@ -3,11 +3,14 @@
 //! refreshed ([`admin_token_refresh_due`]), and its calls ([`client`]). Facts and their certainty are in
 //! `../shared/reference/scaleset-protocol.md` (cited by section).
 //!
-//! Scale-set mode itself (one session per host, a runner per assigned job) builds on
-//! this; it is not wired into `supervisor run` yet.
+//! Scale-set mode itself builds on this: [`session`] keeps the host's one session alive,
+//! [`demand`] (pure) says how many runners the scale set needs, and [`pool`] runs the
+//! session in `supervisor run` and hands the slots a runner per assigned job.
 
 pub mod client;
+pub mod demand;
 pub mod errors;
+pub mod pool;
 pub mod session;
 pub mod types;
 

@@ -18,6 +18,9 @@ use super::errors::ServiceError;
 use super::types::{Message, RunnerScaleSet, Session};
 use crate::github::GithubClient;
 
+/// Told of each session conflict waited out: how many so far, and the service's message.
+pub type Waiting = dyn Fn(u64, &str) + Send + Sync;
+
 /// What the connection is for.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -46,6 +49,9 @@ pub struct Connection {
     admin: Option<Admin>,
     set: Option<RunnerScaleSet>,
     session: Option<Session>,
+    /// A session dropped by [`Connection::reset`]: deleted (best effort) before the next
+    /// is opened, so a session that is still alive does not cost a 50 s conflict.
+    stale: Option<(u64, String)>,
     /// Conflicts waited out so far.
     pub conflicts_waited: u64,
     /// Scale sets created so far (the first, or again after GitHub deleted one).
@@ -77,6 +83,7 @@ impl Connection {
             admin: None,
             set: None,
             session: None,
+            stale: None,
             conflicts_waited: 0,
             sets_created: 0,
             sessions_opened: 0,
@@ -95,9 +102,48 @@ impl Connection {
 
     /// Forget the session, the queue token and the admin token (after a resume or a
     /// wall-clock step): the next call rebuilds them.
+    /// The scale set is looked up by name again (GitHub may have deleted it meanwhile).
     pub fn reset(&mut self) {
+        if let (Some(s), Some(set)) = (self.session.take(), self.set.take()) {
+            self.stale = Some((set.id, s.session_id));
+        }
         self.admin = None;
         self.session = None;
+        self.set = None;
+    }
+
+    /// Everything a poll needs, made or refreshed as needed: the admin connection (fresh),
+    /// the scale set, the session.
+    pub async fn ready(
+        &mut self,
+        waiting: &Waiting,
+    ) -> Result<(Admin, RunnerScaleSet), ServiceError> {
+        let a = self.admin().await?;
+        if self.session.is_none() {
+            self.open(waiting).await?;
+        }
+        let set = self.ensure_set().await?;
+        Ok((self.admin.clone().unwrap_or(a), set))
+    }
+
+    /// GHES: acquire the jobs of `runnerRequestId`s `ids` (the queue token); the ids
+    /// acquired. A 401 refreshes the session and tries once more.
+    pub async fn acquire(&mut self, ids: &[i64]) -> Result<Vec<i64>, ServiceError> {
+        let (Some(s), Some(set)) = (self.session.clone(), self.set.clone()) else {
+            return Ok(vec![]);
+        };
+        let admin = self.admin().await?;
+        match self.svc.acquire_jobs(&admin, &s, set.id, ids).await {
+            Err(ServiceError::QueueTokenExpired) => {
+                let fresh = self
+                    .svc
+                    .refresh_session(&admin, set.id, &s.session_id)
+                    .await?;
+                self.session = Some(fresh.clone());
+                self.svc.acquire_jobs(&admin, &fresh, set.id, ids).await
+            }
+            other => other,
+        }
     }
 
     /// The admin connection, minted when missing or due.
@@ -145,10 +191,19 @@ impl Connection {
 
     /// Open the session: the scale set first; conflicts waited out with back-off
     /// (`waiting` hears each wait); a scale set gone is created again.
-    pub async fn open(&mut self, waiting: &dyn Fn(u64, &str)) -> Result<Session, ServiceError> {
+    pub async fn open(&mut self, waiting: &Waiting) -> Result<Session, ServiceError> {
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_secs(1);
         let mut reminted = false;
+        if let Some((set_id, id)) = self.stale.take() {
+            if let Ok(a) = self.admin().await {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.svc.delete_session(&a, set_id, &id),
+                )
+                .await;
+            }
+        }
         loop {
             let set = self.ensure_set().await?;
             let a = self.admin().await?;
@@ -190,7 +245,7 @@ impl Connection {
         &mut self,
         last_message_id: u64,
         capacity: u32,
-        waiting: &dyn Fn(u64, &str),
+        waiting: &Waiting,
     ) -> Result<Option<Message>, ServiceError> {
         let s = match &self.session {
             Some(s) => s.clone(),
@@ -219,7 +274,7 @@ impl Connection {
     async fn rebuild(
         &mut self,
         e: ServiceError,
-        waiting: &dyn Fn(u64, &str),
+        waiting: &Waiting,
     ) -> Result<Option<Message>, ServiceError> {
         match &e {
             ServiceError::ScaleSetNotFound { .. } => self.set = None,

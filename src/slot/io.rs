@@ -122,6 +122,9 @@ impl SlotIo {
                 lost_job,
             } => self.exit_noted(reason, ended, lost_job),
             Effect::Deregister => {
+                if let Some(p) = sh.pool() {
+                    p.gone(slot);
+                }
                 if let Some(r) = self.reg.take() {
                     deregister_reg(sh, &r, Self::stopping(&self.mode)).await;
                 }
@@ -203,6 +206,10 @@ impl SlotIo {
             s.job_started_at = None;
         });
         tracing::info!(event = "listener_exited", slot, runner = %self.name, ended = ?ended, reason = reason.as_str(), "listener exited");
+        // Scale-set mode: a runner is done when its process exits, whatever the hints say.
+        if let Some(p) = sh.pool() {
+            p.gone(slot);
+        }
         sh.host.autopilot(|f| f.ended(slot));
     }
 
@@ -295,6 +302,13 @@ impl SlotIo {
                     _ => Outcome::Prepared(None),
                 },
                 None => Outcome::Prepared(None),
+            },
+            Op::AwaitAssignment => match sh.pool() {
+                Some(p) => tokio::select! {
+                    _ = p.ticket(slot) => Outcome::Assigned,
+                    _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
+                },
+                None => Outcome::Assigned,
             },
             Op::Register => {
                 let r = tokio::select! {

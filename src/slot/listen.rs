@@ -266,6 +266,7 @@ fn listen_limits(sh: &Shared) -> Limits {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
         stable_after: cfg.stable_after,
+        prepare_next: cfg.mode != crate::config::RunnerMode::ScaleSet,
     }
 }
 
@@ -496,6 +497,9 @@ fn job_started(
 ) {
     if let Some(j) = &sh.jobs {
         j.started(slot, l.name(), &name);
+    }
+    if let Some(p) = sh.pool() {
+        p.busy(slot);
     }
     if let Some(n) = sh
         .oom_at_job_start

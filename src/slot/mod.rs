@@ -68,6 +68,8 @@ pub struct Shared {
     /// Each slot's count of the cgroup's OOM kills when its job started (where the kernel
     /// tells): more at the loss means the OOM killer took it.
     pub oom_at_job_start: Mutex<Vec<Option<u64>>>,
+    /// Scale-set mode: the session's pool, which says when a slot may start a runner.
+    pool: std::sync::OnceLock<Arc<crate::scaleset::pool::Pool>>,
 }
 
 impl Shared {
@@ -120,6 +122,7 @@ impl Shared {
             oom_at_job_start: Mutex::new(vec![None; slots]),
             breaker_reset,
             jobs: None,
+            pool: std::sync::OnceLock::new(),
         };
         let all = sh
             .breakers
@@ -213,6 +216,16 @@ impl Shared {
         self.deletions.drain(&self.gh, &self.board, deadline).await;
     }
 
+    /// Scale-set mode: the pool, set once before the slots start.
+    pub fn set_pool(&self, p: Arc<crate::scaleset::pool::Pool>) {
+        let _ = self.pool.set(p);
+    }
+
+    /// The scale-set pool, in scale-set mode.
+    pub fn pool(&self) -> Option<&Arc<crate::scaleset::pool::Pool>> {
+        self.pool.get()
+    }
+
     /// The limits of the slot's policy.
     fn slot_limits(&self) -> SlotLimits {
         SlotLimits {
@@ -223,6 +236,7 @@ impl Shared {
             retryable_exits: self.cfg.watchdog.retryable_exits,
             session_conflict_wait: self.cfg.runner.session_conflict_wait,
             auto_update: self.cfg.runner.auto_update == crate::config::AutoUpdate::On,
+            on_demand: self.cfg.runner.mode == crate::config::RunnerMode::ScaleSet,
         }
     }
 

@@ -43,6 +43,17 @@ impl Registration {
 
 /// Register one runner for `slot`, in the configured (or discovered) mode.
 pub async fn register(sh: &Shared, slot: usize) -> Result<Registration, GithubError> {
+    if let Some(p) = sh.pool() {
+        let r = register_scaleset(sh, p, slot).await;
+        match &r {
+            Ok(reg) => {
+                p.registered(slot, &reg.name);
+                sh.board.stats.registrations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => p.gone(slot),
+        }
+        return r;
+    }
     let r = match sh.mode() {
         RegistrationMode::Jit => register_jit(sh, slot).await,
         RegistrationMode::Token => register_token(sh, slot).await,
@@ -90,6 +101,33 @@ async fn register_jit(sh: &Shared, slot: usize) -> Result<Registration, GithubEr
             // A name collision: draw another suffix.
             Err(GithubError::Conflict { .. }) if attempt < 2 => attempt += 1,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Scale-set mode: a JIT runner of the scale set (a fresh name each time).
+async fn register_scaleset(
+    sh: &Shared,
+    pool: &crate::scaleset::pool::Pool,
+    slot: usize,
+) -> Result<Registration, GithubError> {
+    use crate::scaleset::errors::ServiceError;
+    let c = &sh.cfg.runner;
+    let mut attempt = 0;
+    loop {
+        let name = naming::jit_name(&c.name_prefix, &sh.hostname, slot);
+        match pool.register(&name).await {
+            Ok(r) => {
+                tracing::info!(event = "scaleset_runner", slot, runner = %r.name, id = r.id, "a runner of the scale set for an assigned job");
+                return Ok(Registration {
+                    id: Some(r.id),
+                    name: r.name,
+                    secret: RegSecret::Jit(r.jit),
+                    created: Instant::now(),
+                });
+            }
+            Err(ServiceError::RunnerExists { .. }) if attempt < 2 => attempt += 1,
+            Err(e) => return Err(GithubError::Transient(format!("scale-set JIT config: {e}"))),
         }
     }
 }

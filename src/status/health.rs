@@ -35,6 +35,8 @@ pub enum Condition {
     RunnerUpgrade,
     /// Intake is closed (`[intake]`): said, never a fault.
     Intake,
+    /// Scale-set mode: the session is not polling (a conflict waited out, failing calls).
+    ScaleSet,
 }
 
 impl std::fmt::Display for Condition {
@@ -50,6 +52,7 @@ impl std::fmt::Display for Condition {
             Condition::RunnerVersion => f.write_str("runner version"),
             Condition::RunnerUpgrade => f.write_str("runner upgrade"),
             Condition::Intake => f.write_str("intake"),
+            Condition::ScaleSet => f.write_str("scale set"),
             Condition::Disk => f.write_str("disk"),
             Condition::Docker => f.write_str("docker"),
         }
@@ -117,7 +120,9 @@ pub fn evaluate(
         let why = s.error.as_deref().unwrap_or("unknown");
         match s.state {
             // Closed intake is a choice: said by the intake condition, never a fault.
-            SlotState::Busy | SlotState::Closed => continue,
+            // So is a scale-set slot with no job assigned: the session's health is the
+            // scale-set condition's.
+            SlotState::Busy | SlotState::Closed | SlotState::Waiting => continue,
             SlotState::Paused => {
                 health = health.max(Health::Unhealthy);
                 reasons.push(format!("slot {i} paused: {why}"));

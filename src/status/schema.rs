@@ -76,6 +76,49 @@ pub struct SystemStatus {
     /// Whether the host takes jobs now (`[intake]`), and why not.
     #[serde(default)]
     pub intake: Option<IntakeStatus>,
+    /// Scale-set mode: the host's one session and what the service says of the set.
+    #[serde(default)]
+    pub scaleset: Option<ScaleSetStatus>,
+}
+
+/// Scale-set mode (`[runner] mode = "scaleset"`): the session, the service's statistics
+/// and this host's runners.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ScaleSetStatus {
+    /// The scale set's name: jobs use `runs-on: <name>`.
+    pub name: String,
+    /// Its id, once found or created.
+    pub id: Option<u64>,
+    /// `connecting`, `conflict` (waiting out another session), `polling`, `rebuilding`
+    /// (after a resume, a clock step or a lost session), `failing`, `closed`.
+    pub session: String,
+    /// Since when the session has been in that state.
+    pub since: Option<DateTime<Utc>>,
+    /// Why, when not `polling`.
+    pub detail: Option<String>,
+    /// The last message id taken (and acknowledged).
+    pub last_message_id: u64,
+    /// 409 conflicts waited out so far.
+    pub conflicts_waited: u64,
+    pub sessions_opened: u64,
+    /// Scale sets created (the first, or again after GitHub deleted an idle one).
+    pub sets_created: u64,
+    /// Polls that neither answered nor failed within `[scaleset] poll_timeout`.
+    pub polls_timed_out: u64,
+    /// What the service sent with its last message.
+    pub statistics: Option<crate::scaleset::types::Statistics>,
+    /// Jobs assigned to this host's runners and not over, by our own count.
+    pub jobs_assigned: u64,
+    /// Runners started (one per assigned job, plus warm ones).
+    pub runners_started: u64,
+    pub runners_starting: u64,
+    pub runners_idle: u64,
+    pub runners_busy: u64,
+    /// Assignments that lapsed unserved (re-assigned by GitHub under a new job id).
+    pub assignments_lapsed: u64,
+    pub max_runners: u64,
+    pub min_runners: u64,
 }
 
 /// Intake (`[intake]`): open, or closed and why (on battery, low battery, quiet hours).

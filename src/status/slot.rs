@@ -31,6 +31,9 @@ pub enum SlotState {
     BreakerOpen,
     /// Registrations paused until the clock is fixed.
     ClockFault,
+    /// Scale-set mode: no runner, waiting until the scale set is assigned a job this
+    /// slot may serve (`[runner] mode = "scaleset"`). Idle by design, not a fault.
+    Waiting,
     /// Intake is closed (`[intake]`: on battery, low battery, quiet hours): no listener,
     /// no registration, until it reopens by itself. A choice, not a fault.
     Closed,
@@ -53,6 +56,7 @@ impl SlotState {
             SlotState::BreakerOpen => "breaker-open",
             SlotState::ClockFault => "clock-fault",
             SlotState::Closed => "closed",
+            SlotState::Waiting => "waiting",
             SlotState::Stopped => "stopped",
         }
     }

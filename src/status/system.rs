@@ -68,6 +68,8 @@ pub struct SystemState {
     pub windows_keep_awake: Option<String>,
     /// Intake (`[intake]`), once judged.
     pub intake: Option<crate::status::IntakeStatus>,
+    /// Scale-set mode's session and statistics.
+    pub scaleset: Option<crate::status::ScaleSetStatus>,
 }
 
 impl SystemState {
@@ -184,6 +186,7 @@ impl SystemState {
             inhibitor: self.inhibitor.clone(),
             windows_keep_awake: self.windows_keep_awake.clone(),
             intake: self.intake.clone(),
+            scaleset: self.scaleset.clone(),
             runner: RunnerStatus {
                 version: self.runner_version.clone(),
                 latest: self.runner_latest.clone(),

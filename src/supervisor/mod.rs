@@ -102,6 +102,13 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     start_autopilot(&deps, &shared).await;
     serve_endpoints(endpoints, &shared, &mode_tx, &slot_cmds, &background);
     spawn_monitors(&deps, &shared, &slot_cmds, &background).await;
+    let session = match cfg.runner.mode {
+        crate::config::RunnerMode::ScaleSet => Some(
+            crate::scaleset::pool::start(&shared, mode.clone(), slot_cmds.clone())
+                .map_err(|e| anyhow::anyhow!("scale-set mode: {e}"))?,
+        ),
+        crate::config::RunnerMode::Slots => None,
+    };
     let slots = TaskTracker::new();
     for (i, rx) in slot_cmd_rx.into_iter().enumerate() {
         slots.spawn(slot::run(shared.clone(), i, mode.clone(), rx));
@@ -116,6 +123,9 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
         )
     });
     slots.wait().await;
+    if let Some(s) = session {
+        let _ = s.await;
+    }
     tear_down(&shared, background, &state.status_path).await;
     Ok(board.summary())
 }

@@ -58,7 +58,7 @@ fn build_with(
 ) -> Option<Config> {
     check_bounds(p);
     let github = github(r, purpose, p);
-    let runner = runner(r, env, purpose, p);
+    let mut runner = runner(r, env, purpose, p);
     let health = health(r, p);
     let clock = clock(r, p);
     let network = network(r, p);
@@ -72,6 +72,11 @@ fn build_with(
     let disk = disk(r, p);
     let shared_dir = shared_dir(r, p);
     let intake = intake(r, p);
+    let scaleset = scaleset(r, &runner, p);
+    // Scale-set mode: one slot per runner the scale set may have at once.
+    if runner.mode == RunnerMode::ScaleSet {
+        runner.slots = scaleset.max_runners;
+    }
     let entries = entries(p.l);
     if github.scope.is_none() && purpose == Purpose::Run {
         return None;
@@ -115,6 +120,7 @@ fn build_with(
             windows_keep_awake: r.get(&HOST_WINDOWS_KEEP_AWAKE),
         },
         intake,
+        scaleset,
         log,
         entries,
         file,
@@ -200,6 +206,7 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         group_id: r.get(&RUNNER_GROUP_ID),
         work_folder,
         registration: r.get(&RUNNER_REGISTRATION),
+        mode: r.get(&RUNNER_MODE),
         drain_timeout: r.get(&RUNNER_DRAIN_TIMEOUT),
         stop_grace: r.get(&RUNNER_STOP_GRACE),
         session_conflict_wait: r.get(&RUNNER_SESSION_CONFLICT_WAIT),
@@ -211,6 +218,56 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         auto_update: r.get(&RUNNER_AUTO_UPDATE),
         env: extra_env,
         pass_env,
+    }
+}
+
+/// `[scaleset]`: the name defaults to `<name_prefix>-<host>`; at most 100 runners, at
+/// least as many as kept warm.
+fn scaleset(r: &Reader, runner: &RunnerConfig, p: &mut Problems) -> ScaleSetConfig {
+    let name = r
+        .get(&SCALESET_NAME)
+        .unwrap_or_else(|| format!("{}-{}", runner.name_prefix, crate::naming::this_host()));
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        p.add(
+            SCALESET_NAME.name(),
+            format!("{name:?} must be 1 to 100 characters of letters, digits, '-', '_' or '.' (jobs name it in runs-on)"),
+        );
+    }
+    let runner_group = r.get(&SCALESET_RUNNER_GROUP);
+    if runner_group.trim().is_empty() {
+        p.add(SCALESET_RUNNER_GROUP.name(), "must not be empty".into());
+    }
+    let labels = r.get(&SCALESET_LABELS).unwrap_or_default();
+    if !labels.is_empty() {
+        if let Err(m) = check_labels(&labels) {
+            p.add(SCALESET_LABELS.name(), m);
+        }
+    }
+    let max_runners = r
+        .get(&SCALESET_MAX_RUNNERS)
+        .map(|n| n as usize)
+        .unwrap_or(runner.slots);
+    let min_runners = r.get(&SCALESET_MIN_RUNNERS) as usize;
+    if min_runners > max_runners {
+        p.add(
+            SCALESET_MIN_RUNNERS.name(),
+            format!("{min_runners} is more than scaleset.max_runners ({max_runners})"),
+        );
+    }
+    ScaleSetConfig {
+        name,
+        runner_group,
+        labels,
+        max_runners,
+        min_runners,
+        poll_timeout: r.get(&SCALESET_POLL_TIMEOUT),
+        conflict_limit: r.get(&SCALESET_CONFLICT_LIMIT),
+        surplus_grace: r.get(&SCALESET_SURPLUS_GRACE),
     }
 }
 

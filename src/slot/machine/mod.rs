@@ -39,6 +39,8 @@ pub enum StopCause {
     LeaseLost,
     /// Intake closed while this listener was idle.
     Intake,
+    /// Scale-set mode: no assigned job needs this idle runner any more.
+    Surplus,
 }
 
 /// The limits a listener is watched with.
@@ -49,6 +51,9 @@ pub struct Limits {
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
     pub stable_after: Duration,
+    /// Register the next runner while a job runs (never in scale-set mode: a registration
+    /// there is made only for an assigned job).
+    pub prepare_next: bool,
 }
 
 /// What the host knows that the machine cannot see: for attributing a watchdog fire.
@@ -231,6 +236,8 @@ impl Listen {
                 out.push(Action::RecycleIdle);
                 return self.decide(StopCause::Recycle, out);
             }
+            Input::Cmd(SlotCmd::Surplus) if self.busy => {}
+            Input::Cmd(SlotCmd::Surplus) => return self.decide(StopCause::Surplus, out),
             Input::Cmd(SlotCmd::CloseIntake) if self.busy => {}
             Input::Cmd(SlotCmd::CloseIntake) => return self.decide(StopCause::Intake, out),
             Input::Cmd(SlotCmd::Replace(_)) if self.busy => {}
@@ -286,7 +293,7 @@ impl Listen {
                 self.stable_at = None;
                 out.push(Action::JobStarted(name));
                 out.push(Action::Show(SlotState::Busy));
-                if !self.prepared && self.mode == Mode::Run {
+                if !self.prepared && self.mode == Mode::Run && self.limits.prepare_next {
                     self.prepared = true;
                     out.push(Action::PrepareNext);
                 }
@@ -365,7 +372,7 @@ pub fn reason(cause: Option<&StopCause>, ended: Ended, seen: &Seen) -> ExitReaso
         Some(StopCause::NotReady) => ExitReason::Unknown,
         Some(StopCause::Watchdog(..)) => ExitReason::Watchdog,
         Some(StopCause::Recycle | StopCause::LeaseLost) => ExitReason::Recycled,
-        Some(StopCause::Intake) => ExitReason::Stopped,
+        Some(StopCause::Intake | StopCause::Surplus) => ExitReason::Stopped,
         Some(StopCause::Shutdown) | None => classify(ended, seen, cause.is_some()),
     }
 }

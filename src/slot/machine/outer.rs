@@ -193,7 +193,12 @@ impl Slot {
                 self.prepared = false;
                 self.to(Phase::Registering, vec![], Op::TakePrepared)
             }
-            Outcome::Gates { .. } | Outcome::Prepared(None) => self.to(
+            Outcome::Gates { .. } if self.limits.on_demand => self.to(
+                Phase::Registering,
+                vec![Effect::Show(SlotState::Waiting)],
+                Op::AwaitAssignment,
+            ),
+            Outcome::Gates { .. } | Outcome::Prepared(None) | Outcome::Assigned => self.to(
                 Phase::Registering,
                 vec![Effect::Show(SlotState::Registering)],
                 Op::Register,

@@ -84,3 +84,36 @@ fn closed_intake_waits_without_a_registration_and_goes_on_when_it_opens() {
     let step = s.step(NO_GATES);
     assert_eq!(step.op, Op::Register);
 }
+
+#[test]
+fn scale_set_mode_waits_for_an_assignment_before_each_registration() {
+    let mut s = Slot::new(
+        SlotLimits {
+            on_demand: true,
+            ..limits()
+        },
+        Jitter::Fixed(0.0),
+    );
+    s.step(Outcome::Begin);
+    let step = s.step(NO_GATES);
+    assert_eq!(
+        (step.effects, step.op),
+        (vec![Effect::Show(SlotState::Waiting)], Op::AwaitAssignment)
+    );
+    let step = s.step(Outcome::Assigned);
+    assert_eq!(
+        (step.effects, step.op),
+        (vec![Effect::Show(SlotState::Registering)], Op::Register)
+    );
+    // Stopped while waiting: nothing registered, nothing to delete.
+    let mut s = Slot::new(
+        SlotLimits {
+            on_demand: true,
+            ..limits()
+        },
+        Jitter::Fixed(0.0),
+    );
+    s.step(Outcome::Begin);
+    s.step(NO_GATES);
+    assert_eq!(s.step(Outcome::Stopping).op, Op::Finish);
+}

@@ -27,6 +27,7 @@ fn limits() -> SlotLimits {
         retryable_exits: 3,
         session_conflict_wait: S(30),
         auto_update: false,
+        on_demand: false,
     }
 }
 

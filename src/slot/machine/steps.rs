@@ -64,6 +64,8 @@ pub enum Outcome {
     },
     /// Intake is open again.
     IntakeOpened,
+    /// [`Op::AwaitAssignment`]: this slot may start a runner for the scale set.
+    Assigned,
     /// A breaker wait ended: `reset` when an operator closed it.
     BreakerWaited {
         reset: bool,
@@ -116,6 +118,9 @@ pub enum Op {
     AwaitIntake,
     /// Take the registration made in advance into hand: answer [`Outcome::Prepared`].
     TakePrepared,
+    /// Scale-set mode: wait until the scale set needs another runner (a job assigned, or
+    /// `min_runners` warm): answer [`Outcome::Assigned`].
+    AwaitAssignment,
     /// Make a registration.
     Register,
     /// Start a listener with the registration in hand.
@@ -232,4 +237,7 @@ pub struct SlotLimits {
     /// `[runner] auto_update = "on"`: a deprecated runner is replaced by a newer one at
     /// once (the autopilot's canary), instead of pausing the slot until someone installs it.
     pub auto_update: bool,
+    /// Scale-set mode (`[runner] mode = "scaleset"`): a runner only when the scale set
+    /// needs one, never registered in advance.
+    pub on_demand: bool,
 }

@@ -12,6 +12,7 @@ fn limits() -> Limits {
         ready_timeout: S(300),
         drain_timeout: S(900),
         stable_after: S(60),
+        prepare_next: true,
     }
 }
 
@@ -426,4 +427,28 @@ fn our_stop_cause_decides_the_reason_before_the_code() {
         ExitReason::Stopped
     );
     assert_eq!(reason(None, Ended::Code(2), &seen), ExitReason::Retryable);
+}
+
+#[test]
+fn scale_set_mode_registers_nothing_in_advance_and_stops_only_an_idle_surplus_runner() {
+    let t = Instant::now();
+    let l = Limits {
+        prepare_next: false,
+        ..limits()
+    };
+    let mut m = Listen::new(l, t, false, false, Mode::Run);
+    m.step(ev(LISTENING), t, H);
+    // Surplus while idle: stopped, an ordinary stop (no failure, no fire).
+    let a = m.step(Input::Cmd(SlotCmd::Surplus), t, H);
+    assert_eq!(stops(&a), Some(&StopCause::Surplus));
+    assert_eq!(
+        reason(Some(&StopCause::Surplus), Ended::Code(0), &Seen::default()),
+        ExitReason::Stopped
+    );
+    let mut m = Listen::new(l, t, false, false, Mode::Run);
+    m.step(ev(LISTENING), t, H);
+    let a = m.step(ev(JOB), t, H);
+    assert!(!a.contains(&Action::PrepareNext), "{a:?}");
+    // Busy: a surplus word changes nothing.
+    assert!(m.step(Input::Cmd(SlotCmd::Surplus), t, H).is_empty());
 }

@@ -429,8 +429,10 @@ pub(super) fn runner_registration(shared: &Shared, ctx: &Ctx) -> Resp {
         return basic_error(StatusCode::NOT_FOUND, "Not Found");
     };
     // The runner says its version in its User-Agent; below the floor it may not register.
+    // Other clients of the scale-set service (ARC's listener, ours) are no runner.
     let version = ctx
         .header("user-agent")
+        .filter(|ua| ua.starts_with("GitHubActionsRunner"))
         .and_then(|ua| ua.rsplit('/').next().map(str::to_string))
         .unwrap_or_default();
     if crate::protocol::older(&version, crate::protocol::REGISTRATION_FLOOR) {
