@@ -21,5 +21,12 @@ pub fn main(input: CliInput, example: bool) -> ExitCode {
     for e in &cfg.entries {
         println!("{:width$} = {:<40} # {}", e.key, e.value, e.source);
     }
+    if cfg.runner.mode == crate::config::RunnerMode::ScaleSet {
+        println!(
+            "# scale-set mode: scale set {}; {}",
+            cfg.scaleset.name,
+            crate::diagnose::runs_on_advice(&cfg.scaleset.name)
+        );
+    }
     ExitCode::SUCCESS
 }

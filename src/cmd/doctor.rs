@@ -283,6 +283,7 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
                     ));
                 }
                 checks.push(diagnose::check_ghosts(gh, cfg, &crate::naming::this_host()).await);
+                checks.extend(diagnose::check_scaleset(cfg, gh).await);
             }
             checks.extend(preflight::check_clock(gh, &cfg.clock));
         }

@@ -22,6 +22,7 @@ mod awake;
 mod docker;
 mod network;
 mod runner;
+mod scaleset;
 mod upgrades;
 mod wsl;
 pub use awake::{check_inhibit, check_windows_keep_awake};
@@ -30,6 +31,7 @@ pub use network::{check_dependencies, check_dns, check_reachable, check_sysctls}
 pub use runner::{
     check_ghosts, check_leftovers, check_runner, check_runner_version, runner_version,
 };
+pub use scaleset::{check_scaleset, runs_on_advice};
 pub use upgrades::{check_runner_upgrades, effective_version};
 pub use wsl::check_wsl;
 

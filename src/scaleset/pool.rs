@@ -315,8 +315,16 @@ async fn poll_once(
     });
     pool.show(|s| {
         s.last_message_id = m.id;
-        if m.statistics.is_some() {
-            s.statistics = m.statistics;
+        if let Some(st) = m.statistics {
+            s.statistics = Some(crate::status::ScaleSetStatistics {
+                total_available_jobs: st.total_available_jobs,
+                total_acquired_jobs: st.total_acquired_jobs,
+                total_assigned_jobs: st.total_assigned_jobs,
+                total_running_jobs: st.total_running_jobs,
+                total_registered_runners: st.total_registered_runners,
+                total_busy_runners: st.total_busy_runners,
+                total_idle_runners: st.total_idle_runners,
+            });
         }
     });
     // Recorded: now acknowledged.
@@ -369,44 +377,3 @@ async fn surplus_task(pool: Arc<Pool>, cmds: SlotCmds, mode: watch::Receiver<Mod
     }
 }
 
-/// Scale-set mode: build the pool and its connection, hand the pool to the slots, and
-/// start the session task (it ends, deleting the session, once the supervisor stops).
-pub fn start(
-    shared: &Arc<crate::slot::Shared>,
-    mode: watch::Receiver<Mode>,
-    cmds: SlotCmds,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let cfg = &shared.cfg;
-    let ua = crate::github::USER_AGENT_VALUE;
-    let k = crate::sockets::Keepalive::for_own(&cfg.network);
-    let s = &cfg.scaleset;
-    // The loop's own watchdog (poll_timeout) fires before the client's timeout does.
-    let poll = Service::tuned(ua, s.poll_timeout + Duration::from_secs(10), &k)?;
-    let jit = Service::tuned(ua, Duration::from_secs(30), &k)?;
-    let scope = cfg
-        .github
-        .scope
-        .as_ref()
-        .ok_or("no repository or organisation is configured")?;
-    let target = super::session::Target {
-        api_url: cfg.github.api_url.clone(),
-        config_url: format!(
-            "{}/{}",
-            cfg.github.web_url.trim_end_matches('/'),
-            scope.web_path()
-        ),
-        name: s.name.clone(),
-        runner_group: s.runner_group.clone(),
-        labels: s.labels.clone(),
-        owner: shared.hostname.clone(),
-        conflict_limit: s.conflict_limit,
-    };
-    let host = shared.host.clone();
-    let offset = Box::new(move || host.clock.borrow().offset.unwrap_or(0.0));
-    let conn = Connection::new(poll, shared.gh.clone(), target, offset);
-    let pool = Pool::new(s, jit, shared.board.clone());
-    shared.set_pool(pool.clone());
-    tracing::info!(event = "scaleset_mode", name = %s.name, max_runners = s.max_runners, min_runners = s.min_runners, "scale-set mode: one session for the host, a runner per assigned job; jobs reach it with runs-on: {}", s.name);
-    let resumed = shared.host.resumed.subscribe();
-    Ok(tokio::spawn(run(pool, conn, mode, resumed, cmds)))
-}

@@ -81,6 +81,21 @@ pub struct SystemStatus {
     pub scaleset: Option<ScaleSetStatus>,
 }
 
+/// The statistics the scale-set service sends with each message (its own words, in
+/// snake case).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ScaleSetStatistics {
+    pub total_available_jobs: u64,
+    pub total_acquired_jobs: u64,
+    /// Assigned to the set and not finished, waiting or running.
+    pub total_assigned_jobs: u64,
+    pub total_running_jobs: u64,
+    pub total_registered_runners: u64,
+    pub total_busy_runners: u64,
+    pub total_idle_runners: u64,
+}
+
 /// Scale-set mode (`[runner] mode = "scaleset"`): the session, the service's statistics
 /// and this host's runners.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -107,7 +122,7 @@ pub struct ScaleSetStatus {
     /// Polls that neither answered nor failed within `[scaleset] poll_timeout`.
     pub polls_timed_out: u64,
     /// What the service sent with its last message.
-    pub statistics: Option<crate::scaleset::types::Statistics>,
+    pub statistics: Option<ScaleSetStatistics>,
     /// Jobs assigned to this host's runners and not over, by our own count.
     pub jobs_assigned: u64,
     /// Runners started (one per assigned job, plus warm ones).

@@ -25,6 +25,7 @@ use crate::status::Board;
 
 mod control_api;
 mod jobs;
+mod scaleset;
 pub use crate::status::Summary;
 use control_api::Control;
 
@@ -104,7 +105,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     spawn_monitors(&deps, &shared, &slot_cmds, &background).await;
     let session = match cfg.runner.mode {
         crate::config::RunnerMode::ScaleSet => Some(
-            crate::scaleset::pool::start(&shared, mode.clone(), slot_cmds.clone())
+            scaleset::start(&shared, mode.clone(), slot_cmds.clone())
                 .map_err(|e| anyhow::anyhow!("scale-set mode: {e}"))?,
         ),
         crate::config::RunnerMode::Slots => None,

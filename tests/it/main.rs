@@ -29,6 +29,7 @@ mod packaging;
 mod registration;
 mod reruns;
 mod resume;
+mod scaleset;
 mod scaleset_client;
 mod shutdown;
 mod systemd;

@@ -171,8 +171,9 @@ async fn one_session_survives_a_crash_conflict_eviction_token_expiry_and_a_delet
     drop(first);
     // Its successor waits the conflict out, and is told each time.
     let mut c = connection(&gh, &sb);
-    let heard = std::sync::Mutex::new(0u64);
-    let waiting = |n: u64, _: &str| *heard.lock().unwrap() = n;
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    let h = heard.clone();
+    let waiting = move |n: u64, _: &str| *h.lock().unwrap() = n;
     let s = c.open(&waiting).await.unwrap();
     assert!(c.conflicts_waited >= 1 && *heard.lock().unwrap() == c.conflicts_waited);
     assert_eq!(c.sets_created, 0, "found by name, not created again");
