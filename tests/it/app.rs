@@ -17,7 +17,7 @@ use crate::support::{github, listeners, wait_health, Daemon, Sandbox};
 const T: Duration = Duration::from_secs(60);
 
 /// One RSA key pair for the whole test run (openssl, PKCS#1 as GitHub issues them).
-fn keypair() -> &'static (String, String) {
+pub(crate) fn keypair() -> &'static (String, String) {
     static K: OnceLock<(String, String)> = OnceLock::new();
     K.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -64,7 +64,7 @@ async fn app_github(f: impl FnOnce(&mut AppOptions)) -> FakeGithub {
 }
 
 /// The App's key file (mode 0600) in the sandbox.
-fn key_file(sb: &Sandbox) -> PathBuf {
+pub(crate) fn key_file(sb: &Sandbox) -> PathBuf {
     let p = sb.dir.path().join("app.pem");
     std::fs::write(&p, &keypair().0).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
