@@ -106,19 +106,17 @@ impl Demand {
     /// Take in one job message. Messages about unknown runners or jobs change nothing.
     pub fn on_message(&mut self, m: &JobMessage) {
         match m {
-            JobMessage::Assigned { job } if !job.job_id.is_empty() => {
-                if self.see(&job.job_id) {
-                    // A busy runner of ours that started it before the message came.
-                    let claimer = self
-                        .runners
-                        .iter()
-                        .find(|(_, r)| r.busy && r.claim.is_none())
-                        .map(|(s, _)| *s);
-                    if let Some(s) = claimer {
-                        self.runners.get_mut(&s).expect("found").claim = Some(job.job_id.clone());
-                    }
-                    self.assigned.push((job.job_id.clone(), claimer));
+            JobMessage::Assigned { job } if !job.job_id.is_empty() && self.see(&job.job_id) => {
+                // A busy runner of ours that started it before the message came.
+                let claimer = self
+                    .runners
+                    .iter()
+                    .find(|(_, r)| r.busy && r.claim.is_none())
+                    .map(|(s, _)| *s);
+                if let Some(s) = claimer {
+                    self.runners.get_mut(&s).expect("found").claim = Some(job.job_id.clone());
                 }
+                self.assigned.push((job.job_id.clone(), claimer));
             }
             JobMessage::Started {
                 job, runner_name, ..

@@ -39,6 +39,16 @@ pub struct Pool {
     handle: Mutex<Option<(Admin, u64)>>,
     board: Arc<Board>,
     cfg: ScaleSetConfig,
+    /// Mints an admin connection of the pool's own when the service refuses the one the
+    /// session task published before its `exp`.
+    minter: Mutex<Option<Minter>>,
+}
+
+/// What an admin connection is minted from: a registration token for the config URL.
+pub struct Minter {
+    pub gh: crate::github::GithubClient,
+    pub api_url: String,
+    pub config_url: String,
 }
 
 /// A runner of the scale set, registered.
@@ -61,6 +71,7 @@ impl Pool {
             handle: Mutex::new(None),
             board,
             cfg: cfg.clone(),
+            minter: Mutex::new(None),
         });
         p.show(|s| {
             s.name = cfg.name.clone();
@@ -116,7 +127,39 @@ impl Pool {
         }
     }
 
-    /// A JIT config for a runner of the scale set named `name`.
+    /// How the pool mints an admin connection of its own.
+    pub fn set_minter(&self, m: Minter) {
+        *self.minter.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+    }
+
+    /// A fresh admin connection, published for the next JIT configs.
+    async fn remint(&self, set_id: u64) -> Result<Admin, ServiceError> {
+        let m = self
+            .minter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| (m.gh.clone(), m.api_url.clone(), m.config_url.clone()));
+        let Some((gh, api, url)) = m else {
+            return Err(ServiceError::AdminTokenInvalid {
+                message: "no way to mint an admin connection".into(),
+            });
+        };
+        let t = gh
+            .registration_token()
+            .await
+            .map_err(|e| ServiceError::Other {
+                status: 0,
+                type_name: String::new(),
+                message: format!("cannot get a registration token: {e}"),
+            })?;
+        let a = self.jit.connect(&api, &url, t.token.expose()).await?;
+        *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some((a.clone(), set_id));
+        Ok(a)
+    }
+
+    /// A JIT config for a runner of the scale set named `name`. An admin token the
+    /// service refuses before its `exp` is minted again, once.
     pub async fn register(&self, name: &str) -> Result<ScaleSetRunner, ServiceError> {
         let handle = self
             .handle
@@ -130,7 +173,13 @@ impl Pool {
                 message: "no session with the scale-set service yet".into(),
             });
         };
-        let j = self.jit.generate_jit(&admin, set_id, name).await?;
+        let j = match self.jit.generate_jit(&admin, set_id, name).await {
+            Err(ServiceError::AdminTokenInvalid { .. }) => {
+                let a = self.remint(set_id).await?;
+                self.jit.generate_jit(&a, set_id, name).await?
+            }
+            other => other?,
+        };
         Ok(ScaleSetRunner {
             id: j.runner.id,
             name: j.runner.name,
@@ -376,4 +425,3 @@ async fn surplus_task(pool: Arc<Pool>, cmds: SlotCmds, mode: watch::Receiver<Mod
         }
     }
 }
-

@@ -112,6 +112,12 @@ impl Connection {
         self.set = None;
     }
 
+    /// Forget the admin token (the service refused it before its `exp`): the next call
+    /// mints a new one.
+    pub fn forget_admin(&mut self) {
+        self.admin = None;
+    }
+
     /// Everything a poll needs, made or refreshed as needed: the admin connection (fresh),
     /// the scale set, the session.
     pub async fn ready(
@@ -195,6 +201,7 @@ impl Connection {
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_secs(1);
         let mut reminted = false;
+        let mut relooked = false;
         if let Some((set_id, id)) = self.stale.take() {
             if let Ok(a) = self.admin().await {
                 let _ = tokio::time::timeout(
@@ -229,6 +236,12 @@ impl Connection {
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
                 Err(ServiceError::ScaleSetNotFound { .. }) => self.set = None,
+                // A bare 404 on creating a session (the emulator's "runner scale set not
+                // found"): the set may be gone; look it up by name again, once.
+                Err(ServiceError::SessionGone { .. }) if !relooked => {
+                    relooked = true;
+                    self.set = None;
+                }
                 Err(ServiceError::AdminTokenInvalid { .. }) if !reminted => {
                     reminted = true;
                     self.admin = None;

@@ -47,10 +47,18 @@ pub fn start(
     };
     let host = shared.host.clone();
     let offset = Box::new(move || host.clock.borrow().offset.unwrap_or(0.0));
+    let minter = crate::scaleset::pool::Minter {
+        gh: shared.gh.clone(),
+        api_url: target.api_url.clone(),
+        config_url: target.config_url.clone(),
+    };
     let conn = Connection::new(poll, shared.gh.clone(), target, offset);
     let pool = Pool::new(s, jit, shared.board.clone());
+    pool.set_minter(minter);
     shared.set_pool(pool.clone());
     tracing::info!(event = "scaleset_mode", name = %s.name, max_runners = s.max_runners, min_runners = s.min_runners, "scale-set mode: one session for the host, a runner per assigned job; jobs reach it with runs-on: {}", s.name);
     let resumed = shared.host.resumed.subscribe();
-    Ok(tokio::spawn(crate::scaleset::pool::run(pool, conn, mode, resumed, cmds)))
+    Ok(tokio::spawn(crate::scaleset::pool::run(
+        pool, conn, mode, resumed, cmds,
+    )))
 }

@@ -31,6 +31,7 @@ mod reruns;
 mod resume;
 mod scaleset;
 mod scaleset_client;
+mod scaleset_emulator;
 mod scaleset_flows;
 mod shutdown;
 mod systemd;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sim::github::scaleset::JobState;
 use sim::github::app::AppOptions;
+use sim::github::scaleset::JobState;
 use sim::github::FakeGithub;
 
 use crate::scaleset::{env, fake, job, ss, NAME};
@@ -61,7 +61,11 @@ async fn an_organisation_scale_set_runs_its_repositories_jobs() {
     sb.wait_status(T, |s| ss(s).session == "polling").await;
     assert_eq!(gh.scale_sets()[0].scope, "orgs/acme");
     gh.enqueue_scaleset_job_in("acme/web", job("org-job", 100));
-    assert!(eventually(T, || done(&gh) == 1).await, "{:?}", gh.scaleset_jobs());
+    assert!(
+        eventually(T, || done(&gh) == 1).await,
+        "{:?}",
+        gh.scaleset_jobs()
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -80,6 +84,16 @@ async fn a_resume_rebuilds_the_session_at_once() {
     let sup = crate::resume::start(&sb, &gh, &extra);
     let s = sb.wait_status(T, |s| ss(s).session == "polling").await;
     let opened = ss(&s).sessions_opened;
+    // The held poll's connection carries keepalive and TCP_USER_TIMEOUT (this process
+    // runs the supervisor: its sockets are ours to read).
+    let conns: Vec<_> = runner_supervisor::sockets::own_connections()
+        .into_iter()
+        .filter(|(peer, _)| *peer == gh.addr())
+        .collect();
+    assert!(!conns.is_empty(), "no connection to the fake");
+    for (_, k) in &conns {
+        assert!(k.enabled && k.user_timeout.is_some(), "{conns:?}");
+    }
     let t = std::time::Instant::now();
     sup.clocks.suspend(Duration::from_secs(600));
     let s = sb.wait_status(T, |s| ss(s).sessions_opened > opened).await;
@@ -107,11 +121,13 @@ async fn a_lapsed_assignment_leaks_no_runner() {
     // the job again under a new jobId.
     sb.wait_status(T, |s| ss(s).runners_started >= 1).await;
     let old = gh.lapse_assignment(Some(run)).expect("still assigned");
-    assert!(eventually(T, || done(&gh) == 1 || gh
-        .scaleset_jobs()
-        .iter()
-        .any(|j| j.sim_id == run && j.job_id != old && j.state == JobState::Completed))
-    .await);
+    assert!(
+        eventually(T, || done(&gh) == 1
+            || gh.scaleset_jobs().iter().any(|j| j.sim_id == run
+                && j.job_id != old
+                && j.state == JobState::Completed))
+        .await
+    );
     // One runner served it; nothing is left listening once the grace is over.
     let s = sb
         .wait_status(T, |s| {
@@ -121,7 +137,11 @@ async fn a_lapsed_assignment_leaks_no_runner() {
         .await;
     assert!(ss(&s).runners_started <= 2, "{:?}", ss(&s));
     assert!(eventually(T, || listeners(&sb, 2).is_empty()).await);
-    assert!(eventually(T, || gh.runners().is_empty()).await, "{:?}", gh.runners());
+    assert!(
+        eventually(T, || gh.runners().is_empty()).await,
+        "{:?}",
+        gh.runners()
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
@@ -161,10 +181,17 @@ async fn doctor_and_config_say_the_runs_on_line_and_bad_values_exit_64() {
         .to_string();
     assert!(line.contains(&format!("runs-on: {NAME}")), "{line}");
     assert!(line.contains("does not exist yet"), "{line}");
-    assert!(line.contains("[self-hosted, Linux, X64] never matches"), "{line}");
+    assert!(
+        line.contains("[self-hosted, Linux, X64] never matches"),
+        "{line}"
+    );
     assert!(gh.scale_sets().is_empty(), "doctor creates nothing");
     let out = Cli::new(&e, &["config"]).run_async().await;
-    assert!(out.stdout.contains(&format!("runs-on: {NAME}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("runs-on: {NAME}")),
+        "{}",
+        out.stdout
+    );
     for (k, v) in [
         ("SUPERVISOR_RUNNER_MODE", "pool"),
         ("SUPERVISOR_SCALESET_MAX_RUNNERS", "0"),
