@@ -32,6 +32,7 @@ mod resume;
 mod scaleset;
 mod scaleset_client;
 mod scaleset_emulator;
+mod scaleset_emulator_e2e;
 mod scaleset_flows;
 mod shutdown;
 mod systemd;
