@@ -248,7 +248,11 @@ async fn a_deleted_scale_set_expired_tokens_and_an_evicted_session_are_survived(
     // GitHub refuses the admin token before its exp: minted again, jobs go on.
     gh.expire_admin_tokens();
     gh.enqueue_scaleset_job(job("four", 100));
-    assert!(eventually(T, || done(&gh) == 4).await, "{:?}", gh.scaleset_jobs());
+    assert!(
+        eventually(T, || done(&gh) == 4).await,
+        "{:?}",
+        gh.scaleset_jobs()
+    );
     // All without a restart.
     assert_eq!(d.supervisor_pid(), pid);
     d.signal(Signal::SIGTERM);

@@ -134,7 +134,11 @@ async fn scale_set_mode_runs_the_emulators_jobs_one_runner_each_and_leaves_nothi
     assert!(eventually(T, || emu.state().runners.is_empty()).await);
     assert!(listeners(&sb, 2).is_empty());
     let _ = mode.send(Mode::Drain);
-    let summary = tokio::time::timeout(T, task).await.unwrap().unwrap().unwrap();
+    let summary = tokio::time::timeout(T, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.jobs_completed, 3, "{summary:?}");
     assert!(emu.state().sessions.is_empty(), "the session is deleted");
     assert_eq!(emu.state().scale_sets.len(), 1, "the scale set is kept");
