@@ -63,33 +63,25 @@ async fn scale_set_mode_runs_the_emulators_jobs_one_runner_each_and_leaves_nothi
         .await;
     let sb = Sandbox::new();
     let install = stand_in_install(sb.dir.path());
-    let env: BTreeMap<String, String> = [
+    let mut env: BTreeMap<String, String> =
+        sim::fixture::supervisor_env(&format!("{}/api/v3", emu.uri()), "emu", &install, &sb.state)
+            .into_iter()
+            .collect();
+    env.remove("REPO_OWNER");
+    env.remove("REPO_NAME");
+    for (k, v) in [
         ("GITHUB_PAT", DEFAULT_PAT.to_string()),
         ("SUPERVISOR_GITHUB_ORG", ORG.to_string()),
-        ("SUPERVISOR_GITHUB_API_URL", format!("{}/api/v3", emu.uri())),
         ("SUPERVISOR_GITHUB_WEB_URL", emu.uri()),
         ("SUPERVISOR_GITHUB_BACKOFF_BASE", "50ms".into()),
-        ("SUPERVISOR_RUNNER_DIR", install.display().to_string()),
-        ("SUPERVISOR_STATE_DIR", sb.state.display().to_string()),
-        (
-            "SUPERVISOR_STATE_SHARED_DIR",
-            sb.state.join("shared").display().to_string(),
-        ),
-        ("SUPERVISOR_CLOCK_NTP_SERVERS", String::new()),
-        ("SUPERVISOR_CLOCK_CHRONYC", "off".into()),
-        ("SUPERVISOR_NETWORK_SET_SYSCTLS", "off".into()),
-        ("SUPERVISOR_DISK_PRUNE", "off".into()),
-        ("SUPERVISOR_HOST_INHIBIT", "off".into()),
-        ("SUPERVISOR_HOST_WINDOWS_KEEP_AWAKE", "off".into()),
         ("SUPERVISOR_RUNNER_AUTO_UPDATE", "off".into()),
         ("SUPERVISOR_RUNNER_MODE", "scaleset".into()),
         ("SUPERVISOR_SCALESET_NAME", "emulated".into()),
         ("SUPERVISOR_SCALESET_MAX_RUNNERS", "2".into()),
         ("SUPERVISOR_SCALESET_POLL_TIMEOUT", "3s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ] {
+        env.insert(k.to_string(), v);
+    }
     let cfg = Arc::new(Config::resolve(&env, &Default::default(), Purpose::Run).expect("config"));
     let gh = GithubClient::new(&cfg, cfg.github.token.clone().unwrap()).unwrap();
     let deps = Deps {

@@ -85,15 +85,19 @@ fn closed_intake_waits_without_a_registration_and_goes_on_when_it_opens() {
     assert_eq!(step.op, Op::Register);
 }
 
-#[test]
-fn scale_set_mode_waits_for_an_assignment_before_each_registration() {
-    let mut s = Slot::new(
+fn on_demand() -> Slot {
+    Slot::new(
         SlotLimits {
             on_demand: true,
             ..limits()
         },
         Jitter::Fixed(0.0),
-    );
+    )
+}
+
+#[test]
+fn scale_set_mode_waits_for_an_assignment_before_each_registration() {
+    let mut s = on_demand();
     s.step(Outcome::Begin);
     let step = s.step(NO_GATES);
     assert_eq!(
@@ -106,13 +110,7 @@ fn scale_set_mode_waits_for_an_assignment_before_each_registration() {
         (vec![Effect::Show(SlotState::Registering)], Op::Register)
     );
     // Stopped while waiting: nothing registered, nothing to delete.
-    let mut s = Slot::new(
-        SlotLimits {
-            on_demand: true,
-            ..limits()
-        },
-        Jitter::Fixed(0.0),
-    );
+    let mut s = on_demand();
     s.step(Outcome::Begin);
     s.step(NO_GATES);
     assert_eq!(s.step(Outcome::Stopping).op, Op::Finish);
