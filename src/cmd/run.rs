@@ -26,14 +26,20 @@ pub fn main(input: CliInput) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(run(cfg)) {
-        Ok(summary) => {
+    // An actions-runner-controller pod: its one JIT runner, and its exit status for ARC.
+    let ran = if cfg.runner.jit_config.is_some() {
+        rt.block_on(run_arc(cfg))
+    } else {
+        rt.block_on(run(cfg)).map(|s| (s, 0))
+    };
+    match ran {
+        Ok((summary, code)) => {
             if json {
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             } else {
                 print!("{summary}");
             }
-            ExitCode::SUCCESS
+            ExitCode::from(code)
         }
         Err(e) => {
             tracing::error!(event = "fatal", "{e:#}");
@@ -43,19 +49,56 @@ pub fn main(input: CliInput) -> ExitCode {
     }
 }
 
-async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> {
-    let cfg = Arc::new(cfg);
+/// The process around a run: the state directory held (while the returned lock lives),
+/// orphans reaped (until the returned token is cancelled), signals watched (they drive
+/// the returned mode channel).
+fn hold_process(
+    cfg: &crate::config::Config,
+) -> anyhow::Result<(std::fs::File, CancellationToken, Arc<watch::Sender<Mode>>)> {
     // First of all: a second instance on this state directory touches nothing.
-    let _state_lock = supervisor::lock_state_dir(&cfg.state_dir)?;
+    let state_lock = supervisor::lock_state_dir(&cfg.state_dir)?;
     // Orphans (a job's daemon, the update script) are re-parented to us; reap them.
     if let Err(e) = procs::become_subreaper() {
         tracing::debug!(error = %e, "cannot become a child subreaper");
     }
     let reaper = CancellationToken::new();
     tokio::spawn(procs::run_reaper(reaper.clone()));
-
     let tx = Arc::new(watch::channel(Mode::Run).0);
     tokio::spawn(shutdown::run_signals(tx.clone()));
+    Ok((state_lock, reaper, tx))
+}
+
+/// An actions-runner-controller runner pod (`supervisor::arc`): no credentials, no
+/// preflight against GitHub; the summary and the exit status ARC reads.
+async fn run_arc(cfg: crate::config::Config) -> anyhow::Result<(supervisor::Summary, u8)> {
+    let cfg = Arc::new(cfg);
+    let (_state_lock, reaper, tx) = hold_process(&cfg)?;
+    let hostname = naming::this_host();
+    tracing::info!(event = "starting",
+        version = env!("CARGO_PKG_VERSION"),
+        arc = true,
+        slots = 1,
+        host = %hostname,
+        "runner-supervisor starting"
+    );
+    let deps = Deps {
+        cfg: cfg.clone(),
+        gh: GithubClient::without_credentials(&cfg)?,
+        hostname,
+        outer_env: Box::new(|k| std::env::var(k).ok()),
+        clocks: Arc::new(crate::clocks::SystemClocks),
+        token: None,
+        hook_exe: std::env::current_exe().ok(),
+    };
+    let done = supervisor::arc::run(deps, tx).await;
+    reaper.cancel();
+    tracing::info!(event = "stopped", "runner-supervisor stopped");
+    done
+}
+
+async fn run(cfg: crate::config::Config) -> anyhow::Result<supervisor::Summary> {
+    let cfg = Arc::new(cfg);
+    let (_state_lock, reaper, tx) = hold_process(&cfg)?;
 
     let gh = GithubClient::from_config(&cfg)?;
     // A GitHub App signs JWTs on GitHub's time: measure the clock before the first one.

@@ -68,7 +68,8 @@ impl Config {
         let (cfg, reads) = build(&layered, env, purpose, file, &mut errors);
         let result = if errors.is_empty() {
             let mut cfg = cfg.expect("no errors means a config");
-            cfg.warnings = warnings;
+            // The environment's warnings first, then the build's.
+            cfg.warnings.splice(0..0, warnings);
             Ok(cfg)
         } else {
             Err(ConfigErrors(errors))

@@ -179,6 +179,10 @@ pub struct RunnerConfig {
     pub env: BTreeMap<String, String>,
     /// Supervisor variables passed through, resolved at start.
     pub pass_env: BTreeMap<String, String>,
+    /// An ARC runner pod (`ACTIONS_RUNNER_INPUT_JITCONFIG` in the environment, and no
+    /// token or App of ours): the one JIT runner `run` starts, and nothing else. Set only
+    /// for `run`; the runner's own credential, passed only in that runner's environment.
+    pub jit_config: Option<Secret>,
 }
 
 /// `[network]`.

@@ -60,7 +60,13 @@ enum Auth {
     Token(Secret),
     /// A GitHub App's installation tokens.
     App(Arc<app::AppAuth>),
+    /// No credentials at all (an ARC runner pod: the JIT config is the runner's own):
+    /// every request fails before anything is sent.
+    None,
 }
+
+/// Why a client without credentials sends nothing.
+pub const NO_CREDENTIALS: &str = "no GitHub credentials: this supervisor runs the one JIT runner of ACTIONS_RUNNER_INPUT_JITCONFIG and calls no GitHub API";
 
 impl GithubClient {
     /// Build from the configuration. Fails only if TLS cannot be initialised.
@@ -121,6 +127,19 @@ impl GithubClient {
         })
     }
 
+    /// A client that sends nothing: every call fails with [`NO_CREDENTIALS`] before a
+    /// connection is made (the scope, when none is configured, is an empty organisation
+    /// no request ever names).
+    pub fn without_credentials(cfg: &Config) -> Result<GithubClient, GithubError> {
+        let mut cfg = cfg.clone();
+        if cfg.github.scope.is_none() {
+            cfg.github.scope = Some(Scope::Org { org: String::new() });
+        }
+        let mut c = GithubClient::new(&cfg, Secret::new(""))?;
+        c.auth = Auth::None;
+        Ok(c)
+    }
+
     /// A client authenticating as configured: the token, or the GitHub App.
     pub fn from_config(cfg: &Config) -> Result<GithubClient, GithubError> {
         match (&cfg.github.app, &cfg.github.token) {
@@ -140,7 +159,7 @@ impl GithubClient {
     pub fn app(&self) -> Option<&app::AppAuth> {
         match &self.auth {
             Auth::App(a) => Some(a),
-            Auth::Token(_) => None,
+            Auth::Token(_) | Auth::None => None,
         }
     }
 

@@ -50,6 +50,11 @@ impl GithubClient {
         let bearer = match &self.auth {
             Auth::Token(t) => t.clone(),
             Auth::App(a) => a.token(self).await?,
+            Auth::None => {
+                return Err(GithubError::Unauthorized {
+                    message: super::NO_CREDENTIALS.into(),
+                })
+            }
         };
         self.send_with(method, url, body, &bearer).await
     }

@@ -172,7 +172,9 @@ impl SlotIo {
                 .slots
                 .get(slot)
                 .and_then(|s| s.job_of.clone());
-            // The re-run looks it up once its run completes; otherwise, now.
+            // The re-run looks it up once its run completes; otherwise, now. An ARC pod
+            // has no credentials to look it up with (actions-runner-controller knows it).
+            let of = of.filter(|_| sh.cfg.runner.jit_config.is_none());
             if let (Some(of), Some(j)) = (of, sh.jobs.clone()) {
                 if j.reruns().is_none_or(|r| r.looks_up_at_once(&of)) {
                     tokio::spawn(crate::jobs::look_up(sh.gh.clone(), j, slot, of));

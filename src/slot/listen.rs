@@ -266,7 +266,8 @@ fn listen_limits(sh: &Shared) -> Limits {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
         stable_after: cfg.stable_after,
-        prepare_next: cfg.mode != crate::config::RunnerMode::ScaleSet,
+        // Nor in an ARC pod, whose one runner is all it runs.
+        prepare_next: cfg.mode != crate::config::RunnerMode::ScaleSet && cfg.jit_config.is_none(),
     }
 }
 

@@ -8,12 +8,14 @@
 //! third signal); failures never retry in a tight loop.
 //!
 //! Layout: [`registration`] makes and deletes registrations; [`listen`] starts a
-//! listener (config.sh first in token mode) and watches it; this file is the loop.
+//! listener (config.sh first in token mode) and watches it; this file is the loop;
+//! [`once`] runs one listener of a JIT config given from outside (an ARC runner pod).
 
 mod deletions;
 mod io;
 mod listen;
 pub mod machine;
+mod once;
 mod registration;
 
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use crate::watchdog::{self, Breaker, Verdict};
 pub use deletions::Deletions;
 use io::SlotIo;
 use machine::outer::{self, Backoff, Jitter, Op, Outcome, SlotLimits};
+pub use once::{run_jit, JitRunner, Ran};
 pub use registration::{deregister, register, RegSecret, Registration};
 
 /// A pre-made registration older than this is discarded rather than used.

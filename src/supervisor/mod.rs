@@ -23,6 +23,7 @@ use crate::shutdown::Mode;
 use crate::slot::{self, Shared};
 use crate::status::Board;
 
+pub mod arc;
 mod control_api;
 mod jobs;
 mod scaleset;

@@ -6,6 +6,7 @@
 mod support;
 
 mod app;
+mod arc;
 mod blackhole;
 mod clock;
 mod compose;

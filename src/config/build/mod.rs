@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::keys::*;
 use super::*;
 
+mod arc;
 mod github;
 mod reader;
 
@@ -57,7 +58,18 @@ fn build_with(
     p: &mut Problems,
 ) -> Option<Config> {
     check_bounds(p);
-    let github = github(r, purpose, p);
+    let mut warnings = vec![];
+    // An ARC runner pod needs no credentials and no scope of ours.
+    let jit = arc::jit_config(r, env, purpose, &mut warnings);
+    let github = github(
+        r,
+        if jit.is_some() {
+            Purpose::Inspect
+        } else {
+            purpose
+        },
+        p,
+    );
     let mut runner = runner(r, env, purpose, p);
     let health = health(r, p);
     let clock = clock(r, p);
@@ -78,7 +90,11 @@ fn build_with(
         runner.slots = scaleset.max_runners;
     }
     let entries = entries(p.l);
-    if github.scope.is_none() && purpose == Purpose::Run {
+    let arc_pod = jit.is_some();
+    if let Some(jit) = jit {
+        arc::apply(&mut runner, env, jit, &mut warnings);
+    }
+    if github.scope.is_none() && purpose == Purpose::Run && !arc_pod {
         return None;
     }
     if !p.errors.is_empty() {
@@ -124,7 +140,7 @@ fn build_with(
         log,
         entries,
         file,
-        warnings: vec![],
+        warnings,
     })
 }
 
@@ -218,6 +234,7 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         auto_update: r.get(&RUNNER_AUTO_UPDATE),
         env: extra_env,
         pass_env,
+        jit_config: None,
     }
 }
 

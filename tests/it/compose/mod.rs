@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+mod arc_pod;
 mod e2e;
 mod stack;
 mod stand_ins;

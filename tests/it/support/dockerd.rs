@@ -172,6 +172,16 @@ impl Drop for Dockerd {
             Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // dockerd leaves its default network namespace mounted under the exec root, which
+        // keeps the temporary directory (and its image store) from being removed.
+        let netns = self.dir.path().join("exec/netns/default");
+        if netns.exists() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&netns)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
