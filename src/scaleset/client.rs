@@ -69,6 +69,9 @@ impl Service {
             .tcp_keepalive_retries(k.probes)
             .tcp_user_timeout(k.user_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // A connection left idle (the JIT client's, between jobs) closes soon: an
+            // idle host keeps only the poll's.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("cannot build the scale-set client: {e}"))?;
         Ok(Service {

@@ -13,7 +13,7 @@ use super::{Board, StatusFile};
 use crate::layout::write_atomic;
 
 /// How often the status file is rewritten even when nothing changes.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
 
 impl Board {
     /// Also publish every status write at `path` (the fleet directory), as `hostname`.

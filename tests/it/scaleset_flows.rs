@@ -210,3 +210,29 @@ async fn doctor_and_config_say_the_runs_on_line_and_bad_values_exit_64() {
         assert!(out.stderr.contains(&key), "{k}: {}", out.stderr);
     }
 }
+
+#[tokio::test]
+async fn a_wall_clock_step_like_a_wsl2_resume_rebuilds_the_session_through_the_binary() {
+    let sb = Sandbox::new();
+    // Polls held 20 s: only the step can explain a new session soon after it.
+    let gh = fake(20_000, 60_000, |_| {}).await;
+    let shift = sb.dir.path().join("faketime");
+    std::fs::write(&shift, "+0\n").unwrap();
+    let mut e = env(&sb, &gh, 1);
+    crate::support::apply(&mut e, &crate::support::faketime_file_env(&shift));
+    let mut d = Daemon::start(&e, &["run"]).await;
+    let s = sb.wait_status(T, |s| ss(s).session == "polling").await;
+    let opened = ss(&s).sessions_opened;
+    std::fs::write(&shift, "+2m\n").unwrap();
+    d.wait_event("scaleset_rebuild", T).await;
+    let s = sb.wait_status(T, |s| ss(s).sessions_opened > opened).await;
+    assert_eq!(
+        ss(&s).conflicts_waited,
+        0,
+        "the stale session was deleted first"
+    );
+    gh.enqueue_scaleset_job(job("after-step", 100));
+    assert!(eventually(T, || done(&gh) == 1).await);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
