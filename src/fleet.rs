@@ -139,7 +139,12 @@ mod tests {
         );
         let b = Member::from_status("b".into(), &status("drain", 2, &[("busy", 90)], now), now);
         // Stale: its supervisor stopped refreshing (killed), so its job died with it.
-        let c = Member::from_status("c".into(), &status("run", 31, &[("busy", 500)], now), now);
+        let stale = (HEARTBEAT * 3).as_secs() as i64 + 1;
+        let c = Member::from_status(
+            "c".into(),
+            &status("run", stale, &[("busy", 500)], now),
+            now,
+        );
         // Stopped cleanly.
         let d = Member::from_status(
             "d".into(),
