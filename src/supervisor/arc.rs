@@ -59,7 +59,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     let slot_cmds = vec![cmd_tx];
     let _ = shared.host.slot_cmds.set(slot_cmds.clone());
     super::serve_endpoints(endpoints, &shared, &mode_tx, &slot_cmds, &background);
-    spawn_monitors(&deps, &shared, &slot_cmds, &background);
+    super::spawn_host_monitors(&deps.cfg, &shared, &slot_cmds, &background);
     let mut mode = pod_mode(&mode_tx);
     let code = run_runner(&shared, &runner, &mut mode, &mut cmds).await;
     shared.board.update(0, |s| {
@@ -70,32 +70,6 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     shared.board.set_state(0, SlotState::Stopped);
     super::tear_down(&shared, background, &state.status_path).await;
     Ok((board.summary(), code))
-}
-
-/// The monitors that need no GitHub API: the connection watch (keepalive, dead paths,
-/// silent hangs), suspend and resume, the network and memory pressure.
-fn spawn_monitors(
-    deps: &Deps,
-    shared: &Arc<slot::Shared>,
-    slot_cmds: &crate::host::SlotCmds,
-    background: &Background,
-) {
-    let (cfg, host, board) = (&deps.cfg, &shared.host, &shared.board);
-    background.spawn(|stop| {
-        crate::connwatch::run(
-            cfg.clone(),
-            host.clone(),
-            board.clone(),
-            slot_cmds.clone(),
-            stop,
-        )
-    });
-    let lease = cfg.jobs.lease;
-    background
-        .spawn(move |stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop));
-    background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
-    let warn = cfg.jobs.memory_pressure_warn;
-    background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
 }
 
 /// In a pod every stop is immediate: a drain (SIGTERM, SIGINT) is a forced stop, since

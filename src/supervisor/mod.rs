@@ -375,6 +375,33 @@ fn serve_endpoints(
 /// Start the monitors and the deletion queue. The clock monitor's first round is awaited:
 /// it gates the slots (no registration before the first measurement; a clock fault found
 /// now pauses them from the start).
+/// The monitors that need no GitHub API, which an ARC pod runs too: the connection watch
+/// (keepalive, dead paths, silent hangs), suspend and resume, the network and memory
+/// pressure.
+fn spawn_host_monitors(
+    cfg: &Arc<Config>,
+    shared: &Arc<Shared>,
+    slot_cmds: &SlotCmds,
+    background: &Background,
+) {
+    let (host, board) = (&shared.host, &shared.board);
+    background.spawn(|stop| {
+        crate::connwatch::run(
+            cfg.clone(),
+            host.clone(),
+            board.clone(),
+            slot_cmds.clone(),
+            stop,
+        )
+    });
+    let lease = cfg.jobs.lease;
+    background
+        .spawn(move |stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop));
+    background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    let warn = cfg.jobs.memory_pressure_warn;
+    background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
+}
+
 async fn spawn_monitors(
     deps: &Deps,
     shared: &Arc<Shared>,
@@ -391,9 +418,7 @@ async fn spawn_monitors(
             stop,
         )
     });
-    let lease = cfg.jobs.lease;
-    background
-        .spawn(move |stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop));
+    spawn_host_monitors(cfg, shared, slot_cmds, background);
     background.spawn(|stop| {
         crate::tokenwatch::run(
             cfg.token.clone(),
@@ -413,23 +438,11 @@ async fn spawn_monitors(
             )
         });
     }
-    background.spawn(|stop| {
-        crate::connwatch::run(
-            cfg.clone(),
-            host.clone(),
-            board.clone(),
-            slot_cmds.clone(),
-            stop,
-        )
-    });
-    background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
     if intake_judged(&cfg.intake) {
         background.spawn(|stop| {
             crate::intake::run(cfg.intake.clone(), host.clone(), board.clone(), stop)
         });
     }
-    let warn = cfg.jobs.memory_pressure_warn;
-    background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
     let awake = cfg.host.clone();
     background.spawn(move |stop| crate::keepawake::run(awake, board.clone(), stop));
     background.spawn(|stop| {
