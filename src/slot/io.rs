@@ -262,26 +262,8 @@ impl SlotIo {
         let (sh, slot) = (self.sh.clone(), self.slot);
         match op {
             Op::CheckGates if Self::stopping(mode) => Outcome::Stopping,
-            Op::CheckGates => Outcome::Gates {
-                breaker: sh.breaker_open(slot),
-                clock_fault: sh.host.clock_fault().then(|| {
-                    let c = sh.host.clock.borrow();
-                    c.reason.clone().unwrap_or_else(|| "clock fault".into())
-                }),
-                intake_closed: sh.host.intake_closed(),
-            },
-            Op::AwaitIntake => {
-                if let Some(h) = self.prep.take() {
-                    if let Ok(Ok(r)) = h.await {
-                        deregister_reg(&sh, &r, false).await;
-                    }
-                }
-                let mut intake = sh.host.intake.subscribe();
-                tokio::select! {
-                    _ = intake.wait_for(|c| c.is_none()) => Outcome::IntakeOpened,
-                    _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
-                }
-            }
+            Op::CheckGates => self.gates(),
+            Op::AwaitIntake => self.await_intake(mode).await,
             Op::AwaitBreaker(wait) => tokio::select! {
                 stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::BreakerWaited { reset: false } },
                 _ = sh.breaker_reset[slot].notified() => Outcome::BreakerWaited { reset: true },
@@ -293,18 +275,7 @@ impl SlotIo {
                     _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
                 }
             }
-            Op::TakePrepared => match self.prep.take() {
-                Some(h) => match h.await {
-                    Ok(Ok(r)) => {
-                        let usable = r.usable();
-                        self.name = r.name.clone();
-                        self.reg = Some(r);
-                        Outcome::Prepared(Some(usable))
-                    }
-                    _ => Outcome::Prepared(None),
-                },
-                None => Outcome::Prepared(None),
-            },
+            Op::TakePrepared => self.take_prepared().await,
             Op::AwaitAssignment => match sh.pool() {
                 Some(p) => tokio::select! {
                     _ = p.ticket(slot) => Outcome::Assigned,
@@ -312,24 +283,7 @@ impl SlotIo {
                 },
                 None => Outcome::Assigned,
             },
-            Op::Register => {
-                let r = tokio::select! {
-                    r = register(&sh, slot) => r,
-                    _ = mode.wait_for(|m| *m != Mode::Run) => return Outcome::Stopping,
-                };
-                match r {
-                    Ok(r) => {
-                        let fixed_name = matches!(r.secret, RegSecret::Token(_));
-                        self.name = r.name.clone();
-                        self.reg = Some(r);
-                        Outcome::Registered {
-                            fixed_name,
-                            stopping: Self::stopping(mode),
-                        }
-                    }
-                    Err(e) => Outcome::RegisterFailed(failure(&e)),
-                }
-            }
+            Op::Register => self.register(mode).await,
             Op::Start => self.start(mode).await,
             Op::Watch => self.watch(failures, mode, cmds).await,
             Op::ConfirmDeprecation { version } => tokio::select! {
@@ -346,23 +300,11 @@ impl SlotIo {
             Op::Wait {
                 wait,
                 early_on_token,
-            } => {
-                let recovered = sh.host.token_recovered.notified();
-                tokio::select! {
-                    stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::Waited },
-                    _ = recovered, if early_on_token => Outcome::Waited,
-                }
-            }
+            } => self.wait(wait, early_on_token, mode).await,
             Op::StopStraysThenWait(d) => {
-                crate::procs::stop_strays(
-                    std::slice::from_ref(&self.root),
-                    sh.cfg.runner.stop_grace,
-                )
-                .await;
-                match sleep_or_stop(d, mode).await {
-                    true => Outcome::Stopping,
-                    false => Outcome::Waited,
-                }
+                let roots = std::slice::from_ref(&self.root);
+                crate::procs::stop_strays(roots, sh.cfg.runner.stop_grace).await;
+                self.wait(d, false, mode).await
             }
             Op::AwaitRunnerUpgrade { limit } => self.await_upgrade(limit, mode).await,
             Op::AwaitUpdate => {
@@ -370,6 +312,84 @@ impl SlotIo {
                 Outcome::Waited
             }
             Op::Finish => Outcome::Stopping,
+        }
+    }
+
+    /// Wait, or until the supervisor stops; with `early_on_token`, also until the token
+    /// works again.
+    async fn wait(
+        &self,
+        wait: Duration,
+        early_on_token: bool,
+        mode: &mut watch::Receiver<Mode>,
+    ) -> Outcome {
+        let recovered = self.sh.host.token_recovered.notified();
+        tokio::select! {
+            stop = sleep_or_stop(wait, mode) => if stop { Outcome::Stopping } else { Outcome::Waited },
+            _ = recovered, if early_on_token => Outcome::Waited,
+        }
+    }
+
+    /// What the gates say now: the breaker, a clock fault, closed intake.
+    fn gates(&self) -> Outcome {
+        let sh = &self.sh;
+        Outcome::Gates {
+            breaker: sh.breaker_open(self.slot),
+            clock_fault: sh.host.clock_fault().then(|| {
+                let c = sh.host.clock.borrow();
+                c.reason.clone().unwrap_or_else(|| "clock fault".into())
+            }),
+            intake_closed: sh.host.intake_closed(),
+        }
+    }
+
+    /// Delete the registration made in advance, then wait until intake opens.
+    async fn await_intake(&mut self, mode: &mut watch::Receiver<Mode>) -> Outcome {
+        if let Some(h) = self.prep.take() {
+            if let Ok(Ok(r)) = h.await {
+                deregister_reg(&self.sh, &r, false).await;
+            }
+        }
+        let mut intake = self.sh.host.intake.subscribe();
+        tokio::select! {
+            _ = intake.wait_for(|c| c.is_none()) => Outcome::IntakeOpened,
+            _ = mode.wait_for(|m| *m != Mode::Run) => Outcome::Stopping,
+        }
+    }
+
+    /// Take the registration made in advance into hand, if it was made.
+    async fn take_prepared(&mut self) -> Outcome {
+        let Some(h) = self.prep.take() else {
+            return Outcome::Prepared(None);
+        };
+        match h.await {
+            Ok(Ok(r)) => {
+                let usable = r.usable();
+                self.name = r.name.clone();
+                self.reg = Some(r);
+                Outcome::Prepared(Some(usable))
+            }
+            _ => Outcome::Prepared(None),
+        }
+    }
+
+    /// Make a registration (or, stopping meanwhile, none).
+    async fn register(&mut self, mode: &mut watch::Receiver<Mode>) -> Outcome {
+        let r = tokio::select! {
+            r = register(&self.sh, self.slot) => r,
+            _ = mode.wait_for(|m| *m != Mode::Run) => return Outcome::Stopping,
+        };
+        match r {
+            Ok(r) => {
+                let fixed_name = matches!(r.secret, RegSecret::Token(_));
+                self.name = r.name.clone();
+                self.reg = Some(r);
+                Outcome::Registered {
+                    fixed_name,
+                    stopping: Self::stopping(mode),
+                }
+            }
+            Err(e) => Outcome::RegisterFailed(failure(&e)),
         }
     }
 
