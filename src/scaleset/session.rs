@@ -112,12 +112,6 @@ impl Connection {
         self.set = None;
     }
 
-    /// Forget the admin token (the service refused it before its `exp`): the next call
-    /// mints a new one.
-    pub fn forget_admin(&mut self) {
-        self.admin = None;
-    }
-
     /// Everything a poll needs, made or refreshed as needed: the admin connection (fresh),
     /// the scale set, the session.
     pub async fn ready(
