@@ -229,10 +229,11 @@ fn scaleset(r: &mut Registry, snap: &StatusFile) {
 fn keep_awake(r: &mut Registry, snap: &StatusFile) {
     let held = |w: &String| fgauge(if w == "held" { 1.0 } else { 0.0 });
     if let Some(w) = &snap.system.inhibitor {
+        // `held on sleep only; …`: some of the locks are held.
         r.register(
             "inhibitor_held",
-            "1 while the systemd-logind inhibitor lock on sleep and shutdown is held (a slot runs a job), else 0 (also when [host] inhibit is off or logind is unavailable)",
-            held(w),
+            "1 while systemd-logind inhibitor locks on sleep and shutdown are held (a slot runs a job; also when only one of them could be had, which status names), else 0 (also when [host] inhibit is off or logind is unavailable)",
+            fgauge(if w.starts_with("held") { 1.0 } else { 0.0 }),
         );
     }
     if let Some(w) = &snap.system.windows_keep_awake {

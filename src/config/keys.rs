@@ -241,7 +241,7 @@ keys! {
     JOB_NICE: u64 = "job" . "nice", Kind::Int { min: 0, max: 19 }, Some("0"), &[],
         "nice value set on each job's Runner.Worker (its processes inherit it)";
     HOST_INHIBIT: Inhibit = "host" . "inhibit", Kind::Enum(&["block", "delay", "off"]), Some("block"), &[],
-        "while any slot runs a job, hold a systemd-logind inhibitor lock on sleep and shutdown: block (they wait until the last job ends), delay (logind's short delay only), off";
+        "while any slot runs a job, hold systemd-logind inhibitor locks on sleep and on shutdown: block (they wait until the last job ends; a service needs systemd/runner-supervisor-inhibit.rules), delay (logind's short delay only), off";
     HOST_WINDOWS_KEEP_AWAKE: WindowsKeepAwake = "host" . "windows_keep_awake", Kind::Enum(&["auto", "off"]), Some("auto"), &[],
         "WSL2 with Windows interop: while any slot runs a job, keep Windows itself from sleeping through a powershell.exe helper (auto = wherever interop works; systemd/README.md says its limits)";
     INTAKE_ON_BATTERY: OnBattery = "intake" . "on_battery", Kind::Enum(&["continue", "stop"]), Some("continue"), &[],

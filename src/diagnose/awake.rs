@@ -1,12 +1,14 @@
-//! Keeping the machine awake while busy (`[host]`): whether logind can be asked for its
-//! inhibitor lock, and on WSL2 whether Windows can be kept awake through interop.
+//! Keeping the machine awake while busy (`[host]`): whether logind grants its inhibitor
+//! locks (asked for real, released at once), and on WSL2 whether Windows can be kept awake through interop.
 
 use super::{bad, ok, HostRoot};
 use crate::config::{Config, Inhibit, WindowsKeepAwake};
 use crate::keepawake::{logind, windows};
 use crate::preflight::{Check, Level};
 
-/// logind on the system bus, unless `[host] inhibit = "off"`.
+/// Unless `[host] inhibit = "off"`: the locks `supervisor run` takes while a job runs,
+/// asked of logind for real in the configured mode and released at once, so that a host
+/// where polkit would refuse them is a warning before the first job.
 pub async fn check_inhibit(cfg: &Config) -> Check {
     if cfg.host.inhibit == Inhibit::Off {
         return ok(
@@ -15,23 +17,46 @@ pub async fn check_inhibit(cfg: &Config) -> Check {
         );
     }
     let mode = cfg.host.inhibit.as_str();
-    match logind::reachable().await {
-        Ok(how) => ok(
+    let locks = match logind::inhibit(mode, DOCTOR_WHY).await {
+        Ok(locks) => locks,
+        Err(u) => return unheld(u, ""),
+    };
+    let refusal = locks.refusal();
+    let granted = locks.held_what();
+    // Released at once: only the answer was wanted.
+    drop(locks.held);
+    let who = logind::caller();
+    match refusal {
+        None => ok(
             "inhibit",
             format!(
-                "systemd-logind is {how}: sleep and shutdown are held off ({mode}) while a job runs"
+                "systemd-logind grants {who} the locks on sleep and shutdown ({mode}; tried and released at once): they are held while a job runs{}",
+                if logind::has_cap_sys_boot() {
+                    " (as root: logind grants CAP_SYS_BOOT any lock without polkit; a service running as another user needs the polkit rule, so run doctor as that user)"
+                } else {
+                    ""
+                }
             ),
         ),
-        Err(u) => bad(
-            "inhibit",
-            Level::Warn,
-            format!(
-                "{}: the machine may sleep or shut down in the middle of a job",
-                u.reason
-            ),
-            u.fix,
-        ),
+        Some(u) if granted.is_empty() => unheld(u, ""),
+        Some(u) => unheld(u, &format!(" (only {granted} is held)")),
     }
+}
+
+/// Why `doctor` asks logind for a lock, as `systemd-inhibit --list` would show it.
+const DOCTOR_WHY: &str = "supervisor doctor: trying the lock (released at once)";
+
+/// A lock that cannot be had: a warning with its fix.
+fn unheld(u: crate::keepawake::Unavailable, partly: &str) -> Check {
+    bad(
+        "inhibit",
+        Level::Warn,
+        format!(
+            "{}: the machine may sleep or shut down in the middle of a job{partly}",
+            u.reason
+        ),
+        u.fix,
+    )
 }
 
 /// On WSL2 with `[host] windows_keep_awake = "auto"`: whether interop can start

@@ -1,6 +1,7 @@
 //! Keep the machine awake while busy (issue 18 §4), a monitor like the others: from the
-//! first slot running a job to the last one going idle it holds a systemd-logind
-//! inhibitor lock on sleep and shutdown (`[host] inhibit`, [`logind`]), and on WSL2 with
+//! first slot running a job to the last one going idle it holds systemd-logind inhibitor
+//! locks on sleep and on shutdown, one lock each (`[host] inhibit`, [`logind`]: a
+//! combined lock is checked by logind against the wrong polkit action), and on WSL2 with
 //! Windows interop a `powershell.exe` helper that keeps Windows itself awake
 //! (`[host] windows_keep_awake`, [`windows`]). Both are released the moment no slot is
 //! busy.
@@ -24,7 +25,8 @@ use crate::status::{Board, SlotState, SlotStatus};
 pub mod logind;
 pub mod windows;
 
-/// What the lock is taken on.
+/// What the locks are taken on, together, as events name it (one lock each:
+/// [`logind::WHATS`]).
 pub const WHAT: &str = "sleep:shutdown";
 /// Who takes it, as `systemd-inhibit --list` shows it.
 pub const WHO: &str = "runner-supervisor";
@@ -87,7 +89,7 @@ async fn next_change(
     }
 }
 
-/// logind's lock, held from the first busy slot to the last idle one.
+/// logind's locks, held from the first busy slot to the last idle one.
 async fn hold_inhibitor(mode: Inhibit, board: &Board, stop: &CancellationToken) {
     let word = |w: String| board.system(|s| s.inhibitor = Some(w));
     if mode == Inhibit::Off {
@@ -97,7 +99,7 @@ async fn hold_inhibitor(mode: Inhibit, board: &Board, stop: &CancellationToken) 
     word("released".into());
     let mode = mode.as_str();
     let mut changes = board.subscribe();
-    let mut held: Option<(OwnedFd, tokio::time::Instant)> = None;
+    let mut held: Option<Held> = None;
     // Tried in this busy period (a failure waits for the next one); said since the last
     // success (a failure is said once).
     let (mut tried, mut said) = (false, false);
@@ -115,21 +117,42 @@ async fn hold_inhibitor(mode: Inhibit, board: &Board, stop: &CancellationToken) 
                 _ = stop.cancelled() => break,
                 r = logind::inhibit(mode, &why) => r,
             };
-            match taken {
-                Ok(fd) => {
-                    said = false;
-                    held = Some((fd, tokio::time::Instant::now()));
-                    word("held".into());
-                    tracing::info!(event = "inhibitor_taken", what = WHAT, mode, slots_busy = busy.len(), "holding a logind inhibitor lock on {WHAT} ({mode}) while {} slot(s) run a job", busy.len());
+            let (locks, refusal) = match taken {
+                Ok(locks) => {
+                    let refusal = locks.refusal();
+                    (locks, refusal)
                 }
-                Err(u) => {
-                    word(u.word());
-                    if !said {
-                        said = true;
-                        tracing::warn!(event = "inhibit_unavailable", reason = %u.reason, fix = %u.fix, "cannot keep the machine awake while jobs run: {}; fix: {} (tried again quietly at the next busy period)", u.reason, u.fix);
-                    } else {
-                        tracing::debug!(event = "inhibit_unavailable", reason = %u.reason, "still no inhibitor lock: {}", u.reason);
-                    }
+                Err(u) => (logind::Locks::default(), Some(u)),
+            };
+            let refused: Vec<&str> = locks.refused.iter().map(|(w, _)| *w).collect();
+            let refused = if refused.is_empty() {
+                WHAT.to_string()
+            } else {
+                refused.join(":")
+            };
+            if !locks.held.is_empty() {
+                let what = locks.held_what();
+                word(match &refusal {
+                    None => "held".into(),
+                    Some(u) => format!("held on {what} only; {}", u.word()),
+                });
+                tracing::info!(event = "inhibitor_taken", what = %what, mode, locks = locks.held.len(), slots_busy = busy.len(), "holding logind inhibitor locks on {what} ({mode}) while {} slot(s) run a job", busy.len());
+                held = Some(Held {
+                    fds: locks.held.into_iter().map(|(_, fd)| fd).collect(),
+                    what,
+                    since: tokio::time::Instant::now(),
+                });
+            } else if let Some(u) = &refusal {
+                word(u.word());
+            }
+            match refusal {
+                None => said = false,
+                Some(u) if !said => {
+                    said = true;
+                    tracing::warn!(event = "inhibit_unavailable", what = %refused, mode, reason = %u.reason, fix = %u.fix, "cannot keep the machine awake while jobs run: {}; fix: {} (tried again quietly at the next busy period)", u.reason, u.fix);
+                }
+                Some(u) => {
+                    tracing::debug!(event = "inhibit_unavailable", what = %refused, mode, reason = %u.reason, "still no inhibitor lock on {refused}: {}", u.reason);
                 }
             }
             // Slots may have gone idle meanwhile: look again at once.
@@ -144,18 +167,28 @@ async fn hold_inhibitor(mode: Inhibit, board: &Board, stop: &CancellationToken) 
     }
 }
 
-/// Close the lock's descriptor: logind sees it closed and lets sleep and shutdown go.
-fn release((fd, since): (OwnedFd, tokio::time::Instant), mode: &str, board: &Board) {
-    drop(fd);
+/// The locks held in a busy period: their descriptors, what they are on, since when.
+struct Held {
+    fds: Vec<OwnedFd>,
+    what: String,
+    since: tokio::time::Instant,
+}
+
+/// Close the locks' descriptors: logind sees them closed and lets sleep and shutdown go.
+fn release(held: Held, mode: &str, board: &Board) {
+    let Held { fds, what, since } = held;
+    let locks = fds.len();
+    drop(fds);
     board.system(|s| s.inhibitor = Some("released".into()));
     let held_s = since.elapsed().as_secs();
     tracing::info!(
         event = "inhibitor_released",
-        what = WHAT,
+        what = %what,
         mode,
+        locks,
         slots_busy = 0,
         held_s,
-        "released the logind inhibitor lock: no slot runs a job"
+        "released the logind inhibitor locks: no slot runs a job"
     );
 }
 

@@ -65,8 +65,9 @@ pub struct SystemStatus {
     /// some task waited for memory); null without PSI.
     #[serde(default)]
     pub memory_pressure: Option<f64>,
-    /// The systemd-logind inhibitor lock on sleep and shutdown, taken while any slot runs
-    /// a job (`[host] inhibit`): `held`, `released`, `off` or `unavailable (reason)`.
+    /// The systemd-logind inhibitor locks on sleep and on shutdown (one each), taken while
+    /// any slot runs a job (`[host] inhibit`): `held`, `held on sleep only; unavailable
+    /// (reason)` (one refused), `released`, `off` or `unavailable (reason)`.
     #[serde(default)]
     pub inhibitor: Option<String>,
     /// Windows kept awake while busy (WSL2, `[host] windows_keep_awake`): `held`,

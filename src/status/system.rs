@@ -62,7 +62,8 @@ pub struct SystemState {
     pub runner_auto_update: Option<&'static str>,
     /// Memory pressure: PSI `some avg10`, percent.
     pub memory_pressure: Option<f64>,
-    /// logind's inhibitor lock: `held`, `released`, `off` or `unavailable (reason)`.
+    /// logind's inhibitor locks: `held`, `held on WHAT only; unavailable (reason)`,
+    /// `released`, `off` or `unavailable (reason)`.
     pub inhibitor: Option<String>,
     /// The Windows keep-awake helper (WSL2): the same words; `None` off WSL2.
     pub windows_keep_awake: Option<String>,

@@ -9,7 +9,13 @@
 //! restarted; `systemctl stop` during a job drains it past `TimeoutStopSec` and
 //! deregisters; `sudo` works in a job under the default unit and is refused under the
 //! hardening drop-in, whose jobs still run; keepalive is on for every listener; the live
-//! `systemd-analyze security` scores of both.
+//! `systemd-analyze security` scores of both. And the sleep inhibitor against the real
+//! logind and polkit (`polkitd` 122), the shipped rule installed as step 9 says: during a
+//! job `systemd-inhibit --list` shows the supervisor's two locks, after it none, and
+//! nothing is said; without the rule a blocking lock is said once with the fix and jobs
+//! run; `doctor` as `runner` asks for the real locks; and `sim`'s `fake-logind` answers
+//! every request of a matrix (sleep, shutdown, both; block, delay; with and without the
+//! rule) as the real logind does.
 //!
 //! The container's own setup (not something the unit needs on a real host): every
 //! capability this machine has but NET_ADMIN, SYS_TIME, SYS_MODULE and SYS_RAWIO, Docker's
@@ -26,7 +32,9 @@ use std::time::{Duration, Instant};
 use runner_supervisor::status::{KeepaliveState, SlotState, StatusFile};
 use sim::github::{FakeGithub, Fault, FaultKind};
 
+use crate::support::dbus::{FakeLogind, Polkit, PrivateBus, AS_A_SERVICE};
 use crate::support::dockerd::Dockerd;
+use crate::support::events::{parse, Event};
 use crate::support::rootfs::{debootstrap, runner_tarball, write_exec};
 use crate::support::{github, job, supervisor_bin};
 
@@ -296,6 +304,184 @@ impl Drop for Booted {
     }
 }
 
+/// The inhibitor requests that the real logind and its double must answer alike, as the
+/// service's user (no session, no capability) asks them.
+const MATRIX: [(&str, &str); 6] = [
+    ("sleep", "block"),
+    ("shutdown", "block"),
+    ("sleep:shutdown", "block"),
+    ("sleep", "delay"),
+    ("shutdown", "delay"),
+    ("sleep:shutdown", "delay"),
+];
+
+/// As the service's user: `setpriv` (no PAM, so no login session), as systemd starts it.
+const AS_RUNNER: &str = "setpriv --reuid=runner --regid=runner --init-groups";
+
+/// The double's answers to [`MATRIX`], asked by `busctl` without `CAP_SYS_BOOT`.
+async fn double_grants(polkit: Polkit) -> Vec<bool> {
+    let bus = PrivateBus::start().await;
+    let logind = FakeLogind::start(&bus, polkit).await;
+    let mut grants = vec![];
+    for (what, mode) in MATRIX {
+        let out = tokio::process::Command::new(AS_A_SERVICE[0])
+            .args(&AS_A_SERVICE[1..])
+            .arg("busctl")
+            .arg(format!("--address={}", bus.address))
+            .args([
+                "call",
+                "org.freedesktop.login1",
+                "/org/freedesktop/login1",
+                "org.freedesktop.login1.Manager",
+                "Inhibit",
+                "ssss",
+                what,
+                "matrix",
+                "matrix",
+                mode,
+            ])
+            .output()
+            .await
+            .expect("busctl");
+        grants.push(out.status.success());
+    }
+    logind.stop().await;
+    bus.stop().await;
+    grants
+}
+
+/// How many `name` events there are.
+fn count(events: &[Event], name: &str) -> usize {
+    events.iter().filter(|e| e.name == name).count()
+}
+
+impl Booted {
+    /// The supervisor's typed events, from the journal.
+    async fn events(&self) -> Vec<Event> {
+        self.sh(&format!("journalctl -u {UNIT} -o cat --no-pager"))
+            .await
+            .lines()
+            .filter_map(parse)
+            .collect()
+    }
+
+    /// `systemd-inhibit --list`, as root.
+    async fn inhibit_list(&self) -> String {
+        self.sh("systemd-inhibit --list --no-pager").await
+    }
+
+    /// The real logind's answers to [`MATRIX`], asked by `systemd-inhibit` as `runner`.
+    async fn real_grants(&self) -> Vec<bool> {
+        let mut grants = vec![];
+        for (what, mode) in MATRIX {
+            let out = self
+                .run(&format!(
+                    "{AS_RUNNER} systemd-inhibit --what={what} --mode={mode} --who=matrix --why=matrix true"
+                ))
+                .await;
+            grants.push(out.status.success());
+        }
+        grants
+    }
+
+    /// Wait until polkit has (re)read its rules: a blocking sleep lock granted to
+    /// `runner` or not.
+    async fn until_polkit(&self, grants: bool) {
+        let deadline = Instant::now() + T;
+        let probe = format!(
+            "{AS_RUNNER} systemd-inhibit --what=sleep --mode=block --who=probe --why=probe true"
+        );
+        while self.run(&probe).await.status.success() != grants {
+            assert!(Instant::now() < deadline, "polkit never granted={grants}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `supervisor doctor` as `runner` with `[host] inhibit = mode`: its inhibit check.
+    async fn doctor_as_runner(&self, mode: &str) -> serde_json::Value {
+        let out = self
+            .run(&format!(
+                "cat /etc/runner-supervisor/github_pat | {AS_RUNNER} env HOME=/home/runner SUPERVISOR_CONFIG=/etc/runner-supervisor/supervisor.toml SUPERVISOR_STATE_DIR=/tmp/doctor-state SUPERVISOR_HOST_INHIBIT={mode} supervisor doctor --json --token-stdin"
+            ))
+            .await;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "inhibit")
+            .cloned()
+            .unwrap_or_else(|| panic!("{json}"))
+    }
+
+    /// A 3 s job named `name`: `systemd-inhibit --list` once the supervisor's locks are
+    /// seen (or, when they never come, as the job ends), and once the job is done and
+    /// every lock of the supervisor is gone.
+    async fn locks_during_a_job(&self, gh: &FakeGithub, name: &str) -> (String, String) {
+        gh.enqueue(job(name, 3000), 1);
+        assert!(
+            gh.wait_for(T, |s| s.running.values().any(|r| r.1.name == name))
+                .await
+        );
+        let deadline = Instant::now() + T;
+        let during = loop {
+            let list = self.inhibit_list().await;
+            let ours = list
+                .lines()
+                .filter(|l| l.contains("runner-supervisor"))
+                .count();
+            let done = results(gh, name).len() == 1;
+            if ours == 2 || done {
+                break list;
+            }
+            assert!(Instant::now() < deadline, "{list}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            gh.wait_for(T, |s| s.completed.iter().any(|j| j.name == name))
+                .await
+        );
+        let deadline = Instant::now() + T;
+        let after = loop {
+            let list = self.inhibit_list().await;
+            if !list.contains("runner-supervisor") {
+                break list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still held after the job: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if results(gh, name) == ["Succeeded"] && during.contains("runner-supervisor") {
+            let ours: Vec<&str> = during
+                .lines()
+                .filter(|l| l.contains("runner-supervisor"))
+                .collect();
+            assert_eq!(ours.len(), 2, "{during}");
+            for what in ["sleep", "shutdown"] {
+                assert!(
+                    ours.iter().any(|l| {
+                        let cols: Vec<&str> = l.split_whitespace().collect();
+                        cols.get(2) == Some(&"runner")
+                            && cols.contains(&what)
+                            && cols.last() == Some(&"block")
+                            && l.contains("a GitHub Actions job is running (slot ")
+                    }),
+                    "{what}: {during}"
+                );
+            }
+        }
+        (during, after)
+    }
+}
+
 /// The job-started hook: a setuid program (sudo) as a job's step would run it.
 const HOOK: &str = "#!/bin/bash\n# The job-started hook: sudo, as a job's `sudo apt-get install` step would.\necho \"$GITHUB_JOB uid=$(id -u) sudo=$(sudo -n id -u 2>/dev/null || echo refused)\" >> /home/runner/jobs.log\n";
 
@@ -310,6 +496,7 @@ fn source_dir(work: &Path, gh: &FakeGithub) -> std::path::PathBuf {
     for f in [
         "runner-supervisor.service",
         "runner-supervisor.service.d/hardening.conf",
+        "runner-supervisor-inhibit.rules",
     ] {
         std::fs::copy(repo.join(f), src.join("systemd").join(f)).unwrap();
     }
@@ -339,6 +526,10 @@ chronyc = "off"
 
 [disk]
 prune = "off"
+
+[log]
+# Typed events in the journal, read back by the test.
+format = "json"
 "#,
             gh.url()
         ),
@@ -350,7 +541,7 @@ prune = "off"
     src
 }
 
-/// systemd/README.md steps 2 to 5, as written (the release download replaced by the
+/// systemd/README.md steps 2 to 5 and 9 (the polkit rule), as written (the release download replaced by the
 /// test's tarball), then the test's own: a timers drop-in and sudo for `runner`, as a
 /// self-hosted host that lets jobs `sudo` has.
 const INSTALL: &str = r#"set -eux
@@ -362,6 +553,7 @@ install -d -m 0750 -o root -g runner /etc/runner-supervisor
 install -m 0640 -o root -g runner /src/supervisor.toml /etc/runner-supervisor/
 cat /src/github_pat | install -m 0600 -o root -g root /dev/stdin /etc/runner-supervisor/github_pat
 install -m 0644 /src/systemd/runner-supervisor.service /etc/systemd/system/
+install -m 0644 /src/systemd/runner-supervisor-inhibit.rules /etc/polkit-1/rules.d/50-runner-supervisor-inhibit.rules
 install -d /etc/systemd/system/runner-supervisor.service.d
 install -m 0644 /src/timers.conf /etc/systemd/system/runner-supervisor.service.d/
 install -m 0755 -o runner -g runner /src/job-started.sh /home/runner/job-started.sh
@@ -392,8 +584,16 @@ fn results(gh: &FakeGithub, prefix: &str) -> Vec<String> {
 async fn the_shipped_unit_under_a_real_systemd() {
     let began = Instant::now();
     let rootfs = debootstrap(
-        "bookworm-systemd",
-        &["systemd", "systemd-sysv", "sudo", "dbus"],
+        "bookworm-systemd-polkit",
+        // polkitd needs a logind (`default-logind`), which libpam-systemd provides.
+        &[
+            "systemd",
+            "systemd-sysv",
+            "sudo",
+            "dbus",
+            "libpam-systemd",
+            "polkitd",
+        ],
     );
     let work = tempfile::Builder::new()
         .prefix("rssd")
@@ -514,6 +714,82 @@ async fn the_shipped_unit_under_a_real_systemd() {
         .to_string();
     assert!(keepalive_line.contains(" 0 refused"), "{keepalive_line}");
 
+    // 3b. The sleep inhibitor against the real logind and polkit, with the shipped rule
+    // installed as systemd/README.md says: during a job `systemd-inhibit --list` shows the
+    // supervisor's two locks (sleep, shutdown; block; user runner), after it none, and
+    // the supervisor never said `inhibit_unavailable`.
+    assert_eq!(b.sh("systemctl is-active systemd-logind").await, "active");
+    let (inhibit_list, inhibit_after) = b.locks_during_a_job(&gh, "awake").await;
+    let events = b.events().await;
+    assert_eq!(count(&events, "inhibit_unavailable"), 0, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.name == "inhibitor_taken" && e.u64("locks") == Some(2)),
+        "{events:#?}"
+    );
+    // The double answers as the real logind and polkit do, with the rule and without.
+    let with_rule = b.real_grants().await;
+    assert_eq!(
+        with_rule,
+        [true, true, false, true, true, false],
+        "as runner, the rule installed: {MATRIX:?}"
+    );
+    assert_eq!(double_grants(Polkit::ShippedRule).await, with_rule);
+    // doctor, as the service's user, asks for the real locks: granted in both modes.
+    for mode in ["block", "delay"] {
+        let d = b.doctor_as_runner(mode).await;
+        assert_eq!(d["status"], "pass", "{mode}: {d}");
+    }
+
+    // 3c. Without the rule: a blocking lock is refused, said once with the fix; jobs run.
+    b.sh("rm /etc/polkit-1/rules.d/50-runner-supervisor-inhibit.rules")
+        .await;
+    b.until_polkit(false).await;
+    let without_rule = b.real_grants().await;
+    assert_eq!(
+        without_rule,
+        [false, false, false, true, true, false],
+        "as runner, no rule: {MATRIX:?}"
+    );
+    assert_eq!(double_grants(Polkit::NoRule).await, without_rule);
+    let d = b.doctor_as_runner("block").await;
+    assert_eq!(d["status"], "warn", "{d}");
+    assert!(
+        d["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("50-runner-supervisor-inhibit.rules")),
+        "{d}"
+    );
+    assert_eq!(b.doctor_as_runner("delay").await["status"], "pass");
+    let (none_list, _) = b.locks_during_a_job(&gh, "unruled").await;
+    assert!(!none_list.contains("runner-supervisor"), "{none_list}");
+    gh.enqueue(job("unruled-again", 200), 1);
+    assert!(
+        gh.wait_for(T, |s| s.completed.iter().any(|j| j.name == "unruled-again"))
+            .await
+    );
+    assert_eq!(results(&gh, "unruled"), ["Succeeded", "Succeeded"]);
+    let events = b.events().await;
+    let said: Vec<_> = events
+        .iter()
+        .filter(|e| e.name == "inhibit_unavailable" && e.level == "WARN")
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {said:#?}");
+    assert!(
+        said[0].has("reason", "logind refused the lock on sleep")
+            && said[0].has("fix", "50-runner-supervisor-inhibit.rules")
+            && said[0].has(
+                "fix",
+                "it grants the user runner, which this supervisor runs as"
+            ),
+        "{:?}",
+        said[0]
+    );
+    // The rule back, for the rest of the run.
+    b.sh("install -m 0644 /src/systemd/runner-supervisor-inhibit.rules /etc/polkit-1/rules.d/50-runner-supervisor-inhibit.rules").await;
+    b.until_polkit(true).await;
+
     // 4. `systemctl stop` during a job: it drains past TimeoutStopSec=3s and deregisters.
     gh.enqueue(job("drain", 5000), 1);
     assert!(
@@ -608,6 +884,9 @@ async fn the_shipped_unit_under_a_real_systemd() {
         b.sh(&format!("systemctl status {UNIT} --no-pager -n 0; journalctl --no-pager -o short-monotonic | grep -v 'INFO.*stream=' | tail -60")).await
     );
 
+    // Every busy period since the rule came back held both locks, hardened ones too.
+    let events = b.events().await;
+    assert_eq!(count(&events, "inhibit_unavailable"), 1, "{events:#?}");
     assert!(default_score > 8.0, "{default_line}");
     assert!(hardened_score <= 2.5, "{hardened_line}");
     eprintln!(
@@ -619,6 +898,9 @@ async fn the_shipped_unit_under_a_real_systemd() {
         killed_after.as_secs_f64(),
         stop_took.as_secs_f64(),
         began.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "systemd-inhibit --list during a job (the shipped rule installed):\n{inhibit_list}\nafter it:\n{inhibit_after}"
     );
     let _ = b.dk.docker(&["stop", "-t", "20", BOX]);
 }

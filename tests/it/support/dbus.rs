@@ -1,8 +1,14 @@
 //! A real `dbus-daemon` on a private bus (a Unix socket in a temporary directory, never
 //! the machine's system bus) and the login1 test double on it (`sim`'s `fake-logind`),
-//! which records every `Inhibit` call and every lock's release.
+//! which authorises every `Inhibit` call as systemd 252's logind does (the polkit action
+//! chosen from the whole `what`; `CAP_SYS_BOOT` or a polkit rule needed for a blocking
+//! lock), records it, and sees each lock's release.
+//!
+//! The tests run as root, and logind grants root anything (`CAP_SYS_BOOT`): a supervisor
+//! meant to be asked as a service is asked is started under [`AS_A_SERVICE`], which drops
+//! that one capability, as a service's user (`User=runner`) has none of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -88,10 +94,59 @@ impl PrivateBus {
     }
 }
 
+/// A wrapper that starts a program without `CAP_SYS_BOOT` (effective, permitted,
+/// inheritable and bounding), so that logind (and its double) ask polkit about it as
+/// about a service's user.
+pub const AS_A_SERVICE: [&str; 3] = [
+    "setpriv",
+    "--inh-caps=-sys_boot",
+    "--bounding-set=-sys_boot",
+];
+
+/// The shipped polkit rule, `systemd/runner-supervisor-inhibit.rules`.
+pub fn shipped_rule() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/runner-supervisor-inhibit.rules")
+}
+
+/// The actions the shipped rule grants (each `action.id == "…"` it compares with).
+pub fn shipped_rule_actions() -> Vec<String> {
+    let text = std::fs::read_to_string(shipped_rule()).unwrap();
+    let actions: Vec<String> = text
+        .split("action.id == \"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(String::from)
+        .collect();
+    assert!(!actions.is_empty(), "no action in {text}");
+    actions
+}
+
+/// What polkit grants in the double, beyond systemd 252's defaults for a caller with no
+/// session.
+#[derive(Debug, Clone)]
+pub enum Polkit {
+    /// No rule installed: the defaults only (a blocking lock is refused).
+    NoRule,
+    /// `systemd/runner-supervisor-inhibit.rules` installed: the actions it names.
+    ShippedRule,
+    /// A rule granting exactly these actions.
+    Allow(Vec<String>),
+}
+
+impl Polkit {
+    fn actions(&self) -> Vec<String> {
+        match self {
+            Polkit::NoRule => vec![],
+            Polkit::ShippedRule => shipped_rule_actions(),
+            Polkit::Allow(a) => a.clone(),
+        }
+    }
+}
+
 /// One line of the double's record.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogindRecord {
-    /// `inhibit`, `released` or `denied`.
+    /// `inhibit`, `released`, `denied` or `invalid`.
     pub event: String,
     /// The lock: a release names the call it ends.
     pub id: u64,
@@ -99,6 +154,10 @@ pub struct LogindRecord {
     pub who: Option<String>,
     pub why: Option<String>,
     pub mode: Option<String>,
+    /// The polkit action logind checked.
+    pub action: Option<String>,
+    /// `CAP_SYS_BOOT`, `rule`, `default` or `implied`, for a granted lock.
+    pub granted_by: Option<String>,
     pub at: chrono::DateTime<chrono::FixedOffset>,
 }
 
@@ -109,13 +168,15 @@ pub struct FakeLogind {
 }
 
 impl FakeLogind {
-    /// Start it (`deny`: refuse every lock) and wait until it owns the name.
-    pub async fn start(bus: &PrivateBus, deny: bool) -> FakeLogind {
+    /// Start it with what `polkit` grants, and wait until it owns the name.
+    pub async fn start(bus: &PrivateBus, polkit: Polkit) -> FakeLogind {
+        // A new record for each double (one owns the name at a time).
         let record = bus.dir.path().join("logind.jsonl");
+        let _ = std::fs::remove_file(&record);
         let mut cmd = Command::new(sim_bin("fake-logind"));
         cmd.arg(&bus.address).arg(&record);
-        if deny {
-            cmd.arg("--deny");
+        for a in polkit.actions() {
+            cmd.arg("--allow").arg(a);
         }
         let mut child = cmd
             .stdin(Stdio::null())
