@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use runner_supervisor::clocks::ShiftedClocks;
 use runner_supervisor::config::{Config, Purpose};
 use runner_supervisor::github::GithubClient;
-use runner_supervisor::shutdown::Mode;
+use runner_supervisor::os::clocks::ShiftedClocks;
+use runner_supervisor::os::shutdown::Mode;
 use runner_supervisor::supervisor::{self, Deps};
 use sim::github::{FakeGithub, Options};
 use sim::protocol::Script;
@@ -219,7 +219,7 @@ async fn crash_loop(dir: &Path) -> usize {
 /// The most listener starts in `window` over 1,000 seeds of the back-off's jitter (the
 /// default 2 s base), for a listener crashing `crash` after it starts.
 fn crash_loop_policy(window: Duration, crash: Duration) -> usize {
-    use runner_supervisor::slot::machine::outer::{
+    use runner_supervisor::policy::machine::outer::{
         crash_loop_starts, Backoff, Jitter, FAILURE_BACKOFF_CAP,
     };
     let backoff = Backoff {

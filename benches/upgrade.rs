@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use runner_supervisor::monitors::versionwatch::{DEADLINE_EVERY, LATEST_EVERY};
 use runner_supervisor::status::{SlotState, StatusFile};
-use runner_supervisor::versionwatch::{DEADLINE_EVERY, LATEST_EVERY};
 use sim::github::{FakeGithub, JobSpec, Options};
 
 const RELEASES: u64 = 5;

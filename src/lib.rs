@@ -1,71 +1,31 @@
 //! runner-supervisor keeps self-hosted GitHub Actions runners alive on laptops, WSL2 boxes
 //! and small servers: one JIT-registered ephemeral runner per slot, one job at a time.
 //!
-//! # Layout
-//! - [`cli`] parses the command line; [`cmd`] has one handler per subcommand.
-//! - [`config`] resolves defaults, the TOML file, the environment and flags.
-//! - [`github`] is the REST client.
-//! - [`supervisor`] runs the slots ([`slot`]), each driving a listener ([`runner`]).
-//! - [`status`] is the shared status and the file `supervisor health` reads.
-//! - [`shutdown`] turns signals into modes; [`procs`] spawns children and reaps orphans.
-//! - [`naming`] and [`layout`] own runner names and the state directory.
-//! - [`preflight`] has the checks `run` logs and `doctor` prints; [`diagnose`] the host
-//!   checks only `doctor` runs.
-//! - [`control`] serves the control socket (`status`, `breaker reset`, `drain`,
-//!   `recycle`); [`metrics`] renders Prometheus metrics; [`sdnotify`] speaks systemd's
-//!   notify protocol.
-//! - [`watchdog`] (pure) decides when a listener is stuck and when the breaker opens;
-//!   [`connwatch`] sets keepalive on the listeners' own connections ([`sockets`], which
-//!   also reads keepalive back on our own) and
-//!   finds dead paths and silent hangs in their `TCP_INFO` ([`tcpinfo`], pure);
-//!   [`clocks`] reads the clocks;
-//!   [`clockwatch`] measures the offset and watches chronyd; [`sleepwake`] detects suspends
-//!   and wall-clock steps; [`tokenwatch`] re-validates the token; [`netwatch`] watches
-//!   DNS, resolvers, dependencies and keepalive sysctls; [`disk`] prunes Docker on low disk,
-//!   one pruner per engine, aware of every runner's job through the [`fleet`];
-//!   [`autoheal`] restarts labelled unhealthy containers; [`docker`] is the engine;
-//!   [`offline`] replaces a listener GitHub shows offline; [`keepawake`] keeps the
-//!   machine (and Windows under WSL2) awake while a job runs.
-//! - [`cause`] (pure) is what a watchdog fire is attributed to, and the commands
-//!   monitors send to slots.
+//! The crate is twelve rooms, listed from the top of the module graph to its bottom; a
+//! module imports only those below it (`tests/it/layering.rs` holds it to that, and
+//! ARCHITECTURE.md says what each room may import).
 
-pub mod autoheal;
-pub mod cause;
+/// The command line and its commands: arguments, one handler per subcommand, `doctor`'s checks.
 pub mod cli;
-pub mod clocks;
-pub mod clockwatch;
-pub mod cmd;
+/// Configuration: defaults, the TOML file, the environment and flags, resolved and checked.
 pub mod config;
-pub mod connwatch;
-pub mod control;
-pub mod diagnose;
-pub mod disk;
+/// The Docker engine and its host-wide services: disk pruning, autoheal, the fleet of runners.
 pub mod docker;
-pub mod fleet;
+/// The GitHub REST client and the runner scale-set protocol.
 pub mod github;
-pub mod host;
-pub mod intake;
+/// Jobs: their records, hooks, protection and re-runs of lost ones.
 pub mod jobs;
-pub mod keepawake;
-pub mod layout;
-pub mod metrics;
-pub mod naming;
-pub mod netwatch;
-pub mod offline;
-pub mod preflight;
-pub mod pressure;
-pub mod procs;
+/// The host monitors, siblings that watch one thing each and tell the slots through `status::host`.
+pub mod monitors;
+/// Operating-system plumbing: clocks, processes, signals, sockets, the state directory, logs.
+pub mod os;
+/// Pure decisions and their words: no IO, no clock but the one passed in.
+pub mod policy;
+/// The runner: its versions and how a runner is started (today a child process).
 pub mod runner;
-pub mod scaleset;
-pub mod sdnotify;
-pub mod shutdown;
-pub mod sleepwake;
+/// A slot: one runner at a time, driven by its machine, and where its demand comes from.
 pub mod slot;
-pub mod sockets;
+/// What is shared and shown: the board, the host state, status.json, health, metrics, the control socket.
 pub mod status;
+/// `supervisor run` put together: the slots, the monitors and the host-wide services.
 pub mod supervisor;
-pub mod tcpinfo;
-pub mod telemetry;
-pub mod tokenwatch;
-pub mod versionwatch;
-pub mod watchdog;

@@ -1,5 +1,5 @@
 //! `supervisor`: see the README. All logic lives in the library.
 
 fn main() -> std::process::ExitCode {
-    runner_supervisor::cmd::main()
+    runner_supervisor::cli::cmd::main()
 }

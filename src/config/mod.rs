@@ -78,6 +78,16 @@ impl Config {
     }
 }
 
+/// This machine's host part of runner names (`policy::naming::host_part` of its hostname),
+/// the default in names the configuration derives.
+pub fn this_host() -> String {
+    let h = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    crate::policy::naming::host_part(&h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

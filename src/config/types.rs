@@ -201,6 +201,23 @@ pub struct NetworkConfig {
     pub dns_port: u16,
 }
 
+impl NetworkConfig {
+    /// What the listeners' connections get: `keepalive_*` and `user_timeout`.
+    pub fn keepalive_for_listeners(&self) -> crate::policy::keepalive::Keepalive {
+        crate::policy::keepalive::Keepalive {
+            idle: self.keepalive_idle,
+            interval: self.keepalive_interval,
+            probes: self.keepalive_probes,
+            user_timeout: self.user_timeout,
+        }
+    }
+
+    /// What the supervisor's own connections (the GitHub client's) get.
+    pub fn keepalive_for_own(&self) -> crate::policy::keepalive::Keepalive {
+        crate::policy::keepalive::Keepalive::for_own(self.keepalive_for_listeners())
+    }
+}
+
 /// `[watchdog]`.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {

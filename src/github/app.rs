@@ -96,7 +96,7 @@ impl AppAuth {
 
     /// A JWT for the App, its times on GitHub's clock.
     fn jwt(&self, gh: &GithubClient) -> Result<Secret, GithubError> {
-        let now = crate::clocks::wall_now().timestamp() - self.offset(gh).round() as i64;
+        let now = crate::os::clocks::wall_now().timestamp() - self.offset(gh).round() as i64;
         let claims = Claims {
             iat: now - JWT_BACKDATE,
             exp: now + JWT_LIFETIME,
@@ -227,7 +227,7 @@ impl AppAuth {
             .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
             .map(|d| d.with_timezone(&Utc))
             .unwrap_or_else(|| {
-                crate::clocks::wall_now()
+                crate::os::clocks::wall_now()
                     - chrono::Duration::milliseconds((self.offset(gh) * 1000.0) as i64)
             });
         let left = (t.expires_at - now)
@@ -246,7 +246,7 @@ impl AppAuth {
         else {
             return false;
         };
-        let off = (crate::clocks::wall_now() - server.with_timezone(&Utc)).num_milliseconds()
+        let off = (crate::os::clocks::wall_now() - server.with_timezone(&Utc)).num_milliseconds()
             as f64
             / 1000.0;
         tracing::warn!(event = "jwt_clock_retry", 

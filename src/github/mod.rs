@@ -7,8 +7,8 @@
 //! authentication as a GitHub App.
 //!
 //! Every connection carries TCP keepalive (idle, interval, probes) and a TCP user
-//! timeout ([`Keepalive::for_own`]), set on the socket by hyper-util through socket2;
-//! [`crate::sockets::own_connections`] reads them back. The token is sent only to the
+//! timeout ([`crate::policy::keepalive::Keepalive::for_own`]), set on the socket by hyper-util through socket2;
+//! [`crate::os::sockets::own_connections`] reads them back. The token is sent only to the
 //! configured API origin, never logged.
 //! It must not: retry in a tight loop, or follow a `Link` to another origin.
 
@@ -19,18 +19,17 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, USER_AGENT};
 use tokio::time::Instant;
 
 use crate::config::{Config, Scope, Secret};
-use crate::sockets::Keepalive;
 
 /// The `User-Agent` we send (GitHub rejects requests without one).
 pub const USER_AGENT_VALUE: &str = concat!("runner-supervisor/", env!("CARGO_PKG_VERSION"));
 
 pub mod app;
 mod endpoints;
-mod policy;
+pub mod scaleset;
 mod transport;
 mod types;
 
-pub use policy::*;
+pub use crate::policy::ratelimit::*;
 pub use transport::next_link;
 pub(crate) use transport::urlencode;
 use transport::{classify, decode, redact_url, Answer};
@@ -81,7 +80,7 @@ impl GithubClient {
             HeaderValue::from_static("2022-11-28"),
         );
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let keepalive = Keepalive::for_own(&cfg.network);
+        let keepalive = cfg.network.keepalive_for_own();
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .use_rustls_tls()

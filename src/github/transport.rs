@@ -102,7 +102,7 @@ impl GithubClient {
         {
             *self.last_date.lock().unwrap_or_else(|p| p.into_inner()) = Some(DateSample {
                 server: date.with_timezone(&Utc),
-                local: crate::clocks::wall_now(),
+                local: crate::os::clocks::wall_now(),
             });
         }
         let body = resp
@@ -236,7 +236,7 @@ pub(crate) fn classify(a: Answer) -> Result<Answer, GithubError> {
         code,
         &a.headers,
         &message,
-        crate::clocks::wall_now().timestamp(),
+        crate::os::clocks::wall_now().timestamp(),
     ) {
         return Err(GithubError::RateLimited {
             status: code,

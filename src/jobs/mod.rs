@@ -65,11 +65,11 @@ impl JobIdentity {
 /// `killed` by another SIGKILL, `stalled` (the watchdog replaced a busy listener), `stop_timeout`
 /// (a drain ran out), otherwise `crashed`.
 pub fn lost_cause(
-    reason: crate::runner::exit::ExitReason,
-    ended: crate::runner::exit::Ended,
+    reason: crate::policy::exit::ExitReason,
+    ended: crate::policy::exit::Ended,
     oom_killed: bool,
 ) -> &'static str {
-    use crate::runner::exit::{Ended, ExitReason};
+    use crate::policy::exit::{Ended, ExitReason};
     match (reason, ended) {
         // Only a suspend past the job lease recycles a busy listener.
         (ExitReason::Recycled, _) => "suspend",
@@ -334,7 +334,7 @@ impl Journal {
             slot,
             runner: runner.into(),
             display_name: display_name.into(),
-            at: crate::clocks::wall_now(),
+            at: crate::os::clocks::wall_now(),
         });
     }
 
@@ -348,7 +348,7 @@ impl Journal {
         self.send(Op::End {
             slot,
             outcome,
-            at: crate::clocks::wall_now(),
+            at: crate::os::clocks::wall_now(),
         });
     }
 

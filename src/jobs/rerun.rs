@@ -135,7 +135,7 @@ fn set_state(r: &mut JobRecord, state: RerunState) {
         None => {
             r.rerun = Some(Rerun {
                 state,
-                since: crate::clocks::wall_now(),
+                since: crate::os::clocks::wall_now(),
                 next_check_at: None,
                 checks: 0,
                 run_completed_at: None,
@@ -169,7 +169,7 @@ pub async fn run(
         app,
     };
     loop {
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let pending = w.pending().await;
         (w.reruns.report.pending)(pending.len() as u64);
         let mut next: Option<DateTime<Utc>> = None;
@@ -247,7 +247,7 @@ impl Worker {
             if let Some(rr) = &mut r.rerun {
                 rr.checks += 1;
                 rr.next_check_at =
-                    Some(crate::clocks::wall_now() + chrono_of(next_delay(first, rr.checks)));
+                    Some(crate::os::clocks::wall_now() + chrono_of(next_delay(first, rr.checks)));
             }
         })
         .await;
@@ -286,7 +286,7 @@ impl Worker {
                 .await;
         };
         let rr = r.rerun.clone().expect("pending records have a re-run");
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let within = self.reruns.policy.within;
         if rr.state == RerunState::Waiting && now - rr.since > chrono_of(within) {
             let why = format!(
@@ -479,7 +479,7 @@ mod tests {
             display_name: "deploy".into(),
             identity,
             job_id: None,
-            started_at: crate::clocks::wall_now(),
+            started_at: crate::os::clocks::wall_now(),
             ended_at: None,
             outcome: Outcome::Lost {
                 cause: "killed".into(),
@@ -506,7 +506,7 @@ mod tests {
                 pending: Box::new(|_| {}),
             },
         );
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let id = |w: &str| JobIdentity {
             repository: "octo/app".into(),
             run_id: 1,

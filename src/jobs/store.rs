@@ -190,7 +190,7 @@ mod tests {
     fn records_are_numbered_updated_closed_and_bounded_by_count_and_age() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.redb");
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let s = JobStore::open(&path, 3, Duration::from_secs(3600)).unwrap();
         let a = s
             .add(rec(0, now - chrono::Duration::hours(2)), now)

@@ -1,9 +1,9 @@
-//! The runner side: what the listener says ([`events`]), what its exit means ([`exit`]),
-//! and the process itself ([`process`]).
+//! The runner: how one is started ([`launch`]), its versions ([`version`]), the versions
+//! store ([`store`]) and the autopilot that chooses which version each slot runs
+//! ([`autopilot`]). What the listener says and what its exit means are pure, in
+//! `policy::events` and `policy::exit`.
 
 pub mod autopilot;
-pub mod events;
-pub mod exit;
-pub mod process;
+pub mod launch;
 pub mod store;
 pub mod version;

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::github::{backoff, GithubClient, GithubError};
-use crate::layout::write_atomic;
+use crate::os::layout::write_atomic;
 use crate::status::Board;
 
 /// The longest wait between two rounds.

@@ -11,16 +11,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::github::GithubError;
-use crate::runner::exit::{Ended, Seen};
-use crate::runner::process::Listener;
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
+use crate::policy::exit::{Ended, Seen};
+use crate::runner::launch::process::Listener;
 use crate::status::SlotState;
 
 use super::listen::{start, wait_for_update, watch_listener, StartError};
-use super::machine::outer::{Effect, Exited, Op, Outcome, RegFailure, RegKind};
-use super::machine::HostFacts;
 use super::registration::{deregister_reg, register, RegSecret, Registration};
 use super::{clear_failure, note_failure, sleep_or_stop, Shared, SlotCmd};
+use crate::policy::machine::outer::{Effect, Exited, Op, Outcome, RegFailure, RegKind};
+use crate::policy::machine::HostFacts;
 
 /// A slot's hands: the shared context, and the registrations it holds.
 pub(super) struct SlotIo {
@@ -148,8 +148,8 @@ impl SlotIo {
     /// with its cause (and looked up at GitHub once).
     fn exit_noted(
         &self,
-        reason: crate::runner::exit::ExitReason,
-        ended: crate::runner::exit::Ended,
+        reason: crate::policy::exit::ExitReason,
+        ended: crate::policy::exit::Ended,
         lost_job: Option<String>,
     ) {
         let (sh, slot) = (&self.sh, self.slot);
@@ -200,7 +200,7 @@ impl SlotIo {
         }
         board.update(slot, |s| {
             s.last_exit = Some(format!("{} ({ended:?})", reason.as_str()));
-            s.last_exit_at = Some(crate::clocks::wall_now());
+            s.last_exit_at = Some(crate::os::clocks::wall_now());
             // Its registration is gone (GitHub's after a job, or deleted next).
             s.runner = None;
             s.job = None;
@@ -303,7 +303,7 @@ impl SlotIo {
             } => self.wait(wait, early_on_token, mode).await,
             Op::StopStraysThenWait(d) => {
                 let roots = std::slice::from_ref(&self.root);
-                crate::procs::stop_strays(roots, sh.cfg.runner.stop_grace).await;
+                crate::os::procs::stop_strays(roots, sh.cfg.runner.stop_grace).await;
                 self.wait(d, false, mode).await
             }
             Op::AwaitRunnerUpgrade { limit } => self.await_upgrade(limit, mode).await,
@@ -441,7 +441,7 @@ impl SlotIo {
             });
             let from = self.source.as_ref().unwrap_or(&self.sh.cfg.runner.dir);
             if *from != v.dir {
-                if let Err(e) = crate::layout::prepare_slot(&v.dir, &self.root) {
+                if let Err(e) = crate::os::layout::prepare_slot(&v.dir, &self.root) {
                     return Outcome::StartFailed(format!(
                         "cannot rebuild {} from runner {}: {e}",
                         self.root.display(),
@@ -532,7 +532,7 @@ async fn confirm_deprecation(sh: &Shared, slot: usize, version: &str) -> bool {
         v => v,
     };
     // From 2.337.0 the line comes only from the broker's typed error: no doubt.
-    if !crate::runner::exit::deprecation_needs_confirmation(Some(version).filter(|v| !v.is_empty()))
+    if !crate::policy::exit::deprecation_needs_confirmation(Some(version).filter(|v| !v.is_empty()))
     {
         return true;
     }
@@ -540,7 +540,7 @@ async fn confirm_deprecation(sh: &Shared, slot: usize, version: &str) -> bool {
         "" => Ok(None),
         v => sh.gh.runner_deprecation(v).await,
     };
-    let now = crate::clocks::wall_now();
+    let now = crate::os::clocks::wall_now();
     let deadline = match &answer {
         Ok(Some(d)) => d.runtime_deprecates_at,
         _ => None,

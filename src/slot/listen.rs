@@ -11,16 +11,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::github::{AuthToken, GithubError};
-use crate::layout;
-use crate::runner::events::RunnerEvent;
-use crate::runner::exit::{Ended, Seen};
-use crate::runner::process::{Listener, Output};
-use crate::shutdown::Mode;
+use crate::os::layout;
+use crate::os::shutdown::Mode;
+use crate::policy::events::RunnerEvent;
+use crate::policy::exit::{Ended, Seen};
+use crate::runner::launch::process::{Listener, Output};
 use crate::status::SlotState;
 
-use super::machine::{Action, HostFacts, Input, Limits, Listen, StopCause};
 use super::registration::{register, RegSecret, Registration};
 use super::{clear_failure, Shared, SlotCmd};
+use crate::policy::machine::{Action, HostFacts, Input, Limits, Listen, StopCause};
 
 pub(super) struct Watched {
     pub(super) ended: Ended,
@@ -114,9 +114,9 @@ async fn configure(
         tokio::select! {
             o = p.next() => match o {
                 // The boxed notice, and the line under it that names the floor.
-                Some(Output::Line { text, .. }) if text.contains(crate::runner::events::UPDATE_REQUIRED) => below_floor = Some(String::new()),
+                Some(Output::Line { text, .. }) if text.contains(crate::policy::events::UPDATE_REQUIRED) => below_floor = Some(String::new()),
                 Some(Output::Line { text, .. }) if below_floor.as_deref() == Some("") && text.contains("minimum runner version") => below_floor = Some(text.trim_matches(|c: char| c == '*' || c == '|' || c.is_whitespace()).to_string()),
-                Some(Output::Line { stream: crate::runner::events::Stream::Stderr, text, .. }) if !text.trim().is_empty() => last_err = text,
+                Some(Output::Line { stream: crate::policy::events::Stream::Stderr, text, .. }) if !text.trim().is_empty() => last_err = text,
                 Some(Output::Exited(e)) => break Some(e),
                 Some(_) => {}
                 None => break Some(Ended::Code(-1)),
@@ -352,12 +352,17 @@ fn host_facts(sh: &Shared) -> HostFacts {
 
 /// A listener known to the connection watch while this lives.
 struct Registered<'a> {
-    host: &'a crate::host::Host,
+    host: &'a crate::status::host::Host,
     slot: usize,
 }
 
 impl<'a> Registered<'a> {
-    fn new(host: &'a crate::host::Host, slot: usize, pid: i32, runner: &str) -> Registered<'a> {
+    fn new(
+        host: &'a crate::status::host::Host,
+        slot: usize,
+        pid: i32,
+        runner: &str,
+    ) -> Registered<'a> {
         host.listener_started(slot, pid, runner);
         Registered { host, slot }
     }

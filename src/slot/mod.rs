@@ -11,10 +11,11 @@
 //! listener (config.sh first in token mode) and watches it; this file is the loop;
 //! [`once`] runs one listener of a JIT config given from outside (an ARC runner pod).
 
+mod breaker;
 mod deletions;
+pub mod demand;
 mod io;
 mod listen;
-pub mod machine;
 mod once;
 mod registration;
 
@@ -26,16 +27,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, RegistrationMode};
 use crate::github::GithubClient;
-pub use crate::host::SlotCmd;
-use crate::host::{Cause, Host};
-use crate::runner::process::ENV_ALLOWLIST;
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
+use crate::policy::watchdog::{Breaker, Verdict};
+use crate::runner::launch::process::ENV_ALLOWLIST;
+pub use crate::status::host::SlotCmd;
+use crate::status::host::{Cause, Host};
 use crate::status::{Board, SlotState};
-use crate::watchdog::{self, Breaker, Verdict};
 
+use crate::policy::machine::outer::{self, Backoff, Jitter, Op, Outcome, SlotLimits};
 pub use deletions::Deletions;
 use io::SlotIo;
-use machine::outer::{self, Backoff, Jitter, Op, Outcome, SlotLimits};
 pub use once::{run_jit, JitRunner, Ran};
 pub use registration::{deregister, register, RegSecret, Registration};
 
@@ -72,7 +73,7 @@ pub struct Shared {
     /// tells): more at the loss means the OOM killer took it.
     pub oom_at_job_start: Mutex<Vec<Option<u64>>>,
     /// Scale-set mode: the session's pool, which says when a slot may start a runner.
-    pool: std::sync::OnceLock<Arc<crate::scaleset::pool::Pool>>,
+    pool: std::sync::OnceLock<Arc<crate::slot::demand::scaleset::Pool>>,
 }
 
 impl Shared {
@@ -102,8 +103,8 @@ impl Shared {
         let reg_mode = Mutex::new(cfg.runner.registration);
         let slots = cfg.runner.slots;
         let breaker_path = cfg.state_dir.join("breaker.json");
-        let boot_id = watchdog::boot_id();
-        let breakers = Mutex::new(watchdog::load(&breaker_path, cfg.runner.slots, &boot_id));
+        let boot_id = breaker::boot_id();
+        let breakers = Mutex::new(breaker::load(&breaker_path, cfg.runner.slots, &boot_id));
         let deletions = Arc::new(Deletions::load(cfg.state_dir.join("deletions.json")));
         let breaker_reset = (0..cfg.runner.slots)
             .map(|_| tokio::sync::Notify::new())
@@ -154,7 +155,8 @@ impl Shared {
             crate::status::BreakerStatus {
                 fires,
                 open_until: open.map(|d| {
-                    crate::clocks::wall_now() + chrono::Duration::from_std(d).unwrap_or_default()
+                    crate::os::clocks::wall_now()
+                        + chrono::Duration::from_std(d).unwrap_or_default()
                 }),
                 opened_by: open.and(b.opened_by.clone()),
             },
@@ -186,7 +188,7 @@ impl Shared {
                 "circuit breaker reset by the operator"
             );
         }
-        if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
+        if let Err(e) = breaker::save(&self.breaker_path, &self.boot_id, &all) {
             tracing::warn!(event = "breaker_persist_failed", error = %e, "cannot persist the circuit breaker");
         }
         let snapshot = all.clone();
@@ -220,12 +222,12 @@ impl Shared {
     }
 
     /// Scale-set mode: the pool, set once before the slots start.
-    pub fn set_pool(&self, p: Arc<crate::scaleset::pool::Pool>) {
+    pub fn set_pool(&self, p: Arc<crate::slot::demand::scaleset::Pool>) {
         let _ = self.pool.set(p);
     }
 
     /// The scale-set pool, in scale-set mode.
-    pub fn pool(&self) -> Option<&Arc<crate::scaleset::pool::Pool>> {
+    pub fn pool(&self) -> Option<&Arc<crate::slot::demand::scaleset::Pool>> {
         self.pool.get()
     }
 
@@ -234,7 +236,7 @@ impl Shared {
         SlotLimits {
             backoff: Backoff {
                 base: self.cfg.runner.failure_backoff,
-                cap: machine::outer::FAILURE_BACKOFF_CAP,
+                cap: crate::policy::machine::outer::FAILURE_BACKOFF_CAP,
             },
             retryable_exits: self.cfg.watchdog.retryable_exits,
             session_conflict_wait: self.cfg.runner.session_conflict_wait,
@@ -285,7 +287,7 @@ impl Shared {
             }
             Verdict::Closed => None,
         };
-        if let Err(e) = watchdog::save(&self.breaker_path, &self.boot_id, &all) {
+        if let Err(e) = breaker::save(&self.breaker_path, &self.boot_id, &all) {
             tracing::warn!(event = "breaker_persist_failed", error = %e, "cannot persist the circuit breaker");
         }
         let b = all[slot].clone();
@@ -374,7 +376,7 @@ fn note_failure(board: &Board, slot: usize, state: SlotState, error: &str, failu
         s.error = Some(error.to_string());
         s.failures = failures;
         if s.failing_since.is_none() {
-            s.failing_since = Some(crate::clocks::wall_now());
+            s.failing_since = Some(crate::os::clocks::wall_now());
         }
     });
     board.set_state(slot, state);

@@ -10,16 +10,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::Secret;
-use crate::host::Cause;
-use crate::runner::exit::{Ended, ExitReason};
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
+use crate::policy::exit::{Ended, ExitReason};
+use crate::status::host::Cause;
 use crate::status::SlotState;
 
 use super::io::SlotIo;
-use super::machine::outer::{Effect, Op, Outcome};
-use super::machine::{reason, StopCause};
 use super::registration::{RegSecret, Registration};
 use super::{Shared, SlotCmd};
+use crate::policy::machine::outer::{Effect, Op, Outcome};
+use crate::policy::machine::{reason, StopCause};
 
 /// The runner a JIT config registers: its name (and id) as GitHub knows it, and the config.
 pub struct JitRunner {

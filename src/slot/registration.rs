@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::config::{RegistrationMode, Secret};
 use crate::github::{backoff, AuthToken, GithubError};
-use crate::naming;
+use crate::policy::naming;
 
 use super::{Shared, PREPARED_MAX_AGE};
 
@@ -35,7 +35,7 @@ impl Registration {
         match &self.secret {
             RegSecret::Jit(_) => young,
             RegSecret::Token(t) => {
-                young && t.expires_at - crate::clocks::wall_now() > chrono::Duration::minutes(5)
+                young && t.expires_at - crate::os::clocks::wall_now() > chrono::Duration::minutes(5)
             }
         }
     }
@@ -108,10 +108,10 @@ async fn register_jit(sh: &Shared, slot: usize) -> Result<Registration, GithubEr
 /// Scale-set mode: a JIT runner of the scale set (a fresh name each time).
 async fn register_scaleset(
     sh: &Shared,
-    pool: &crate::scaleset::pool::Pool,
+    pool: &crate::slot::demand::scaleset::Pool,
     slot: usize,
 ) -> Result<Registration, GithubError> {
-    use crate::scaleset::errors::ServiceError;
+    use crate::github::scaleset::errors::ServiceError;
     let c = &sh.cfg.runner;
     let mut attempt = 0;
     loop {

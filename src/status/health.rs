@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn health_rules() {
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let after = Duration::from_secs(180);
         let failing = |secs: i64, state: SlotState| SlotStatus {
             state,

@@ -17,14 +17,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+pub mod control;
 mod health;
+pub mod host;
+pub mod metrics;
 mod schema;
+pub mod sdnotify;
 pub mod slot;
 mod stats;
 mod summary;
 mod system;
 mod writer;
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
 pub use health::{evaluate, Condition, Health};
 pub use schema::*;
 pub use slot::*;
@@ -87,7 +91,7 @@ impl Board {
             changed: Notify::new(),
             version: tokio::sync::watch::channel(0).0,
             stats: Stats::default(),
-            started_at: crate::clocks::wall_now(),
+            started_at: crate::os::clocks::wall_now(),
             fleet: OnceLock::new(),
             sources: OnceLock::new(),
             marks: Mutex::new(vec![Marks::default(); n]),
@@ -135,7 +139,7 @@ impl Board {
         self.marks(slot, |m| m.job_started = Some(tokio::time::Instant::now()));
         self.update(slot, |s| {
             s.job = Some(name);
-            s.job_started_at = Some(crate::clocks::wall_now());
+            s.job_started_at = Some(crate::os::clocks::wall_now());
         });
     }
 
@@ -203,7 +207,7 @@ impl Board {
         self.update(i, |s| {
             if s.state != state {
                 s.state = state;
-                s.since = crate::clocks::wall_now();
+                s.since = crate::os::clocks::wall_now();
             }
         });
     }
@@ -251,7 +255,7 @@ impl Board {
 
     /// The status now, in [`SCHEMA`].
     pub fn snapshot(&self) -> StatusFile {
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         let (health, reasons) = self.health(now);
         let state = self.system_state();
         let conditions = self

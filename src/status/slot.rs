@@ -6,67 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// What a slot is doing. Written to `status.json` as the lower-case word (unchanged).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SlotState {
-    /// Asking GitHub for a registration.
-    Registering,
-    /// The listener is starting (config.sh first in token mode).
-    #[default]
-    Starting,
-    /// Idle, long-polling for a job.
-    Listening,
-    /// Running a job.
-    Busy,
-    /// The job is over; the listener is exiting.
-    Finishing,
-    /// The listener is being stopped (SIGINT, grace, SIGKILL).
-    Stopping,
-    /// Waiting out a failure back-off.
-    Backoff,
-    /// Paused for a reason the operator must fix (a deprecated runner).
-    Paused,
-    /// Waiting out an open circuit breaker.
-    BreakerOpen,
-    /// Registrations paused until the clock is fixed.
-    ClockFault,
-    /// Scale-set mode: no runner, waiting until the scale set is assigned a job this
-    /// slot may serve (`[runner] mode = "scaleset"`). Idle by design, not a fault.
-    Waiting,
-    /// Intake is closed (`[intake]`: on battery, low battery, quiet hours): no listener,
-    /// no registration, until it reopens by itself. A choice, not a fault.
-    Closed,
-    /// The slot has ended (the supervisor stops).
-    Stopped,
-}
-
-impl SlotState {
-    /// The word in `status.json` and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotState::Registering => "registering",
-            SlotState::Starting => "starting",
-            SlotState::Listening => "listening",
-            SlotState::Busy => "busy",
-            SlotState::Finishing => "finishing",
-            SlotState::Stopping => "stopping",
-            SlotState::Backoff => "backoff",
-            SlotState::Paused => "paused",
-            SlotState::BreakerOpen => "breaker-open",
-            SlotState::ClockFault => "clock-fault",
-            SlotState::Closed => "closed",
-            SlotState::Waiting => "waiting",
-            SlotState::Stopped => "stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for SlotState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::policy::states::SlotState;
 
 /// One slot's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,7 +100,7 @@ impl Default for SlotStatus {
             state: SlotState::Starting,
             runner: None,
             job: None,
-            since: crate::clocks::wall_now(),
+            since: crate::os::clocks::wall_now(),
             error: None,
             failures: 0,
             failing_since: None,

@@ -217,7 +217,7 @@ impl Board {
     /// Intake judged: closed (why) or open, with the power it was judged on. Health
     /// says why it is closed, and stays healthy: closed intake is a choice.
     pub fn set_intake(&self, closed: Option<String>, on_battery: bool, battery: Option<u8>) {
-        let now = crate::clocks::wall_now();
+        let now = crate::os::clocks::wall_now();
         self.system(|s| {
             let since = match &s.intake {
                 Some(i) if i.open == closed.is_none() => i.since,
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(f["disk_pruned_bytes"], "42");
         assert_eq!(f["dependency mongo:27017"], "unreachable");
         assert!(!f.contains_key("clock_source"), "unset stays absent");
-        let sys = s.render(&BTreeMap::new(), None, crate::clocks::wall_now());
+        let sys = s.render(&BTreeMap::new(), None, crate::os::clocks::wall_now());
         assert_eq!(sys.clock.offset_s, Some(0.123));
         assert_eq!(sys.disk.free_bytes, Some(12_345_678_901));
         assert!(!sys.dependencies[0].reachable);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Board, StatusFile};
-use crate::layout::write_atomic;
+use crate::os::layout::write_atomic;
 
 /// How often the status file is rewritten even when nothing changes.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -55,7 +55,7 @@ impl Board {
                     }
                 } => if r.is_err() { mode = None },
                 // Idle: one wake-up per heartbeat, nothing else.
-                _ = crate::clocks::tick(HEARTBEAT) => {}
+                _ = crate::os::clocks::tick(HEARTBEAT) => {}
             }
         }
     }

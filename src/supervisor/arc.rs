@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::host::SlotCmd;
-use crate::runner::exit::{Ended, ExitReason};
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
+use crate::policy::exit::{Ended, ExitReason};
 use crate::slot::{self, JitRunner, Ran};
+use crate::status::host::SlotCmd;
 use crate::status::SlotState;
 
 use super::{Background, Deps, Summary};
@@ -157,7 +157,7 @@ fn after(ran: &Ran, stopping: bool, relaunches: u32, limit: u32, breaker_open: b
     let relaunchable = matches!(
         ran.reason,
         ExitReason::Watchdog | ExitReason::Recycled | ExitReason::Retryable
-    ) || ran.cause == Some(slot::machine::StopCause::NotReady);
+    ) || ran.cause == Some(crate::policy::machine::StopCause::NotReady);
     if stopping
         || ran.lost_job.is_some()
         || ran.job_done
@@ -217,8 +217,8 @@ fn runner_of(blob: &str) -> Option<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Cause;
-    use crate::slot::machine::StopCause;
+    use crate::policy::machine::StopCause;
+    use crate::status::host::Cause;
     use ExitReason as R;
 
     fn ran(reason: ExitReason, ended: Ended) -> Ran {

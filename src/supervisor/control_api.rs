@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::host::SlotCmd;
-use crate::shutdown::Mode;
+use crate::os::shutdown::Mode;
 use crate::slot::Shared;
+use crate::status::host::SlotCmd;
 
 /// What the control socket may do, over the slots' shared state.
 pub(super) struct Control {
@@ -17,7 +17,7 @@ pub(super) struct Control {
     pub(super) cmds: Vec<mpsc::UnboundedSender<SlotCmd>>,
 }
 
-impl crate::control::Api for Control {
+impl crate::status::control::Api for Control {
     fn runner_upgrade(&self) -> Result<(), String> {
         if self.shared.host.autopilot(|_| ()).is_none() {
             return Err("[runner] auto_update is not \"on\": nothing upgrades by itself".into());

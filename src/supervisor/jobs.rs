@@ -28,7 +28,7 @@ pub(super) fn open(cfg: &Config, board: &Arc<Board>) -> (Option<Arc<crate::jobs:
             },
         )
     });
-    let now = crate::clocks::wall_now();
+    let now = crate::os::clocks::wall_now();
     let plan = |r: &mut crate::jobs::JobRecord| {
         if let Some(p) = &reruns {
             p.plan(r, now)

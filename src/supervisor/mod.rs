@@ -13,14 +13,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clocks::Clocks;
 use crate::config::Config;
 use crate::github::{GithubClient, GithubError};
-use crate::host::{Host, SlotCmd, SlotCmds};
-use crate::layout;
-use crate::naming;
-use crate::shutdown::Mode;
+use crate::os::clocks::Clocks;
+use crate::os::layout;
+use crate::os::shutdown::Mode;
+use crate::policy::naming;
 use crate::slot::{self, Shared};
+use crate::status::host::{Host, SlotCmd, SlotCmds};
 use crate::status::Board;
 
 pub mod arc;
@@ -117,7 +117,7 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     }
     slots.close();
     background.spawn(|stop| {
-        crate::sdnotify::run(
+        crate::status::sdnotify::run(
             board.clone(),
             mode.clone(),
             cfg.runner.drain_timeout + cfg.runner.stop_grace,
@@ -158,7 +158,7 @@ async fn prepare_state_dir(cfg: &Config) -> anyhow::Result<PreparedState> {
     // its files are relinked), so its runner goes offline and is reaped below.
     let mut roots_to_scan = vec![cfg.runner.dir.clone()];
     roots_to_scan.extend((0..cfg.runner.slots).map(|i| layout::slot_root(state, i)));
-    let strays = crate::procs::stop_strays(&roots_to_scan, cfg.runner.stop_grace).await;
+    let strays = crate::os::procs::stop_strays(&roots_to_scan, cfg.runner.stop_grace).await;
     // Registrations an earlier run left in the slot roots (killed before it could delete
     // them: a watchdog kill, a power cut), read before the roots are rebuilt.
     let left: BTreeMap<u64, String> = (0..cfg.runner.slots)
@@ -185,7 +185,7 @@ struct Endpoints {
 /// Bind the control socket first: a second supervisor (or a stale socket) is found now;
 /// then the metrics port, if configured.
 async fn bind_endpoints(cfg: &Config) -> anyhow::Result<Endpoints> {
-    let control = crate::control::bind(&cfg.control.socket)?;
+    let control = crate::status::control::bind(&cfg.control.socket)?;
     let metrics =
         match cfg.control.metrics_listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
@@ -252,7 +252,7 @@ fn start_board(
     // Host-wide work (the one pruner, autoheal) sees this supervisor's jobs in the fleet.
     board.publish_to(
         hostname,
-        crate::fleet::path(&cfg.shared_dir, &cfg.runner.name_prefix, hostname),
+        crate::docker::fleet::path(&cfg.shared_dir, &cfg.runner.name_prefix, hostname),
     );
     {
         let board = board.clone();
@@ -355,10 +355,10 @@ fn serve_endpoints(
     });
     tracing::info!(event = "control_ready", socket = %cfg.control.socket.display(), "control socket ready (supervisor status, breaker reset, drain)");
     background.spawn(|stop| {
-        crate::control::serve_unix(
+        crate::status::control::serve_unix(
             endpoints.control,
             cfg.control.socket.clone(),
-            crate::control::routes(api),
+            crate::status::control::routes(api),
             stop,
         )
     });
@@ -367,7 +367,11 @@ fn serve_endpoints(
             tracing::info!(event = "metrics_ready", address = %a, "serving Prometheus metrics at /metrics");
         }
         background.spawn(|stop| {
-            crate::control::serve_tcp(l, crate::metrics::handler(shared.board.clone()), stop)
+            crate::status::control::serve_tcp(
+                l,
+                crate::status::metrics::handler(shared.board.clone()),
+                stop,
+            )
         });
     }
 }
@@ -386,7 +390,7 @@ fn spawn_host_monitors(
 ) {
     let (host, board) = (&shared.host, &shared.board);
     background.spawn(|stop| {
-        crate::connwatch::run(
+        crate::monitors::connwatch::run(
             cfg.clone(),
             host.clone(),
             board.clone(),
@@ -395,11 +399,12 @@ fn spawn_host_monitors(
         )
     });
     let lease = cfg.jobs.lease;
-    background
-        .spawn(move |stop| crate::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop));
-    background.spawn(|stop| crate::netwatch::run(cfg.clone(), board.clone(), stop));
+    background.spawn(move |stop| {
+        crate::monitors::sleepwake::run(host.clone(), slot_cmds.clone(), lease, stop)
+    });
+    background.spawn(|stop| crate::monitors::netwatch::run(cfg.clone(), board.clone(), stop));
     let warn = cfg.jobs.memory_pressure_warn;
-    background.spawn(move |stop| crate::pressure::run(board.clone(), warn, stop));
+    background.spawn(move |stop| crate::monitors::pressure::run(board.clone(), warn, stop));
 }
 
 async fn spawn_monitors(
@@ -410,7 +415,7 @@ async fn spawn_monitors(
 ) {
     let (cfg, gh, host, board) = (&deps.cfg, &deps.gh, &shared.host, &shared.board);
     background.spawn(|stop| {
-        crate::offline::run(
+        crate::monitors::offline::run(
             cfg.clone(),
             gh.clone(),
             host.clone(),
@@ -420,7 +425,7 @@ async fn spawn_monitors(
     });
     spawn_host_monitors(cfg, shared, slot_cmds, background);
     background.spawn(|stop| {
-        crate::tokenwatch::run(
+        crate::monitors::tokenwatch::run(
             cfg.token.clone(),
             gh.clone(),
             host.clone(),
@@ -428,9 +433,9 @@ async fn spawn_monitors(
             stop,
         )
     });
-    if crate::disk::enabled(&cfg.disk) {
+    if crate::docker::disk::enabled(&cfg.disk) {
         background.spawn(|stop| {
-            crate::disk::run(
+            crate::docker::disk::run(
                 cfg.disk.clone(),
                 cfg.shared_dir.clone(),
                 board.clone(),
@@ -440,16 +445,26 @@ async fn spawn_monitors(
     }
     if intake_judged(&cfg.intake) {
         background.spawn(|stop| {
-            crate::intake::run(cfg.intake.clone(), host.clone(), board.clone(), stop)
+            crate::monitors::intake::run(cfg.intake.clone(), host.clone(), board.clone(), stop)
         });
     }
     let awake = cfg.host.clone();
-    background.spawn(move |stop| crate::keepawake::run(awake, board.clone(), stop));
+    background.spawn(move |stop| crate::monitors::keepawake::run(awake, board.clone(), stop));
     background.spawn(|stop| {
-        crate::versionwatch::run(cfg.clone(), gh.clone(), board.clone(), host.clone(), stop)
+        crate::monitors::versionwatch::run(
+            cfg.clone(),
+            gh.clone(),
+            board.clone(),
+            host.clone(),
+            stop,
+        )
     });
-    let mut clock =
-        crate::clockwatch::Monitor::new(cfg.clock.clone(), gh.clone(), host.clone(), board.clone());
+    let mut clock = crate::monitors::clockwatch::Monitor::new(
+        cfg.clock.clone(),
+        gh.clone(),
+        host.clone(),
+        board.clone(),
+    );
     clock.round().await;
     background.spawn(|stop| clock.run(stop));
     if let Some(j) = shared.jobs.clone().filter(|j| j.reruns().is_some()) {

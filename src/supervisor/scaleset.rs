@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::host::SlotCmds;
-use crate::scaleset::client::Service;
-use crate::scaleset::pool::Pool;
-use crate::scaleset::session::Connection;
-use crate::shutdown::Mode;
+use crate::github::scaleset::client::Service;
+use crate::github::scaleset::session::Connection;
+use crate::os::shutdown::Mode;
+use crate::slot::demand::scaleset::Pool;
 use crate::slot::Shared;
+use crate::status::host::SlotCmds;
 
 /// Scale-set mode: build the pool and its connection, hand the pool to the slots, and
 /// start the session task (it ends, deleting the session, once the supervisor stops).
@@ -22,7 +22,7 @@ pub fn start(
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let cfg = &shared.cfg;
     let ua = crate::github::USER_AGENT_VALUE;
-    let k = crate::sockets::Keepalive::for_own(&cfg.network);
+    let k = cfg.network.keepalive_for_own();
     let s = &cfg.scaleset;
     // The loop's own watchdog (poll_timeout) fires before the client's timeout does.
     let poll = Service::tuned(ua, s.poll_timeout + Duration::from_secs(10), &k)?;
@@ -32,7 +32,7 @@ pub fn start(
         .scope
         .as_ref()
         .ok_or("no repository or organisation is configured")?;
-    let target = crate::scaleset::session::Target {
+    let target = crate::github::scaleset::session::Target {
         api_url: cfg.github.api_url.clone(),
         config_url: format!(
             "{}/{}",
@@ -47,7 +47,7 @@ pub fn start(
     };
     let host = shared.host.clone();
     let offset = Box::new(move || host.clock.borrow().offset.unwrap_or(0.0));
-    let minter = crate::scaleset::pool::Minter {
+    let minter = crate::slot::demand::scaleset::Minter {
         gh: shared.gh.clone(),
         api_url: target.api_url.clone(),
         config_url: target.config_url.clone(),
@@ -58,7 +58,7 @@ pub fn start(
     shared.set_pool(pool.clone());
     tracing::info!(event = "scaleset_mode", name = %s.name, max_runners = s.max_runners, min_runners = s.min_runners, "scale-set mode: one session for the host, a runner per assigned job; jobs reach it with runs-on: {}", s.name);
     let resumed = shared.host.resumed.subscribe();
-    Ok(tokio::spawn(crate::scaleset::pool::run(
+    Ok(tokio::spawn(crate::slot::demand::scaleset::run(
         pool, conn, mode, resumed, cmds,
     )))
 }

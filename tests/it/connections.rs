@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use runner_supervisor::sockets;
+use runner_supervisor::os::sockets;
 use runner_supervisor::status::{KeepaliveState, SlotState};
 use serde_json::Value;
 use sim::github::{FakeGithub, Fault, FaultKind, JobSpec, State};

@@ -90,7 +90,8 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
     );
     // Below the threshold, above half of it: not critical, so nothing is pruned while a
     // job runs.
-    let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
+    let free_gb =
+        runner_supervisor::docker::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
     let mut env = disk_env(&sb, &gh, &dk, free_gb + 2);
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -212,7 +213,8 @@ async fn one_pruner_per_engine_waits_for_the_other_supervisors_job() {
         },
         1,
     );
-    let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
+    let free_gb =
+        runner_supervisor::docker::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
     let shared = tempfile::tempdir().unwrap();
     let (sa, sb) = (Sandbox::new(), Sandbox::new());
     let mut env_a = disk_env(&sa, &gh, &dk, free_gb + 2);

@@ -331,8 +331,8 @@ async fn ghosts_and_another_supervisor_are_found() {
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     let env = healthy(&sb, &gh);
-    let host = runner_supervisor::naming::this_host();
-    let ghost = runner_supervisor::naming::jit_name("ci", &host, 0);
+    let host = runner_supervisor::config::this_host();
+    let ghost = runner_supervisor::policy::naming::jit_name("ci", &host, 0);
     gh.add_runner("repos/octo/app", &ghost, false);
     gh.add_runner("repos/octo/app", "someone-elses-runner", false);
     let d = doctor(&env).await;

@@ -371,7 +371,7 @@ async fn own_sockets_carry_the_configured_keepalive() {
             async move {
                 let c = client(gh, extra);
                 c.get_user().await.unwrap();
-                let conns: Vec<_> = runner_supervisor::sockets::own_connections()
+                let conns: Vec<_> = runner_supervisor::os::sockets::own_connections()
                     .into_iter()
                     .filter(|(peer, _)| *peer == gh.addr())
                     .collect();

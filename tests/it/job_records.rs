@@ -85,9 +85,12 @@ async fn every_job_gets_a_record_with_who_it_was_from_its_hooks() {
         assert!(i.run_id > 0 && r.duration_s().is_some(), "{r:?}");
     }
     // The same over the control socket, and none lost.
-    let (code, body) =
-        runner_supervisor::control::request(&sb.state.join("control.sock"), "GET", "/v1/jobs")
-            .unwrap();
+    let (code, body) = runner_supervisor::status::control::request(
+        &sb.state.join("control.sock"),
+        "GET",
+        "/v1/jobs",
+    )
+    .unwrap();
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<Vec<JobRecord>>(&body).unwrap(), all);
     assert!(records(&env, &["--lost"]).await.is_empty());

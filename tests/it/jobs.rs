@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use runner_supervisor::naming::this_host;
+use runner_supervisor::config::this_host;
 use sim::github::JobSpec;
 
 use crate::support::{github, looks_like_jit_name, setup, Daemon, Sandbox};

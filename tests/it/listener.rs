@@ -271,7 +271,7 @@ async fn self_update_waits_for_update_finished_and_reaps_the_orphan() {
     let mut env = sb.env(&gh);
     env.insert(
         "SUPERVISOR_LOG".into(),
-        "info,runner_supervisor::procs=debug".into(),
+        "info,runner_supervisor::os::procs=debug".into(),
     );
     let mut d = Daemon::start(&env, &["run"]).await;
     let exited = d.wait_event("listener_exited", T).await;
@@ -359,7 +359,7 @@ async fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     let mut env = sb.env(&gh);
     env.insert(
         "SUPERVISOR_LOG".into(),
-        "info,runner_supervisor::procs=debug".into(),
+        "info,runner_supervisor::os::procs=debug".into(),
     );
     // A new PID namespace: the supervisor is PID 1 there, as in a container without tini.
     let mut d = Daemon::start_wrapped(

@@ -53,7 +53,9 @@ fn the_systemd_unit_verifies_and_lets_a_drain_finish() {
     // A configuration error is not fixed by restarting.
     assert_eq!(
         directive("RestartPreventExitStatus"),
-        [runner_supervisor::cmd::EXIT_CONFIG.to_string().as_str()]
+        [runner_supervisor::cli::cmd::EXIT_CONFIG
+            .to_string()
+            .as_str()]
     );
     // The token comes as a credential file, never through the environment.
     assert!(directive("LoadCredential")[0].starts_with("github_pat:"));

@@ -133,7 +133,7 @@ async fn scenario_17_a_stray_listener_holding_a_session_is_stopped_and_its_runne
     let sb = Sandbox::new();
     let gh = github(|_| {}).await;
     // A stray from an earlier life, started from the runner install, holds a session.
-    let host = runner_supervisor::naming::this_host();
+    let host = runner_supervisor::config::this_host();
     let name = format!("ci-{host}-0-stray1");
     let (_, blob) = gh.generate_jit(&name).await;
     let mut stray = tokio::process::Command::new(sb.install.join("bin/Runner.Listener"))

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runner_supervisor::clocks::ShiftedClocks;
 use runner_supervisor::config::{Config, Purpose};
 use runner_supervisor::github::GithubClient;
-use runner_supervisor::shutdown::Mode;
+use runner_supervisor::os::clocks::ShiftedClocks;
+use runner_supervisor::os::shutdown::Mode;
 use runner_supervisor::supervisor::{self, Deps, Summary};
 use sim::github::{FakeGithub, JobSpec};
 use tokio::sync::watch;

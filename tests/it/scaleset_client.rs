@@ -1,15 +1,15 @@
-//! The scale-set protocol client (`runner_supervisor::scaleset::client`) against the fake
+//! The scale-set protocol client (`runner_supervisor::github::scaleset::client`) against the fake
 //! GitHub's scale-set service: the admin connection, the scale set found or created, the
 //! session, the long poll and its acknowledgement, a JIT config, and each error the
 //! session loop must tell apart (conflict, expired queue token, scale set gone).
 
 use std::time::Duration;
 
+use runner_supervisor::github::scaleset::client::{Admin, Service};
+use runner_supervisor::github::scaleset::errors::ServiceError;
+use runner_supervisor::github::scaleset::session::{Connection, Target};
+use runner_supervisor::github::scaleset::types::JobMessage;
 use runner_supervisor::github::GithubClient;
-use runner_supervisor::scaleset::client::{Admin, Service};
-use runner_supervisor::scaleset::errors::ServiceError;
-use runner_supervisor::scaleset::session::{Connection, Target};
-use runner_supervisor::scaleset::types::JobMessage;
 use sim::github::{FakeGithub, JobSpec, Options};
 
 async fn fake() -> FakeGithub {

@@ -1,4 +1,4 @@
-//! The scale-set protocol layer (`runner_supervisor::scaleset`) against a second,
+//! The scale-set protocol layer (`runner_supervisor::github::scaleset`) against a second,
 //! independent fake: the emulator of the `scaleset` crate (its `testing` feature), which
 //! plays GitHub's REST (`/api/v3`, as GHES) and the Actions service (`/tenant/…`,
 //! `/queue/…`) in-process. A job goes through the GHES flow it models: `JobAvailable`,
@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
+use runner_supervisor::github::scaleset::client::{Admin, Service};
+use runner_supervisor::github::scaleset::errors::ServiceError;
+use runner_supervisor::github::scaleset::session::{Connection, Target};
+use runner_supervisor::github::scaleset::types::{JobMessage, Message};
 use runner_supervisor::github::GithubClient;
-use runner_supervisor::scaleset::client::{Admin, Service};
-use runner_supervisor::scaleset::errors::ServiceError;
-use runner_supervisor::scaleset::session::{Connection, Target};
-use runner_supervisor::scaleset::types::{JobMessage, Message};
 use scaleset::testing::{Emulator, Endpoint, JobState, DEFAULT_PAT};
 
 const HOLD: Duration = Duration::from_millis(300);

@@ -16,10 +16,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runner_supervisor::clocks::ShiftedClocks;
 use runner_supervisor::config::{Config, Purpose};
 use runner_supervisor::github::GithubClient;
-use runner_supervisor::shutdown::Mode;
+use runner_supervisor::os::clocks::ShiftedClocks;
+use runner_supervisor::os::shutdown::Mode;
 use runner_supervisor::supervisor::{self, Deps};
 use scaleset::testing::{Emulator, JobState, DEFAULT_PAT, ORG};
 use tokio::sync::watch;

@@ -86,7 +86,7 @@ async fn a_resume_rebuilds_the_session_at_once() {
     let opened = ss(&s).sessions_opened;
     // The held poll's connection carries keepalive and TCP_USER_TIMEOUT (this process
     // runs the supervisor: its sockets are ours to read).
-    let conns: Vec<_> = runner_supervisor::sockets::own_connections()
+    let conns: Vec<_> = runner_supervisor::os::sockets::own_connections()
         .into_iter()
         .filter(|(peer, _)| *peer == gh.addr())
         .collect();

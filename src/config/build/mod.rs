@@ -243,7 +243,7 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
 fn scaleset(r: &Reader, runner: &RunnerConfig, p: &mut Problems) -> ScaleSetConfig {
     let name = r
         .get(&SCALESET_NAME)
-        .unwrap_or_else(|| format!("{}-{}", runner.name_prefix, crate::naming::this_host()));
+        .unwrap_or_else(|| format!("{}-{}", runner.name_prefix, crate::config::this_host()));
     if name.is_empty()
         || name.len() > 100
         || !name

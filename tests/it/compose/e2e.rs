@@ -49,7 +49,8 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
     }
     // Between half the threshold and the threshold: below it, but not critical.
-    let free_gb = runner_supervisor::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
+    let free_gb =
+        runner_supervisor::docker::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;
     std::fs::write(
         proj.join("compose/e2e.override.yaml"),
         override_yaml(free_gb + 2),

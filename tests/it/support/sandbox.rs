@@ -94,9 +94,9 @@ impl Sandbox {
 
 /// The runner name pattern: `<prefix>-<host>-<slot>-<6 chars>`.
 pub fn looks_like_jit_name(name: &str, prefix: &str, slot: usize) -> bool {
-    let host = runner_supervisor::naming::this_host();
+    let host = runner_supervisor::config::this_host();
     name.starts_with(&format!("{prefix}-{host}-{slot}-"))
-        && runner_supervisor::naming::is_ours(name, prefix, &host)
+        && runner_supervisor::policy::naming::is_ours(name, prefix, &host)
 }
 
 /// Insert `K=V,K=V` pairs into `env`.
