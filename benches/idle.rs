@@ -115,7 +115,13 @@ fn split(pid: u32, binary: &Path) -> Split {
             path = l.split_whitespace().nth(5).unwrap_or("").to_string();
             continue;
         }
-        let kb = || parts.clone().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let kb = || {
+            parts
+                .clone()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         match first {
             "Rss:" if path.starts_with('/') => {
                 if Path::new(&path) == binary {
@@ -132,36 +138,40 @@ fn split(pid: u32, binary: &Path) -> Split {
 }
 
 /// The crate (our own crate by its top-level module) a demangled symbol belongs to:
-/// the first crate named in it that is not the standard library's, else that.
+/// the first path in it that starts with a crate other than the standard library's
+/// (`core::ptr::drop_in_place<tokio::…>` is tokio's), else the standard library's.
 fn crate_of(sym: &str) -> String {
     let std_crates = ["core", "alloc", "std", "hashbrown", "compiler_builtins"];
+    let b = sym.as_bytes();
     let mut first = None;
-    let mut rest = sym;
-    while let Some(i) = rest.find("::") {
-        let head = &rest[..i];
-        let name: String = head
-            .chars()
-            .rev()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        rest = &rest[i + 2..];
-        if name.is_empty() || name.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+    let mut i = 0;
+    while i < b.len() {
+        let starts = (b[i].is_ascii_alphabetic() || b[i] == b'_')
+            && (i == 0
+                || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b':'));
+        if !starts {
+            i += 1;
             continue;
         }
-        if name == "runner_supervisor" {
-            let module: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            return format!("runner_supervisor::{module}");
+        let end = i + b[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+            .count();
+        if sym[end..].starts_with("::") {
+            let name = &sym[i..end];
+            if name == "runner_supervisor" {
+                let module: String = sym[end + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                return format!("runner_supervisor::{module}");
+            }
+            if !std_crates.contains(&name) {
+                return name.to_string();
+            }
+            first.get_or_insert(name.to_string());
         }
-        if !std_crates.contains(&name.as_str()) {
-            return name;
-        }
-        first.get_or_insert(name);
+        i = end;
     }
     first.unwrap_or_else(|| "(C or unnamed)".into())
 }
@@ -191,10 +201,8 @@ fn code_by_crate(pid: u32, binary: &Path) -> Vec<(String, f64)> {
             text.push((a, b));
         }
     }
-    let (Some(base), Ok(mut pagemap)) = (
-        base,
-        std::fs::File::open(format!("/proc/{pid}/pagemap")),
-    ) else {
+    let (Some(base), Ok(mut pagemap)) = (base, std::fs::File::open(format!("/proc/{pid}/pagemap")))
+    else {
         return vec![];
     };
     let mut present = vec![];
@@ -242,7 +250,8 @@ fn code_by_crate(pid: u32, binary: &Path) -> Vec<(String, f64)> {
             seen += overlap;
             *by.entry(c.clone()).or_default() += overlap as f64 / 1024.0;
         }
-        *by.entry("(no symbol)".into()).or_default() += 4096u64.saturating_sub(seen) as f64 / 1024.0;
+        *by.entry("(no symbol)".into()).or_default() +=
+            4096u64.saturating_sub(seen) as f64 / 1024.0;
     }
     let mut v: Vec<(String, f64)> = by.into_iter().collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -257,22 +266,46 @@ struct Figures {
     wakeups_per_s: f64,
     /// Wake-ups per second in each window, summed over the threads.
     windows: Vec<f64>,
+    /// Each window's context switches by thread name.
+    window_threads: Vec<String>,
     /// By thread name: wake-ups per second over the whole window.
     per_thread: Vec<(String, usize, f64)>,
     rss_kb: u64,
     hwm_kb: u64,
     split: Split,
     threads: (usize, usize),
+    /// The most threads seen at once.
+    most_threads: usize,
 }
 
-/// Context switches summed over every thread from `a` to `b`.
-fn switches(a: &HashMap<u32, TaskCounts>, b: &HashMap<u32, TaskCounts>) -> u64 {
-    b.iter()
-        .map(|(tid, x)| {
-            let y = a.get(tid).map(|t| t.switches).unwrap_or(0);
-            x.switches.saturating_sub(y)
-        })
-        .sum()
+/// Per thread over `samples` (taken every second): its name, CPU time and context
+/// switches from the first sample to the last, a thread born in between counted from
+/// zero and one that ended counted to its last sample, so that a short-lived thread
+/// (a blocking-pool thread for a DNS lookup) is not lost.
+fn deltas(samples: &[HashMap<u32, TaskCounts>]) -> HashMap<u32, TaskCounts> {
+    let mut out: HashMap<u32, TaskCounts> = HashMap::new();
+    let Some(first) = samples.first() else {
+        return out;
+    };
+    for s in samples {
+        for (tid, t) in s {
+            let base = first.get(tid).cloned().unwrap_or_default();
+            out.insert(
+                *tid,
+                TaskCounts {
+                    name: t.name.clone(),
+                    cpu_ns: t.cpu_ns.saturating_sub(base.cpu_ns),
+                    switches: t.switches.saturating_sub(base.switches),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Context switches summed over every thread of `samples`.
+fn switches(samples: &[HashMap<u32, TaskCounts>]) -> u64 {
+    deltas(samples).values().map(|t| t.switches).sum()
 }
 
 /// How long each wake-up window lasts.
@@ -329,35 +362,47 @@ async fn run(slots: usize, idle: Duration, dir: &Path) -> Figures {
     });
     // Let start-up work finish (first socket scans, the first status writes).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = sample(pid);
-    let mut samples = vec![before.clone()];
+    // A sample every second (reading /proc wakes nothing in the supervisor).
     let started = tokio::time::Instant::now();
-    while started.elapsed() + Duration::from_millis(1) < idle {
-        let left = idle.saturating_sub(started.elapsed());
-        tokio::time::sleep(left.min(WINDOW)).await;
-        samples.push(sample(pid));
+    let mut samples = vec![sample(pid)];
+    let mut most_threads = samples[0].len();
+    for i in 1..=idle.as_secs() {
+        tokio::time::sleep_until(started + Duration::from_secs(i)).await;
+        let s = sample(pid);
+        most_threads = most_threads.max(s.len());
+        samples.push(s);
     }
+    let before = samples[0].clone();
     let after = samples.last().unwrap().clone();
     let rss_kb = status_kb(pid, "VmRSS:");
     let hwm_kb = status_kb(pid, "VmHWM:");
     let split = split(pid, Path::new(&bin));
     let code = code_by_crate(pid, Path::new(&bin));
-    let mut cpu = 0u64;
-    for (tid, a) in &after {
-        let b = before.get(tid).map(|t| t.cpu_ns).unwrap_or(0);
-        cpu += a.cpu_ns.saturating_sub(b);
-    }
-    let total = switches(&before, &after);
-    let windows: Vec<f64> = samples
-        .windows(2)
-        .map(|w| switches(&w[0], &w[1]) as f64 / WINDOW.as_secs_f64())
+    let all = deltas(&samples);
+    let cpu: u64 = all.values().map(|t| t.cpu_ns).sum();
+    let total: u64 = all.values().map(|t| t.switches).sum();
+    let per = WINDOW.as_secs() as usize;
+    let windows: Vec<f64> = (0..samples.len().saturating_sub(1) / per)
+        .map(|w| switches(&samples[w * per..=(w + 1) * per]) as f64 / WINDOW.as_secs_f64())
+        .collect();
+    // Each window's wake-ups by thread name, to see where the worst one comes from.
+    let window_threads: Vec<String> = (0..samples.len().saturating_sub(1) / per)
+        .map(|w| {
+            let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+            for t in deltas(&samples[w * per..=(w + 1) * per]).values() {
+                *by.entry(t.name.clone()).or_default() += t.switches;
+            }
+            by.iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let mut by_name: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-    for (tid, a) in &after {
-        let b = before.get(tid).map(|t| t.switches).unwrap_or(0);
-        let e = by_name.entry(a.name.clone()).or_default();
+    for t in all.values() {
+        let e = by_name.entry(t.name.clone()).or_default();
         e.0 += 1;
-        e.1 += a.switches.saturating_sub(b);
+        e.1 += t.switches;
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -373,6 +418,7 @@ async fn run(slots: usize, idle: Duration, dir: &Path) -> Figures {
         cpu_percent: cpu as f64 / (secs * 1e9) * 100.0,
         wakeups_per_s: total as f64 / secs,
         windows,
+        window_threads,
         per_thread: by_name
             .into_iter()
             .map(|(n, (count, s))| (n, count, s as f64 / secs))
@@ -381,6 +427,7 @@ async fn run(slots: usize, idle: Duration, dir: &Path) -> Figures {
         hwm_kb,
         split,
         threads: (before.len(), after.len()),
+        most_threads,
     }
 }
 
@@ -429,7 +476,7 @@ fn main() {
     for f in [&two, &fifty] {
         let worst = f.windows.iter().copied().fold(0.0, f64::max);
         println!(
-            "  {:>2} slots: CPU {:.4} % of a core; {:.2} wake-ups/s (20 s windows: {}; worst {worst:.2}); RSS {:.1} MB (binary's code {:.1}, other files {:.1}, anonymous {:.1}), peak {:.1} MB; threads {}->{}",
+            "  {:>2} slots: CPU {:.4} % of a core; {:.2} wake-ups/s (20 s windows: {}; worst {worst:.2}); RSS {:.1} MB (binary's code {:.1}, other files {:.1}, anonymous {:.1}), peak {:.1} MB; threads {}->{} (at most {} at once)",
             f.slots,
             f.cpu_percent,
             f.wakeups_per_s,
@@ -444,11 +491,16 @@ fn main() {
             mb(f.split.anon_kb),
             mb(f.hwm_kb),
             f.threads.0,
-            f.threads.1
+            f.threads.1,
+            f.most_threads
         );
         for (name, count, w) in &f.per_thread {
             println!("      thread {name} (x{count}): {w:.2} wake-ups/s");
         }
+        println!(
+            "      context switches by window and thread: {}",
+            f.window_threads.join("; ")
+        );
         let shown: Vec<String> = f
             .code
             .iter()

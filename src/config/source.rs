@@ -42,7 +42,7 @@ impl Env for BTreeMap<String, String> {
 pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_CONFIG",
     // Test hooks, read by debug builds only (see `sdnotify`, `runner::process`, `diagnose`,
-    // `pressure`, `keepawake` and `jobs::rerun`).
+    // `pressure`, `keepawake`, `jobs::rerun` and `supervisor::settle`).
     "SUPERVISOR_TEST_STALL_AFTER",
     "SUPERVISOR_TEST_REAP_DELAY",
     "SUPERVISOR_DOCTOR_HOST_ROOT",
@@ -50,6 +50,7 @@ pub(crate) const OTHER_ENV: &[&str] = &[
     "SUPERVISOR_MEMORY_EVENTS",
     "SUPERVISOR_TEST_WSL_INTEROP",
     "SUPERVISOR_RERUN_CHECK_MS",
+    "SUPERVISOR_TEST_SETTLE_AFTER_MS",
 ];
 
 /// Where a value came from.

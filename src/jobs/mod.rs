@@ -285,7 +285,7 @@ enum Op {
 pub struct Journal {
     store: std::sync::Arc<store::JobStore>,
     reruns: Option<std::sync::Arc<rerun::Reruns>>,
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<Op>>,
+    writer: std::sync::Arc<std::sync::Mutex<Writer>>,
 }
 
 impl Journal {
@@ -295,16 +295,15 @@ impl Journal {
         store: std::sync::Arc<store::JobStore>,
         reruns: Option<std::sync::Arc<rerun::Reruns>>,
     ) -> Journal {
-        let (tx, rx) = std::sync::mpsc::channel::<Op>();
-        let (s, r) = (store.clone(), reruns.clone());
-        std::thread::Builder::new()
-            .name("job-records".into())
-            .spawn(move || write_loop(&s, r.as_deref(), rx))
-            .expect("a thread for the job records");
+        let writer = Writer {
+            store: store.clone(),
+            reruns: reruns.clone(),
+            open: Default::default(),
+        };
         Journal {
             store,
             reruns,
-            tx: std::sync::Mutex::new(tx),
+            writer: std::sync::Arc::new(std::sync::Mutex::new(writer)),
         }
     }
 
@@ -323,9 +322,12 @@ impl Journal {
         self.store.clone()
     }
 
+    /// Written on the files thread, in order (`os::files`).
     fn send(&self, op: Op) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(op);
+        let w = self.writer.clone();
+        crate::os::files::submit(move || {
+            apply(&mut w.lock().unwrap_or_else(|p| p.into_inner()), op)
+        });
     }
 
     /// Slot `slot`'s listener took a job.
@@ -368,82 +370,84 @@ impl Journal {
     }
 }
 
-fn write_loop(
-    store: &store::JobStore,
-    reruns: Option<&rerun::Reruns>,
-    rx: std::sync::mpsc::Receiver<Op>,
-) {
-    let mut open: std::collections::HashMap<usize, u64> = Default::default();
+/// The journal's state, on the files thread: the store, the re-run policy, and each busy
+/// slot's open record.
+struct Writer {
+    store: std::sync::Arc<store::JobStore>,
+    reruns: Option<std::sync::Arc<rerun::Reruns>>,
+    open: std::collections::HashMap<usize, u64>,
+}
+
+fn apply(w: &mut Writer, op: Op) {
+    let (store, reruns, open) = (&*w.store, w.reruns.as_deref(), &mut w.open);
     let warn = |e: store::StoreError| tracing::warn!(event = "jobs_store_failed", error = %e, "cannot write a job record: {e}");
-    for op in rx {
-        match op {
-            Op::Start {
+    match op {
+        Op::Start {
+            slot,
+            runner,
+            display_name,
+            at,
+        } => {
+            let rec = JobRecord {
+                id: 0,
                 slot,
                 runner,
                 display_name,
-                at,
-            } => {
-                let rec = JobRecord {
-                    id: 0,
-                    slot,
-                    runner,
-                    display_name,
-                    identity: None,
-                    job_id: None,
-                    started_at: at,
-                    ended_at: None,
-                    outcome: Outcome::Running,
-                    rerun: None,
-                };
-                match store.add(rec, at) {
-                    Ok(id) => {
-                        open.insert(slot, id);
-                    }
-                    Err(e) => warn(e),
+                identity: None,
+                job_id: None,
+                started_at: at,
+                ended_at: None,
+                outcome: Outcome::Running,
+                rerun: None,
+            };
+            match store.add(rec, at) {
+                Ok(id) => {
+                    open.insert(slot, id);
+                }
+                Err(e) => warn(e),
+            }
+        }
+        Op::Identify { slot, identity } => {
+            if let Some(&id) = open.get(&slot) {
+                if let Err(e) = store.update(id, |r| r.identity = Some(identity)) {
+                    warn(e)
                 }
             }
-            Op::Identify { slot, identity } => {
-                if let Some(&id) = open.get(&slot) {
-                    if let Err(e) = store.update(id, |r| r.identity = Some(identity)) {
-                        warn(e)
-                    }
+        }
+        Op::JobId {
+            slot,
+            run_id,
+            run_attempt,
+            job_id,
+        } => {
+            let found = store.list(false).ok().and_then(|all| {
+                all.into_iter().rev().find(|r| {
+                    r.slot == slot
+                        && r.identity
+                            .as_ref()
+                            .is_some_and(|i| i.run_id == run_id && i.run_attempt == run_attempt)
+                })
+            });
+            if let Some(r) = found {
+                if let Err(e) = store.update(r.id, |r| r.job_id = Some(job_id)) {
+                    warn(e)
                 }
             }
-            Op::JobId {
-                slot,
-                run_id,
-                run_attempt,
-                job_id,
-            } => {
-                let found = store.list(false).ok().and_then(|all| {
-                    all.into_iter().rev().find(|r| {
-                        r.slot == slot
-                            && r.identity
-                                .as_ref()
-                                .is_some_and(|i| i.run_id == run_id && i.run_attempt == run_attempt)
-                    })
-                });
-                if let Some(r) = found {
-                    if let Err(e) = store.update(r.id, |r| r.job_id = Some(job_id)) {
-                        warn(e)
-                    }
-                }
-            }
-            Op::End { slot, outcome, at } => {
-                if let Some(id) = open.remove(&slot) {
-                    let r = store.update(id, |r| {
-                        r.ended_at = Some(at);
-                        r.outcome = outcome;
-                        if let Some(p) = reruns {
-                            p.plan(r, at);
-                        }
-                    });
-                    if let Err(e) = r {
-                        warn(e)
-                    }
+        }
+        Op::End { slot, outcome, at } => {
+            if let Some(id) = open.remove(&slot) {
+                let r = store.update(id, |r| {
+                    r.ended_at = Some(at);
+                    r.outcome = outcome;
                     if let Some(p) = reruns {
-                        p.wake();
+                        p.plan(r, at);
                     }
+                });
+                if let Err(e) = r {
+                    warn(e)
+                }
+                if let Some(p) = reruns {
+                    p.wake();
                 }
             }
         }

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::status::Board;
 
-/// How often pressure is read.
-pub const EVERY: Duration = Duration::from_secs(10);
+/// How often pressure is read: on the 4 s grid of the other periodic checks (a tick, so
+/// the three wake the process once).
+pub const EVERY: Duration = Duration::from_secs(8);
 
 /// Debug builds only: read this file instead of `/proc/pressure/memory` (tests).
 pub const PSI_ENV: &str = "SUPERVISOR_PSI_MEMORY";
@@ -66,7 +67,7 @@ pub async fn run(board: Arc<Board>, warn: f64, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = crate::os::clocks::tick(EVERY) => {}
         }
     }
 }

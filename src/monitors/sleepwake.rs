@@ -23,8 +23,9 @@ use crate::status::host::SlotCmd;
 
 /// The check when the kernel says nothing: a jump it cannot tell is seen within this.
 /// The kernel tells resumes and clock sets at once (the timerfd), so this is only for
-/// what it cannot tell; it is the idle supervisor's most frequent wake-up, kept at 5 s.
-pub const BACKSTOP: Duration = Duration::from_secs(5);
+/// what it cannot tell. 4 s: on the same grid as the connection watch's default 4 s
+/// check and the memory pressure's 8 s, so that the three wake the process once.
+pub const BACKSTOP: Duration = Duration::from_secs(4);
 /// Jumps smaller than this are noise (scheduling, slewing).
 const THRESHOLD_MS: i128 = 1000;
 /// A wall-clock step this large is treated like a resume (a WSL2 VM after Windows sleep).

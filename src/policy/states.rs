@@ -59,6 +59,21 @@ impl SlotState {
     }
 }
 
+impl SlotState {
+    /// Nothing is under way in the slot: no registration, start, job or stop (it listens,
+    /// waits, or waits something out). The host is quiet when every slot is.
+    pub fn is_quiet(self) -> bool {
+        !matches!(
+            self,
+            SlotState::Registering
+                | SlotState::Starting
+                | SlotState::Busy
+                | SlotState::Finishing
+                | SlotState::Stopping
+        )
+    }
+}
+
 impl std::fmt::Display for SlotState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

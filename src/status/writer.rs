@@ -5,7 +5,11 @@
 //! atomically (temp file + rename).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A status to write: where, the fleet copy, the bytes.
+type Written = (PathBuf, Option<PathBuf>, Vec<u8>);
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,21 +33,43 @@ impl Board {
     /// Write `status.json` on every change (at most every 100 ms) and every heartbeat.
     pub async fn run_writer(&self, path: PathBuf, cancel: CancellationToken) {
         let mut mode = self.mode.get().cloned();
+        // The newest status not yet written. The file system may be slow (a laptop's disk,
+        // an overlay): the files thread writes it, never the runtime's thread, which reads
+        // the listeners' lines; nobody waits for it, and while a slow write is under way a
+        // burst of changes leaves one more write, of the newest.
+        let pending: Arc<Mutex<Option<Written>>> = Arc::default();
+        // Before the final status: every write handed over is done.
+        let done = || crate::os::files::run(|| ());
         loop {
             let snap = self.snapshot();
-            // The file system may be slow (a laptop's disk, an overlay): never on the
-            // runtime's workers, which read the listeners' lines.
             let (bytes, fleet) = self.encode(&snap);
-            let p = path.clone();
-            let _ = tokio::task::spawn_blocking(move || write_files(&p, fleet.as_deref(), &bytes))
-                .await;
+            let was_empty = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace((path.clone(), fleet, bytes))
+                .is_none();
+            if was_empty {
+                let p = pending.clone();
+                crate::os::files::submit(move || {
+                    let next = p.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some((path, fleet, bytes)) = next {
+                        write_files(&path, fleet.as_deref(), &bytes);
+                    }
+                });
+            }
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    done().await;
+                    return;
+                }
                 _ = self.changed.notified() => {
                     // Coalesce a burst: changes during this pause leave a permit, and the
                     // write after it carries them all.
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => {
+                            done().await;
+                            return;
+                        }
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }

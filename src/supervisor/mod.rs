@@ -27,6 +27,7 @@ pub mod arc;
 mod control_api;
 mod jobs;
 mod scaleset;
+mod settle;
 pub use crate::status::Summary;
 use control_api::Control;
 
@@ -381,7 +382,7 @@ fn serve_endpoints(
 /// now pauses them from the start).
 /// The monitors that need no GitHub API, which an ARC pod runs too: the connection watch
 /// (keepalive, dead paths, silent hangs), suspend and resume, the network and memory
-/// pressure.
+/// pressure; and the memory given back once the host is quiet (`settle`).
 fn spawn_host_monitors(
     cfg: &Arc<Config>,
     shared: &Arc<Shared>,
@@ -405,6 +406,7 @@ fn spawn_host_monitors(
     background.spawn(|stop| crate::monitors::netwatch::run(cfg.clone(), board.clone(), stop));
     let warn = cfg.jobs.memory_pressure_warn;
     background.spawn(move |stop| crate::monitors::pressure::run(board.clone(), warn, stop));
+    background.spawn(|stop| settle::run(board.clone(), stop));
 }
 
 async fn spawn_monitors(

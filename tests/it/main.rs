@@ -16,6 +16,7 @@ mod control;
 mod disk;
 mod doctor;
 mod events;
+mod footprint;
 mod github_client;
 mod health;
 mod intake;

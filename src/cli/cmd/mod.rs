@@ -90,14 +90,15 @@ pub fn resolve(input: &CliInput, purpose: Purpose) -> Result<Config, ExitCode> {
 
 /// A runtime for a subcommand: one thread. The supervisor waits on IO and timers; one
 /// thread serves it with fewer wake-ups and less memory than a pool of workers handing
-/// work to each other (`cargo bench --bench idle`, README "Footprint"). File writes and
-/// blocking lookups go to the blocking pool.
+/// work to each other (`cargo bench --bench idle`, README "Footprint"). Files are written
+/// on the files thread (`os::files`); blocking lookups go to the blocking pool.
 /// On failure the error is printed and the exit status (1) returned.
 pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
-        // A blocking thread outlives the gaps between status writes (10 s heartbeat)
-        // instead of being made and ended for each.
-        .thread_keep_alive(std::time::Duration::from_secs(60))
+        // The blocking pool serves only what has no async form (a DNS lookup, a tarball
+        // unpacked): a thread leaves soon after, so an idle supervisor keeps none. Files
+        // are written on their own thread (`os::files`).
+        .thread_keep_alive(std::time::Duration::from_secs(5))
         .enable_all()
         .build()
         .map_err(|e| {
