@@ -72,6 +72,14 @@ fn one_lock_each(calls: &[LogindRecord], mode: &str, by: &str) {
     }
 }
 
+/// SIGTERM: the supervisor exits 0; then the double and its bus are ended.
+async fn stop(mut d: Daemon, logind: FakeLogind, bus: PrivateBus) {
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    logind.stop().await;
+    bus.stop().await;
+}
+
 #[tokio::test]
 async fn the_inhibitor_is_held_from_the_first_busy_slot_to_the_last_idle_one() {
     let bus = PrivateBus::start().await;
@@ -81,7 +89,7 @@ async fn the_inhibitor_is_held_from_the_first_busy_slot_to_the_last_idle_one() {
     on_bus(&mut env, &bus, "block");
     env.insert("SUPERVISOR_SLOTS".into(), "2".into());
     env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
-    let mut d = run_as_a_service(&env, 2).await;
+    let d = run_as_a_service(&env, 2).await;
     sb.wait_status(T, |s| s.system.inhibitor.as_deref() == Some("released"))
         .await;
     assert!(logind.records().is_empty(), "nothing is held while idle");
@@ -182,10 +190,7 @@ async fn the_inhibitor_is_held_from_the_first_busy_slot_to_the_last_idle_one() {
     assert_eq!(d.count_events("inhibit_unavailable", |_| true), 0);
     assert_eq!(logind.of("inhibit").len(), 4);
 
-    d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(T).await.0, Some(0));
-    logind.stop().await;
-    bus.stop().await;
+    stop(d, logind, bus).await;
 }
 
 #[tokio::test]
@@ -194,7 +199,7 @@ async fn delay_locks_are_granted_by_polkits_defaults_without_a_rule() {
     let logind = FakeLogind::start(&bus, Polkit::NoRule).await;
     let (sb, gh, mut env) = setup(|_| {}).await;
     on_bus(&mut env, &bus, "delay");
-    let mut d = run_as_a_service(&env, 1).await;
+    let d = run_as_a_service(&env, 1).await;
     gh.enqueue(job("build", 1500), 1);
     let taken = d.wait_event("inhibitor_taken", T).await;
     assert!(
@@ -208,10 +213,7 @@ async fn delay_locks_are_granted_by_polkits_defaults_without_a_rule() {
     logind.wait("released", 2, T).await;
     assert!(logind.of("denied").is_empty(), "{:#?}", logind.records());
     assert_eq!(d.count_events("inhibit_unavailable", |_| true), 0);
-    d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(T).await.0, Some(0));
-    logind.stop().await;
-    bus.stop().await;
+    stop(d, logind, bus).await;
 }
 
 #[tokio::test]
@@ -221,16 +223,14 @@ async fn root_is_granted_every_lock_without_asking_polkit() {
     let (_sb, gh, mut env) = setup(|_| {}).await;
     on_bus(&mut env, &bus, "block");
     // The test's own user, root, with CAP_SYS_BOOT: no wrapper.
-    let mut d = Daemon::run_listening(&env, 1, T).await;
-    gh.enqueue(job("build", 500), 1);
+    let d = Daemon::run_listening(&env, 1, T).await;
+    // Long enough that the slot is still busy when the monitor looks, under any load.
+    gh.enqueue(job("build", 1500), 1);
     one_lock_each(&logind.wait("inhibit", 2, T).await, "block", "CAP_SYS_BOOT");
     d.wait_event("job_completed", T).await;
     logind.wait("released", 2, T).await;
     assert_eq!(d.count_events("inhibit_unavailable", |_| true), 0);
-    d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(T).await.0, Some(0));
-    logind.stop().await;
-    bus.stop().await;
+    stop(d, logind, bus).await;
 }
 
 #[tokio::test]
@@ -252,12 +252,13 @@ async fn inhibit_off_makes_no_call() {
     bus.stop().await;
 }
 
-/// Two busy periods, one after the other, on one slot.
+/// Two busy periods, one after the other, on one slot (each long enough that the slot is
+/// still busy when the monitor looks, under any load).
 async fn two_jobs(d: &Daemon, gh: &sim::github::FakeGithub) {
-    gh.enqueue(job("one", 200), 1);
+    gh.enqueue(job("one", 1000), 1);
     d.wait_events("job_completed", |e| e.is("job", "one"), 1, T)
         .await;
-    gh.enqueue(job("two", 200), 1);
+    gh.enqueue(job("two", 1000), 1);
     d.wait_events("job_completed", |e| e.is("job", "two"), 1, T)
         .await;
 }
@@ -290,7 +291,7 @@ async fn a_refused_lock_is_said_once_with_the_polkit_fix_and_asked_again_each_bu
     let logind = FakeLogind::start(&bus, Polkit::NoRule).await;
     let (sb, gh, mut env) = setup(|_| {}).await;
     on_bus(&mut env, &bus, "block");
-    let mut d = run_as_a_service(&env, 1).await;
+    let d = run_as_a_service(&env, 1).await;
     two_jobs(&d, &gh).await;
     // Each busy period asks for both locks again; polkit refuses each by its own action.
     let denied = logind.wait("denied", 4, T).await;
@@ -322,10 +323,7 @@ async fn a_refused_lock_is_said_once_with_the_polkit_fix_and_asked_again_each_bu
     let s = sb.wait_status(T, |s| s.jobs_completed == 2).await;
     let word = s.system.inhibitor.unwrap_or_default();
     assert!(word.starts_with("unavailable (logind refused"), "{word}");
-    d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(T).await.0, Some(0));
-    logind.stop().await;
-    bus.stop().await;
+    stop(d, logind, bus).await;
 }
 
 #[tokio::test]
@@ -334,7 +332,7 @@ async fn a_rule_for_sleep_alone_holds_sleep_and_names_the_shutdown_lock_it_lacks
     let logind = FakeLogind::start(&bus, Polkit::Allow(vec![BLOCK_SLEEP.into()])).await;
     let (sb, gh, mut env) = setup(|_| {}).await;
     on_bus(&mut env, &bus, "block");
-    let mut d = run_as_a_service(&env, 1).await;
+    let d = run_as_a_service(&env, 1).await;
     gh.enqueue(job("build", 1500), 1);
     let taken = d.wait_event("inhibitor_taken", T).await;
     assert!(
@@ -361,10 +359,7 @@ async fn a_rule_for_sleep_alone_holds_sleep_and_names_the_shutdown_lock_it_lacks
     assert_eq!(held[0].what.as_deref(), Some("sleep"));
     d.wait_event("job_completed", T).await;
     assert_eq!(logind.wait("released", 1, T).await[0].id, held[0].id);
-    d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(T).await.0, Some(0));
-    logind.stop().await;
-    bus.stop().await;
+    stop(d, logind, bus).await;
 }
 
 /// A fake `powershell.exe` in `dir` that records its start (PID, arguments, how many of
