@@ -34,14 +34,34 @@ pub async fn tick(period: Duration) {
     }
 }
 
+/// Sleep `d` on a kernel timer of its own (a one-shot `timerfd`): one wake-up at the
+/// deadline, where a `tokio` timer this far out may wake the process on its way down the
+/// timer wheel too. For short pauses on an idle path (the status writer's coalescing).
+/// Falls back to `tokio::time` where a `timerfd` cannot be made.
+pub async fn sleep_exact(d: Duration) {
+    let at = read(ClockId::CLOCK_MONOTONIC).as_nanos() + d.as_nanos();
+    match timer_at(at) {
+        Ok(fd) => match fd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => tokio::time::sleep(d).await,
+        },
+        Err(_) => tokio::time::sleep(d).await,
+    }
+}
+
 fn grid_timer(period: Duration) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let now = read(ClockId::CLOCK_MONOTONIC).as_nanos();
     let p = period.as_nanos().max(1_000_000);
     let mut at = (now / p + 1) * p;
     if at - now < p / 2 {
         at += p;
     }
+    timer_at(at)
+}
+
+/// A `timerfd` on CLOCK_MONOTONIC that expires at `at` (nanoseconds, absolute).
+fn timer_at(at: u128) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
     // SAFETY: a plain syscall; on success it returns a new descriptor we own.
     let raw = unsafe {
         libc::timerfd_create(
@@ -161,5 +181,23 @@ impl Clocks for ShiftedClocks {
     }
     fn jumped(&self) -> Option<&tokio::sync::Notify> {
         Some(&self.jumped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_exact_sleep_and_a_grid_tick_end_no_sooner_than_asked() {
+        let t = read(ClockId::CLOCK_MONOTONIC);
+        sleep_exact(Duration::from_millis(30)).await;
+        assert!(read(ClockId::CLOCK_MONOTONIC) - t >= Duration::from_millis(30));
+        // A tick ends on the grid, at least half a period from now.
+        let p = Duration::from_millis(40);
+        let t = read(ClockId::CLOCK_MONOTONIC);
+        tick(p).await;
+        let now = read(ClockId::CLOCK_MONOTONIC);
+        assert!(now - t >= p / 2, "{:?}", now - t);
     }
 }

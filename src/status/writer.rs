@@ -70,7 +70,7 @@ impl Board {
                             done().await;
                             return;
                         }
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = crate::os::clocks::sleep_exact(Duration::from_millis(100)) => {}
                     }
                 }
                 // The mode changed (drain, force, kill): shown at once.
