@@ -289,8 +289,8 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Start the journal's writer over `store`; lost jobs get their re-run planned by
-    /// `reruns`.
+    /// The journal over `store`, written on the files thread (`os::files`); lost jobs get
+    /// their re-run planned by `reruns`.
     pub fn start(
         store: std::sync::Arc<store::JobStore>,
         reruns: Option<std::sync::Arc<rerun::Reruns>>,

@@ -25,7 +25,7 @@ pub async fn check_inhibit(cfg: &Config) -> Check {
     let granted = locks.held_what();
     // Released at once: only the answer was wanted.
     drop(locks.held);
-    let who = logind::caller();
+    let who = format!("the user {}", logind::user_name());
     match refusal {
         None => ok(
             "inhibit",

@@ -129,33 +129,6 @@ async fn inhibit_one(
     Ok(fd.into())
 }
 
-/// Whether logind is on the system bus (running, or started on demand).
-pub async fn reachable() -> Result<&'static str, Unavailable> {
-    let conn = connect().await?;
-    let asked = tokio::time::timeout(CALL_TIMEOUT, async {
-        let bus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let name = zbus::names::BusName::try_from(DEST)?;
-        if bus.name_has_owner(name).await? {
-            return Ok::<_, zbus::Error>(true);
-        }
-        Ok(bus
-            .list_activatable_names()
-            .await?
-            .iter()
-            .any(|n| n.as_str() == DEST))
-    })
-    .await
-    .map_err(|_| {
-        no_logind(format!(
-            "the system D-Bus did not answer within {CALL_TIMEOUT:?}"
-        ))
-    })?;
-    match asked.map_err(|e| from_error(&e, "", ""))? {
-        true => Ok("on the system bus"),
-        false => Err(no_logind(format!("no {DEST} on the system bus"))),
-    }
-}
-
 /// A connection to the system bus.
 async fn connect() -> Result<zbus::Connection, Unavailable> {
     match tokio::time::timeout(CALL_TIMEOUT, zbus::Connection::system()).await {
@@ -198,13 +171,9 @@ pub fn has_cap_sys_boot() -> bool {
         .is_some_and(|caps| caps & (1 << 22) != 0)
 }
 
-/// Who asks logind, as polkit sees it: `the user runner`.
-pub fn caller() -> String {
-    format!("the user {}", user_name())
-}
-
-/// This process's user name (for the polkit fix), or its uid.
-fn user_name() -> String {
+/// This process's user name, as polkit sees the caller (for the fix and `doctor`), or
+/// its uid.
+pub fn user_name() -> String {
     let uid = nix::unistd::geteuid();
     nix::unistd::User::from_uid(uid)
         .ok()
@@ -214,7 +183,7 @@ fn user_name() -> String {
 }
 
 /// The fix for a lock polkit refused: the shipped rule, for this user.
-pub fn polkit_fix(mode: &str) -> String {
+fn polkit_fix(mode: &str) -> String {
     let user = user_name();
     let whose = if user == "runner" {
         "it grants the user runner, which this supervisor runs as".to_string()
