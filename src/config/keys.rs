@@ -12,6 +12,7 @@ use super::{
     AutoUpdate, ChronycMode, Key, KeySpec, Kind, ListenerKeepalive, LogFormat, OnBattery,
     RegistrationMode, RunnerMode, Secret, Toggle,
 };
+use super::{Backend, Workspace};
 use super::{Inhibit, WindowsKeepAwake};
 
 const fn secs(s: u64) -> Duration {
@@ -108,6 +109,34 @@ keys! {
         "extra environment for the runner and its jobs, NAME = value";
     RUNNER_PASS_ENV: Option<Vec<String>> = "runner" . "pass_env", Kind::List, None, &[],
         "names of supervisor environment variables passed on to the runner";
+    RUNNER_BACKEND: Backend = "runner" . "backend", Kind::Enum(&["process", "container"]), Some("process"), &[],
+        "how a runner is started: process (a child of the supervisor, in this file system) or container (a fresh container of [container] image for every job, through the Docker engine, removed after it)";
+    RUNNER_WORKSPACE: Workspace = "runner" . "workspace", Kind::Enum(&["fresh", "kept"]), Some("fresh"), &[],
+        "fresh: a slot's work folder is emptied before every listener, so no job sees a file of an earlier one (declared caches excepted); kept: it stays from job to job";
+    CONTAINER_IMAGE: String = "container" . "image", Kind::Str, Some("runner-supervisor:local"), &[],
+        "the image every job container runs (default: the one compose/ builds); it needs the runner's dependencies, sh and bash, not the runner itself (the supervisor mounts it read-only)";
+    CONTAINER_DOCKER_HOST: Option<String> = "container" . "docker_host", Kind::Str, None, &[],
+        "the engine job containers are made on: unix:///path or tcp://host:port (default: DOCKER_HOST, else unix:///var/run/docker.sock)";
+    CONTAINER_NETWORK: Option<String> = "container" . "network", Kind::Str, None, &[],
+        "the network job containers join: a network name, or host (default: the engine's default bridge)";
+    CONTAINER_MEMORY: Option<String> = "container" . "memory", Kind::Str, None, &[],
+        "each job container's memory limit, e.g. 4g or 512m (over it, the job is OOM-killed inside its container, lost with cause oom, and re-run)";
+    CONTAINER_CPUS: Option<String> = "container" . "cpus", Kind::Str, None, &[],
+        "each job container's CPU limit, in CPUs, e.g. 1.5";
+    CONTAINER_PIDS_LIMIT: Option<u64> = "container" . "pids_limit", Kind::Int { min: 16, max: 4_194_304 }, None, &[],
+        "each job container's limit on processes and threads";
+    CONTAINER_SHM_SIZE: Option<String> = "container" . "shm_size", Kind::Str, None, &[],
+        "each job container's /dev/shm, e.g. 1g (browsers want more than the engine's 64m)";
+    CONTAINER_VOLUMES: Option<Vec<String>> = "container" . "volumes", Kind::List, None, &[],
+        "caches shared by every job: SRC:DST[:ro], SRC a named volume or an absolute host path the engine sees (comma-separated in the environment)";
+    CONTAINER_ENV: Option<BTreeMap<String, String>> = "container" . "env", Kind::Map, None, &[],
+        "extra variables for each job container, NAME = value, with placeholders {runner_name}, {slot}, {repo_owner}, {repo_name}, {org}, {hostname}";
+    CONTAINER_USER: Option<String> = "container" . "user", Kind::Str, None, &[],
+        "the user the runner runs as in the container, uid[:gid] or a name the image knows (default: the image's)";
+    CONTAINER_DOCKER: String = "container" . "docker", Kind::Str, Some("none"), &[],
+        "whether jobs may use a Docker engine: none, host (the engine's own socket, mounted: root on the host), or the URL of a filtering proxy (unix:///path or tcp://host:port), given as DOCKER_HOST";
+    CONTAINER_TOOL_CACHE: Option<PathBuf> = "container" . "tool_cache", Kind::Path, None, &[],
+        "the warm tool cache, a copy-on-write view per job at /opt/hostedtoolcache (RUNNER_TOOL_CACHE, AGENT_TOOLSDIRECTORY); new tool versions of successful jobs are promoted into a new generation (default: <state dir>/toolcache)";
     SCALESET_NAME: Option<String> = "scaleset" . "name", Kind::Str, None, &[],
         "the scale set's name, what jobs name in runs-on (default <name_prefix>-<host>); give each host its own";
     SCALESET_RUNNER_GROUP: String = "scaleset" . "runner_group", Kind::Str, Some("Default"), &[],

@@ -22,6 +22,7 @@ mod source;
 mod types;
 mod value;
 
+pub use build::container::{fill_placeholders, PLACEHOLDERS};
 pub(crate) use build::*;
 pub use checks::*;
 pub use example::*;

@@ -99,6 +99,66 @@ pub enum RunnerMode {
     ScaleSet,
 }
 
+/// `[runner] backend`: how a runner is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A child process of the supervisor.
+    Process,
+    /// A fresh container for every job, through the Docker engine.
+    Container,
+}
+
+/// `[runner] workspace`: whether a slot's work folder outlives a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workspace {
+    Fresh,
+    Kept,
+}
+
+/// A cache `[container] volumes` shares with every job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// A named volume, or an absolute path the engine sees.
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    /// A named volume (not a bind mount).
+    pub named: bool,
+}
+
+/// `[container] docker`: which Docker engine a job may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobDocker {
+    None,
+    /// The job containers' own engine socket, mounted.
+    Host,
+    /// A proxy's URL, given to the job as `DOCKER_HOST`.
+    Url(String),
+}
+
+/// `[container]`: the job containers of `[runner] backend = "container"`.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub image: String,
+    /// `unix:///path` or `tcp://host:port`.
+    pub docker_host: String,
+    pub network: Option<String>,
+    /// Bytes.
+    pub memory: Option<i64>,
+    /// Billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+    /// Bytes.
+    pub shm_size: Option<i64>,
+    pub volumes: Vec<VolumeSpec>,
+    /// Values may hold placeholders (`{runner_name}`...), filled per container.
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub docker: JobDocker,
+    /// The warm tool cache's directory (its generations).
+    pub tool_cache: PathBuf,
+}
+
 /// `[scaleset]`: the runner scale set of `[runner] mode = "scaleset"`.
 #[derive(Debug, Clone)]
 pub struct ScaleSetConfig {
@@ -164,6 +224,10 @@ pub struct RunnerConfig {
     pub registration: RegistrationMode,
     /// `slots` or `scaleset`.
     pub mode: RunnerMode,
+    /// `process` or `container`.
+    pub backend: Backend,
+    /// Whether the work folder is emptied between jobs.
+    pub workspace: Workspace,
     pub drain_timeout: Duration,
     pub stop_grace: Duration,
     pub session_conflict_wait: Duration,
@@ -513,6 +577,8 @@ pub struct Config {
     pub intake: IntakeConfig,
     /// `[scaleset]`, used when `runner.mode` is `scaleset`.
     pub scaleset: ScaleSetConfig,
+    /// `[container]`, used when `runner.backend` is `container`.
+    pub container: ContainerConfig,
     /// Every key with its value (secrets redacted) and source.
     pub entries: Vec<Entry>,
     /// The config file read, if any.

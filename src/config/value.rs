@@ -158,6 +158,8 @@ from_words!(AutoUpdate { "on" => AutoUpdate::On, "notify" => AutoUpdate::Notify,
 from_words!(OnBattery { "continue" => OnBattery::Continue, "stop" => OnBattery::Stop });
 from_words!(Inhibit { "block" => Inhibit::Block, "delay" => Inhibit::Delay, "off" => Inhibit::Off });
 from_words!(WindowsKeepAwake { "auto" => WindowsKeepAwake::Auto, "off" => WindowsKeepAwake::Off });
+from_words!(Backend { "process" => Backend::Process, "container" => Backend::Container });
+from_words!(Workspace { "fresh" => Workspace::Fresh, "kept" => Workspace::Kept });
 from_words!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
 
 /// The declaration of one key.

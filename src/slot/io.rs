@@ -35,6 +35,8 @@ pub(super) struct SlotIo {
     pub(super) prep: Option<JoinHandle<Result<Registration, GithubError>>>,
     /// The listener started and not yet watched.
     pub(super) listener: Option<Listener>,
+    /// The engine OOM-killed the last listener's container.
+    pub(super) oom_killed: bool,
     /// The supervisor's mode, as this slot sees it (for the stop budget of deletions).
     pub(super) mode: watch::Receiver<Mode>,
     /// The runner version the root was last rebuilt from (None: the configured one).
@@ -163,8 +165,8 @@ impl SlotIo {
                 .get(slot)
                 .copied()
                 .flatten();
-            let oom =
-                matches!((before, crate::jobs::protect::oom_kills()), (Some(b), Some(n)) if n > b);
+            let oom = self.oom_killed
+                || matches!((before, crate::jobs::protect::oom_kills()), (Some(b), Some(n)) if n > b);
             let cause = crate::jobs::lost_cause(reason, ended, oom);
             // Its id at GitHub, looked up once (a re-run needs it).
             let of = board
@@ -452,12 +454,32 @@ impl SlotIo {
                 self.source = Some(v.dir);
             }
         }
-        match start(&self.sh, &self.root, reg, mode).await {
+        let install = self
+            .source
+            .clone()
+            .unwrap_or_else(|| self.sh.cfg.runner.dir.clone());
+        if self.sh.containers.get().is_none()
+            && self.sh.cfg.runner.workspace == crate::config::Workspace::Fresh
+        {
+            fresh_workspace(&self.root.join(&self.sh.cfg.runner.work_folder));
+        }
+        let docker = crate::status::Condition::Docker;
+        match start(&self.sh, self.slot, &self.root, &install, reg, mode).await {
             Ok(l) => {
+                if self.sh.containers.get().is_some() {
+                    self.sh.board.set_condition(docker, None);
+                }
                 self.listener = Some(l);
                 Outcome::Started
             }
             Err(StartError::Failed(msg)) => Outcome::StartFailed(msg),
+            Err(StartError::Engine(msg)) => {
+                let why = format!("job containers cannot be made: {msg}");
+                self.sh
+                    .board
+                    .set_condition(docker, Some((crate::status::Health::Degraded, why)));
+                Outcome::StartFailed(msg)
+            }
             Err(StartError::BelowFloor(msg)) => {
                 tracing::warn!(event = "registration_floor", slot = self.slot, error = %msg, "config.sh refused the runner: below GitHub's registration floor");
                 Outcome::VersionRefused(msg)
@@ -481,7 +503,12 @@ impl SlotIo {
         let failures = if canary { failures.max(1) } else { failures };
         let w = match self.listener.take() {
             Some(l) => {
-                watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures).await
+                let oom = l.oom_flag();
+                let w =
+                    watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures)
+                        .await;
+                self.oom_killed = oom.load(Ordering::Acquire);
+                w
             }
             None => super::listen::Watched {
                 ended: Ended::Code(-1),
@@ -517,6 +544,31 @@ impl SlotIo {
             s.runner = None;
         });
         self.sh.board.set_state(self.slot, SlotState::Stopped);
+    }
+}
+
+/// `[runner] workspace = "fresh"`: the work folder emptied before a listener starts, so
+/// no job sees what an earlier one left.
+fn fresh_workspace(work: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    let mut removed = 0usize;
+    for e in entries.flatten() {
+        let p = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        match r {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                tracing::warn!(event = "workspace_not_emptied", path = %p.display(), error = %err, "cannot empty the work folder: the next job may see this")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::debug!(event = "workspace_emptied", work = %work.display(), removed, "work folder emptied");
     }
 }
 

@@ -38,6 +38,8 @@ pub(super) struct Watched {
 #[derive(Debug)]
 pub(super) enum StartError {
     Failed(String),
+    /// The Docker engine did not answer (the container backend).
+    Engine(String),
     /// `config.sh` printed the boxed `RUNNER UPDATE REQUIRED`: the runner is below
     /// GitHub's registration floor (reference A8).
     BelowFloor(String),
@@ -49,13 +51,37 @@ impl From<String> for StartError {
     }
 }
 
-/// Spawn config.sh (token mode) and then the listener.
+/// Spawn config.sh (token mode) and then the listener; or, with the container backend,
+/// the listener in a fresh job container of `install` (JIT only).
 pub(super) async fn start(
     sh: &Shared,
+    slot: usize,
     root: &Path,
+    install: &Path,
     reg: &mut Registration,
     mode: &mut watch::Receiver<Mode>,
 ) -> Result<Listener, StartError> {
+    if let Some(jobs) = sh.containers.get() {
+        let RegSecret::Jit(blob) = &reg.secret else {
+            return Err(StartError::Failed(
+                "the container backend needs JIT registration ([runner] registration = \"jit\"); this server has no generate-jitconfig".into(),
+            ));
+        };
+        let placeholders = placeholders(sh, slot, &reg.name);
+        let req = crate::runner::launch::container::StartRequest {
+            slot,
+            name: &reg.name,
+            install,
+            env: &sh.runner_env,
+            jit: Some(blob.expose()),
+            placeholders: &placeholders,
+            tool_cache: None,
+        };
+        return jobs.start(req).await.map_err(|e| match e {
+            crate::runner::launch::container::StartError::Engine(m) => StartError::Engine(m),
+            crate::runner::launch::container::StartError::Refused(m) => StartError::Failed(m),
+        });
+    }
     layout::remove_config_files(root);
     let mut env = sh.runner_env.clone();
     match &reg.secret {
@@ -71,6 +97,22 @@ pub(super) async fn start(
     let program = root.join("bin").join("Runner.Listener");
     Listener::spawn(&reg.name, &program, &["run"], root, &env)
         .map_err(|e| format!("cannot spawn {}: {e}", program.display()).into())
+}
+
+/// `[container] env`'s placeholders for one runner.
+fn placeholders(sh: &Shared, slot: usize, name: &str) -> Vec<(&'static str, String)> {
+    let (owner, repo, org) = match sh.gh.scope() {
+        crate::config::Scope::Repo { owner, repo } => (owner.clone(), repo.clone(), String::new()),
+        crate::config::Scope::Org { org } => (String::new(), String::new(), org.clone()),
+    };
+    vec![
+        ("runner_name", name.to_string()),
+        ("slot", slot.to_string()),
+        ("repo_owner", owner),
+        ("repo_name", repo),
+        ("org", org),
+        ("hostname", sh.hostname.clone()),
+    ]
 }
 
 /// `config.sh --unattended --ephemeral --disableupdate --replace`, token in the environment.

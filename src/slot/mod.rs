@@ -74,6 +74,8 @@ pub struct Shared {
     pub oom_at_job_start: Mutex<Vec<Option<u64>>>,
     /// Scale-set mode: the session's pool, which says when a slot may start a runner.
     pool: std::sync::OnceLock<Arc<crate::slot::demand::scaleset::Pool>>,
+    /// `[runner] backend = "container"`: the engine where each listener gets its container.
+    pub containers: std::sync::OnceLock<Arc<crate::runner::launch::container::Jobs>>,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
             breaker_reset,
             jobs: None,
             pool: std::sync::OnceLock::new(),
+            containers: std::sync::OnceLock::new(),
         };
         let all = sh
             .breakers
@@ -351,6 +354,7 @@ pub async fn run(
         name: String::new(),
         prep: None,
         listener: None,
+        oom_killed: false,
         mode: mode.clone(),
         source: None,
         version: None,

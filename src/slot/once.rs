@@ -78,6 +78,7 @@ pub async fn run_jit(
         name: runner.name.clone(),
         prep: None,
         listener: None,
+        oom_killed: false,
         mode: mode.clone(),
         source: None,
         version: None,

@@ -24,6 +24,7 @@ use crate::status::host::{Host, SlotCmd, SlotCmds};
 use crate::status::Board;
 
 pub mod arc;
+mod containers;
 mod control_api;
 mod jobs;
 mod scaleset;
@@ -96,8 +97,26 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
         .stats
         .strays_stopped
         .fetch_add(state.strays as u64, Ordering::Relaxed);
-    let requeue = reap_ghosts_at_start(&deps, &board, state.left).await;
+    // Job containers: those a killed run left removed, the image probed, before anything
+    // is registered; their runners are ours, deleted with the ghosts.
+    let containers = containers::prepare(&deps).await?;
+    let mut left = state.left;
+    let left_names = containers
+        .as_ref()
+        .map(|(_, n)| n.clone())
+        .unwrap_or_default();
+    if !left_names.is_empty() {
+        if let Ok(all) = deps.gh.list_runners(None).await {
+            for r in all.into_iter().filter(|r| left_names.contains(&r.name)) {
+                left.insert(r.id, r.name);
+            }
+        }
+    }
+    let requeue = reap_ghosts_at_start(&deps, &board, left).await;
     let shared = build_shared(&deps, &board, state.roots, requeue);
+    if let Some((jobs, _)) = containers {
+        let _ = shared.containers.set(jobs);
+    }
     let (slot_cmds, slot_cmd_rx): (SlotCmds, Vec<_>) = (0..cfg.runner.slots)
         .map(|_| mpsc::unbounded_channel::<SlotCmd>())
         .unzip();

@@ -318,6 +318,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
             result: "Succeeded".into(),
             labels: vec![],
             workflow: None,
+            run: None,
         },
         1,
     );

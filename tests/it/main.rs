@@ -12,6 +12,7 @@ mod clock;
 mod compose;
 mod config_cli;
 mod connections;
+mod containers;
 mod control;
 mod disk;
 mod doctor;

@@ -13,6 +13,7 @@ use super::keys::*;
 use super::*;
 
 mod arc;
+pub(super) mod container;
 mod github;
 mod reader;
 
@@ -85,6 +86,7 @@ fn build_with(
     let shared_dir = shared_dir(r, p);
     let intake = intake(r, p);
     let scaleset = scaleset(r, &runner, p);
+    let container = container::container(r, env, &state_dir, p);
     // Scale-set mode: one slot per runner the scale set may have at once.
     if runner.mode == RunnerMode::ScaleSet {
         runner.slots = scaleset.max_runners;
@@ -137,6 +139,7 @@ fn build_with(
         },
         intake,
         scaleset,
+        container,
         log,
         entries,
         file,
@@ -223,6 +226,8 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         work_folder,
         registration: r.get(&RUNNER_REGISTRATION),
         mode: r.get(&RUNNER_MODE),
+        backend: r.get(&RUNNER_BACKEND),
+        workspace: r.get(&RUNNER_WORKSPACE),
         drain_timeout: r.get(&RUNNER_DRAIN_TIMEOUT),
         stop_grace: r.get(&RUNNER_STOP_GRACE),
         session_conflict_wait: r.get(&RUNNER_SESSION_CONFLICT_WAIT),

@@ -7,6 +7,8 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -40,6 +42,10 @@ pub struct Listener {
     pid: i32,
     rx: mpsc::Receiver<Output>,
     name: String,
+    /// A listener in a job container: signals go through the engine.
+    container: Option<super::container::Handle>,
+    /// The engine said the container was OOM-killed (set before `Exited` is sent).
+    oom: Arc<AtomicBool>,
 }
 
 /// Debug builds only: `SUPERVISOR_TEST_REAP_DELAY=<ms>` leaves an exited listener a
@@ -141,7 +147,41 @@ impl Listener {
             pid,
             rx,
             name: name.to_string(),
+            container: None,
+            oom: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A listener in a job container: its lines and exit come from `rx`.
+    pub(super) fn in_container(
+        pid: i32,
+        rx: mpsc::Receiver<Output>,
+        name: &str,
+        handle: super::container::Handle,
+        oom: Arc<AtomicBool>,
+    ) -> Listener {
+        Listener {
+            pid,
+            rx,
+            name: name.to_string(),
+            container: Some(handle),
+            oom,
+        }
+    }
+
+    /// Whether the engine OOM-killed its container (known once `Exited` arrived).
+    pub fn oom_killed(&self) -> bool {
+        self.oom.load(Ordering::Acquire)
+    }
+
+    /// The flag [`Self::oom_killed`] reads, to keep after the listener is handed on.
+    pub fn oom_flag(&self) -> Arc<AtomicBool> {
+        self.oom.clone()
+    }
+
+    /// The job container's name, when it runs in one.
+    pub fn container(&self) -> Option<&str> {
+        self.container.as_ref().map(|h| h.id())
     }
 
     /// The process id (and process-group id).
@@ -166,14 +206,18 @@ impl Listener {
 
     /// SIGINT to the listener: its graceful stop (cancels a running job, deletes the session).
     pub fn interrupt(&self) {
-        if self.pid > 0 {
+        if let Some(h) = &self.container {
+            h.signal("SIGINT");
+        } else if self.pid > 0 {
             let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
         }
     }
 
     /// SIGKILL to the whole process group: the last resort.
     pub fn kill_group(&self) {
-        if self.pid > 0 {
+        if let Some(h) = &self.container {
+            h.signal("SIGKILL");
+        } else if self.pid > 0 {
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
         }
     }
@@ -187,25 +231,70 @@ async fn read_lines<R: AsyncRead + Unpin>(
     tx: mpsc::Sender<Output>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut line: Vec<u8> = Vec::with_capacity(256);
-    let mut dropped = 0usize;
+    let mut lines = Lines::new(stream, name, tx);
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for &b in &buf[..n] {
+        lines.push(&buf[..n]).await;
+    }
+    lines.finish().await;
+}
+
+/// A stream's bytes cut into lines (at most [`MAX_LINE`] kept of each), each cleaned,
+/// parsed, logged and delivered: the same for a child's pipe and a container's stream.
+pub(super) struct Lines {
+    line: Vec<u8>,
+    dropped: usize,
+    stream: Stream,
+    name: String,
+    tx: mpsc::Sender<Output>,
+}
+
+impl Lines {
+    pub(super) fn new(stream: Stream, name: String, tx: mpsc::Sender<Output>) -> Lines {
+        Lines {
+            line: Vec::with_capacity(256),
+            dropped: 0,
+            stream,
+            name,
+            tx,
+        }
+    }
+
+    /// The next bytes of the stream.
+    pub(super) async fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
             if b == b'\n' {
-                emit(&mut line, &mut dropped, stream, &name, &tx).await;
-            } else if line.len() < MAX_LINE {
-                line.push(b);
+                emit(
+                    &mut self.line,
+                    &mut self.dropped,
+                    self.stream,
+                    &self.name,
+                    &self.tx,
+                )
+                .await;
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
             } else {
-                dropped += 1;
+                self.dropped += 1;
             }
         }
     }
-    if !line.is_empty() || dropped > 0 {
-        emit(&mut line, &mut dropped, stream, &name, &tx).await;
+
+    /// The stream ended: a last line without its newline is still a line.
+    pub(super) async fn finish(mut self) {
+        if !self.line.is_empty() || self.dropped > 0 {
+            emit(
+                &mut self.line,
+                &mut self.dropped,
+                self.stream,
+                &self.name,
+                &self.tx,
+            )
+            .await;
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub fn job(name: &str, ms: u64) -> sim::github::JobSpec {
         result: "Succeeded".into(),
         labels: vec![],
         workflow: None,
+        run: None,
     }
 }
 /// A real chronyd, started with `-x` (it never touches the system clock), serving NTP and

@@ -181,6 +181,9 @@ pub struct JobMessage {
     pub run_attempt: u32,
     #[serde(default)]
     pub workflow: String,
+    /// A step to run (`sh -c`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// `POST /_sim/jobs/{id}/complete`.

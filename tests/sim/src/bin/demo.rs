@@ -134,6 +134,7 @@ async fn main() {
                 result: result.into(),
                 labels: vec![],
                 workflow: None,
+                run: None,
             },
             1,
         );

@@ -232,6 +232,7 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     run_id,
                     run_attempt,
                     workflow: job.workflow.unwrap_or_else(|| "CI".into()),
+                    run: job.run,
                 };
                 return json_resp(
                     StatusCode::OK,

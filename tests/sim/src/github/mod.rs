@@ -251,6 +251,10 @@ pub struct JobSpec {
     /// Its workflow's name (`GITHUB_WORKFLOW`); `CI` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// A step the job runs (`sh -c`, in the work folder, with the runner's environment);
+    /// its failure fails the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 fn write_permission() -> String {
@@ -275,6 +279,7 @@ impl Default for JobSpec {
             result: default_result(),
             labels: vec![],
             workflow: None,
+            run: None,
         }
     }
 }

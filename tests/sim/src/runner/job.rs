@@ -29,6 +29,21 @@ impl Runner {
         if crate::hooks::run(hook, &self.settings, &job, &self.root).await == Some(false) {
             result = "Failed".into();
         }
+        // The job's step, in the work folder (as the Worker runs `run:` steps).
+        if let Some(cmd) = &job.run {
+            let work = self.root.join(&self.settings.work_folder);
+            let _ = std::fs::create_dir_all(&work);
+            let step = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(&work)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .await;
+            if !step.is_ok_and(|s| s.success()) {
+                result = "Failed".into();
+            }
+        }
         if let Script::ConnectionLoss {
             after_ms,
             recover_after_ms,
