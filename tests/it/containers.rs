@@ -130,3 +130,259 @@ async fn every_job_runs_in_a_fresh_container_and_only_declared_caches_are_shared
     assert!(vols.lines().any(|v| v == "rs-shared-cache"), "{vols}");
     drop(sb);
 }
+
+#[tokio::test]
+async fn the_jit_config_is_nowhere_docker_inspect_or_the_engine_logs_show() {
+    let mut dk = engine().await;
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    gh.enqueue(step("long", "sleep 30"), 1);
+    let d = Daemon::start(&env, &["run"]).await;
+    d.wait_event("runner_job_started", T).await;
+    let names = job_containers(&mut dk);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = &names[0];
+    // The runner's credential (in the JIT config) and the variable itself.
+    let secret = gh.state(|s| {
+        s.runners
+            .values()
+            .find(|r| &r.name == name)
+            .map(|r| r.client_id.clone())
+            .expect("the container is named after its runner")
+    });
+    let inspect = dk.must(&["inspect", name]);
+    let logs = dk
+        .command("docker")
+        .args(["logs", name])
+        .output()
+        .expect("docker logs");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    for (what, text) in [("inspect", &inspect), ("logs", &logs)] {
+        assert!(
+            !text.contains(&secret),
+            "the runner's credential in docker {what}"
+        );
+        assert!(
+            !text.contains("ACTIONS_RUNNER_INPUT_JITCONFIG="),
+            "{what}: {text}"
+        );
+        assert!(
+            !text.contains("eyIuY3JlZGVudGlhbHMi"),
+            "a JIT blob in docker {what}"
+        );
+    }
+    // Labelled with who made it; the runner read-only; its file gone once read.
+    for label in [
+        "\"io.github.runner-supervisor.instance\": \"ci-",
+        "\"io.github.runner-supervisor.slot\": \"0\"",
+        &format!("\"io.github.runner-supervisor.runner\": \"{name}\""),
+    ] {
+        assert!(inspect.contains(label), "{label}: {inspect}");
+    }
+    dk.must(&[
+        "exec",
+        name,
+        "test",
+        "!",
+        "-e",
+        "/.runner-supervisor/jitconfig",
+    ]);
+    dk.must(&[
+        "exec",
+        name,
+        "test",
+        "!",
+        "-w",
+        "/runner/bin/Runner.Listener",
+    ]);
+    d.signal(Signal::SIGTERM);
+}
+
+#[tokio::test]
+async fn a_job_over_its_memory_limit_is_lost_with_cause_oom_and_rerun() {
+    let mut dk = engine().await;
+    let (_sb, gh, mut env) = setup(|o| o.job_lock_timeout = Duration::from_secs(1)).await;
+    container_env(&mut env, &dk);
+    env.insert("SUPERVISOR_CONTAINER_MEMORY".into(), "48m".into());
+    env.insert("SUPERVISOR_RERUN_CHECK_MS".into(), "200".into());
+    // tail keeps the whole of a line without an end: memory grows until the limit.
+    let mut hog = step("hungry", "tail /dev/zero");
+    hog.duration_ms = 20_000;
+    gh.enqueue(hog, 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let lost = d.wait_event("job_lost", T).await;
+    assert!(lost.is("cause", "oom"), "{lost:?}");
+    let done = d
+        .wait_events("job_rerun", |e| e.is("result", "accepted"), 1, T)
+        .await;
+    assert_eq!(done.u64("attempt"), Some(2), "{done:?}");
+    // The supervisor was untouched: it goes on, and its container was removed.
+    let removed = d
+        .wait_events("container_removed", |e| e.is("oom_killed", "true"), 1, T)
+        .await;
+    assert!(removed.str("container").is_some());
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(job_containers(&mut dk), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_sigkilled_supervisor_leaves_no_container_and_no_registration_after_its_next_start() {
+    let mut dk = engine().await;
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    env.insert("SUPERVISOR_RUNNER_SLOTS".into(), "2".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_listening(2, T).await;
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(T).await;
+    // Containers outlive their supervisor (the engine runs them), with their runners.
+    assert_eq!(job_containers(&mut dk).len(), 2);
+    let before: Vec<String> = gh.runners().into_iter().map(|r| r.name).collect();
+    assert_eq!(before.len(), 2);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let reaped = d.wait_event("containers_reaped", T).await;
+    assert_eq!(reaped.u64("count"), Some(2), "{reaped:?}");
+    d.wait_listening(2, T).await;
+    let now: Vec<String> = gh.runners().into_iter().map(|r| r.name).collect();
+    assert!(
+        now.iter().all(|n| !before.contains(n)),
+        "an earlier run's registration survived: {before:?} {now:?}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(job_containers(&mut dk), Vec::<String>::new());
+    assert!(
+        gh.wait_for(T, |s| s.runners.is_empty()).await,
+        "{:?}",
+        gh.runners()
+    );
+}
+
+#[tokio::test]
+async fn the_engine_stopped_and_started_mid_run_is_survived() {
+    let mut dk = engine().await;
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    env.insert("SUPERVISOR_RUNNER_FAILURE_BACKOFF".into(), "200ms".into());
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_listening(1, T).await;
+    dk.stop();
+    // Slots back off; health says why.
+    let s = sb
+        .wait_status(T, |s| {
+            s.reasons
+                .iter()
+                .any(|r| r.contains("job containers cannot be made"))
+        })
+        .await;
+    assert_ne!(s.health, runner_supervisor::status::Health::Ok, "{s:#?}");
+    dk.restart().await;
+    // Back by itself: a new listener, and jobs run.
+    let listening = d.count_events("runner_listening", |_| true);
+    d.wait_nth("runner_listening", listening + 1, T).await;
+    gh.enqueue(step("after", "true"), 1);
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    assert_eq!(results(&gh)[0].1, "Succeeded");
+    sb.wait_status(T, |s| {
+        !s.reasons.iter().any(|r| r.contains("job containers"))
+    })
+    .await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    assert_eq!(job_containers(&mut dk), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_missing_image_is_a_clear_error_at_start_and_nothing_is_registered() {
+    let dk = engine().await;
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    env.insert(
+        "SUPERVISOR_CONTAINER_IMAGE".into(),
+        "rs-nope:missing".into(),
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    let (code, out) = d.wait_exit(T).await;
+    assert_eq!(code, Some(1), "{out}");
+    let fatal = d.wait_event("fatal", T).await;
+    let msg = fatal.str("message").unwrap_or_default();
+    assert!(
+        msg.contains("\"rs-nope:missing\"") && msg.contains("SUPERVISOR_CONTAINER_IMAGE"),
+        "{msg}"
+    );
+    assert!(gh.runners().is_empty());
+    assert!(!gh
+        .calls()
+        .iter()
+        .any(|c| c.path.ends_with("generate-jitconfig")));
+    // doctor says the same, with the fix.
+    let out = crate::support::Cli::new(&env, &["doctor"])
+        .run_async()
+        .await;
+    assert!(
+        out.stdout.contains("rs-nope:missing") && out.stdout.contains("build it"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn scale_set_mode_starts_a_container_only_when_a_job_is_assigned() {
+    let mut dk = engine().await;
+    let sb = crate::support::Sandbox::new();
+    let gh = crate::scaleset::fake(500, 2000, |_| {}).await;
+    let mut env = crate::scaleset::env(&sb, &gh, 2);
+    container_env(&mut env, &dk);
+    let d = Daemon::start(&env, &["run"]).await;
+    sb.wait_status(T, |s| crate::scaleset::ss(s).session == "polling")
+        .await;
+    assert_eq!(
+        job_containers(&mut dk),
+        Vec::<String>::new(),
+        "an idle container"
+    );
+    let mut j = crate::scaleset::job("assigned", 2_000);
+    j.run = Some("test -x /runner/bin/Runner.Listener".into());
+    gh.enqueue_scaleset_job(j);
+    d.wait_event("runner_job_started", T).await;
+    assert_eq!(job_containers(&mut dk).len(), 1);
+    d.wait_event("container_removed", T).await;
+    assert!(
+        crate::support::eventually(T, || job_containers(&mut dk).is_empty()).await,
+        "the job's container outlived it"
+    );
+    d.signal(Signal::SIGTERM);
+}
+
+/// `[runner] workspace` for the process backend: fresh by default, kept on request.
+#[tokio::test]
+async fn a_fresh_workspace_leaves_no_file_of_job_one_for_job_two_and_kept_does() {
+    for (workspace, second) in [
+        ("fresh", "test ! -e left-by-first"),
+        ("kept", "test -e left-by-first"),
+    ] {
+        let (_sb, gh, mut env) = setup(|_| {}).await;
+        if workspace == "kept" {
+            env.insert("SUPERVISOR_RUNNER_WORKSPACE".into(), "kept".into());
+        }
+        gh.enqueue(step("first", "touch left-by-first"), 1);
+        gh.enqueue(step("second", second), 1);
+        let mut d = Daemon::start(&env, &["run"]).await;
+        assert!(gh.wait_for(T, |s| s.completed.len() == 2).await);
+        assert_eq!(
+            results(&gh),
+            vec![
+                ("first".to_string(), "Succeeded".to_string()),
+                ("second".to_string(), "Succeeded".to_string())
+            ],
+            "{workspace}"
+        );
+        d.signal(Signal::SIGTERM);
+        assert_eq!(d.wait_exit(T).await.0, Some(0));
+    }
+}

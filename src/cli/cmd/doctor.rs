@@ -294,6 +294,7 @@ async fn run_checks(cfg: &Config) -> Vec<Check> {
     let (docker, data_root) = diagnose::check_docker(cfg).await;
     checks.push(docker);
     checks.push(diagnose::check_disk(cfg, data_root.as_deref()));
+    checks.extend(diagnose::check_containers(cfg, &crate::config::this_host()).await);
     checks.push(diagnose::check_sysctls(&root, cfg));
     checks.push(diagnose::check_host());
     checks.extend(diagnose::check_wsl(&root));

@@ -19,6 +19,7 @@ use crate::cli::preflight::{Check, Level};
 use crate::config::Config;
 
 mod awake;
+mod containers;
 mod docker;
 mod network;
 mod runner;
@@ -26,6 +27,7 @@ mod scaleset;
 mod upgrades;
 mod wsl;
 pub use awake::{check_inhibit, check_windows_keep_awake};
+pub use containers::check_containers;
 pub use docker::{check_disk, check_docker};
 pub use network::{check_dependencies, check_dns, check_reachable, check_sysctls};
 pub use runner::{

@@ -552,12 +552,17 @@ impl Jobs {
             tool_cache: None,
         };
         let mut config = self.config(&req)?;
-        let hook = match &self.hooks {
-            Some(_) => format!(
-                " && {{ command -v bash >/dev/null || {{ echo 'no bash: the runner runs its job hooks with bash' >&2; exit 1; }}; }} && {HOOKS_DIR}/supervisor --version"
-            ),
+        // The control socket is this run's (doctor has none): not needed to run the client.
+        if let Some(m) = config.host_config.as_mut().and_then(|h| h.mounts.as_mut()) {
+            m.retain(|m| m.target.as_deref() != Some(CONTROL_SOCKET));
+        }
+        let client = match &self.hooks {
+            Some(_) => format!(" && {HOOKS_DIR}/supervisor --version >/dev/null"),
             None => String::new(),
         };
+        let hook = format!(
+            " && {{ command -v bash >/dev/null || {{ echo 'no bash: the runner runs its job hooks with bash' >&2; exit 1; }}; }}{client}"
+        );
         config.cmd = Some(vec![
             "sh".into(),
             "-c".into(),
@@ -709,6 +714,7 @@ async fn follow(
     tx: mpsc::Sender<Output>,
     oom: Arc<AtomicBool>,
 ) {
+    let oom_watch = tokio::spawn(kill_on_oom(docker.clone(), id.clone(), runner.clone()));
     let mut out = Lines::new(Stream::Stdout, runner.clone(), tx.clone());
     let mut err = Lines::new(Stream::Stderr, runner.clone(), tx.clone());
     while let Some(item) = output.next().await {
@@ -723,6 +729,7 @@ async fn follow(
     }
     out.finish().await;
     err.finish().await;
+    oom_watch.abort();
     let (code, killed) = exit_code(&docker, &id).await;
     oom.store(killed, Ordering::Release);
     let removed = remove(&docker, &id).await;
@@ -734,6 +741,26 @@ async fn follow(
         c => Ended::Code(c as i32),
     };
     let _ = tx.send(Output::Exited(ended)).await;
+}
+
+/// An OOM kill inside the job container ends the whole container: a job over its memory
+/// limit is lost as one and re-run, never left half-killed to report a misleading failure.
+/// (With cgroup v2 the kernel does it at once, `memory.oom.group`; this covers v1 and a
+/// cgroup not ours to write.)
+async fn kill_on_oom(docker: Docker, id: String, runner: String) {
+    let mut events = docker.events(Some(bollard::system::EventsOptions::<String> {
+        filters: HashMap::from([
+            ("container".to_string(), vec![id.clone()]),
+            ("event".to_string(), vec!["oom".to_string()]),
+        ]),
+        ..Default::default()
+    }));
+    if let Some(Ok(_)) = events.next().await {
+        tracing::warn!(event = "container_oom", container = %id, runner = %runner, "the job went over its memory limit ([container] memory): its container is killed, the job lost and re-run");
+        let _ = docker
+            .kill_container(&id, Some(KillContainerOptions { signal: "SIGKILL" }))
+            .await;
+    }
 }
 
 /// The listener's PID on this host: the container's init's one child (the entry command

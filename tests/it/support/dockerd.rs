@@ -25,35 +25,35 @@ impl Dockerd {
             .prefix("dk")
             .tempdir_in("/tmp")
             .unwrap();
-        let d = dir.path();
-        let child = Command::new("dockerd")
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-            ])
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("dockerd.log")).unwrap())
-            .spawn()
-            .expect("dockerd (apt-get install docker.io; tests/run does)");
+        let child = spawn(dir.path());
         let mut k = Dockerd { child, dir };
-        let ok = eventually(Duration::from_secs(60), || k.docker(&["info"]).is_some()).await;
+        k.wait_up().await;
+        k
+    }
+
+    async fn wait_up(&mut self) {
+        let ok = eventually(Duration::from_secs(60), || self.docker(&["info"]).is_some()).await;
         assert!(
             ok,
             "dockerd did not come up: {}",
-            std::fs::read_to_string(k.dir.path().join("dockerd.log")).unwrap_or_default()
+            std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
         );
-        k
+    }
+
+    /// Stop the engine (SIGTERM to our child, as a host's service manager does): its
+    /// containers stop with it. Its data root stays.
+    pub fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same data root and socket, and wait until it answers.
+    pub async fn restart(&mut self) {
+        self.child = spawn(self.dir.path());
+        self.wait_up().await;
     }
 
     /// `unix://<socket>`.
@@ -162,6 +162,36 @@ impl Dockerd {
         assert!(tar.wait().unwrap().success(), "tar");
         assert!(st.success(), "docker import {tag}");
     }
+}
+
+/// `dockerd` on the data root, exec root and socket under `d`.
+fn spawn(d: &Path) -> std::process::Child {
+    Command::new("dockerd")
+        .args([
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+        ])
+        .arg("--data-root")
+        .arg(d.join("root"))
+        .arg("--exec-root")
+        .arg(d.join("exec"))
+        .arg("--pidfile")
+        .arg(d.join("docker.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", d.join("docker.sock").display()))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.join("dockerd.log"))
+                .unwrap(),
+        )
+        .spawn()
+        .expect("dockerd (apt-get install docker.io; tests/run does)")
 }
 
 impl Drop for Dockerd {
