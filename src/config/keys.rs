@@ -251,6 +251,8 @@ keys! {
         "job records kept in <state dir>/jobs.redb (supervisor jobs); the oldest go first";
     JOBS_LEASE: Duration = "jobs" . "lease", Kind::Duration { min: secs(60), max: secs(24 * 3600) }, Some("15m"), &[],
         "a suspend longer than this while a slot is busy loses its job (the runner renews it every 60 s, each renewal holding about 10 min): its listener is replaced at once on resume";
+    JOBS_RENEWAL_LATE: Duration = "jobs" . "renewal_late", Kind::Duration { min: secs(1), max: secs(600) }, Some("90s"), &[],
+        "a busy listener that has not renewed its job's lease this long (it renews every 60 s; ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1 shows the renewals) is shown and logged as late, before GitHub declares the runner lost";
     JOBS_KEEP_FOR: Duration = "jobs" . "keep_for", Kind::Duration { min: secs(3600), max: secs(3650 * 24 * 3600) }, Some("30d"), &[],
         "job records older than this go too";
     JOBS_RERUN_LOST: bool = "jobs" . "rerun_lost", Kind::Bool, Some("true"), &[],

@@ -513,6 +513,8 @@ pub struct JobsConfig {
     pub keep_for: std::time::Duration,
     /// A suspend longer than this while busy loses the job.
     pub lease: std::time::Duration,
+    /// A busy listener's lease renewal this late is said (`[jobs] renewal_late`).
+    pub renewal_late: std::time::Duration,
     /// `[job] oom_score_adj` for each job's `Runner.Worker`.
     pub oom_score_adj: i32,
     /// `[job] nice` for each job's `Runner.Worker`.

@@ -30,6 +30,12 @@ impl Stream {
 pub enum RunnerEvent {
     /// `Current runner version: '2.336.0'`.
     Version(String),
+    /// `[RUNNER … JobDispatcher] Successfully renew job …` (the listener's trace on stdout,
+    /// `ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1`): the job's lease was renewed.
+    LeaseRenewed,
+    /// `[RUNNER … JobDispatcher] Catch exception during renew runner job …`: a renewal
+    /// failed (on the Run Service path one failure abandons the job, actions/runner #4635).
+    LeaseRenewFailed { message: String },
     /// `{utc}: Listening for Jobs`: the readiness signal.
     Listening,
     /// `{utc}: Running job: {name}`.
@@ -57,6 +63,8 @@ impl RunnerEvent {
     pub fn name(&self) -> &'static str {
         match self {
             RunnerEvent::Version(_) => "runner_version",
+            RunnerEvent::LeaseRenewed => "runner_lease_renewed",
+            RunnerEvent::LeaseRenewFailed { .. } => "runner_lease_renew_failed",
             RunnerEvent::Listening => "runner_listening",
             RunnerEvent::JobStarted { .. } => "runner_job_started",
             RunnerEvent::JobCompleted { .. } => "runner_job_completed",
@@ -69,6 +77,31 @@ impl RunnerEvent {
             RunnerEvent::Fatal { .. } => "runner_fatal",
         }
     }
+}
+
+/// The message of a trace line the listener prints with
+/// `ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT=1`: `[RUNNER 2026-… INFO JobDispatcher] msg` (or
+/// `[WORKER …]`, relayed). None for a console line.
+pub fn trace_message(line: &str) -> Option<&str> {
+    let rest = line
+        .strip_prefix("[RUNNER ")
+        .or_else(|| line.strip_prefix("[WORKER "))?;
+    rest.split_once("] ").map(|(_, m)| m)
+}
+
+/// The trace lines that mean something: the job lease's renewals (reference
+/// caches-and-containment 5.6). Both paths' wordings: the Run Service's (`renew job {id}`)
+/// and the legacy pool's (`renew job request {id}`).
+fn trace_event(msg: &str) -> Option<RunnerEvent> {
+    if msg.starts_with("Successfully renew job ") {
+        return Some(RunnerEvent::LeaseRenewed);
+    }
+    if msg.starts_with("Catch exception during renew runner job") {
+        return Some(RunnerEvent::LeaseRenewFailed {
+            message: msg.to_string(),
+        });
+    }
+    None
 }
 
 /// Split off the `{utc}: ` prefix (`2020-02-11 14:57:17Z: `), if present.
@@ -93,6 +126,9 @@ fn strip_timestamp(line: &str) -> Option<&str> {
 /// Parse one cleaned line (ANSI stripped, no trailing newline).
 pub fn parse_line(line: &str) -> Option<RunnerEvent> {
     let line = line.trim_end();
+    if let Some(msg) = trace_message(line) {
+        return trace_event(msg);
+    }
     if let Some(rest) = strip_timestamp(line) {
         if rest == "Listening for Jobs" {
             return Some(RunnerEvent::Listening);
@@ -215,6 +251,42 @@ mod tests {
 
     fn check(line: &str, want: Option<RunnerEvent>) {
         assert_eq!(parse_line(line), want, "{line:?}");
+    }
+
+    #[test]
+    fn lease_renewals_come_from_the_listeners_trace_and_nothing_else_does() {
+        use RunnerEvent::*;
+        check(
+            "[RUNNER 2026-12-08 01:53:23Z INFO JobDispatcher] Successfully renew job 8c1f2, job is valid till 12/08/2026 02:03:23",
+            Some(LeaseRenewed),
+        );
+        check(
+            "[RUNNER 2025-02-12 11:40:12Z INFO JobDispatcher] Successfully renew job request 412, job is valid till 02/12/2025 11:50:12",
+            Some(LeaseRenewed),
+        );
+        check(
+            "[RUNNER 2026-12-08 01:53:23Z ERR  JobDispatcher] Catch exception during renew runner job 8c1f2.",
+            Some(LeaseRenewFailed {
+                message: "Catch exception during renew runner job 8c1f2.".into(),
+            }),
+        );
+        check(
+            "[RUNNER 2026-12-08 01:53:23Z ERR  JobDispatcher] Catch exception during renew runner jobrequest 412.",
+            Some(LeaseRenewFailed {
+                message: "Catch exception during renew runner jobrequest 412.".into(),
+            }),
+        );
+        // The trace repeats console lines: they are not events a second time.
+        check(
+            "[RUNNER 2026-12-08 01:53:23Z INFO Terminal] WRITE LINE: 2026-12-08 01:53:23Z: Listening for Jobs",
+            None,
+        );
+        check(
+            "[WORKER 2026-12-08 01:53:23Z INFO StepsRunner] An error occurred: x",
+            None,
+        );
+        // Not from the trace: a job printing the words is nothing.
+        check("Successfully renew job 1, job is valid till then", None);
     }
 
     #[test]

@@ -466,8 +466,13 @@ impl SlotIo {
         let docker = crate::status::Condition::Docker;
         match start(&self.sh, self.slot, &self.root, &install, reg, mode).await {
             Ok(l) => {
-                if self.sh.containers.get().is_some() {
+                if let Some(jobs) = self.sh.containers.get() {
                     self.sh.board.set_condition(docker, None);
+                    let c = l.container().map(|name| crate::status::SlotContainer {
+                        name: name.to_string(),
+                        image: jobs.image().to_string(),
+                    });
+                    self.sh.board.update(self.slot, |s| s.container = c);
                 }
                 self.listener = Some(l);
                 Outcome::Started
@@ -508,6 +513,7 @@ impl SlotIo {
                     watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures)
                         .await;
                 self.oom_killed = oom.load(Ordering::Acquire);
+                self.sh.board.update(self.slot, |s| s.container = None);
                 w
             }
             None => super::listen::Watched {

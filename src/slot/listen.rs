@@ -308,6 +308,7 @@ fn listen_limits(sh: &Shared) -> Limits {
         ready_timeout: cfg.ready_timeout,
         drain_timeout: cfg.drain_timeout,
         stable_after: cfg.stable_after,
+        renewal_late: sh.cfg.jobs.renewal_late,
         // Nor in an ARC pod, whose one runner is all it runs.
         prepare_next: cfg.mode != crate::config::RunnerMode::ScaleSet && cfg.jit_config.is_none(),
     }
@@ -496,6 +497,25 @@ fn act(
             tracing::warn!(event = "clock_skew", slot, runner = %l.name(), "the runner says the clock is more than five minutes off; registrations pause until the clock is fixed");
             sh.host
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
+        }
+        Action::LeaseLate(since) => {
+            let msg = format!(
+                "no renewal of the job's lease for {} s (the runner renews every 60 s): GitHub declares the runner lost when the lease (about 10 min) runs out; a starved CPU or a dead path stops renewals",
+                since.as_secs()
+            );
+            tracing::warn!(event = "lease_renewal_late", slot, runner = %l.name(), since_s = since.as_secs(), "{msg}");
+            board.update(slot, |s| s.lease_warning = Some(msg));
+        }
+        Action::LeaseRenewFailed(line) => {
+            let msg = format!(
+                "a renewal of the job's lease failed (\"{line}\"): runners before the fix of actions/runner #4635 abandon the job after one failed renewal"
+            );
+            tracing::error!(event = "lease_renewal_failed", slot, runner = %l.name(), line = %line, "{msg}");
+            board.update(slot, |s| s.lease_warning = Some(msg));
+        }
+        Action::LeaseRenewedAgain => {
+            tracing::info!(event = "lease_renewed", slot, runner = %l.name(), "the job's lease is renewed again");
+            board.update(slot, |s| s.lease_warning = None);
         }
         Action::Stop(_) => {}
     }

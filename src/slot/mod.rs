@@ -97,6 +97,10 @@ impl Shared {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        // The listener's trace on stdout: its job-lease renewals reach the watch (logged
+        // at debug, like every other trace line).
+        env.retain(|(k, _)| k != "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT");
+        env.push(("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT".into(), "1".into()));
         // Make a deprecated version visible as exit 7 rather than a generic 1.
         env.push((
             "ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE".into(),

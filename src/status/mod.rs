@@ -140,6 +140,7 @@ impl Board {
         self.update(slot, |s| {
             s.job = Some(name);
             s.job_started_at = Some(crate::os::clocks::wall_now());
+            s.lease_warning = None;
         });
     }
 
@@ -208,6 +209,10 @@ impl Board {
             if s.state != state {
                 s.state = state;
                 s.since = crate::os::clocks::wall_now();
+            }
+            // A lease is a busy listener's: warned of only while busy.
+            if state != SlotState::Busy {
+                s.lease_warning = None;
             }
         });
     }

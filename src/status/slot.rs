@@ -43,6 +43,21 @@ pub struct SlotStatus {
     /// job-started hook said.
     #[serde(default)]
     pub job_of: Option<crate::jobs::JobIdentity>,
+    /// The busy listener's job lease is in danger: a renewal late past its cadence, or one
+    /// the runner says failed (null while renewals keep coming).
+    #[serde(default)]
+    pub lease_warning: Option<String>,
+    /// `[runner] backend = "container"`: the listener's job container and its image, while
+    /// it runs.
+    #[serde(default)]
+    pub container: Option<SlotContainer>,
+}
+
+/// A slot's job container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotContainer {
+    pub name: String,
+    pub image: String,
 }
 
 /// Keepalive on one listener's own connections, judged for that listener alone.
@@ -112,6 +127,8 @@ impl Default for SlotStatus {
             keepalive: None,
             runner_version: None,
             job_of: None,
+            lease_warning: None,
+            container: None,
         }
     }
 }

@@ -386,3 +386,24 @@ async fn a_fresh_workspace_leaves_no_file_of_job_one_for_job_two_and_kept_does()
         assert_eq!(d.wait_exit(T).await.0, Some(0));
     }
 }
+
+/// The lease's renewals reach the supervisor from the container's stream too.
+#[tokio::test]
+async fn a_late_lease_renewal_is_seen_from_a_job_container() {
+    let dk = engine().await;
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    env.insert("SUPERVISOR_JOBS_RENEWAL_LATE".into(), "2s".into());
+    gh.script(sim::protocol::Script::LeaseTrouble {
+        after_ms: 500,
+        fail: false,
+    });
+    let mut j = step("starved", "true");
+    j.duration_ms = 8_000;
+    gh.enqueue(j, 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_event("lease_renewal_late", T).await;
+    d.wait_event("job_completed", T).await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

@@ -25,6 +25,7 @@ mod job_records;
 mod jobs;
 mod keepawake;
 mod layering;
+mod lease;
 mod listener;
 mod metrics;
 mod network;

@@ -199,6 +199,15 @@ fn slot_block(i: usize, s: &SlotStatus, now: DateTime<Utc>) -> String {
         None => format!("closed; {fires}"),
     };
     out += &format!("  breaker    {breaker}\n");
+    if let Some(c) = &s.container {
+        out += &format!(
+            "  container  {} (image {}, removed after its job)\n",
+            c.name, c.image
+        );
+    }
+    if let Some(w) = &s.lease_warning {
+        out += &format!("  LEASE      {w}\n");
+    }
     if let Some(k) = &s.keepalive {
         out += &format!("  keepalive  {}\n", keepalive_word(k));
     }

@@ -122,6 +122,7 @@ fn build_with(
             keep: r.get(&JOBS_KEEP) as usize,
             keep_for: r.get(&JOBS_KEEP_FOR),
             lease: r.get(&JOBS_LEASE),
+            renewal_late: r.get(&JOBS_RENEWAL_LATE),
             oom_score_adj: r.get(&JOB_OOM_SCORE_ADJ) as i32,
             nice: r.get(&JOB_NICE) as i32,
             memory_pressure_warn: r.get(&JOB_MEMORY_PRESSURE_WARN) as f64,

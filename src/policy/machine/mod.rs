@@ -51,6 +51,9 @@ pub struct Limits {
     pub ready_timeout: Duration,
     pub drain_timeout: Duration,
     pub stable_after: Duration,
+    /// A busy listener whose trace shows lease renewals, and none for this long, is
+    /// said late (`[jobs] renewal_late`; the runner renews every 60 s).
+    pub renewal_late: Duration,
     /// Register the next runner while a job runs (never in scale-set mode: a registration
     /// there is made only for an assigned job).
     pub prepare_next: bool,
@@ -119,6 +122,13 @@ pub enum Action {
     DrainTimedOut,
     /// The runner printed the clock-skew line (first time): the clock is at fault now.
     ClockSkew,
+    /// A busy listener has not renewed its job's lease for this long (past its cadence):
+    /// GitHub gives the job up when the lease runs out.
+    LeaseLate(Duration),
+    /// A renewal failed (the runner's own line): the job may be abandoned at once.
+    LeaseRenewFailed(String),
+    /// Renewals resumed after a late or failed one.
+    LeaseRenewedAgain,
 }
 
 /// One listener's life as the slot sees it, from spawn to the decision to stop it (or its
@@ -144,6 +154,13 @@ pub struct Listen {
     stop: Option<StopCause>,
     /// The stop was decided while a job ran: the job is lost, whatever follows.
     stopped_busy: bool,
+    /// The job's last lease renewal (its start until the first), once the trace shows
+    /// renewals at all.
+    last_renewal: Option<Instant>,
+    /// This listener's trace shows renewals (older runners, or no trace: nothing judged).
+    renewals_seen: bool,
+    /// A late or failed renewal was said for this job, and none since.
+    lease_said: bool,
 }
 
 impl Listen {
@@ -165,6 +182,9 @@ impl Listen {
             drain_deadline: None,
             stable_at: None,
             stop: None,
+            last_renewal: None,
+            renewals_seen: false,
+            lease_said: false,
         }
     }
 
@@ -193,10 +213,19 @@ impl Listen {
             (!self.seen.listening).then_some(self.ready_deadline),
             self.drain_deadline,
             self.stable_at,
+            self.lease_deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// When a busy listener's renewal is late, if it can be.
+    fn lease_deadline(&self) -> Option<Instant> {
+        if !self.busy || !self.renewals_seen || self.lease_said {
+            return None;
+        }
+        self.last_renewal.map(|t| t + self.limits.renewal_late)
     }
 
     /// Feed one input at `now`.
@@ -288,6 +317,9 @@ impl Listen {
                 }
             }
             RunnerEvent::JobStarted { name } => {
+                // The first renewal comes before the Worker starts: the clock runs from here.
+                self.last_renewal = Some(now);
+                self.lease_said = false;
                 self.busy = true;
                 self.job = Some(name.clone());
                 self.stable_at = None;
@@ -315,6 +347,19 @@ impl Listen {
             RunnerEvent::SessionConflict if !self.busy => {
                 self.stop = Some(StopCause::SessionConflict);
                 out.push(Action::Stop(StopCause::SessionConflict));
+            }
+            RunnerEvent::LeaseRenewed => {
+                self.renewals_seen = true;
+                self.last_renewal = Some(now);
+                if self.lease_said && self.busy {
+                    out.push(Action::LeaseRenewedAgain);
+                }
+                self.lease_said = false;
+            }
+            RunnerEvent::LeaseRenewFailed { message } if self.busy => {
+                self.renewals_seen = true;
+                self.lease_said = true;
+                out.push(Action::LeaseRenewFailed(message));
             }
             RunnerEvent::Fatal { message } => self.fatal = Some(message),
             RunnerEvent::Version(v) => out.push(Action::RunnerVersion(v)),
@@ -346,6 +391,14 @@ impl Listen {
         if self.drain_deadline.is_some_and(|d| now >= d) {
             out.push(Action::DrainTimedOut);
             return self.decide(StopCause::Shutdown, out);
+        }
+        if let Some(d) = self.lease_deadline().filter(|d| now >= *d) {
+            self.lease_said = true;
+            let since = self
+                .last_renewal
+                .map_or(self.limits.renewal_late, |t| now - t);
+            let _ = d;
+            out.push(Action::LeaseLate(since));
         }
         if self.stable_at.is_some_and(|d| now >= d) {
             self.stable_at = None;

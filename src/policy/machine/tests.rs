@@ -12,6 +12,7 @@ fn limits() -> Limits {
         ready_timeout: S(300),
         drain_timeout: S(900),
         stable_after: S(60),
+        renewal_late: S(90),
         prepare_next: true,
     }
 }
@@ -451,4 +452,82 @@ fn scale_set_mode_registers_nothing_in_advance_and_stops_only_an_idle_surplus_ru
     assert!(!a.contains(&Action::PrepareNext), "{a:?}");
     // Busy: a surplus word changes nothing.
     assert!(m.step(Input::Cmd(SlotCmd::Surplus), t, H).is_empty());
+}
+
+// === the job's lease ===
+
+const RENEWED: &str = "[RUNNER 2026-12-01 10:00:00Z INFO JobDispatcher] Successfully renew job 7, job is valid till 12/01/2026 10:10:00";
+const RENEW_FAILED: &str =
+    "[RUNNER 2026-12-01 10:00:00Z ERR  JobDispatcher] Catch exception during renew runner job 7.";
+
+fn lease_actions(a: &[Action]) -> Vec<&Action> {
+    a.iter()
+        .filter(|x| {
+            matches!(
+                x,
+                Action::LeaseLate(_) | Action::LeaseRenewFailed(_) | Action::LeaseRenewedAgain
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_renewal_missed_past_its_cadence_is_said_once_and_its_return_too() {
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    m.step(ev(RENEWED), t, H);
+    m.step(ev(JOB), t, H);
+    // Renewals every 60 s keep it quiet.
+    for i in 1..=3 {
+        let now = t + S(60 * i);
+        assert!(lease_actions(&m.step(Input::Tick, now, H)).is_empty());
+        m.step(ev(RENEWED), now, H);
+    }
+    let last = t + S(180);
+    assert_eq!(m.deadline(), Some(last + S(90)));
+    assert!(lease_actions(&m.step(Input::Tick, last + S(89), H)).is_empty());
+    let a = m.step(Input::Tick, last + S(91), H);
+    assert_eq!(lease_actions(&a), vec![&Action::LeaseLate(S(91))]);
+    // Said once: no deadline for it any more, no second warning.
+    assert_eq!(m.deadline(), None);
+    assert!(lease_actions(&m.step(Input::Tick, last + S(200), H)).is_empty());
+    // It comes back.
+    let a = m.step(ev(RENEWED), last + S(210), H);
+    assert_eq!(lease_actions(&a), vec![&Action::LeaseRenewedAgain]);
+    assert!(
+        stops(&a).is_none(),
+        "a late renewal is said, never acted on alone"
+    );
+}
+
+#[test]
+fn a_failed_renewal_is_said_at_once() {
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    m.step(ev(JOB), t, H);
+    let a = m.step(ev(RENEW_FAILED), t + S(61), H);
+    assert_eq!(
+        lease_actions(&a),
+        vec![&Action::LeaseRenewFailed(
+            "Catch exception during renew runner job 7.".into()
+        )]
+    );
+}
+
+#[test]
+fn no_renewal_is_judged_without_a_trace_that_shows_them_nor_while_idle() {
+    // A runner that prints no renewals (no trace on stdout) is never said late.
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    m.step(ev(JOB), t, H);
+    assert_eq!(m.deadline(), None);
+    assert!(lease_actions(&m.step(Input::Tick, t + S(3600), H)).is_empty());
+    // Idle between jobs: nothing to renew.
+    let (mut m, t) = machine(false);
+    m.step(ev(LISTENING), t, H);
+    m.step(ev(RENEWED), t, H);
+    assert_eq!(m.deadline(), None);
+    m.step(ev(JOB), t, H);
+    m.step(ev(DONE), t + S(10), H);
+    assert_eq!(m.deadline(), None);
 }

@@ -327,6 +327,12 @@ async fn emit(
             event,
         })
         .await;
+    // The listener's trace (`[RUNNER …]`, `[WORKER …]` with ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT)
+    // is the diag log's copy: at debug, unless it carries an event.
+    if ev == "runner_line" && crate::policy::events::trace_message(&text).is_some() {
+        tracing::debug!(event = ev, runner = %name, stream = stream.as_str(), "{text}");
+        return;
+    }
     match (truncated, job) {
         (0, None) => tracing::info!(event = ev, runner = %name, stream = stream.as_str(), "{text}"),
         (_, None) => {

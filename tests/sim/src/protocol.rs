@@ -149,6 +149,13 @@ pub enum Script {
     HostileOutput,
     /// The service refuses this runner version.
     VersionDeprecated,
+    /// `after_ms` into a job, its lease renewals stop (a starved listener); with `fail`,
+    /// one fails first, with the runner's `Catch exception during renew runner job` line.
+    LeaseTrouble {
+        after_ms: u64,
+        #[serde(default)]
+        fail: bool,
+    },
 }
 
 /// `POST /_sim/sessions` request.

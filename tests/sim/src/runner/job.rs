@@ -8,6 +8,8 @@ use crate::protocol::{JobCompletion, JobMessage, Script};
 
 impl Runner {
     pub(super) async fn run_job(&mut self, job: JobMessage, script: &Script) -> i32 {
+        // The first renewal comes before the Worker starts (JobDispatcher).
+        self.renewed(job.job_id);
         self.term
             .line(&format!("{}: Running job: {}", utc(), job.display_name));
         let started = tokio::time::Instant::now();
@@ -85,6 +87,13 @@ impl Runner {
         if !shut {
             // Renew the job lock while working, as the real runner does.
             let renew_url = self.url(&format!("/_sim/jobs/{}/renew", job.job_id));
+            let trouble = match script {
+                Script::LeaseTrouble { after_ms, fail } => {
+                    Some((started + Duration::from_millis(*after_ms), *fail))
+                }
+                _ => None,
+            };
+            let mut failed_said = false;
             loop {
                 let left = total.saturating_sub(started.elapsed());
                 if left.is_zero() {
@@ -97,12 +106,30 @@ impl Runner {
                     shut = true;
                     break;
                 }
-                let _ = self
+                match trouble {
+                    Some((at, fail)) if tokio::time::Instant::now() >= at => {
+                        if fail && !failed_said {
+                            failed_said = true;
+                            self.term.trace(
+                                "ERR ",
+                                "JobDispatcher",
+                                &format!("Catch exception during renew runner job {}.", job.job_id),
+                            );
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                let ok = self
                     .http
                     .post(&renew_url)
                     .timeout(Duration::from_secs(5))
                     .send()
-                    .await;
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    self.renewed(job.job_id);
+                }
             }
         }
         if shut {
@@ -134,6 +161,25 @@ impl Runner {
             self.remove_config();
         }
         0
+    }
+
+    /// `Successfully renew job {jobId}, job is valid till {LockedUntil}` (Run Service path;
+    /// the lease is about 10 min), at most every 5 s.
+    fn renewed(&mut self, job_id: u64) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_renew_line
+            .is_some_and(|t| now - t < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.last_renew_line = Some(now);
+        let till = (chrono::Utc::now() + chrono::Duration::minutes(10)).format("%m/%d/%Y %H:%M:%S");
+        self.term.trace(
+            "INFO",
+            "JobDispatcher",
+            &format!("Successfully renew job {job_id}, job is valid till {till}"),
+        );
     }
 
     pub(super) fn hostile_output(&self) {

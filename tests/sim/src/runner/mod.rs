@@ -214,6 +214,8 @@ struct Runner {
     poll: crate::longpoll::PollConn,
     /// Consecutive poll errors (the back-off grows after five).
     poll_errors: u32,
+    /// When the last renewal line was printed.
+    last_renew_line: Option<tokio::time::Instant>,
 }
 
 enum Next {
@@ -290,6 +292,7 @@ async fn run(args: &Args, root: &Path) -> i32 {
             Duration::from_millis(settings.sim_http_timeout_ms),
         ),
         poll_errors: 0,
+        last_renew_line: None,
         creds,
         settings,
     };

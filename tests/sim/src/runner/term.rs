@@ -37,6 +37,14 @@ impl Term {
                 let _ = writeln!(f, "[{} {level} {source}] {msg}", utc());
             }
         }
+        // `ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT`: the same trace on stdout, as `[RUNNER …]`.
+        if std::env::var("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[RUNNER {} {level} {source}] {msg}", utc());
+            let _ = out.flush();
+        }
     }
 
     /// `WriteLine`: stdout, and `WRITE LINE:` in the diag log.
