@@ -509,11 +509,18 @@ impl SlotIo {
         let w = match self.listener.take() {
             Some(l) => {
                 let oom = l.oom_flag();
+                let container = l.container().map(str::to_string);
                 let w =
                     watch_listener(&self.sh, self.slot, l, mode, cmds, &mut self.prep, failures)
                         .await;
                 self.oom_killed = oom.load(Ordering::Acquire);
                 self.sh.board.update(self.slot, |s| s.container = None);
+                // The job's container is gone: its tool-cache view too, promoted from a
+                // successful job.
+                if let (Some(jobs), Some(c)) = (self.sh.containers.get(), container) {
+                    let ok = w.completed.as_deref() == Some("Succeeded") && !self.oom_killed;
+                    jobs.job_done(&c, ok).await;
+                }
                 w
             }
             None => super::listen::Watched {
@@ -523,6 +530,7 @@ impl SlotIo {
                 fatal: None,
                 job: None,
                 stable: false,
+                completed: None,
             },
         };
         Outcome::Exited(Exited {

@@ -32,6 +32,8 @@ pub(super) struct Watched {
     pub(super) job: Option<String>,
     /// It listened for `stable_after`: the run of failures is over.
     pub(super) stable: bool,
+    /// The result of the job it completed, if any.
+    pub(super) completed: Option<String>,
 }
 
 /// Why a listener could not be started.
@@ -75,7 +77,6 @@ pub(super) async fn start(
             env: &sh.runner_env,
             jit: Some(blob.expose()),
             placeholders: &placeholders,
-            tool_cache: None,
         };
         return jobs.start(req).await.map_err(|e| match e {
             crate::runner::launch::container::StartError::Engine(m) => StartError::Engine(m),
@@ -294,6 +295,7 @@ pub(super) async fn watch_listener(
         job: w.m.job().cloned(),
         seen,
         cause,
+        completed: w.m.completed.clone(),
         fatal: w.m.fatal,
         stable: w.stable,
     }
@@ -377,6 +379,7 @@ impl Watch<'_> {
         Watched {
             ended,
             job: self.m.job().cloned(),
+            completed: self.m.completed.clone(),
             seen: self.m.seen,
             cause: None,
             fatal: self.m.fatal,

@@ -407,3 +407,88 @@ async fn a_late_lease_renewal_is_seen_from_a_job_container() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// The tool cache as a copy-on-write view per job: what a job writes is thrown away with
+/// its container, except complete new tool versions of a successful job, which the next
+/// jobs see in a new generation; a failed job's install never reaches them.
+#[tokio::test]
+async fn the_tool_cache_is_a_view_per_job_and_only_a_successful_jobs_new_versions_are_promoted() {
+    let mut dk = engine().await;
+    let (sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    let install = |tool: &str| {
+        format!(
+            "d=$RUNNER_TOOL_CACHE/{tool}/1.0.0/x64 && test \"$AGENT_TOOLSDIRECTORY\" = \"$RUNNER_TOOL_CACHE\" && mkdir -p $d && echo {tool} > $d/bin && touch $d.complete"
+        )
+    };
+    gh.enqueue(
+        step(
+            "installs-node",
+            &format!(
+                "{} && echo junk > $RUNNER_TOOL_CACHE/pollution",
+                install("node")
+            ),
+        ),
+        1,
+    );
+    gh.enqueue(
+        step(
+            "installs-go-and-fails",
+            &format!("{} && exit 1", install("go")),
+        ),
+        1,
+    );
+    gh.enqueue(
+        step(
+            "sees-node-only",
+            "test \"$(cat $RUNNER_TOOL_CACHE/node/1.0.0/x64/bin)\" = node && test ! -e $RUNNER_TOOL_CACHE/pollution && test ! -e $RUNNER_TOOL_CACHE/go && echo mine > $RUNNER_TOOL_CACHE/node/1.0.0/x64/bin",
+        ),
+        1,
+    );
+    gh.enqueue(
+        step(
+            "sees-the-promoted-one-unchanged",
+            "test \"$(cat $RUNNER_TOOL_CACHE/node/1.0.0/x64/bin)\" = node",
+        ),
+        1,
+    );
+    let mut d = Daemon::start(&env, &["run"]).await;
+    assert!(
+        gh.wait_for(T, |s| s.completed.len() == 4).await,
+        "{}",
+        d.log().join("\n")
+    );
+    let r = results(&gh);
+    assert_eq!(
+        r.iter().map(|(_, x)| x.as_str()).collect::<Vec<_>>(),
+        ["Succeeded", "Failed", "Succeeded", "Succeeded"],
+        "{r:?}"
+    );
+    let p = d.wait_event("tool_cache_promoted", T).await;
+    assert_eq!(p.u64("generation"), Some(1), "{p:?}");
+    assert_eq!(
+        d.count_events("tool_cache_promoted", |_| true),
+        1,
+        "only the first job's"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    // On the host: generation 1 holds node, no view is left, nor a volume.
+    let tc = sb.state.join("toolcache");
+    assert!(tc.join("gen-1/node/1.0.0/x64/bin").is_file());
+    assert!(!tc.join("gen-1/pollution").exists());
+    assert!(
+        !tc.join("gen-0").exists(),
+        "the unused generation was removed"
+    );
+    assert_eq!(
+        std::fs::read_dir(tc.join("jobs"))
+            .map(|r| r.count())
+            .unwrap_or(0),
+        0
+    );
+    let vols = dk
+        .docker(&["volume", "ls", "--format", "{{.Name}}"])
+        .unwrap();
+    assert!(!vols.contains("toolcache"), "{vols}");
+}

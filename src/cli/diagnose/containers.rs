@@ -30,7 +30,21 @@ pub async fn check_containers(cfg: &Config, hostname: &str) -> Vec<Check> {
             "set [container] docker_host (SUPERVISOR_CONTAINER_DOCKER_HOST) to the engine's socket",
         )),
         Ok(jobs) => match jobs.probe(&cfg.runner.dir).await {
-            Ok(version) => checks.push(ok(
+            Ok(version) => {
+                checks.push(match (jobs.tool_cache_off(), jobs.tool_cache()) {
+                    (Some(why), _) => bad(
+                        "tool cache",
+                        Level::Warn,
+                        format!("no copy-on-write tool cache: {why}; each job gets a fresh empty one at /opt/hostedtoolcache (never a shared writable one), so setup-* actions download every time"),
+                        format!("the engine mounts the overlay itself: it must run as root on this host, and [container] tool_cache ({}) must be a directory it sees on ext4 or xfs (not overlayfs, tmpfs inside a container, or /mnt/c)", c.tool_cache.display()),
+                    ),
+                    (None, Some(tc)) => ok(
+                        "tool cache",
+                        format!("a copy-on-write view per job at /opt/hostedtoolcache over generation {} of {}; new tool versions of successful jobs are promoted into the next", tc.current(), c.tool_cache.display()),
+                    ),
+                    (None, None) => ok("tool cache", "off"),
+                });
+                checks.push(ok(
                 "container image",
                 format!(
                     "{} on {}: runner {version} starts in it, bash is there for the job hooks{}; the runner is mounted read-only from {}",
@@ -43,7 +57,8 @@ pub async fn check_containers(cfg: &Config, hostname: &str) -> Vec<Check> {
                     },
                     cfg.runner.dir.display()
                 ),
-            )),
+            ));
+            }
             Err(e) => checks.push(bad(
                 "container image",
                 Level::Fail,

@@ -140,6 +140,8 @@ pub struct Listen {
     pub seen: Seen,
     /// The last `An error occurred:` message.
     pub fatal: Option<String>,
+    /// The result of the job it completed, if it completed one.
+    pub completed: Option<String>,
     wd: Watchdog,
     busy: bool,
     /// The job it runs (started, not completed).
@@ -171,6 +173,7 @@ impl Listen {
             limits,
             seen: Seen::default(),
             fatal: None,
+            completed: None,
             wd: Watchdog::new(limits.grace, limits.job_stall_timeout),
             busy: false,
             stopped_busy: false,
@@ -335,6 +338,7 @@ impl Listen {
             // completion. It stays this listener's lost job.
             RunnerEvent::JobCompleted { .. } if self.stopped_busy => {}
             RunnerEvent::JobCompleted { name, result } => {
+                self.completed = Some(result.clone());
                 self.busy = false;
                 self.job = None;
                 out.push(Action::JobCompleted { name, result });

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::container::{
@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::process::{Lines, Listener, Output};
+use super::toolcache::ToolCache;
 use crate::config::{ContainerConfig, JobDocker};
 use crate::policy::events::Stream;
 use crate::policy::exit::Ended;
@@ -122,14 +123,6 @@ fn classify(e: bollard::errors::Error, what: &str) -> StartError {
     }
 }
 
-/// The per-job tool cache: a copy-on-write view of the warm generation.
-#[derive(Debug, Clone)]
-pub struct ToolCacheView {
-    /// The engine volume to mount at [`TOOL_CACHE`] (an overlay), or None for a fresh empty
-    /// directory in the container.
-    pub volume: Option<String>,
-}
-
 /// A request for one job container.
 pub struct StartRequest<'a> {
     pub slot: usize,
@@ -143,7 +136,6 @@ pub struct StartRequest<'a> {
     pub jit: Option<&'a str>,
     /// The placeholders' values for `[container] env`.
     pub placeholders: &'a [(&'a str, String)],
-    pub tool_cache: Option<&'a ToolCacheView>,
 }
 
 /// The hook scripts and client the containers mount, and the variables that name them.
@@ -163,6 +155,10 @@ pub struct Jobs {
     cfg: ContainerConfig,
     instance: String,
     hooks: Option<Hooks>,
+    /// The warm tool cache; None where it cannot be had (said once, at start).
+    tool_cache: Option<ToolCache>,
+    /// Why each job gets a fresh empty tool cache instead of a view, if it does.
+    tool_cache_off: Mutex<Option<String>>,
 }
 
 /// Connect to `url` (`unix:///path` or `tcp://host:port`); no call is made yet.
@@ -207,12 +203,56 @@ impl Jobs {
         instance: &str,
         hooks: Option<Hooks>,
     ) -> Result<Jobs, String> {
+        let (tool_cache, off) = match ToolCache::open(&cfg.tool_cache) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (
+                None,
+                Some(format!("cannot open {}: {e}", cfg.tool_cache.display())),
+            ),
+        };
         Ok(Jobs {
             docker: connect(&cfg.docker_host)?,
             cfg: cfg.clone(),
             instance: instance.to_string(),
             hooks,
+            tool_cache,
+            tool_cache_off: Mutex::new(off),
         })
+    }
+
+    /// Why jobs get a fresh empty tool cache rather than a copy-on-write view of the warm
+    /// one; None while views work.
+    pub fn tool_cache_off(&self) -> Option<String> {
+        self.tool_cache_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn tool_cache_fallback(&self, why: String) {
+        let mut g = self
+            .tool_cache_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            tracing::warn!(event = "tool_cache_fallback", reason = %why, "no copy-on-write tool cache for jobs ({why}): each job gets a fresh empty one, never a shared writable one; doctor says more");
+            *g = Some(why);
+        }
+    }
+
+    /// The warm tool cache, when views work.
+    pub fn tool_cache(&self) -> Option<&ToolCache> {
+        self.tool_cache
+            .as_ref()
+            .filter(|_| self.tool_cache_off().is_none())
+    }
+
+    /// A job's container is gone: its tool-cache view is removed, and what a successful
+    /// job installed promoted.
+    pub async fn job_done(&self, container: &str, succeeded: bool) {
+        if let Some(tc) = &self.tool_cache {
+            tc.done(&self.docker, container, succeeded).await;
+        }
     }
 
     /// The engine's URL, for messages.
@@ -285,7 +325,11 @@ impl Jobs {
     }
 
     /// The container's configuration (no secret in it).
-    fn config(&self, req: &StartRequest<'_>) -> Result<Config<String>, String> {
+    fn config(
+        &self,
+        req: &StartRequest<'_>,
+        tool_cache: Option<&str>,
+    ) -> Result<Config<String>, String> {
         let c = &self.cfg;
         let mut env: Vec<String> = vec![];
         let mut push = |k: &str, v: &str| {
@@ -353,13 +397,10 @@ impl Jobs {
                 ..Default::default()
             });
         }
-        if let Some(ToolCacheView {
-            volume: Some(vol), ..
-        }) = req.tool_cache
-        {
+        if let Some(vol) = tool_cache {
             mounts.push(Mount {
                 target: Some(TOOL_CACHE.into()),
-                source: Some(vol.clone()),
+                source: Some(vol.to_string()),
                 typ: Some(MountTypeEnum::VOLUME),
                 read_only: Some(false),
                 ..Default::default()
@@ -423,9 +464,29 @@ impl Jobs {
         if let Err(e) = self.reap(Some(req.slot), None).await {
             return Err(StartError::Engine(e));
         }
-        let config = self.config(&req).map_err(StartError::Refused)?;
         let name = req.name.to_string();
-        self.docker
+        let view = match self.tool_cache() {
+            Some(tc) => {
+                let uid = numeric_user(self.cfg.user.as_deref()).0;
+                match tc.view(&self.docker, &self.instance, &name, uid).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(event = "tool_cache_view_failed", container = %name, error = %e, "this job gets a fresh empty tool cache");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let config = match self.config(&req, view.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.job_done(&name, false).await;
+                return Err(StartError::Refused(e));
+            }
+        };
+        let created = self
+            .docker
             .create_container(
                 Some(CreateContainerOptions {
                     name: name.clone(),
@@ -439,11 +500,16 @@ impl Jobs {
                     e,
                     &format!("cannot create the job container from {}", self.cfg.image),
                 )
-            })?;
+            });
+        if let Err(e) = created {
+            self.job_done(&name, false).await;
+            return Err(e);
+        }
         match self.fill_and_start(&req, &name).await {
             Ok(l) => Ok(l),
             Err(e) => {
                 remove(&self.docker, &name).await;
+                self.job_done(&name, false).await;
                 Err(e)
             }
         }
@@ -549,9 +615,48 @@ impl Jobs {
             env: &req_env,
             jit: None,
             placeholders: &[],
-            tool_cache: None,
         };
-        let mut config = self.config(&req)?;
+        // The tool cache's view is checked by the same container: written through, the
+        // write landing in the view's own upper layer.
+        let view = match &self.tool_cache {
+            Some(tc) if self.tool_cache_off().is_none() => {
+                let uid = numeric_user(self.cfg.user.as_deref()).0;
+                match tc.view(&self.docker, &self.instance, &name, uid).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.tool_cache_fallback(e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let r = self.probe_with(&req, view.as_deref()).await;
+        if view.is_some() {
+            self.job_done(&name, false).await;
+            if let Err(e) = &r {
+                // Without the view: is it the overlay that fails?
+                if let Ok(v) = self.probe_with(&req, None).await {
+                    self.tool_cache_fallback(format!(
+                        "the engine cannot mount an overlay of {} ({})",
+                        self.cfg.tool_cache.display(),
+                        e.lines().next().unwrap_or("")
+                    ));
+                    return Ok(v);
+                }
+            }
+        }
+        r
+    }
+
+    async fn probe_with(
+        &self,
+        req: &StartRequest<'_>,
+        view: Option<&str>,
+    ) -> Result<String, String> {
+        let image = &self.cfg.image;
+        let name = req.name.to_string();
+        let mut config = self.config(req, view)?;
         // The control socket is this run's (doctor has none): not needed to run the client.
         if let Some(m) = config.host_config.as_mut().and_then(|h| h.mounts.as_mut()) {
             m.retain(|m| m.target.as_deref() != Some(CONTROL_SOCKET));
@@ -563,10 +668,15 @@ impl Jobs {
         let hook = format!(
             " && {{ command -v bash >/dev/null || {{ echo 'no bash: the runner runs its job hooks with bash' >&2; exit 1; }}; }}{client}"
         );
+        let write = if view.is_some() {
+            format!(" && touch {TOOL_CACHE}/.probe")
+        } else {
+            String::new()
+        };
         config.cmd = Some(vec![
             "sh".into(),
             "-c".into(),
-            format!("cd {RUNNER_ROOT} && ./bin/Runner.Listener --version{hook}"),
+            format!("cd {RUNNER_ROOT} && ./bin/Runner.Listener --version{hook}{write}"),
         ]);
         if let Some(l) = config.labels.as_mut() {
             l.insert(LABEL_ROLE.into(), "probe".into());

@@ -6,3 +6,4 @@
 
 pub mod container;
 pub mod process;
+pub mod toolcache;
