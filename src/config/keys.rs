@@ -105,6 +105,10 @@ keys! {
         "on: a newer runner release is downloaded (checksum verified) and the slots move to it between jobs, one canary slot first, rolled back after two canary failures; notify: status and doctor only say it is out; off: neither";
     RUNNER_VERSIONS_DIR: Option<PathBuf> = "runner" . "versions_dir", Kind::Path, None, &[],
         "runner versions the supervisor installs, one directory per version, shared by supervisors that point at it (default: <state dir>/runners; on a disk that survives a reboot, never a tmpfs such as /run); [runner] dir stays untouched";
+    RUNNER_ACTION_CACHE: Option<PathBuf> = "runner" . "action_cache", Kind::Path, None, &[],
+        "the runner's action archive cache (ACTIONS_RUNNER_ACTION_ARCHIVE_CACHE, runner 2.310+): <owner>_<repo>/<sha>.tar.gz, filled by the supervisor (the actions below, and every action a job had to download), read-only to jobs (default: <state dir>/actions)";
+    RUNNER_ACTIONS: Option<Vec<String>> = "runner" . "actions", Kind::List, None, &[],
+        "actions to have in the archive cache before any job needs them, owner/repo@ref (resolved through the API at start)";
     RUNNER_ENV: Option<BTreeMap<String, String>> = "runner" . "env", Kind::Map, None, &[],
         "extra environment for the runner and its jobs, NAME = value";
     RUNNER_PASS_ENV: Option<Vec<String>> = "runner" . "pass_env", Kind::List, None, &[],

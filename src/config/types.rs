@@ -228,6 +228,10 @@ pub struct RunnerConfig {
     pub backend: Backend,
     /// Whether the work folder is emptied between jobs.
     pub workspace: Workspace,
+    /// The action archive cache's directory.
+    pub action_cache: PathBuf,
+    /// Actions cached at start, `owner/repo@ref`.
+    pub actions: Vec<String>,
     pub drain_timeout: Duration,
     pub stop_grace: Duration,
     pub session_conflict_wait: Duration,

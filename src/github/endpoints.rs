@@ -223,6 +223,26 @@ impl GithubClient {
         }
     }
 
+    /// `GET /repos/{repository}/commits/{ref}`: the commit a ref (an action's tag or
+    /// branch) names now.
+    pub async fn commit_sha(&self, repository: &str, rf: &str) -> Result<String, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        let url = format!("{}/repos/{repository}/commits/{rf}", self.base);
+        let a = self.request(Method::GET, &url, None).await?;
+        let c: Commit = decode(&a.body)?;
+        Ok(c.sha)
+    }
+
+    /// Where an action's archive at `sha` is (`GET /repos/{repository}/tarball/{sha}`,
+    /// a redirect to codeload), for [`Self::download`]: public action repositories need no
+    /// credentials, and none are sent.
+    pub fn tarball_url(&self, repository: &str, sha: &str) -> String {
+        format!("{}/repos/{repository}/tarball/{sha}", self.base)
+    }
+
     /// The jobs of one attempt of a run (`GET /repos/{repository}/actions/runs/{run_id}/
     /// attempts/{attempt}/jobs`, `actions-runs-openapi.json`): where a job's id is found
     /// from its hook's identity (the job whose `runner_name` is ours). One page of 100.

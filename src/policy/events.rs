@@ -36,6 +36,9 @@ pub enum RunnerEvent {
     /// `[RUNNER … JobDispatcher] Catch exception during renew runner job …`: a renewal
     /// failed (on the Run Service path one failure abandons the job, actions/runner #4635).
     LeaseRenewFailed { message: String },
+    /// `[WORKER …] Download action repository 'owner/repo@ref' (SHA:…)`: a job downloaded
+    /// an action the runner's archive cache did not have.
+    ActionDownloaded { repository: String, sha: String },
     /// `{utc}: Listening for Jobs`: the readiness signal.
     Listening,
     /// `{utc}: Running job: {name}`.
@@ -65,6 +68,7 @@ impl RunnerEvent {
             RunnerEvent::Version(_) => "runner_version",
             RunnerEvent::LeaseRenewed => "runner_lease_renewed",
             RunnerEvent::LeaseRenewFailed { .. } => "runner_lease_renew_failed",
+            RunnerEvent::ActionDownloaded { .. } => "runner_action_downloaded",
             RunnerEvent::Listening => "runner_listening",
             RunnerEvent::JobStarted { .. } => "runner_job_started",
             RunnerEvent::JobCompleted { .. } => "runner_job_completed",
@@ -95,6 +99,21 @@ pub fn trace_message(line: &str) -> Option<&str> {
 fn trace_event(msg: &str) -> Option<RunnerEvent> {
     if msg.starts_with("Successfully renew job ") {
         return Some(RunnerEvent::LeaseRenewed);
+    }
+    if let Some(rest) = msg.strip_prefix("Download action repository '") {
+        let (action, rest) = rest.split_once("' (SHA:")?;
+        let sha = rest.strip_suffix(')')?;
+        let repository = action.split_once('@').map_or(action, |(r, _)| r);
+        let valid = sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+        let parts: Vec<&str> = repository.split('/').collect();
+        if !valid || parts.len() < 2 {
+            return None;
+        }
+        // `owner/repo/path@ref` is cached by repository.
+        return Some(RunnerEvent::ActionDownloaded {
+            repository: format!("{}/{}", parts[0], parts[1]),
+            sha: sha.to_ascii_lowercase(),
+        });
     }
     if msg.starts_with("Catch exception during renew runner job") {
         return Some(RunnerEvent::LeaseRenewFailed {
@@ -285,6 +304,14 @@ mod tests {
             "[WORKER 2026-12-08 01:53:23Z INFO StepsRunner] An error occurred: x",
             None,
         );
+        check(
+            "[WORKER 2026-12-08 01:53:23Z INFO ActionManager] Download action repository 'actions/cache/save@v4' (SHA:0123456789abcdef0123456789abcdef01234567)",
+            Some(ActionDownloaded {
+                repository: "actions/cache".into(),
+                sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            }),
+        );
+        check("[WORKER 2026-12-08 01:53:23Z INFO ActionManager] Download action repository 'x@y' (SHA:zz)", None);
         // Not from the trace: a job printing the words is nothing.
         check("Successfully renew job 1, job is valid till then", None);
     }

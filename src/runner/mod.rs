@@ -3,6 +3,7 @@
 //! ([`autopilot`]). What the listener says and what its exit means are pure, in
 //! `policy::events` and `policy::exit`.
 
+pub mod actions;
 pub mod autopilot;
 pub mod launch;
 pub mod store;

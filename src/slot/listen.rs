@@ -325,6 +325,26 @@ fn note_event(sh: &Shared, slot: usize, ev: &RunnerEvent) {
             .session_conflicts
             .fetch_add(1, Ordering::Relaxed);
     }
+    // An action a job had to download: the next jobs find it in the archive cache.
+    if let (RunnerEvent::ActionDownloaded { repository, sha }, Some(cache)) = (ev, &sh.actions) {
+        let (gh, cache, repository, sha) = (
+            sh.gh.clone(),
+            cache.clone(),
+            repository.clone(),
+            sha.clone(),
+        );
+        tokio::spawn(async move {
+            match cache.fetch(&gh, &repository, &sha).await {
+                Ok(true) => {
+                    tracing::info!(event = "action_cached", action = %repository, sha = %sha, added = true, "action archive cache: {repository} ({sha}), which a job downloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(event = "action_cache_failed", action = %repository, sha = %sha, error = %e, "cannot cache {repository}")
+                }
+            }
+        });
+    }
     if matches!(
         ev,
         RunnerEvent::Listening | RunnerEvent::Reconnected | RunnerEvent::JobStarted { .. }

@@ -76,6 +76,9 @@ pub struct Shared {
     pool: std::sync::OnceLock<Arc<crate::slot::demand::scaleset::Pool>>,
     /// `[runner] backend = "container"`: the engine where each listener gets its container.
     pub containers: std::sync::OnceLock<Arc<crate::runner::launch::container::Jobs>>,
+    /// The runner's action archive cache, filled by the supervisor (None if it cannot be
+    /// made).
+    pub actions: Option<Arc<crate::runner::actions::ActionCache>>,
 }
 
 impl Shared {
@@ -101,6 +104,21 @@ impl Shared {
         // at debug, like every other trace line).
         env.retain(|(k, _)| k != "ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT");
         env.push(("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT".into(), "1".into()));
+        // The action archive cache the supervisor fills; jobs only read it.
+        let actions = match crate::runner::actions::ActionCache::open(&cfg.runner.action_cache) {
+            Ok(a) => {
+                env.retain(|(k, _)| k != crate::runner::actions::VAR);
+                env.push((
+                    crate::runner::actions::VAR.into(),
+                    a.dir().display().to_string(),
+                ));
+                Some(Arc::new(a))
+            }
+            Err(e) => {
+                tracing::warn!(event = "action_cache_unavailable", dir = %cfg.runner.action_cache.display(), error = %e, "no action archive cache: jobs download every action");
+                None
+            }
+        };
         // Make a deprecated version visible as exit 7 rather than a generic 1.
         env.push((
             "ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE".into(),
@@ -134,6 +152,7 @@ impl Shared {
             jobs: None,
             pool: std::sync::OnceLock::new(),
             containers: std::sync::OnceLock::new(),
+            actions,
         };
         let all = sh
             .breakers

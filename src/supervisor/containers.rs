@@ -31,7 +31,13 @@ pub(super) async fn prepare(deps: &Deps) -> anyhow::Result<Option<(Arc<Jobs>, BT
         None => None,
     };
     let instance = format!("{}-{}", cfg.runner.name_prefix, deps.hostname);
-    let jobs = Jobs::new(&cfg.container, &instance, hooks).map_err(anyhow::Error::msg)?;
+    let jobs = Jobs::new(&cfg.container, &instance, hooks)
+        .map_err(anyhow::Error::msg)?
+        .with_action_cache(
+            std::fs::create_dir_all(&cfg.runner.action_cache)
+                .ok()
+                .map(|()| cfg.runner.action_cache.clone()),
+        );
     let left = jobs.reap(None, None).await.map_err(|e| {
         anyhow::anyhow!(
             "{e}: [runner] backend = \"container\" needs the engine at [container] docker_host"

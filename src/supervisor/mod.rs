@@ -117,6 +117,16 @@ pub async fn run(deps: Deps, mode_tx: Arc<watch::Sender<Mode>>) -> anyhow::Resul
     if let Some((jobs, _)) = containers {
         let _ = shared.containers.set(jobs);
     }
+    // The configured actions, in the archive cache before jobs need them.
+    if let (Some(cache), false) = (shared.actions.clone(), cfg.runner.actions.is_empty()) {
+        let (gh, list) = (shared.gh.clone(), cfg.runner.actions.clone());
+        background.spawn(|stop| async move {
+            tokio::select! {
+                _ = cache.fill(&gh, &list) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
     let (slot_cmds, slot_cmd_rx): (SlotCmds, Vec<_>) = (0..cfg.runner.slots)
         .map(|_| mpsc::unbounded_channel::<SlotCmd>())
         .unzip();

@@ -319,6 +319,7 @@ async fn realistic_polling_and_a_quiet_job_never_fire() {
             labels: vec![],
             workflow: None,
             run: None,
+            actions: vec![],
         },
         1,
     );

@@ -492,3 +492,28 @@ async fn the_tool_cache_is_a_view_per_job_and_only_a_successful_jobs_new_version
         .unwrap();
     assert!(!vols.contains("toolcache"), "{vols}");
 }
+
+/// Job containers read the action archive cache, mounted read-only.
+#[tokio::test]
+async fn job_containers_read_the_action_archive_cache_and_cannot_write_it() {
+    let dk = engine().await;
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    container_env(&mut env, &dk);
+    let mut cold = crate::action_cache::three_actions("cold");
+    cold.run = Some("test \"$ACTIONS_RUNNER_ACTION_ARCHIVE_CACHE\" = /opt/actionarchivecache && ! touch /opt/actionarchivecache/x".into());
+    gh.enqueue(cold, 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_events("action_cached", |e| e.is("added", "true"), 3, T)
+        .await;
+    let before = gh.state(|s| s.codeload_downloads.len());
+    gh.enqueue(crate::action_cache::three_actions("warm"), 1);
+    assert!(gh.wait_for(T, |s| s.completed.len() == 2).await);
+    assert!(
+        results(&gh).iter().all(|(_, r)| r == "Succeeded"),
+        "{:?}",
+        results(&gh)
+    );
+    assert_eq!(gh.state(|s| s.codeload_downloads.len()), before);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod action_cache;
 mod app;
 mod arc;
 mod blackhole;

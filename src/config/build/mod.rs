@@ -71,12 +71,12 @@ fn build_with(
         },
         p,
     );
-    let mut runner = runner(r, env, purpose, p);
+    let state_dir = r.get(&STATE_DIR);
+    let mut runner = runner(r, env, purpose, &state_dir, p);
     let health = health(r, p);
     let clock = clock(r, p);
     let network = network(r, p);
     let log = log(r, p);
-    let state_dir = r.get(&STATE_DIR);
     let control = control(r, &state_dir, p);
     if state_dir.as_os_str().is_empty() {
         p.add(STATE_DIR.name(), "must not be empty".into());
@@ -148,6 +148,27 @@ fn build_with(
     })
 }
 
+/// `owner/repo@ref`, as `[runner] actions` takes them.
+fn check_action(a: &str) -> Result<(), String> {
+    let bad = || format!("{a:?} is not owner/repo@ref (e.g. actions/checkout@v4)");
+    let (repo, rf) = a.split_once('@').ok_or_else(bad)?;
+    let parts: Vec<&str> = repo.split('/').collect();
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if parts.len() != 2
+        || !parts.iter().all(|p| name(p))
+        || rf.is_empty()
+        || rf.contains("..")
+        || rf.chars().any(char::is_whitespace)
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// Bounds on every int and duration.
 fn check_bounds(p: &mut Problems) {
     for k in KEYS {
@@ -170,7 +191,13 @@ fn check_bounds(p: &mut Problems) {
 }
 
 /// `[runner]`: the install, names, labels, and the listeners' environment.
-fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> RunnerConfig {
+fn runner(
+    r: &Reader,
+    env: &dyn Env,
+    purpose: Purpose,
+    state_dir: &Path,
+    p: &mut Problems,
+) -> RunnerConfig {
     let dir = r.get(&RUNNER_DIR);
     if purpose == Purpose::Run {
         if let Err(m) = check_runner_dir(&dir) {
@@ -193,6 +220,15 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
     if let Err(m) = check_labels(&labels) {
         p.add(RUNNER_LABELS.name(), m);
     }
+    let mut actions = r.get(&RUNNER_ACTIONS).unwrap_or_default();
+    actions.retain(|a| match check_action(a) {
+        Ok(()) => true,
+        Err(m) => {
+            p.add(RUNNER_ACTIONS.name(), m);
+            false
+        }
+    });
+    let action_cache = r.get(&RUNNER_ACTION_CACHE);
     let work_folder = r.get(&RUNNER_WORK_FOLDER);
     if work_folder.is_empty() || work_folder.contains("..") {
         p.add(
@@ -229,6 +265,8 @@ fn runner(r: &Reader, env: &dyn Env, purpose: Purpose, p: &mut Problems) -> Runn
         mode: r.get(&RUNNER_MODE),
         backend: r.get(&RUNNER_BACKEND),
         workspace: r.get(&RUNNER_WORKSPACE),
+        action_cache: action_cache.unwrap_or_else(|| state_dir.join("actions")),
+        actions,
         drain_timeout: r.get(&RUNNER_DRAIN_TIMEOUT),
         stop_grace: r.get(&RUNNER_STOP_GRACE),
         session_conflict_wait: r.get(&RUNNER_SESSION_CONFLICT_WAIT),

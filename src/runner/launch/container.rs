@@ -75,6 +75,7 @@ const HOST_ONLY: &[&str] = &[
     "DOCKER_HOST",
     "RUNNER_TOOL_CACHE",
     "AGENT_TOOLSDIRECTORY",
+    crate::runner::actions::VAR,
 ];
 
 /// Install entries never mounted (the runner's own writable files).
@@ -159,6 +160,8 @@ pub struct Jobs {
     tool_cache: Option<ToolCache>,
     /// Why each job gets a fresh empty tool cache instead of a view, if it does.
     tool_cache_off: Mutex<Option<String>>,
+    /// The action archive cache's host directory, mounted read-only.
+    action_cache: Option<PathBuf>,
 }
 
 /// Connect to `url` (`unix:///path` or `tcp://host:port`); no call is made yet.
@@ -217,7 +220,14 @@ impl Jobs {
             hooks,
             tool_cache,
             tool_cache_off: Mutex::new(off),
+            action_cache: None,
         })
+    }
+
+    /// Mount the action archive cache at `dir` read-only into every job container.
+    pub fn with_action_cache(mut self, dir: Option<PathBuf>) -> Jobs {
+        self.action_cache = dir;
+        self
     }
 
     /// Why jobs get a fresh empty tool cache rather than a copy-on-write view of the warm
@@ -396,6 +406,13 @@ impl Jobs {
                 read_only: Some(v.read_only),
                 ..Default::default()
             });
+        }
+        if let Some(dir) = &self.action_cache {
+            mounts.push(bind(dir, crate::runner::actions::IN_CONTAINER, true));
+            push(
+                crate::runner::actions::VAR,
+                crate::runner::actions::IN_CONTAINER,
+            );
         }
         if let Some(vol) = tool_cache {
             mounts.push(Mount {

@@ -25,6 +25,7 @@ pub fn job(name: &str, ms: u64) -> sim::github::JobSpec {
         labels: vec![],
         workflow: None,
         run: None,
+        actions: vec![],
     }
 }
 /// A real chronyd, started with `-x` (it never touches the system clock), serving NTP and

@@ -188,9 +188,21 @@ pub struct JobMessage {
     pub run_attempt: u32,
     #[serde(default)]
     pub workflow: String,
+    /// Actions to set up, `owner/repo@ref`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
     /// A step to run (`sh -c`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+}
+
+/// The commit an action's ref resolves to (the fake's stand-in for the service's
+/// "Getting action download info"): 40 hex digits, the same for the fake GitHub and the
+/// fake runner.
+pub fn action_sha(repository: &str, rf: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("{repository}@{rf}").as_bytes());
+    d.iter().take(20).map(|b| format!("{b:02x}")).collect()
 }
 
 /// `POST /_sim/jobs/{id}/complete`.

@@ -135,6 +135,7 @@ async fn main() {
                 labels: vec![],
                 workflow: None,
                 run: None,
+                actions: vec![],
             },
             1,
         );

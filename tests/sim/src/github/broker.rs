@@ -233,6 +233,7 @@ pub(super) async fn sim_message(shared: &Arc<Shared>, sid: &str) -> Resp {
                     run_attempt,
                     workflow: job.workflow.unwrap_or_else(|| "CI".into()),
                     run: job.run,
+                    actions: job.actions,
                 };
                 return json_resp(
                     StatusCode::OK,

@@ -152,6 +152,8 @@ pub(super) async fn handle(shared: Arc<Shared>, ctl: Arc<ConnCtl>, req: Request<
         sim(&shared, &ctx, &segs[1..]).await
     } else if let Some(resp) = super::scaleset::route(&shared, &ctx, &segs).await {
         resp
+    } else if let Some(resp) = super::codeload::route(&shared, &ctx, &segs).await {
+        resp
     } else if let ["actions", "runner", "releases", "download", tag, file] = segs[..] {
         super::releases::serve(&shared, tag, file)
     } else if segs == ["actions", "runner-registration"] && ctx.method == Method::POST {

@@ -39,6 +39,7 @@ pub use faults::{Fault, FaultKind};
 pub use releases::default_deprecations;
 pub mod app;
 mod broker;
+pub mod codeload;
 mod http;
 mod releases;
 mod rest;
@@ -82,6 +83,8 @@ pub struct Options {
     pub runner_startup_ms: u64,
     /// Whether generate-jitconfig exists (old GHES answers 404).
     pub jit: bool,
+    /// How long codeload takes to start answering an action archive.
+    pub codeload_delay: Duration,
     /// How long a runner's message long-poll is held open before it is answered empty.
     pub poll_timeout: Duration,
     /// The fake runner's request timeout (connect, send, response headers): 60 s.
@@ -128,6 +131,7 @@ impl Default for Options {
             time_scale: 1.0,
             runner_startup_ms: 0,
             jit: true,
+            codeload_delay: Duration::ZERO,
             poll_timeout: Duration::from_secs(50),
             runner_http_timeout: Duration::from_secs(60),
             rate_limit: 5000,
@@ -251,6 +255,10 @@ pub struct JobSpec {
     /// Its workflow's name (`GITHUB_WORKFLOW`); `CI` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// Actions the job uses, `owner/repo@ref`: downloaded at "Set up job" unless the
+    /// runner's action archive cache has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
     /// A step the job runs (`sh -c`, in the work folder, with the runner's environment);
     /// its failure fails the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +287,7 @@ impl Default for JobSpec {
             result: default_result(),
             labels: vec![],
             workflow: None,
+            actions: vec![],
             run: None,
         }
     }
@@ -306,6 +315,8 @@ pub struct State {
     pub calls: Vec<Call>,
     /// Runners deleted through the REST API or by ephemeral completion, by name.
     pub deleted: Vec<String>,
+    /// Action archives downloaded from codeload, `owner/repo@sha`, in order.
+    pub codeload_downloads: Vec<String>,
     pub faults: Vec<Fault>,
     pub scripts: VecDeque<Script>,
     /// Conflicts given to the next registered runner.

@@ -94,6 +94,7 @@ pub(super) fn rest_gate(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Result<(),
 pub(super) fn permission_for(segs: &[&str]) -> &'static str {
     match segs {
         ["repos", _, _, "actions", "runs" | "jobs", ..] => "actions",
+        ["repos", _, _, "commits", ..] => "contents",
         ["orgs", ..] => "organization_self_hosted_runners",
         _ => "administration",
     }
@@ -121,6 +122,9 @@ pub(super) fn rest(shared: &Shared, ctx: &Ctx, segs: &[&str]) -> Resp {
             u[k] = v;
         }
         return json_resp(StatusCode::OK, &u);
+    }
+    if let (["repos", o, r, "commits", rf], &Method::GET) = (segs, &ctx.method) {
+        return super::codeload::commit(o, r, rf);
     }
     if let ["repos", o, r, "actions", "runs", run, "attempts", n, "jobs"] = segs {
         expire_locks(&mut shared.lock(), shared.opts.job_lock_timeout);

@@ -31,6 +31,10 @@ impl Runner {
         if crate::hooks::run(hook, &self.settings, &job, &self.root).await == Some(false) {
             result = "Failed".into();
         }
+        // "Set up job": the actions it uses, from the action archive cache or downloaded.
+        if !self.set_up_actions(&job.actions).await {
+            result = "Failed".into();
+        }
         // The job's step, in the work folder (as the Worker runs `run:` steps).
         if let Some(cmd) = &job.run {
             let work = self.root.join(&self.settings.work_folder);
@@ -161,6 +165,62 @@ impl Runner {
             self.remove_config();
         }
         0
+    }
+
+    /// Each `owner/repo@ref` into `_work/_actions/owner/repo/ref`: from
+    /// `$ACTIONS_RUNNER_ACTION_ARCHIVE_CACHE/owner_repo/<sha>.tar.gz` when it is there (the
+    /// runner copies it, never writes the cache), else downloaded through the tarball
+    /// endpoint, with the Worker's `Download action repository` line. False on a failure.
+    async fn set_up_actions(&self, actions: &[String]) -> bool {
+        let work = self.root.join(&self.settings.work_folder).join("_actions");
+        for a in actions {
+            let Some((repo, rf)) = a.split_once('@') else {
+                return false;
+            };
+            let sha = crate::protocol::action_sha(repo, rf);
+            let cached = std::env::var("ACTIONS_RUNNER_ACTION_ARCHIVE_CACHE")
+                .ok()
+                .map(|d| {
+                    std::path::Path::new(&d)
+                        .join(repo.replace('/', "_"))
+                        .join(format!("{sha}.tar.gz"))
+                })
+                .filter(|p| p.is_file());
+            let bytes = match cached {
+                Some(p) => match std::fs::read(&p) {
+                    Ok(b) => b,
+                    Err(_) => return false,
+                },
+                None => {
+                    self.term.worker_trace(
+                        "INFO",
+                        "ActionManager",
+                        &format!("Download action repository '{repo}@{rf}' (SHA:{sha})"),
+                    );
+                    let url = self.url(&format!("/repos/{repo}/tarball/{sha}"));
+                    match self
+                        .http
+                        .get(&url)
+                        .timeout(Duration::from_secs(100))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(b) => b.to_vec(),
+                            Err(_) => return false,
+                        },
+                        _ => return false,
+                    }
+                }
+            };
+            let dest = work.join(repo).join(rf);
+            let _ = std::fs::create_dir_all(&dest);
+            let gz = flate2::read::GzDecoder::new(&bytes[..]);
+            if tar::Archive::new(gz).unpack(&dest).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// `Successfully renew job {jobId}, job is valid till {LockedUntil}` (Run Service path;

@@ -47,6 +47,18 @@ impl Term {
         }
     }
 
+    /// A Worker trace line, relayed on the listener's stdout as `[WORKER …]` with
+    /// `ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT` (the Worker's own diag log is not kept here).
+    pub(super) fn worker_trace(&self, level: &str, source: &str, msg: &str) {
+        if std::env::var("ACTIONS_RUNNER_PRINT_LOG_TO_STDOUT")
+            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "[WORKER {} {level} {source}] {msg}", utc());
+            let _ = out.flush();
+        }
+    }
+
     /// `WriteLine`: stdout, and `WRITE LINE:` in the diag log.
     pub(super) fn line(&self, s: &str) {
         let mut out = std::io::stdout().lock();
