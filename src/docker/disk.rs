@@ -106,11 +106,21 @@ pub fn enabled(cfg: &DiskConfig) -> bool {
     }
 }
 
+/// This supervisor's own caches, which the pruner reclaims last: after Docker's prune,
+/// only while space is still short and no job runs, the action archives oldest first,
+/// then the warm tool cache.
+#[derive(Default, Clone)]
+pub struct Caches {
+    pub actions: Option<Arc<crate::runner::actions::ActionCache>>,
+    pub jobs: Option<Arc<crate::runner::launch::container::Jobs>>,
+}
+
 /// Watch free space and prune until cancelled, as the engine's one pruner.
 pub async fn run(
     cfg: DiskConfig,
     shared_dir: PathBuf,
     board: Arc<Board>,
+    caches: Caches,
     cancel: CancellationToken,
 ) {
     let Some(engine) = docker::connect_until(&cfg.docker_host, cfg.interval, &board, &cancel).await
@@ -171,6 +181,7 @@ pub async fn run(
                     &path,
                     &shared_dir,
                     &board,
+                    &caches,
                     free,
                     &mut deferred,
                     &mut total,
@@ -194,6 +205,7 @@ async fn round(
     path: &Path,
     shared_dir: &Path,
     board: &Board,
+    caches: &Caches,
     free: u64,
     deferred: &mut Option<Vec<String>>,
     total: &mut u64,
@@ -243,6 +255,25 @@ async fn round(
             crate::os::clocks::wall_now(),
         );
         result = docker::prune(engine, &deep).await.map(|p| pruned += p);
+    }
+    // Our own caches last, and never while a job may use them.
+    if result.is_ok() && protect_since.is_none() && free_bytes(path).unwrap_or(free) < threshold {
+        if let Some(a) = &caches.actions {
+            let (n, bytes) = a.reclaim_oldest(|| free_bytes(path).unwrap_or(0) < threshold);
+            if n > 0 {
+                tracing::info!(
+                    event = "action_cache_reclaimed",
+                    archives = n,
+                    reclaimed_bytes = bytes,
+                    "disk low: {n} action archive(s) removed, oldest first"
+                );
+            }
+        }
+        if free_bytes(path).unwrap_or(free) < threshold {
+            if let Some(j) = &caches.jobs {
+                j.reclaim_tool_cache();
+            }
+        }
     }
     let now_free = free_bytes(path).unwrap_or(free);
     match result {

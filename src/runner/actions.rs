@@ -127,6 +127,32 @@ impl ActionCache {
         }
     }
 
+    /// Remove archives, oldest first (by modification time), while `more` says space is
+    /// still wanted. Returns (archives, bytes) removed. A Worker copies an archive whole
+    /// before it uses it, so removing one between jobs is safe.
+    pub fn reclaim_oldest(&self, mut more: impl FnMut() -> bool) -> (usize, u64) {
+        let mut all = vec![];
+        for d in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                if let Ok(m) = f.metadata() {
+                    all.push((m.modified().ok(), m.len(), f.path()));
+                }
+            }
+        }
+        all.sort_by_key(|(t, _, _)| *t);
+        let (mut n, mut bytes) = (0, 0);
+        for (_, len, p) in all {
+            if !more() {
+                break;
+            }
+            if std::fs::remove_file(&p).is_ok() {
+                n += 1;
+                bytes += len;
+            }
+        }
+        (n, bytes)
+    }
+
     /// `owner/repo@ref` entries resolved to their commits and fetched; what failed is
     /// logged and left to the jobs to download.
     pub async fn fill(&self, gh: &GithubClient, actions: &[String]) {

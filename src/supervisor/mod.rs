@@ -470,6 +470,10 @@ async fn spawn_monitors(
                 cfg.disk.clone(),
                 cfg.shared_dir.clone(),
                 board.clone(),
+                crate::docker::disk::Caches {
+                    actions: shared.actions.clone(),
+                    jobs: shared.containers.get().cloned(),
+                },
                 stop,
             )
         });

@@ -255,3 +255,64 @@ async fn one_pruner_per_engine_waits_for_the_other_supervisors_job() {
     b.signal(Signal::SIGTERM);
     assert_eq!(b.wait_exit(T).await.0, Some(0));
 }
+
+/// The supervisor's own caches go last: after Docker's prune, only while space is short
+/// and no job runs; the action archives oldest first, then the warm tool cache.
+#[tokio::test]
+async fn the_caches_are_reclaimed_last_and_never_while_a_job_runs() {
+    let dk = crate::containers::engine().await;
+    let sb = Sandbox::new();
+    let gh = github(|_| {}).await;
+    // Far above free space: short of space whatever is pruned.
+    let mut env = disk_env(&sb, &gh, &dk, 1_000_000);
+    crate::containers::container_env(&mut env, &dk);
+    // The job installs a tool (promoted: a warm cache to reclaim) and uses two actions
+    // (downloaded, then cached by the supervisor).
+    let mut job = crate::containers::step(
+        "busy",
+        "d=$RUNNER_TOOL_CACHE/node/1.0.0/x64 && mkdir -p $d && touch $d/node $d.complete",
+    );
+    job.duration_ms = 3_000;
+    job.actions = vec!["actions/checkout@v4".into(), "actions/setup-node@v4".into()];
+    gh.enqueue(job, 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    d.wait_event("tool_cache_promoted", T).await;
+    let r = d
+        .wait_events(
+            "action_cache_reclaimed",
+            |e| e.u64("archives") == Some(2),
+            1,
+            T,
+        )
+        .await;
+    assert!(r.u64("reclaimed_bytes").is_some_and(|b| b > 0), "{r:?}");
+    d.wait_event("tool_cache_reclaimed", T).await;
+    let ev = d.events();
+    let at = |n: &str| ev.iter().find(|e| e.name == n).unwrap().at;
+    let (started, done) = (at("runner_job_started"), at("job_completed"));
+    for e in ev.iter().filter(|e| e.name.ends_with("_cache_reclaimed")) {
+        assert!(
+            e.at < started || e.at > done,
+            "reclaimed while the job ran: {e:?}"
+        );
+    }
+    // Docker first (a round's prune_start, its prune, then the caches, then its summary);
+    // the archives before the tool cache.
+    let pos = |n: &str| ev.iter().position(|e| e.name == n).unwrap();
+    let a = ev
+        .iter()
+        .rposition(|e| e.name == "action_cache_reclaimed")
+        .unwrap();
+    let round = ev[..a]
+        .iter()
+        .rposition(|e| e.name == "prune_start")
+        .expect("a round");
+    assert!(
+        !ev[round..a].iter().any(|e| e.name == "pruned"),
+        "a cache went before Docker's prune"
+    );
+    assert!(pos("action_cache_reclaimed") < pos("tool_cache_reclaimed"));
+    assert!(!sb.state.join("toolcache/gen-1/node").exists());
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}

@@ -85,6 +85,7 @@ async fn run(cfg: Arc<Config>, service: Service) -> anyhow::Result<()> {
             cfg.disk.clone(),
             cfg.shared_dir.clone(),
             board.clone(),
+            Default::default(),
             stop_service.clone(),
         )),
         Service::Autoheal => tokio::spawn(crate::docker::autoheal::run(

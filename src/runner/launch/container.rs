@@ -257,6 +257,11 @@ impl Jobs {
             .filter(|_| self.tool_cache_off().is_none())
     }
 
+    /// The disk pruner's last resort: the warm tool cache, when no job uses it.
+    pub fn reclaim_tool_cache(&self) -> bool {
+        self.tool_cache.as_ref().is_some_and(|t| t.reclaim())
+    }
+
     /// A job's container is gone: its tool-cache view is removed, and what a successful
     /// job installed promoted.
     pub async fn job_done(&self, container: &str, succeeded: bool) {

@@ -260,6 +260,30 @@ impl ToolCache {
         })
     }
 
+    /// For the disk pruner: while no job uses the warm cache, replace it with an empty
+    /// generation and remove it. Returns whether it did.
+    pub fn reclaim(&self) -> bool {
+        let mut g = self.lock();
+        if g.users.values().any(|c| *c > 0) {
+            return false;
+        }
+        let old = g.current;
+        let empty =
+            std::fs::read_dir(gen_dir(&self.dir, old)).map_or(true, |mut r| r.next().is_none());
+        if empty {
+            return false;
+        }
+        let next = old + 1;
+        if std::fs::create_dir_all(gen_dir(&self.dir, next)).is_err() {
+            return false;
+        }
+        g.current = next;
+        g.users.clear();
+        let _ = std::fs::remove_dir_all(gen_dir(&self.dir, old));
+        tracing::info!(event = "tool_cache_reclaimed", generation = old, "disk low: the warm tool cache (generation {old}) removed; jobs start from an empty one");
+        true
+    }
+
     /// Bytes in the generations, for the disk pruner, with the current generation.
     pub fn generations(&self) -> Vec<(u64, PathBuf, bool)> {
         let g = self.lock();
