@@ -136,6 +136,8 @@ async fn main() {
                 result: "Succeeded".into(),
                 labels: vec![],
                 workflow: None,
+                actions: vec![],
+                run: None,
             },
             2,
         );
@@ -175,6 +177,8 @@ async fn main() {
             result: "Succeeded".into(),
             labels: vec![],
             workflow: None,
+            actions: vec![],
+            run: None,
         },
         1,
     );

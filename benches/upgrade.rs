@@ -115,6 +115,8 @@ async fn bench() {
                             result: "Succeeded".into(),
                             labels: vec![],
                             workflow: None,
+                            actions: vec![],
+                            run: None,
                         },
                         1,
                     );

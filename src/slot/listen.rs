@@ -73,7 +73,7 @@ pub(super) async fn start(
         let req = crate::runner::launch::container::StartRequest {
             slot,
             name: &reg.name,
-            install,
+            install: jobs.install_for(&sh.cfg.runner.dir, install),
             env: &sh.runner_env,
             jit: Some(blob.expose()),
             placeholders: &placeholders,
@@ -240,7 +240,20 @@ pub(super) async fn watch_listener(
         stable: false,
     };
     // The connection watch inspects its sockets from now until it ends.
-    let registered = Registered::new(&sh.host, slot, l.pid(), l.name());
+    // A job container's listener this supervisor cannot see (its PID namespace is not
+    // ours: the supervisor runs in a container, or the engine is remote) is not watched;
+    // its status says why.
+    let registered = (l.pid() > 0).then(|| Registered::new(&sh.host, slot, l.pid(), l.name()));
+    if l.pid() <= 0 && l.container().is_some() {
+        sh.board.update(slot, |s| {
+            s.keepalive = Some(crate::status::SlotKeepalive {
+                state: crate::status::KeepaliveState::Refused,
+                connections: 0,
+                reason: Some("the listener runs in a job container whose processes this supervisor cannot see (another PID namespace: the supervisor runs in a container itself, or the engine is remote)".into()),
+                fix: Some("run the supervisor on the engine's host, as root, to tune the listener's connections; otherwise the job container's network namespace keeps the kernel's keepalive defaults".into()),
+            })
+        });
+    }
     let mut cmds_open = true;
     let mut mode_open = true;
     // A mode already past Run (a signal before the spawn) counts at once.

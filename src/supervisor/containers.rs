@@ -31,8 +31,20 @@ pub(super) async fn prepare(deps: &Deps) -> anyhow::Result<Option<(Arc<Jobs>, BT
         None => None,
     };
     let instance = format!("{}-{}", cfg.runner.name_prefix, deps.hostname);
+    // `[runner] dir` may be inside this supervisor's own container, where the engine
+    // cannot see it: job containers mount a copy under the state directory (hard links
+    // where it can; the versions store is there already).
+    let install = cfg.state_dir.join("runner-install");
+    crate::os::layout::prepare_slot(&cfg.runner.dir, &install).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot copy the runner install {} to {}: {e}",
+            cfg.runner.dir.display(),
+            install.display()
+        )
+    })?;
     let jobs = Jobs::new(&cfg.container, &instance, hooks)
         .map_err(anyhow::Error::msg)?
+        .with_install(install)
         .with_action_cache(
             std::fs::create_dir_all(&cfg.runner.action_cache)
                 .ok()

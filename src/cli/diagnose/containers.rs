@@ -63,9 +63,7 @@ pub async fn check_containers(cfg: &Config, hostname: &str) -> Vec<Check> {
                 "container image",
                 Level::Fail,
                 e,
-                format!(
-                    "build it (docker compose -f compose/compose.yaml build), or set [container] image; it needs the runner's dependencies, sh and bash (compose/Dockerfile has them)"
-                ),
+                "build it (docker compose -f compose/compose.yaml build), or set [container] image; it needs the runner's dependencies, sh and bash (compose/Dockerfile has them)",
             )),
         },
     }

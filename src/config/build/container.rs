@@ -197,7 +197,7 @@ pub(crate) fn parse_size(v: &str) -> Result<i64, String> {
 /// `1.5` CPUs, as billionths.
 pub(crate) fn parse_cpus(v: &str) -> Result<i64, String> {
     match v.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n >= 0.01 && n <= 1024.0 => Ok((n * 1e9) as i64),
+        Ok(n) if n.is_finite() && (0.01..=1024.0).contains(&n) => Ok((n * 1e9) as i64),
         _ => Err(format!(
             "{v:?} is not a number of CPUs between 0.01 and 1024 (e.g. 2 or 1.5)"
         )),

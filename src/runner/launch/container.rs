@@ -162,6 +162,9 @@ pub struct Jobs {
     tool_cache_off: Mutex<Option<String>>,
     /// The action archive cache's host directory, mounted read-only.
     action_cache: Option<PathBuf>,
+    /// `[runner] dir`'s copy under the state directory, which the engine sees (the
+    /// configured install may be inside the supervisor's own container).
+    install: Option<PathBuf>,
 }
 
 /// Connect to `url` (`unix:///path` or `tcp://host:port`); no call is made yet.
@@ -221,7 +224,23 @@ impl Jobs {
             tool_cache,
             tool_cache_off: Mutex::new(off),
             action_cache: None,
+            install: None,
         })
+    }
+
+    /// Job containers mount `dir` (a copy of `[runner] dir`) when the slot runs the
+    /// configured runner rather than one of the versions store.
+    pub fn with_install(mut self, dir: PathBuf) -> Jobs {
+        self.install = Some(dir);
+        self
+    }
+
+    /// What a job container mounts for `configured` (`[runner] dir`): its copy, if made.
+    pub fn install_for<'a>(&'a self, configured: &'a Path, chosen: &'a Path) -> &'a Path {
+        match &self.install {
+            Some(copy) if chosen == configured => copy,
+            _ => chosen,
+        }
     }
 
     /// Mount the action archive cache at `dir` read-only into every job container.
@@ -542,9 +561,9 @@ impl Jobs {
         req: &StartRequest<'_>,
         name: &str,
     ) -> Result<Listener, StartError> {
-        if let Some(jit) = req.jit {
+        {
             let (uid, gid) = numeric_user(self.cfg.user.as_deref());
-            let tar = jit_tar(jit, uid, gid);
+            let tar = jit_tar(req.jit, uid, gid);
             self.docker
                 .upload_to_container(
                     name,
@@ -614,6 +633,7 @@ impl Jobs {
     /// for the runner's hooks, and that the hook client runs: the version it printed, or
     /// what is wrong and how to fix it. Nothing is registered for it.
     pub async fn probe(&self, install: &Path) -> Result<String, String> {
+        let install = self.install.as_deref().unwrap_or(install);
         let image = &self.cfg.image;
         if let Err(e) = self.docker.inspect_image(image).await {
             return Err(match e {
@@ -628,8 +648,7 @@ impl Jobs {
             });
         }
         let name = format!("{}-probe-{}", self.instance, std::process::id());
-        let mut req_env = vec![];
-        req_env.push(("PROBE".to_string(), "1".to_string()));
+        let req_env = vec![("PROBE".to_string(), "1".to_string())];
         let req = StartRequest {
             slot: usize::MAX,
             name: &name,
@@ -945,12 +964,18 @@ fn numeric_user(user: Option<&str>) -> (Option<u32>, Option<u32>) {
     (uid, gid)
 }
 
-/// A tar of `/.runner-supervisor/jitconfig`, the container user's alone where its uid is
-/// known.
-fn jit_tar(jit: &str, uid: Option<u32>, gid: Option<u32>) -> Vec<u8> {
+/// A tar of `/runner/` (the runner's root, writable by the container's user whoever it is:
+/// 1777, as /tmp; the install is mounted inside it at start) and, with a JIT config,
+/// `/.runner-supervisor/jitconfig`, the container user's alone where its uid is known.
+fn jit_tar(jit: Option<&str>, uid: Option<u32>, gid: Option<u32>) -> Vec<u8> {
     let known = uid.is_some();
     let (u, g) = (uid.unwrap_or(0), gid.unwrap_or(0));
-    let mut out = Vec::with_capacity(2048 + jit.len());
+    let mut out = Vec::with_capacity(4096);
+    out.extend(tar_header("runner/", 0o1777, 0, 0, 0, b'5'));
+    let Some(jit) = jit else {
+        out.extend([0u8; 1024]);
+        return out;
+    };
     let dir_mode = if known { 0o700 } else { 0o777 };
     let file_mode = if known { 0o400 } else { 0o444 };
     out.extend(tar_header(&format!("{JIT_DIR}/"), dir_mode, u, g, 0, b'5'));
@@ -998,7 +1023,7 @@ mod tests {
 
     #[test]
     fn the_jit_tar_is_one_private_file_that_tar_reads_back() {
-        let t = jit_tar("c2VjcmV0", Some(1001), Some(1001));
+        let t = jit_tar(Some("c2VjcmV0"), Some(1001), Some(1001));
         assert_eq!(t.len() % 512, 0);
         let dir = tempfile::tempdir().unwrap();
         let tar = dir.path().join("x.tar");
@@ -1012,6 +1037,10 @@ mod tests {
         assert!(list.status.success(), "{text}");
         assert!(text.contains("-r-------- 1001/1001"), "{text}");
         assert!(text.contains(".runner-supervisor/jitconfig"), "{text}");
+        assert!(
+            text.contains("drwxrwxrwt 0/0") && text.contains("runner/"),
+            "{text}"
+        );
         let x = std::process::Command::new("tar")
             .args(["-xOf"])
             .arg(&tar)

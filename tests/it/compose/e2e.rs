@@ -76,6 +76,8 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut st = Stack {
+        project: PROJECT,
+        files: ["compose/compose.yaml", "compose/e2e.override.yaml"],
         proj,
         env,
         http: reqwest::Client::new(),

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 mod arc_pod;
 mod e2e;
+mod jobs;
 mod stack;
 mod stand_ins;
 

@@ -12,6 +12,9 @@ use crate::support::dockerd::Dockerd;
 use super::*;
 
 pub(super) struct Stack {
+    /// The compose project and its files (the shipped one, then the test's override).
+    pub(super) project: &'static str,
+    pub(super) files: [&'static str; 2],
     pub(super) proj: PathBuf,
     pub(super) env: Vec<(String, String)>,
     pub(super) http: reqwest::Client,
@@ -24,14 +27,7 @@ pub(super) struct Stack {
 impl Stack {
     pub(super) fn compose(&self, args: &[&str]) -> Output {
         Command::new("docker-compose")
-            .args([
-                "-p",
-                PROJECT,
-                "-f",
-                "compose/compose.yaml",
-                "-f",
-                "compose/e2e.override.yaml",
-            ])
+            .args(["-p", self.project, "-f", self.files[0], "-f", self.files[1]])
             .args(args)
             .current_dir(&self.proj)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
