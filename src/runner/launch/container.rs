@@ -165,6 +165,8 @@ pub struct Jobs {
     /// `[runner] dir`'s copy under the state directory, which the engine sees (the
     /// configured install may be inside the supervisor's own container).
     install: Option<PathBuf>,
+    /// The image's own `USER`, read when it is probed ("" is root).
+    image_user: Mutex<Option<String>>,
 }
 
 /// Connect to `url` (`unix:///path` or `tcp://host:port`); no call is made yet.
@@ -225,6 +227,7 @@ impl Jobs {
             tool_cache_off: Mutex::new(off),
             action_cache: None,
             install: None,
+            image_user: Mutex::new(None),
         })
     }
 
@@ -287,6 +290,18 @@ impl Jobs {
         if let Some(tc) = &self.tool_cache {
             tc.done(&self.docker, container, succeeded).await;
         }
+    }
+
+    /// The user the runner runs as in a job container: `[container] user`, else the
+    /// image's (root when it names none).
+    fn user(&self) -> Option<String> {
+        self.cfg.user.clone().or_else(|| {
+            self.image_user
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .filter(|u| !u.is_empty())
+        })
     }
 
     /// The engine's URL, for messages.
@@ -474,7 +489,10 @@ impl Jobs {
         ]);
         Ok(Config {
             image: Some(c.image.clone()),
-            cmd: Some(vec!["sh".into(), "-c".into(), ENTRY.into()]),
+            // The image's own entrypoint (the compose image's is the supervisor) is
+            // replaced, not prefixed.
+            entrypoint: Some(vec!["sh".into(), "-c".into(), ENTRY.into()]),
+            cmd: Some(vec![]),
             env: Some(env),
             user: c.user.clone(),
             labels: Some(labels),
@@ -508,7 +526,7 @@ impl Jobs {
         let name = req.name.to_string();
         let view = match self.tool_cache() {
             Some(tc) => {
-                let uid = numeric_user(self.cfg.user.as_deref()).0;
+                let uid = numeric_user(self.user().as_deref()).0;
                 match tc.view(&self.docker, &self.instance, &name, uid).await {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -562,7 +580,7 @@ impl Jobs {
         name: &str,
     ) -> Result<Listener, StartError> {
         {
-            let (uid, gid) = numeric_user(self.cfg.user.as_deref());
+            let (uid, gid) = numeric_user(self.user().as_deref());
             let tar = jit_tar(req.jit, uid, gid);
             self.docker
                 .upload_to_container(
@@ -635,7 +653,16 @@ impl Jobs {
     pub async fn probe(&self, install: &Path) -> Result<String, String> {
         let install = self.install.as_deref().unwrap_or(install);
         let image = &self.cfg.image;
-        if let Err(e) = self.docker.inspect_image(image).await {
+        let inspected = self.docker.inspect_image(image).await;
+        if let Ok(i) = &inspected {
+            let user = i
+                .config
+                .as_ref()
+                .and_then(|c| c.user.clone())
+                .unwrap_or_default();
+            *self.image_user.lock().unwrap_or_else(|p| p.into_inner()) = Some(user);
+        }
+        if let Err(e) = inspected {
             return Err(match e {
                 bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => format!(
                     "the image {image:?} is not on the engine at {}: build it (docker compose -f compose/compose.yaml build), load it, or set [container] image (SUPERVISOR_CONTAINER_IMAGE)",
@@ -661,7 +688,7 @@ impl Jobs {
         // write landing in the view's own upper layer.
         let view = match &self.tool_cache {
             Some(tc) if self.tool_cache_off().is_none() => {
-                let uid = numeric_user(self.cfg.user.as_deref()).0;
+                let uid = numeric_user(self.user().as_deref()).0;
                 match tc.view(&self.docker, &self.instance, &name, uid).await {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -714,7 +741,7 @@ impl Jobs {
         } else {
             String::new()
         };
-        config.cmd = Some(vec![
+        config.entrypoint = Some(vec![
             "sh".into(),
             "-c".into(),
             format!("cd {RUNNER_ROOT} && ./bin/Runner.Listener --version{hook}{write}"),
