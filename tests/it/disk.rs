@@ -98,6 +98,9 @@ async fn scenario_24_disk_below_threshold_prunes_between_jobs_and_never_volumes(
         .local_addr()
         .unwrap();
     env.insert("SUPERVISOR_METRICS_LISTEN".into(), metrics.to_string());
+    // The slot's own work folder outlives the job (the default, fresh, empties it before
+    // the next listener: the slot's doing, never the pruner's).
+    env.insert("SUPERVISOR_RUNNER_WORKSPACE".into(), "kept".into());
     let mut d = Daemon::start(&env, &["run"]).await;
     wait_job_started(&d).await;
     // The job leaves a stopped container and an image behind.
