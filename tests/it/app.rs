@@ -57,7 +57,7 @@ pub(crate) fn keypair() -> &'static (String, String) {
 }
 
 /// The fake GitHub with the App installed on octo/app.
-async fn app_github(f: impl FnOnce(&mut AppOptions)) -> FakeGithub {
+pub(crate) async fn app_github(f: impl FnOnce(&mut AppOptions)) -> FakeGithub {
     let mut a = AppOptions::new(keypair().1.clone());
     f(&mut a);
     github(|o| o.app = Some(a)).await
@@ -72,7 +72,7 @@ pub(crate) fn key_file(sb: &Sandbox) -> PathBuf {
 }
 
 /// The sandbox's environment with the App instead of the PAT.
-fn app_env(sb: &Sandbox, gh: &FakeGithub) -> BTreeMap<String, String> {
+pub(crate) fn app_env(sb: &Sandbox, gh: &FakeGithub) -> BTreeMap<String, String> {
     let mut env = sb.env(gh);
     env.remove("GITHUB_PAT");
     env.insert("SUPERVISOR_GITHUB_APP_ID".into(), "4242".into());

@@ -517,3 +517,38 @@ async fn job_containers_read_the_action_archive_cache_and_cannot_write_it() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(T).await.0, Some(0));
 }
+
+/// The container backend with a GitHub App (repository runners) and with an
+/// organisation's runners: the same JIT runners, the placeholders filled for each.
+#[tokio::test]
+async fn container_jobs_run_for_an_app_and_for_an_organisation() {
+    let dk = engine().await;
+    // A GitHub App on octo/app.
+    let gh = crate::app::app_github(|_| {}).await;
+    let sb = crate::support::Sandbox::new();
+    let mut env = crate::app::app_env(&sb, &gh);
+    container_env(&mut env, &dk);
+    env.insert(
+        "SUPERVISOR_CONTAINER_ENV".into(),
+        "WHERE={repo_owner}/{repo_name}".into(),
+    );
+    gh.enqueue(step("app", "test \"$WHERE\" = octo/app"), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    assert_eq!(results(&gh)[0].1, "Succeeded");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+    // An organisation's runners, with a token.
+    let (_sb, gh, mut env) = setup(|_| {}).await;
+    env.remove("REPO_OWNER");
+    env.remove("REPO_NAME");
+    env.insert("SUPERVISOR_GITHUB_ORG".into(), "acme".into());
+    container_env(&mut env, &dk);
+    env.insert("SUPERVISOR_CONTAINER_ENV".into(), "ORG={org}".into());
+    gh.enqueue(step("org", "test \"$ORG\" = acme"), 1);
+    let mut d = Daemon::start(&env, &["run"]).await;
+    assert!(gh.wait_for(T, |s| s.completed.len() == 1).await);
+    assert_eq!(results(&gh)[0].1, "Succeeded");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(T).await.0, Some(0));
+}
