@@ -260,13 +260,11 @@ impl ToolCache {
         })
     }
 
-    /// For the disk pruner: while no job uses the warm cache, replace it with an empty
-    /// generation and remove it. Returns whether it did.
+    /// For the disk pruner: new views get an empty generation, and the warm one is removed
+    /// now if no view has it, else when its last view is released (a mounted lower layer
+    /// is never changed). Returns whether it did.
     pub fn reclaim(&self) -> bool {
         let mut g = self.lock();
-        if g.users.values().any(|c| *c > 0) {
-            return false;
-        }
         let old = g.current;
         let empty =
             std::fs::read_dir(gen_dir(&self.dir, old)).map_or(true, |mut r| r.next().is_none());
@@ -278,8 +276,10 @@ impl ToolCache {
             return false;
         }
         g.current = next;
-        g.users.clear();
-        let _ = std::fs::remove_dir_all(gen_dir(&self.dir, old));
+        if g.users.get(&old).is_none_or(|c| *c == 0) {
+            g.users.remove(&old);
+            let _ = std::fs::remove_dir_all(gen_dir(&self.dir, old));
+        }
         tracing::info!(event = "tool_cache_reclaimed", generation = old, "disk low: the warm tool cache (generation {old}) removed; jobs start from an empty one");
         true
     }
@@ -410,6 +410,21 @@ mod tests {
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn a_reclaimed_generation_goes_when_its_last_view_does() {
+        let d = tempfile::tempdir().unwrap();
+        let tc = ToolCache::open(d.path()).unwrap();
+        touch(&tc.current_dir().join("node/1.0.0/x64/f"));
+        tc.state.lock().unwrap().users.insert(0, 1);
+        tc.state.lock().unwrap().views.insert("idle".into(), 0);
+        assert!(tc.reclaim());
+        assert_eq!(tc.current(), 1, "new views get an empty generation");
+        assert!(gen_dir(d.path(), 0).exists(), "a mounted lower layer stays");
+        tc.release("idle");
+        assert!(!gen_dir(d.path(), 0).exists());
+        assert!(!tc.reclaim(), "an empty generation is not reclaimed again");
     }
 
     #[test]
