@@ -19,8 +19,8 @@ pub const CONFIG_FILES: &[&str] = &[
     ".credentials_migrated",
 ];
 
-/// Top-level entries of the install never mirrored.
-const SKIP: &[&str] = &[
+/// Top-level entries of the install never mirrored (nor mounted into a job container).
+pub const NOT_MIRRORED: &[&str] = &[
     "_work",
     "_diag",
     "update.finished",
@@ -126,7 +126,7 @@ fn mirror(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name();
-        if top && SKIP.iter().any(|s| name == *s) {
+        if top && NOT_MIRRORED.iter().any(|s| name == *s) {
             continue;
         }
         let from = entry.path();
@@ -163,6 +163,31 @@ pub fn agent_id(root: &Path) -> Option<u64> {
     let v: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join(".runner")).ok()?).ok()?;
     v["agentId"].as_u64()
+}
+
+/// `[runner] workspace = "fresh"`: the work folder emptied before a listener starts, so
+/// no job sees what an earlier one left.
+pub fn fresh_workspace(work: &Path) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    let mut removed = 0usize;
+    for e in entries.flatten() {
+        let p = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        match r {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                tracing::warn!(event = "workspace_not_emptied", path = %p.display(), error = %err, "cannot empty the work folder: the next job may see this")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::debug!(event = "workspace_emptied", work = %work.display(), removed, "work folder emptied");
+    }
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use crate::runner::launch::process::Listener;
 use crate::status::SlotState;
 
 use super::listen::{start, wait_for_update, watch_listener, StartError};
-use super::registration::{deregister_reg, register, RegSecret, Registration};
+use super::registration::{deregister_reg, failure, register, RegSecret, Registration};
 use super::{clear_failure, note_failure, sleep_or_stop, Shared, SlotCmd};
-use crate::policy::machine::outer::{Effect, Exited, Op, Outcome, RegFailure, RegKind};
+use crate::policy::machine::outer::{Effect, Exited, Op, Outcome};
 use crate::policy::machine::HostFacts;
 
 /// A slot's hands: the shared context, and the registrations it holds.
@@ -43,26 +43,6 @@ pub(super) struct SlotIo {
     pub(super) source: Option<PathBuf>,
     /// The runner version the autopilot gave the last start, when there is an autopilot.
     pub(super) version: Option<String>,
-}
-
-/// A GitHub error as the slot's policy sees it.
-fn failure(e: &GithubError) -> RegFailure {
-    let kind = match e {
-        GithubError::Unauthorized { message } => RegKind::Refused {
-            message: message.clone(),
-        },
-        GithubError::Forbidden { .. }
-        | GithubError::NotFound { .. }
-        | GithubError::Validation { .. } => RegKind::Denied,
-        GithubError::RateLimited { retry_after, .. } => RegKind::RateLimited {
-            retry_after: *retry_after,
-        },
-        _ => RegKind::Transient,
-    };
-    RegFailure {
-        kind,
-        error: e.to_string(),
-    }
 }
 
 impl SlotIo {
@@ -461,7 +441,7 @@ impl SlotIo {
         if self.sh.containers.get().is_none()
             && self.sh.cfg.runner.workspace == crate::config::Workspace::Fresh
         {
-            fresh_workspace(&self.root.join(&self.sh.cfg.runner.work_folder));
+            crate::os::layout::fresh_workspace(&self.root.join(&self.sh.cfg.runner.work_folder));
         }
         let docker = crate::status::Condition::Docker;
         match start(&self.sh, self.slot, &self.root, &install, reg, mode).await {
@@ -558,31 +538,6 @@ impl SlotIo {
             s.runner = None;
         });
         self.sh.board.set_state(self.slot, SlotState::Stopped);
-    }
-}
-
-/// `[runner] workspace = "fresh"`: the work folder emptied before a listener starts, so
-/// no job sees what an earlier one left.
-fn fresh_workspace(work: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(work) else {
-        return;
-    };
-    let mut removed = 0usize;
-    for e in entries.flatten() {
-        let p = e.path();
-        let r = match e.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
-            _ => std::fs::remove_file(&p),
-        };
-        match r {
-            Ok(()) => removed += 1,
-            Err(err) => {
-                tracing::warn!(event = "workspace_not_emptied", path = %p.display(), error = %err, "cannot empty the work folder: the next job may see this")
-            }
-        }
-    }
-    if removed > 0 {
-        tracing::debug!(event = "workspace_emptied", work = %work.display(), removed, "work folder emptied");
     }
 }
 

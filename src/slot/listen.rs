@@ -534,26 +534,36 @@ fn act(
             sh.host
                 .set_clock_fault("the runner reported clock skew (more than five minutes)");
         }
+        Action::LeaseLate(_) | Action::LeaseRenewFailed(_) | Action::LeaseRenewedAgain => {
+            lease(board, slot, l.name(), a)
+        }
+        Action::Stop(_) => {}
+    }
+}
+
+/// The job lease's actions: shown in the slot's status and logged.
+fn lease(board: &crate::status::Board, slot: usize, runner: &str, a: Action) {
+    match a {
         Action::LeaseLate(since) => {
             let msg = format!(
                 "no renewal of the job's lease for {} s (the runner renews every 60 s): GitHub declares the runner lost when the lease (about 10 min) runs out; a starved CPU or a dead path stops renewals",
                 since.as_secs()
             );
-            tracing::warn!(event = "lease_renewal_late", slot, runner = %l.name(), since_s = since.as_secs(), "{msg}");
+            tracing::warn!(event = "lease_renewal_late", slot, runner = %runner, since_s = since.as_secs(), "{msg}");
             board.update(slot, |s| s.lease_warning = Some(msg));
         }
         Action::LeaseRenewFailed(line) => {
             let msg = format!(
                 "a renewal of the job's lease failed (\"{line}\"): runners before the fix of actions/runner #4635 abandon the job after one failed renewal"
             );
-            tracing::error!(event = "lease_renewal_failed", slot, runner = %l.name(), line = %line, "{msg}");
+            tracing::error!(event = "lease_renewal_failed", slot, runner = %runner, line = %line, "{msg}");
             board.update(slot, |s| s.lease_warning = Some(msg));
         }
         Action::LeaseRenewedAgain => {
-            tracing::info!(event = "lease_renewed", slot, runner = %l.name(), "the job's lease is renewed again");
+            tracing::info!(event = "lease_renewed", slot, runner = %runner, "the job's lease is renewed again");
             board.update(slot, |s| s.lease_warning = None);
         }
-        Action::Stop(_) => {}
+        _ => {}
     }
 }
 

@@ -210,3 +210,24 @@ pub(super) async fn deregister_reg(sh: &Shared, reg: &Registration, stopping: bo
         }
     }
 }
+
+/// A GitHub error as the slot's policy sees it.
+pub(super) fn failure(e: &GithubError) -> crate::policy::machine::outer::RegFailure {
+    use crate::policy::machine::outer::{RegFailure, RegKind};
+    let kind = match e {
+        GithubError::Unauthorized { message } => RegKind::Refused {
+            message: message.clone(),
+        },
+        GithubError::Forbidden { .. }
+        | GithubError::NotFound { .. }
+        | GithubError::Validation { .. } => RegKind::Denied,
+        GithubError::RateLimited { retry_after, .. } => RegKind::RateLimited {
+            retry_after: *retry_after,
+        },
+        _ => RegKind::Transient,
+    };
+    RegFailure {
+        kind,
+        error: e.to_string(),
+    }
+}

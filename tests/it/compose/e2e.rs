@@ -2,7 +2,6 @@
 //! override, built from compose/Dockerfile with the stand-ins.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,7 +11,6 @@ use crate::support::dockerd::{busybox, Dockerd};
 use super::stack::*;
 use super::stand_ins::*;
 use super::*;
-use crate::support::rootfs::runner_tarball;
 
 /// The whole stack on a real engine: the shipped compose.yaml plus only the test's
 /// override, built from compose/Dockerfile with the stand-ins above.
@@ -26,28 +24,7 @@ async fn the_stack_runs_jobs_heals_prunes_and_stops_without_ghosts() {
     let mut dk = Dockerd::start().await;
     import_images(&mut dk, work.path());
 
-    // The build context: the repository, the test tarball and a prebuilt supervisor.
-    let proj = work.path().join("proj");
-    std::fs::create_dir_all(&proj).unwrap();
-    copy_repo(&proj);
-    let sha = runner_tarball(
-        work.path(),
-        &proj.join(format!(
-            "compose/runner/actions-runner-linux-x64-{RUNNER_VERSION}.tar.gz"
-        )),
-    );
-    let prebuilt = proj.join("compose/prebuilt/supervisor");
-    std::fs::copy(crate::support::supervisor_bin(), &prebuilt).unwrap();
-    let _ = Command::new("strip").arg(&prebuilt).status();
-    // The token file: readable by the image's runner user only.
-    let secret = proj.join("compose/secrets/github_token");
-    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
-    std::fs::write(&secret, format!("{TOKEN}\n")).unwrap();
-    nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(1001)), None).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
-    }
+    let (proj, sha) = build_context(work.path());
     // Between half the threshold and the threshold: below it, but not critical.
     let free_gb =
         runner_supervisor::docker::disk::free_bytes(dk.dir.path()).unwrap() / 1_000_000_000;

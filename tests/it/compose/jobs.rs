@@ -3,12 +3,9 @@
 //! reach `mongo:27017`; what it mounts into them comes from its state directory, a host
 //! directory mounted at the same path. Built from compose/Dockerfile with the stand-ins.
 
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::support::dockerd::Dockerd;
-use crate::support::rootfs::runner_tarball;
 
 use super::stack::*;
 use super::stand_ins::*;
@@ -58,26 +55,7 @@ async fn the_jobs_variant_runs_each_job_in_a_fresh_container_that_reaches_mongo(
         .unwrap();
     let mut dk = Dockerd::start().await;
     import_images(&mut dk, work.path());
-    let proj = work.path().join("proj");
-    std::fs::create_dir_all(&proj).unwrap();
-    copy_repo(&proj);
-    let sha = runner_tarball(
-        work.path(),
-        &proj.join(format!(
-            "compose/runner/actions-runner-linux-x64-{RUNNER_VERSION}.tar.gz"
-        )),
-    );
-    let prebuilt = proj.join("compose/prebuilt/supervisor");
-    std::fs::copy(crate::support::supervisor_bin(), &prebuilt).unwrap();
-    let _ = Command::new("strip").arg(&prebuilt).status();
-    let secret = proj.join("compose/secrets/github_token");
-    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
-    std::fs::write(&secret, format!("{TOKEN}\n")).unwrap();
-    nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(1001)), None).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
-    }
+    let (proj, sha) = build_context(work.path());
     std::fs::write(proj.join("compose/e2e.jobs.override.yaml"), jobs_override()).unwrap();
     // The state directory: on the host, at the same path inside, the image's user's.
     let state = work.path().join("state");

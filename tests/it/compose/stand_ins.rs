@@ -132,3 +132,31 @@ services:
         fake_github = sim_bin("fake-github").display()
     )
 }
+
+/// The build context under `work/proj`: the repository, the test runner tarball (its
+/// SHA-256 returned), a prebuilt supervisor, and the token file readable by the image's
+/// runner user only.
+pub(super) fn build_context(work: &Path) -> (std::path::PathBuf, String) {
+    let proj = work.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    copy_repo(&proj);
+    let sha = crate::support::rootfs::runner_tarball(
+        work,
+        &proj.join(format!(
+            "compose/runner/actions-runner-linux-x64-{}.tar.gz",
+            super::RUNNER_VERSION
+        )),
+    );
+    let prebuilt = proj.join("compose/prebuilt/supervisor");
+    std::fs::copy(crate::support::supervisor_bin(), &prebuilt).unwrap();
+    let _ = Command::new("strip").arg(&prebuilt).status();
+    let secret = proj.join("compose/secrets/github_token");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::write(&secret, format!("{}\n", super::TOKEN)).unwrap();
+    nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(1001)), None).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    (proj, sha)
+}
